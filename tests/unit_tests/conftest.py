@@ -1,0 +1,12 @@
+from collections.abc import Iterator
+
+import pytest
+from pytest_socket import disable_socket, enable_socket
+
+
+@pytest.fixture(autouse=True)
+def _no_network() -> Iterator[None]:
+    """Unit tests never touch the network (unix sockets stay allowed for local IPC)."""
+    disable_socket(allow_unix_socket=True)
+    yield
+    enable_socket()

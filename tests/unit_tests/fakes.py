@@ -1,0 +1,117 @@
+"""Scripted stand-ins for the models, so unit tests run fast and offline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from tmo_graph.memory import TurnMemory
+from tmo_graph.services import Services
+from tmo_graph.settings import Settings
+
+
+@dataclass
+class Stats:
+    logprobs: list[float]
+    entropies: list[float]
+
+
+@dataclass
+class FakeLocal:
+    """Answers from a list, in order; every answer scores the same per-token log-prob."""
+
+    answers: list[str]
+    logprob: float = -0.1
+    calls: int = 0
+    seen: list[Any] = field(default_factory=list)
+
+    def chat_model(self, max_new_tokens: int | None = None) -> BaseChatModel:
+        outer = self
+
+        class _Model(FakeListChatModel):
+            def _call(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> str:
+                outer.seen.append(messages)
+                answer = outer.answers[outer.calls % len(outer.answers)]
+                outer.calls += 1
+                return answer
+
+        return _Model(responses=["unused"])
+
+    def score_answer(self, messages: list[dict[str, str]], answer: str) -> Stats:
+        n = max(len(answer.split()), 1)
+        return Stats(logprobs=[self.logprob] * n, entropies=[0.5] * n)
+
+
+class FakeCloud(BaseChatModel):
+    """Answers every call with ``answer`` and reports token usage; records what it was sent."""
+
+    answer: str = "cloud answer"
+    fail: bool = False
+    sent: list[list[BaseMessage]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "fake-cloud"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.sent.append(messages)
+        if self.fail:
+            raise ConnectionError("connection refused")
+        usage = {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}
+        message = AIMessage(content=self.answer, usage_metadata=usage)  # type: ignore[arg-type]
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class FixedScorer:
+    """Association scores from a table, so view-choice tests do not depend on embeddings."""
+
+    def __init__(self, scores: Mapping[str, float]) -> None:
+        self.scores = dict(scores)
+
+    def score(
+        self, prompt_vector: Sequence[float], captions: Mapping[str, str]
+    ) -> dict[str, float]:
+        return {name: self.scores.get(name, 0.0) for name in captions}
+
+
+def fake_services(
+    tmp: Path,
+    local: FakeLocal | None = None,
+    cloud: BaseChatModel | None = None,
+    scores: Mapping[str, float] | None = None,
+    settings: Settings | None = None,
+) -> Services:
+    settings = settings or Settings()
+    return Services(
+        settings=settings,
+        local=local or FakeLocal(answers=["local answer"]),
+        cloud=cloud,
+        embeddings=DeterministicFakeEmbedding(size=32),
+        memory=TurnMemory(tmp / "chroma"),
+        association=FixedScorer(scores) if scores is not None else None,
+    )
+
+
+def png_bytes(color: str = "red") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()

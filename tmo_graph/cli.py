@@ -1,0 +1,183 @@
+"""The `tmo-graph` command: chat, run scripted dialogues."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import Settings, default_cache_dir, load_settings
+
+app = typer.Typer(
+    help="Route each dialogue turn to the on-device model or the cloud, within budgets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default: built-in defaults)")
+]
+PolicyOption = Annotated[
+    str | None, typer.Option(help="always-local, always-cloud, random, rules or cascade")
+]
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="SQLite file for dialogue threads (resumable)")
+]
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _graph(settings: Settings, db: Path | None) -> Iterator[Any]:
+    """The compiled graph with real services and a SQLite checkpointer."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from tmo_graph.graph import build_graph
+    from tmo_graph.services import build_services
+
+    db = db or default_cache_dir() / "threads.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo("loading models ...", err=True)
+    services = build_services(settings)  # fail before the dialogue, not in the middle of it
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        yield build_graph(services, checkpointer=saver)
+
+
+def _print_header() -> None:
+    from tmo_graph.report import HEADER
+
+    typer.echo(HEADER)
+
+
+@app.command()
+def run(
+    dialogues: Annotated[Path, typer.Argument(help="JSONL file, one dialogue per line")],
+    config: ConfigOption = None,
+    policy: PolicyOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write turn records here")] = None,
+    db: DbOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue threads instead of restarting them")
+    ] = False,
+) -> None:
+    """Run scripted dialogues and print a row per turn: route, confidence, latency, cost."""
+    from tmo_graph.dialogues import load_dialogues
+    from tmo_graph.report import format_turn
+
+    try:
+        settings = load_settings(config)
+        loaded = load_dialogues(dialogues)
+        contexts = [
+            Context.from_settings(settings, **{**d.context, "user_id": d.user_id, "policy": policy})
+            for d in loaded
+        ]
+        results = []
+        with _graph(settings, db) as graph:
+            for dialogue, context in zip(loaded, contexts, strict=True):
+                config_ = {"configurable": {"thread_id": dialogue.id}}
+                if not resume:
+                    graph.checkpointer.delete_thread(dialogue.id)
+                typer.echo(
+                    f"\n== dialogue {dialogue.id} (user {dialogue.user_id}, "
+                    f"policy {context.policy}) =="
+                )
+                _print_header()
+                records = []
+                for i, turn in enumerate(dialogue.turns):
+                    state_in: dict[str, Any] = {"messages": [("user", turn.content())]}
+                    if i == 0 and dialogue.views:
+                        state_in["views"] = dialogue.views
+                    out = graph.invoke(state_in, config_, context=context)
+                    record = out["turns"][-1]
+                    records.append(record)
+                    typer.echo(format_turn(record))
+                results.append({"id": dialogue.id, "turns": records})
+    except TmoGraphError as error:
+        _fail(error)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+        typer.echo(f"\nwrote {json_out}")
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise TmoGraphError(f"{flag} {value!r} is not NAME=VALUE", f"write {flag} overhead=...")
+        out[name] = rest
+    return out
+
+
+@app.command()
+def chat(
+    thread: Annotated[str | None, typer.Option(help="thread id to start or resume")] = None,
+    user: Annotated[
+        str, typer.Option(help="owner of the dialogue (memory is per user)")
+    ] = "default",
+    view: Annotated[list[str], typer.Option(help="a camera view: NAME=IMAGE_PATH")] = [],  # noqa: B006
+    caption: Annotated[list[str], typer.Option(help="a view's description: NAME=TEXT")] = [],  # noqa: B006
+    config: ConfigOption = None,
+    policy: PolicyOption = None,
+    db: DbOption = None,
+) -> None:
+    """Talk to the graph; every answer shows where it was made and what it cost."""
+    from tmo_graph.images import to_data_url
+    from tmo_graph.report import format_turn
+    from tmo_graph.state import ViewSpec
+
+    try:
+        settings = load_settings(config)
+        context = Context.from_settings(settings, user_id=user, policy=policy)
+        images = _pairs(view, "--view")
+        captions = _pairs(caption, "--caption")
+        unknown = set(captions) - set(images)
+        if unknown:
+            raise TmoGraphError(
+                f"--caption names unknown view(s) {sorted(unknown)}",
+                f"caption only views given with --view ({', '.join(images) or 'none'})",
+            )
+        views = {
+            name: ViewSpec(image=to_data_url(path), description=captions.get(name, ""))
+            for name, path in images.items()
+        }
+        thread_id = thread or uuid.uuid4().hex[:8]
+        with _graph(settings, db) as graph:
+            typer.echo(f"thread {thread_id} (resume with --thread {thread_id}); /quit to leave")
+            first = True
+            for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you> "), None):
+                text = line.strip()
+                if text in ("/quit", "/exit"):
+                    break
+                if not text:
+                    typer.echo("(empty message: type a question, or /quit)")
+                    continue
+                state_in: dict[str, Any] = {"messages": [("user", text)]}
+                if first and views:
+                    state_in["views"] = views
+                first = False
+                out = graph.invoke(
+                    state_in, {"configurable": {"thread_id": thread_id}}, context=context
+                )
+                _print_header()
+                typer.echo(format_turn(out["turns"][-1], answer_width=10_000))
+    except (EOFError, KeyboardInterrupt):
+        typer.echo("")
+    except TmoGraphError as error:
+        _fail(error)
+
+
+if __name__ == "__main__":
+    app()

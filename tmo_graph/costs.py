@@ -1,0 +1,150 @@
+"""Device and network profiles, cloud price tables, and the cost of one call.
+
+Two kinds of numbers live here:
+- the paper's profiles (device GFLOPS / power, network latency per number of uploaded views),
+  used by the simulator and as the *expected* cost of an action before it runs;
+- list prices of cloud models, used to turn the token usage a cloud call reports into USD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tmo_graph.errors import TmoGraphError
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """List price of a cloud chat model, USD per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+    # Tokens billed per image sent with detail="low" (OpenAI's vision pricing).
+    tokens_per_image: int
+
+
+# OpenAI list prices (platform pricing page). gpt-4o-mini bills low-detail images at
+# 2,833 tokens (its per-token price is lower, its image token count higher).
+PRICES: dict[str, ModelPrice] = {
+    "gpt-4o": ModelPrice(input_per_mtok=2.50, output_per_mtok=10.00, tokens_per_image=85),
+    "gpt-4o-mini": ModelPrice(input_per_mtok=0.15, output_per_mtok=0.60, tokens_per_image=2833),
+}
+
+
+def price_for(model: str, table: dict[str, ModelPrice] | None = None) -> ModelPrice:
+    """The price of ``model`` in ``table`` (default: :data:`PRICES`)."""
+    table = PRICES if table is None else table
+    if model not in table:
+        raise TmoGraphError(
+            f"no price for cloud model {model!r} (known: {', '.join(sorted(table))})",
+            "add it under `prices:` in your config, or set `cloud.price_as` to a known model",
+        )
+    return table[model]
+
+
+def cloud_call_cost_usd(price: ModelPrice, input_tokens: int, output_tokens: int) -> float:
+    """USD for one cloud call from its reported token usage (image tokens are input tokens)."""
+    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+
+
+def local_energy_cost_usd(seconds: float, power_w: float, usd_per_kwh: float) -> float:
+    """USD of electricity for ``seconds`` of inference at ``power_w`` watts."""
+    return seconds * power_w / 3.6e6 * usd_per_kwh
+
+
+# ---- Device and network profiles (the paper's; shared by the simulator and the live graph) ----
+# (written by the lead to unblock the graph; the simulator uses the same names)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """An edge device: peak compute (GFLOPS) and peak power (W)."""
+
+    name: str
+    gflops: float
+    power_w: float
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """End-to-end latency of a cloud call by number of uploaded views (index 0: text only)."""
+
+    name: str
+    latency_s_by_views: tuple[float, ...]
+
+
+DEVICES: dict[str, DeviceProfile] = {
+    d.name: d
+    for d in (
+        DeviceProfile("Raspberry Pi-4B", 13.5, 8),
+        DeviceProfile("Raspberry Pi-5", 31.4, 12),
+        DeviceProfile("Jetson Nano", 472.0, 10),
+        DeviceProfile("Jetson TX2", 1.33e3, 15),
+        DeviceProfile("Jetson Xavier NX", 21e3, 20),
+        DeviceProfile("Jetson Orin NX", 100e3, 25),
+        DeviceProfile("Jetson AGX Orin", 275e3, 60),
+        DeviceProfile("iPhone 15 Pro", 35e3, 15),
+    )
+}
+
+NETWORKS: dict[str, NetworkProfile] = {
+    n.name: n
+    for n in (
+        NetworkProfile("Wired", (6.46030, 4.76134, 6.24569, 6.98211)),
+        NetworkProfile("WiFi", (0.5, 1.898, 2.016, 2.238)),
+        NetworkProfile("5G", (0.5, 6.037, 6.412, 7.118)),
+        NetworkProfile("4G", (0.5, 16.603, 17.636, 19.573)),
+    )
+}
+
+# The paper's cloud price per call by number of uploaded views, the same for every network.
+CLOUD_COST_USD_BY_VIEWS: tuple[float, ...] = (0.00049, 0.00500, 0.00945, 0.01368)
+
+# The paper's local LLM workload: a 3.8e9-parameter model, 1024 base / 2048 total tokens.
+PAPER_LLM_PARAMETERS = 3.8e9
+PAPER_BASE_TOKENS = 1024
+PAPER_TOTAL_TOKENS = 2048
+PAPER_USD_PER_KWH = 0.1668
+
+
+def device(name: str) -> DeviceProfile:
+    if name not in DEVICES:
+        raise TmoGraphError(f"unknown device profile {name!r}", f"use one of: {', '.join(DEVICES)}")
+    return DEVICES[name]
+
+
+def network(name: str) -> NetworkProfile:
+    if name not in NETWORKS:
+        raise TmoGraphError(
+            f"unknown network profile {name!r}", f"use one of: {', '.join(NETWORKS)}"
+        )
+    return NETWORKS[name]
+
+
+def local_time_s(profile: DeviceProfile) -> float:
+    """The paper's local inference time: FLOPs of one answer over the device's peak GFLOPS."""
+    flops = 2 * PAPER_LLM_PARAMETERS / PAPER_BASE_TOKENS * PAPER_TOTAL_TOKENS
+    return flops / (profile.gflops * 1e9)
+
+
+def local_cost_usd(profile: DeviceProfile, usd_per_kwh: float = PAPER_USD_PER_KWH) -> float:
+    """Electricity for one local answer at the device's peak power."""
+    return local_energy_cost_usd(local_time_s(profile), profile.power_w, usd_per_kwh)
+
+
+def _by_views(table: tuple[float, ...], k_views: int) -> float:
+    """Table value for ``k_views``; beyond the table, extend linearly by the last step."""
+    if k_views < 0:
+        raise ValueError(f"k_views must be >= 0, got {k_views}")
+    if k_views < len(table):
+        return table[k_views]
+    step = table[-1] - table[-2]
+    return table[-1] + step * (k_views - len(table) + 1)
+
+
+def cloud_time_s(profile: NetworkProfile, k_views: int) -> float:
+    return _by_views(profile.latency_s_by_views, k_views)
+
+
+def cloud_cost_usd(k_views: int) -> float:
+    return _by_views(CLOUD_COST_USD_BY_VIEWS, k_views)

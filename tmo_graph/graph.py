@@ -1,0 +1,80 @@
+"""The tmo-graph LangGraph: one dialogue turn from the user's message to a routed answer.
+
+START -> detect_modality -> recall_memory -> route -> answer_local -> check_confidence -> account
+                                                  \\-> answer_cloud <------(escalate)-----/    ^
+                                                        \\---------------------------------------/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
+
+from tmo_graph.context import Context
+from tmo_graph.nodes.account import account
+from tmo_graph.nodes.cloud import answer_cloud
+from tmo_graph.nodes.confidence import after_confidence, check_confidence
+from tmo_graph.nodes.local import answer_local
+from tmo_graph.nodes.memory import recall_memory
+from tmo_graph.nodes.modality import detect_modality
+from tmo_graph.nodes.route import after_route, route
+from tmo_graph.services import ServiceProvider, Services
+from tmo_graph.settings import Settings
+
+NodeFn = Callable[[Any, Runtime[Context], Services], dict[str, Any]]
+
+
+def _bind(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
+    """A LangGraph node ``(state, runtime)`` that calls ``fn`` with the process's services."""
+
+    def node(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
+        return fn(state, runtime, provider.get())
+
+    node.__name__ = fn.__name__
+    node.__doc__ = fn.__doc__
+    return node
+
+
+def make_builder(provider: ServiceProvider) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled graph; tests compile it with their own checkpointer."""
+    from tmo_graph.state import InputState, State
+
+    builder = StateGraph(State, input_schema=InputState, context_schema=Context)
+    for fn in (
+        detect_modality,
+        recall_memory,
+        route,
+        answer_local,
+        check_confidence,
+        answer_cloud,
+        account,
+    ):
+        builder.add_node(fn.__name__, _bind(fn, provider))
+    builder.add_edge(START, "detect_modality")
+    builder.add_edge("detect_modality", "recall_memory")
+    builder.add_edge("recall_memory", "route")
+    builder.add_conditional_edges("route", after_route)
+    builder.add_edge("answer_local", "check_confidence")
+    builder.add_conditional_edges("check_confidence", after_confidence)
+    builder.add_edge("answer_cloud", "account")
+    builder.add_edge("account", END)
+    return builder
+
+
+def build_graph(
+    services: Services | None = None,
+    settings: Settings | None = None,
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The compiled graph.
+
+    ``services``: ready resources (fakes in tests); without them the real ones are built from
+    ``settings`` (default: configs/default.yaml's values) on the first run, not at import.
+    """
+    provider = ServiceProvider(services=services, settings=settings)
+    return make_builder(provider).compile(checkpointer=checkpointer, name="tmo-graph")

@@ -1,0 +1,62 @@
+"""Images as data URLs: validated once, sent only when a route chooses them."""
+
+from __future__ import annotations
+
+import base64
+import io
+from functools import lru_cache
+from pathlib import Path
+
+from tmo_graph.errors import TmoGraphError
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("data:", "http://", "https://"))
+
+
+def to_data_url(image: str) -> str:
+    """A ``data:`` URL for an image file path; URLs pass through (data URLs are checked)."""
+    if image.startswith(("http://", "https://")):
+        return image
+    if image.startswith("data:"):
+        _check_data_url(image)
+        return image
+    path = Path(image).expanduser()
+    return _file_data_url(str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
+
+
+@lru_cache(maxsize=256)
+def _file_data_url(path: str, mtime: float) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise TmoGraphError(f"image file {path} does not exist", "check the path of the view")
+    data = file.read_bytes()
+    mime = _image_mime(data, source=path)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _check_data_url(url: str) -> None:
+    head, _, payload = url.partition(",")
+    if not head.endswith(";base64") or not payload:
+        raise TmoGraphError(
+            "an inline image is not a base64 data URL", "send data:image/...;base64,<data>"
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise TmoGraphError("an inline image has invalid base64", "re-encode the image") from None
+    _image_mime(data, source="inline image")
+
+
+def _image_mime(data: bytes, source: str) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+            fmt = (img.format or "").lower()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise TmoGraphError(
+            f"{source} is not a readable image", "pass a PNG, JPEG, GIF or WebP file"
+        ) from None
+    return "image/jpeg" if fmt in ("jpeg", "jpg", "mpo") else f"image/{fmt or 'png'}"

@@ -1,0 +1,62 @@
+"""recall_memory: move turns beyond the recent window to memory; recall relevant old ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+
+from tmo_graph.context import Context
+from tmo_graph.prompts import message_text
+from tmo_graph.services import Services
+from tmo_graph.state import State
+
+
+def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
+    """Messages grouped into finished turns (a human message and its answers), oldest first.
+
+    The last message (the current question) is not part of any finished turn.
+    """
+    turns: list[list[AnyMessage]] = []
+    for message in messages[:-1]:
+        if isinstance(message, HumanMessage) or not turns:
+            turns.append([message])
+        else:
+            turns[-1].append(message)
+    return turns
+
+
+def turn_text(turn: Sequence[AnyMessage]) -> str:
+    lines = []
+    for message in turn:
+        who = "User" if isinstance(message, HumanMessage) else "Assistant"
+        if isinstance(message, HumanMessage | AIMessage):
+            lines.append(f"{who}: {message_text(message)}")
+    return "\n".join(lines)
+
+
+def recall_memory(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+    ctx = runtime.context
+    thread_id = str(get_config().get("configurable", {}).get("thread_id", "default"))
+    turns = completed_turns(state.messages)
+    update: dict[str, Any] = {}
+    overflow = len(turns) - ctx.recent_turns
+    if overflow > 0:
+        old = turns[:overflow]
+        first_index = state.turn_count - len(turns)
+        texts = [turn_text(turn) for turn in old]
+        services.memory.add(
+            user_id=ctx.user_id,
+            thread_id=thread_id,
+            turns=[first_index + i for i in range(overflow)],
+            texts=texts,
+            vectors=services.embeddings.embed_documents(texts),
+        )
+        update["messages"] = [RemoveMessage(id=m.id) for turn in old for m in turn if m.id]
+    update["recalled"] = services.memory.search(
+        user_id=ctx.user_id, vector=services.embed(state.prompt), k=ctx.recall_k
+    )
+    return update

@@ -1,0 +1,63 @@
+"""route: the policy picks local or cloud (and which views), within the budget left."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.runtime import Runtime
+
+from tmo_graph.context import Context
+from tmo_graph.policy.base import LOCAL, RouteInput
+from tmo_graph.policy.budget import affordable, all_actions
+from tmo_graph.policy.simple import make_policy
+from tmo_graph.services import Services
+from tmo_graph.state import Budget, Decision, State
+
+
+def prompt_chars(state: State) -> int:
+    """Characters the cloud would read this turn: history, recalled memory and prompt."""
+    history = sum(len(str(m.content)) for m in state.messages[:-1])
+    return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
+
+
+def route_input(state: State, services: Services, budget: Budget | None = None) -> RouteInput:
+    """The policy's view of the turn, with the mask for ``budget`` (default: what is left)."""
+    budget = budget or state.budget_left
+    assert budget is not None
+    if services.cloud is None:
+        actions = [LOCAL]
+    else:
+        actions = all_actions([c["name"] for c in state.candidates if c["url"]])
+    allowed, _ = affordable(actions, budget, prompt_chars(state), services.settings)
+    return RouteInput(
+        prompt=state.prompt,
+        task=state.task,
+        turn=state.turn_count,
+        candidates=state.candidates,
+        history=state.turns,
+        budget_left=budget,
+        allowed=allowed,
+    )
+
+
+def route(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+    policy = make_policy(runtime.context)
+    observation = route_input(state, services)
+    action = policy.decide(observation)
+    if action not in observation.allowed:  # the budget wins over the policy
+        action = LOCAL
+    masked = sorted(
+        a.label
+        for a in all_actions([c["name"] for c in state.candidates if c["url"]])
+        if a not in observation.allowed
+    )
+    return {
+        "decision": Decision(
+            route=action.route, views=list(action.views), policy=policy.name, masked=masked
+        )
+    }
+
+
+def after_route(state: State) -> Literal["answer_local", "answer_cloud"]:
+    assert state.decision is not None
+    return "answer_cloud" if state.decision["route"] == "cloud" else "answer_local"

@@ -1,0 +1,64 @@
+"""The routing decision: actions, what a policy sees, and the Policy protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tmo_graph.state import Budget, Candidate, TurnRecord
+
+
+@dataclass(frozen=True)
+class Action:
+    """Answer locally, or in the cloud with a subset of the candidate views."""
+
+    route: Literal["local", "cloud"]
+    views: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        if self.route == "local":
+            return "local"
+        return "cloud+" + ",".join(self.views) if self.views else "cloud-text"
+
+
+LOCAL = Action("local")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Expected latency and money of an action, before it runs."""
+
+    latency_s: float
+    cost_usd: float
+
+    def fits(self, budget: Budget) -> bool:
+        return self.latency_s <= budget["latency_s"] and self.cost_usd <= budget["cost_usd"]
+
+
+@dataclass(frozen=True)
+class RouteInput:
+    """Everything a policy may look at for one turn."""
+
+    prompt: str
+    task: str
+    turn: int
+    candidates: Sequence[Candidate]
+    history: Sequence[TurnRecord]
+    budget_left: Budget
+    # Actions within the budget, each with its expected cost; LOCAL is always among them.
+    allowed: dict[Action, Cost] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    """Maps a turn's RouteInput to an Action.
+
+    ``escalates``: whether a local answer from this policy goes through the confidence check
+    and may be escalated to the cloud.
+    """
+
+    name: str
+    escalates: bool
+
+    def decide(self, observation: RouteInput) -> Action: ...

@@ -1,0 +1,120 @@
+"""The heavy resources a graph needs, built once per process and settings.
+
+Unit tests pass fakes (``Services(...)`` directly); the real ones come from
+:func:`build_services`, which loads the local model, starts or checks the cloud endpoint,
+and opens the Chroma memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.memory import TurnMemory
+from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
+from tmo_graph.settings import Settings
+
+
+class TokenStats(Protocol):
+    logprobs: list[float]
+    entropies: list[float]
+
+
+class LocalBackend(Protocol):
+    """The on-device model: a LangChain chat model plus teacher-forced answer scoring."""
+
+    def chat_model(self, max_new_tokens: int | None = None) -> BaseChatModel: ...
+
+    def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...
+
+
+@dataclass
+class Services:
+    settings: Settings
+    local: LocalBackend
+    cloud: BaseChatModel | None  # None: no cloud; every cloud action is masked
+    embeddings: Embeddings
+    memory: TurnMemory
+    association: AssociationScorer | None = None
+    tasks: TaskClassifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tasks = TaskClassifier(self.embeddings)
+        if self.association is None:
+            self.association = TextAssociationScorer(self.embeddings)
+        self._embed = lru_cache(maxsize=64)(self._embed_uncached)
+
+    def _embed_uncached(self, text: str) -> tuple[float, ...]:
+        return tuple(self.embeddings.embed_query(text))
+
+    def embed(self, text: str) -> Sequence[float]:
+        """The query embedding of ``text``, cached: several nodes need the same prompt's."""
+        return self._embed(text)
+
+
+def build_services(settings: Settings) -> Services:
+    """Real resources from settings: local model, cloud endpoint, embeddings, Chroma."""
+    from tmo_graph.models.cloud import check_endpoint, get_loopback_server, make_cloud_chat_model
+    from tmo_graph.models.embeddings import local_embeddings
+    from tmo_graph.models.local import get_local_model, resolve_local_model
+
+    folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
+    local = get_local_model(folder, settings.local.max_new_tokens)
+    cloud_cfg = settings.cloud
+    cloud: BaseChatModel | None = None
+    if cloud_cfg.mode == "loopback":
+        serve_folder = (
+            resolve_local_model(cloud_cfg.serve_source, settings.model_cache_dir())
+            if cloud_cfg.serve_source
+            else folder
+        )
+        server = get_loopback_server(serve_folder)
+        cloud = make_cloud_chat_model(
+            server.base_url, server.model_name, None, cloud_cfg.timeout_s, cloud_cfg.max_tokens
+        )
+    elif cloud_cfg.mode == "remote":
+        api_key = os.environ.get(cloud_cfg.api_key_env)
+        base_url = cloud_cfg.base_url or ("https://api.openai.com/v1" if api_key else None)
+        if base_url is None:
+            raise TmoGraphError(
+                f"cloud.mode is 'remote' but neither cloud.base_url nor ${cloud_cfg.api_key_env} "
+                "is set",
+                f"export {cloud_cfg.api_key_env}=... or set cloud.base_url in the config",
+            )
+        if not cloud_cfg.model:
+            raise TmoGraphError("cloud.model is not set", "name the model, e.g. gpt-4o")
+        check_endpoint(base_url, api_key=api_key)
+        cloud = make_cloud_chat_model(
+            base_url, cloud_cfg.model, api_key, cloud_cfg.timeout_s, cloud_cfg.max_tokens
+        )
+    return Services(
+        settings=settings,
+        local=local,
+        cloud=cloud,
+        embeddings=local_embeddings(settings.embeddings.source),
+        memory=TurnMemory(settings.memory_dir(), settings.memory.collection),
+    )
+
+
+class ServiceProvider:
+    """Gives nodes their Services: the ones passed in, or real ones built on first use."""
+
+    def __init__(self, services: Services | None = None, settings: Settings | None = None):
+        self._services = services
+        self._settings = settings or (services.settings if services else Settings())
+        self._lock = threading.Lock()
+
+    def get(self) -> Services:
+        if self._services is None:
+            with self._lock:
+                if self._services is None:
+                    self._services = build_services(self._settings)
+        return self._services
