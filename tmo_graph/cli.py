@@ -39,8 +39,8 @@ def _fail(error: Exception) -> None:
 
 
 @contextmanager
-def _graph(settings: Settings, db: Path | None) -> Iterator[Any]:
-    """The compiled graph with real services and a SQLite checkpointer."""
+def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
+    """The compiled graph (real services, SQLite checkpointer) and its services."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from tmo_graph.graph import build_graph
@@ -51,7 +51,7 @@ def _graph(settings: Settings, db: Path | None) -> Iterator[Any]:
     typer.echo("loading models ...", err=True)
     services = build_services(settings)  # fail before the dialogue, not in the middle of it
     with SqliteSaver.from_conn_string(str(db)) as saver:
-        yield build_graph(services, checkpointer=saver)
+        yield build_graph(services, checkpointer=saver), services
 
 
 def _print_header() -> None:
@@ -83,11 +83,12 @@ def run(
             for d in loaded
         ]
         results = []
-        with _graph(settings, db) as graph:
+        with _graph(settings, db) as (graph, services):
             for dialogue, context in zip(loaded, contexts, strict=True):
                 config_ = {"configurable": {"thread_id": dialogue.id}}
-                if not resume:
+                if not resume:  # a restarted dialogue starts with no state and no memory
                     graph.checkpointer.delete_thread(dialogue.id)
+                    services.memory.forget_thread(user_id=dialogue.user_id, thread_id=dialogue.id)
                 typer.echo(
                     f"\n== dialogue {dialogue.id} (user {dialogue.user_id}, "
                     f"policy {context.policy}) =="
@@ -154,7 +155,7 @@ def chat(
             for name, path in images.items()
         }
         thread_id = thread or uuid.uuid4().hex[:8]
-        with _graph(settings, db) as graph:
+        with _graph(settings, db) as (graph, _):
             typer.echo(f"thread {thread_id} (resume with --thread {thread_id}); /quit to leave")
             first = True
             for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you> "), None):

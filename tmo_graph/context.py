@@ -48,6 +48,10 @@ class Context:
     recall_k: int = field(
         default=3, metadata={"description": "Older turns recalled into the prompt."}
     )
+    min_recall_score: float = field(
+        default=0.3,
+        metadata={"description": "Recall only older turns at least this similar (cosine)."},
+    )
     min_view_score: float = field(
         default=0.3,
         metadata={"description": "A view is worth sending when its association is at least this."},

@@ -66,8 +66,10 @@ class TurnMemory:
             ],
         )
 
-    def search(self, *, user_id: str, vector: Sequence[float], k: int) -> list[Recalled]:
-        """The ``k`` stored turns of ``user_id`` closest to ``vector`` (cosine)."""
+    def search(
+        self, *, user_id: str, vector: Sequence[float], k: int, min_score: float = -1.0
+    ) -> list[Recalled]:
+        """The ``k`` stored turns of ``user_id`` closest to ``vector`` with cosine >= min_score."""
         if k <= 0:
             return []
         result = self._collection.query(
@@ -87,7 +89,12 @@ class TurnMemory:
                 turn=int(meta["turn"]),
             )
             for doc, meta, dist in zip(docs, metas, dists, strict=True)
+            if 1.0 - float(dist) >= min_score
         ]
+
+    def forget_thread(self, *, user_id: str, thread_id: str) -> None:
+        """Delete every stored turn of one thread (when a dialogue is restarted)."""
+        self._collection.delete(where={"$and": [{"user_id": user_id}, {"thread_id": thread_id}]})
 
     def count(self) -> int:
         return int(self._collection.count())

@@ -45,6 +45,9 @@ TASK_EXAMPLES: dict[str, tuple[str, ...]] = {
         "What is in the pot on the stove?",
         "How long does it take to boil an egg?",
         "Is the milk in the fridge still fresh?",
+        "Who invented the microwave oven?",
+        "Which country does paella come from?",
+        "Who wrote this famous cookbook?",
     ),
 }
 

@@ -52,6 +52,9 @@ class CloudSettings(_Section):
     )
     timeout_s: float = Field(60.0, gt=0)
     max_tokens: int = Field(96, gt=0, le=16384)
+    tokens_per_s: float = Field(
+        8.0, gt=0, description="expected answer speed, for budget estimates (loopback: slow CPU)"
+    )
     network: str = Field("WiFi", description="network profile for expected cloud latency")
 
 
@@ -82,6 +85,7 @@ class RoutingDefaults(_Section):
     cost_budget_usd: float = Field(0.05, gt=0)
     recent_turns: int = Field(4, ge=1)
     recall_k: int = Field(3, ge=0)
+    min_recall_score: float = Field(0.3, ge=-1, le=1)
     min_view_score: float = Field(0.3, ge=-1, le=1)
 
 

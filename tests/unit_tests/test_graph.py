@@ -156,7 +156,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
 def test_old_turns_move_to_memory_and_are_recalled_per_user(tmp_path: Path) -> None:
     services = fake_services(tmp_path, FakeLocal(["ok"]), None)
     graph = build_graph(services, checkpointer=InMemorySaver())
-    alice = Context(policy="always-local", user_id="alice", recent_turns=2, recall_k=5)
+    alice = Context(
+        policy="always-local", user_id="alice", recent_turns=2, recall_k=5, min_recall_score=-1
+    )
     texts = ["My locker code is 4711.", "I like basil.", "The oven is gas.", "What is my code?"]
     for text in texts:
         out = _run(graph, text, alice, thread="a")
@@ -164,6 +166,8 @@ def test_old_turns_move_to_memory_and_are_recalled_per_user(tmp_path: Path) -> N
     assert len(out["messages"]) == 2 * 2 + 2
     assert any("4711" in r["text"] for r in out["recalled"])
     assert out["turns"][-1]["turn"] == 3
-    bob = Context(policy="always-local", user_id="bob", recent_turns=2, recall_k=5)
+    bob = Context(
+        policy="always-local", user_id="bob", recent_turns=2, recall_k=5, min_recall_score=-1
+    )
     out_bob = _run(graph, "What is my code?", bob, thread="b")
     assert all("4711" not in r["text"] for r in out_bob["recalled"])

@@ -255,10 +255,10 @@ def make_cloud_chat_model(
         base_url=base_url,
         model=model,
         # An explicit placeholder: a keyless endpoint must not receive $OPENAI_API_KEY.
-        api_key=api_key or "not-needed",  # type: ignore[arg-type]
+        api_key=api_key or "not-needed",
         timeout=timeout_s,
         max_retries=1,  # the router escalates or falls back; long retry loops break budgets
-        max_tokens=max_tokens,  # type: ignore[call-arg]
+        max_tokens=max_tokens,
         stream_usage=True,
     )
 

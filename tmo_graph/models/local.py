@@ -338,7 +338,10 @@ class LocalModel:
             max_new_tokens=max_new_tokens,
             do_sample=False,
         )
-        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+        }
         llm = HuggingFacePipeline(pipeline=pipe, pipeline_kwargs=kwargs)
         # Passing the tokenizer stops ChatHuggingFace from fetching one by model id.
         return ChatHuggingFace(llm=llm, tokenizer=self.tokenizer)

@@ -57,6 +57,9 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
         )
         update["messages"] = [RemoveMessage(id=m.id) for turn in old for m in turn if m.id]
     update["recalled"] = services.memory.search(
-        user_id=ctx.user_id, vector=services.embed(state.prompt), k=ctx.recall_k
+        user_id=ctx.user_id,
+        vector=services.embed(state.prompt),
+        k=ctx.recall_k,
+        min_score=ctx.min_recall_score,
     )
     return update

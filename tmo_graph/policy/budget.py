@@ -12,8 +12,6 @@ from tmo_graph.state import Budget
 
 # Rough prompt size in tokens per character (English averages ~4 characters a token).
 _TOKENS_PER_CHAR = 0.25
-# Cloud models answer much faster than the device; used only for the estimate before a call.
-_CLOUD_TOKENS_PER_S = 40.0
 # Subsets of more views than this are not enumerated (2**X grows fast).
 MAX_VIEWS_PER_CALL = 4
 
@@ -36,7 +34,7 @@ def expected_cost(action: Action, prompt_chars: int, settings: Settings) -> Cost
         )
     k = len(action.views)
     network_s = costs.cloud_time_s(costs.network(settings.cloud.network), k)
-    seconds = network_s + settings.cloud.max_tokens / _CLOUD_TOKENS_PER_S
+    seconds = network_s + settings.cloud.max_tokens / settings.cloud.tokens_per_s
     price = costs.price_for(settings.cloud.price_as, price_table(settings))
     input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * price.tokens_per_image
     return Cost(seconds, costs.cloud_call_cost_usd(price, input_tokens, settings.cloud.max_tokens))
