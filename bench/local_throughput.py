@@ -2,8 +2,8 @@
 
 Both decode greedily the same prompt to the same tokens. Runs alternate (raw, graph, raw,
 graph, ...) so machine noise hits both alike; medians are printed. The graph figure covers
-the whole turn: routing, ChatHuggingFace generation, the log-prob scoring pass for the
-confidence check, and accounting.
+the whole turn: routing, ChatHuggingFace generation with the token log-probs recorded for
+the confidence check, and accounting.
 
 python bench/local_throughput.py [--runs 5] [--max-new-tokens 64]
 """
@@ -54,8 +54,11 @@ def main() -> None:
         raw_tps, graph_tps, chat_tps = [], [], []
         for run in range(args.runs + 1):  # the first round warms both paths up
             start = time.perf_counter()
-            _, n_raw = local.generate_raw(messages, args.max_new_tokens)
-            raw = n_raw / (time.perf_counter() - start)
+            raw_text, _ = local.generate_raw(messages, args.max_new_tokens)
+            raw_s = time.perf_counter() - start
+            # Every path is counted alike: tokens of the answer text (the end token excluded).
+            n_raw = len(local.tokenizer(raw_text.strip())["input_ids"])
+            raw = n_raw / raw_s
 
             start = time.perf_counter()
             out = graph.invoke(
@@ -67,14 +70,15 @@ def main() -> None:
             n_graph = len(local.tokenizer(out["turns"][-1]["answer"])["input_ids"])
 
             start = time.perf_counter()
-            local.chat_model().invoke(PROMPT)
+            chat_text, _ = local.answer(messages, args.max_new_tokens)
             chat_s = time.perf_counter() - start
+            n_chat = len(local.tokenizer(chat_text)["input_ids"])
             if run == 0:
-                print(f"warm-up: raw {n_raw} tokens, graph {n_graph} tokens")
+                print(f"warm-up: raw {n_raw}, answer() {n_chat}, graph {n_graph} tokens")
                 continue
             raw_tps.append(raw)
             graph_tps.append(n_graph / turn_s)
-            chat_tps.append(n_raw / chat_s)
+            chat_tps.append(n_chat / chat_s)
 
     raw_med, graph_med, chat_med = (statistics.median(v) for v in (raw_tps, graph_tps, chat_tps))
     print(
@@ -82,7 +86,7 @@ def main() -> None:
         f"{args.max_new_tokens} new tokens:"
     )
     print(f"  raw model.generate           {raw_med:6.2f} tokens/s")
-    print(f"  ChatHuggingFace.invoke       {chat_med:6.2f} tokens/s", end="")
+    print(f"  LocalModel.answer (+scores)  {chat_med:6.2f} tokens/s", end="")
     print(f"   ratio {chat_med / raw_med:.3f}")
     print(f"  whole graph turn             {graph_med:6.2f} tokens/s", end="")
     print(f"   ratio {graph_med / raw_med:.3f}   target >= 0.95")

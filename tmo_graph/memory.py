@@ -1,11 +1,12 @@
-"""Long-term dialogue memory: older turns in a Chroma collection, recalled per user.
+"""Long-term dialogue memory: older turns in Chroma, one collection per user.
 
-Every stored turn carries its owner's ``user_id``; every query filters on it, so one
-user's history is never recalled into another's dialogue.
+Each user's turns live in their own collection, so a query can only ever see its owner's
+history (and needs no metadata filter, which is slow on large collections).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +37,27 @@ def chroma_client(persist_dir: Path) -> Any:
 
 
 class TurnMemory:
-    """Older turns of all dialogues, searchable by meaning, scoped by user."""
+    """Older turns of all dialogues, searchable by meaning, kept apart per user."""
 
     def __init__(self, persist_dir: Path, collection: str = "tmo_turns") -> None:
         self.persist_dir = Path(persist_dir)
-        # Embeddings are always passed in: Chroma's default embedding function downloads a model.
-        self._collection = chroma_client(self.persist_dir).get_or_create_collection(
-            name=collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
-        )
+        self.prefix = collection
+        self._client = chroma_client(self.persist_dir)
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _collection(self, user_id: str) -> Any:
+        with self._lock:
+            if user_id not in self._collections:
+                # Hashed: any user id maps to a valid, fixed-length collection name.
+                digest = hashlib.sha256(user_id.encode()).hexdigest()[:24]
+                # Embeddings are always passed in: Chroma's default function downloads a model.
+                self._collections[user_id] = self._client.get_or_create_collection(
+                    name=f"{self.prefix}_{digest}",
+                    embedding_function=None,
+                    metadata={"hnsw:space": "cosine", "user_id": user_id},
+                )
+            return self._collections[user_id]
 
     def add(
         self,
@@ -54,28 +68,26 @@ class TurnMemory:
         texts: Sequence[str],
         vectors: Sequence[Sequence[float]],
     ) -> None:
-        """Store turns; re-adding the same (user, thread, turn) overwrites it."""
+        """Store turns; re-adding the same (thread, turn) overwrites it."""
         if not texts:
             return
-        self._collection.upsert(
-            ids=[f"{user_id}\x1f{thread_id}\x1f{turn}" for turn in turns],
+        self._collection(user_id).upsert(
+            ids=[f"{thread_id}\x1f{turn}" for turn in turns],
             documents=list(texts),
             embeddings=[list(map(float, v)) for v in vectors],
-            metadatas=[
-                {"user_id": user_id, "thread_id": thread_id, "turn": int(turn)} for turn in turns
-            ],
+            metadatas=[{"thread_id": thread_id, "turn": int(turn)} for turn in turns],
         )
 
     def search(
         self, *, user_id: str, vector: Sequence[float], k: int, min_score: float = -1.0
     ) -> list[Recalled]:
         """The ``k`` stored turns of ``user_id`` closest to ``vector`` with cosine >= min_score."""
-        if k <= 0:
+        collection = self._collection(user_id)
+        if k <= 0 or collection.count() == 0:
             return []
-        result = self._collection.query(
+        result = collection.query(
             query_embeddings=[list(map(float, vector))],
             n_results=k,
-            where={"user_id": user_id},
             include=["documents", "metadatas", "distances"],
         )
         docs = (result.get("documents") or [[]])[0]
@@ -94,7 +106,7 @@ class TurnMemory:
 
     def forget_thread(self, *, user_id: str, thread_id: str) -> None:
         """Delete every stored turn of one thread (when a dialogue is restarted)."""
-        self._collection.delete(where={"$and": [{"user_id": user_id}, {"thread_id": thread_id}]})
+        self._collection(user_id).delete(where={"thread_id": thread_id})
 
-    def count(self) -> int:
-        return int(self._collection.count())
+    def count(self, user_id: str) -> int:
+        return int(self._collection(user_id).count())

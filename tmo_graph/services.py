@@ -29,9 +29,11 @@ class TokenStats(Protocol):
 
 
 class LocalBackend(Protocol):
-    """The on-device model: a LangChain chat model plus teacher-forced answer scoring."""
+    """The on-device model: answers with per-token scores; scores any given answer."""
 
-    def chat_model(self, max_new_tokens: int | None = None) -> BaseChatModel: ...
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[str, TokenStats]: ...
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...
 

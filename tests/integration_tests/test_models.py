@@ -187,6 +187,18 @@ def test_score_answer_matches_transition_scores(local: LocalModel) -> None:
     assert all(0 <= h <= math.log(len(tok)) + 1e-3 for h in scores.entropies)
 
 
+def test_answer_scores_recorded_during_generation_match_a_scoring_pass(
+    local: LocalModel,
+) -> None:
+    text, recorded = local.answer(MESSAGES, max_new_tokens=24)
+    assert text and recorded.n_tokens == len(recorded.logprobs) > 0
+    rescored = local.score_answer(MESSAGES, text)
+    # The same tokens, scored once while generating and once teacher-forced.
+    assert recorded.n_tokens == rescored.n_tokens
+    assert recorded.logprobs == pytest.approx(rescored.logprobs, abs=1e-3)
+    assert recorded.entropies == pytest.approx(rescored.entropies, abs=1e-3)
+
+
 def test_score_answer_of_empty_answer(local: LocalModel) -> None:
     scores = local.score_answer(MESSAGES, "")
     assert (scores.logprobs, scores.entropies, scores.n_tokens) == ([], [], 0)

@@ -10,7 +10,6 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
@@ -34,17 +33,13 @@ class FakeLocal:
     calls: int = 0
     seen: list[Any] = field(default_factory=list)
 
-    def chat_model(self, max_new_tokens: int | None = None) -> BaseChatModel:
-        outer = self
-
-        class _Model(FakeListChatModel):
-            def _call(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> str:
-                outer.seen.append(messages)
-                answer = outer.answers[outer.calls % len(outer.answers)]
-                outer.calls += 1
-                return answer
-
-        return _Model(responses=["unused"])
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[str, Stats]:
+        self.seen.append(messages)
+        text = self.answers[self.calls % len(self.answers)]
+        self.calls += 1
+        return text, self.score_answer(messages, text)
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> Stats:
         n = max(len(answer.split()), 1)

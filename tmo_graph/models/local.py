@@ -261,6 +261,29 @@ class TokenScores:
     n_tokens: int
 
 
+class _GreedyStepRecorder:
+    """A logits processor that keeps, per generated token, its log-prob and the entropy.
+
+    Decoding is greedy, so the chosen token is the arg-max of the scores this processor
+    sees (it runs last); the log-probs come for free during generation, with no second pass.
+    """
+
+    def __init__(self) -> None:
+        self.logprobs: list[float] = []
+        self.entropies: list[float] = []
+        self.chosen: list[int] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logp = torch.log_softmax(scores[0].float(), dim=-1)
+        best = int(torch.argmax(logp))
+        self.chosen.append(best)
+        self.logprobs.append(float(logp[best]))
+        self.entropies.append(float(-(logp.exp() * logp).sum()))
+        return scores
+
+
 class LocalModel:
     """Tokenizer and causal LM on the CPU, in float32 and eval mode, loaded once."""
 
@@ -323,6 +346,31 @@ class LocalModel:
             if n not in self._chat_models:
                 self._chat_models[n] = self._build_chat_model(n)
             return self._chat_models[n]
+
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[str, TokenScores]:
+        """Greedy answer through the LangChain chat model, with its token scores.
+
+        The scores are recorded during generation; if the pipeline path did not run the
+        recorder (e.g. a streaming call), the answer is scored by a teacher-forced pass.
+        """
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+        from transformers import LogitsProcessorList
+
+        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+        chat = [kinds[m["role"]](content=m["content"]) for m in messages]
+        recorder = _GreedyStepRecorder()
+        reply = self.chat_model(max_new_tokens).invoke(
+            chat, pipeline_kwargs={"logits_processor": LogitsProcessorList([recorder])}
+        )
+        text = str(reply.content).strip()
+        if not recorder.chosen:
+            return text, self.score_answer(messages, text)
+        n = len(recorder.chosen)
+        if recorder.chosen[-1] == self.tokenizer.eos_token_id:  # the end token is no answer
+            n -= 1
+        return text, TokenScores(recorder.logprobs[:n], recorder.entropies[:n], n)
 
     def _build_chat_model(self, max_new_tokens: int) -> BaseChatModel:
         try:

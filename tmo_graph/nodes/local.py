@@ -10,18 +10,16 @@ from langgraph.runtime import Runtime
 from tmo_graph import costs
 from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
-from tmo_graph.prompts import as_langchain, message_text, text_dialogue
+from tmo_graph.prompts import text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State
 
 
 def local_call(state: State, services: Services) -> tuple[CallRecord, float, dict[str, float]]:
-    """Generate the local answer and score it; the latency covers both (both run on device)."""
+    """Generate the local answer with its token scores, and measure it."""
     dialogue = text_dialogue(state.messages, state.recalled)
     start = time.perf_counter()
-    reply = services.local.chat_model().invoke(as_langchain(dialogue))
-    text = message_text(reply).strip()
-    stats = services.local.score_answer(dialogue, text)
+    text, stats = services.local.answer(dialogue)
     latency = time.perf_counter() - start
     conf, parts = confidence(stats.logprobs, stats.entropies, text)
     device = costs.device(services.settings.device.profile)
