@@ -44,4 +44,5 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/routing_overhead.py
+	$(PY) bench/local_throughput.py
 	$(PY) bench/local_model.py

@@ -62,40 +62,44 @@ class Services:
         return self._embed(text)
 
 
+def _remote_cloud(settings: Settings) -> BaseChatModel:
+    """ChatOpenAI for a configured endpoint, checked to answer before any dialogue starts."""
+    from tmo_graph.models.cloud import check_endpoint, make_cloud_chat_model
+
+    cfg = settings.cloud
+    api_key = os.environ.get(cfg.api_key_env)
+    base_url = cfg.base_url or ("https://api.openai.com/v1" if api_key else None)
+    if base_url is None:
+        raise TmoGraphError(
+            f"cloud.mode is 'remote' but neither cloud.base_url nor ${cfg.api_key_env} is set",
+            f"export {cfg.api_key_env}=... or set cloud.base_url in the config",
+        )
+    if not cfg.model:
+        raise TmoGraphError("cloud.model is not set", "name the model, e.g. gpt-4o")
+    check_endpoint(base_url, api_key=api_key)
+    return make_cloud_chat_model(base_url, cfg.model, api_key, cfg.timeout_s, cfg.max_tokens)
+
+
 def build_services(settings: Settings) -> Services:
     """Real resources from settings: local model, cloud endpoint, embeddings, Chroma."""
-    from tmo_graph.models.cloud import check_endpoint, get_loopback_server, make_cloud_chat_model
+    from tmo_graph.models.cloud import get_loopback_server, make_cloud_chat_model
     from tmo_graph.models.embeddings import local_embeddings
     from tmo_graph.models.local import get_local_model, resolve_local_model
 
+    cfg = settings.cloud
+    # Cheap checks first: a bad endpoint should fail before a model is loaded.
+    cloud = _remote_cloud(settings) if cfg.mode == "remote" else None
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
     local = get_local_model(folder, settings.local.max_new_tokens)
-    cloud_cfg = settings.cloud
-    cloud: BaseChatModel | None = None
-    if cloud_cfg.mode == "loopback":
+    if cfg.mode == "loopback":
         serve_folder = (
-            resolve_local_model(cloud_cfg.serve_source, settings.model_cache_dir())
-            if cloud_cfg.serve_source
+            resolve_local_model(cfg.serve_source, settings.model_cache_dir())
+            if cfg.serve_source
             else folder
         )
         server = get_loopback_server(serve_folder)
         cloud = make_cloud_chat_model(
-            server.base_url, server.model_name, None, cloud_cfg.timeout_s, cloud_cfg.max_tokens
-        )
-    elif cloud_cfg.mode == "remote":
-        api_key = os.environ.get(cloud_cfg.api_key_env)
-        base_url = cloud_cfg.base_url or ("https://api.openai.com/v1" if api_key else None)
-        if base_url is None:
-            raise TmoGraphError(
-                f"cloud.mode is 'remote' but neither cloud.base_url nor ${cloud_cfg.api_key_env} "
-                "is set",
-                f"export {cloud_cfg.api_key_env}=... or set cloud.base_url in the config",
-            )
-        if not cloud_cfg.model:
-            raise TmoGraphError("cloud.model is not set", "name the model, e.g. gpt-4o")
-        check_endpoint(base_url, api_key=api_key)
-        cloud = make_cloud_chat_model(
-            base_url, cloud_cfg.model, api_key, cloud_cfg.timeout_s, cloud_cfg.max_tokens
+            server.base_url, server.model_name, None, cfg.timeout_s, cfg.max_tokens
         )
     return Services(
         settings=settings,

@@ -1,0 +1,54 @@
+"""Start-up faults through the real CLI: one line naming the problem and the fix, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tmo_graph.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_unreachable_cloud_endpoint_at_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "remote.yaml"
+    config.write_text(
+        "cloud: {mode: remote, base_url: 'http://127.0.0.1:9/v1', model: gpt-4o, price_as: gpt-4o}"
+    )
+    result = _cli("run", "examples/kitchen.jsonl", "--config", str(config))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert (
+        lines
+        == [
+            line
+            for line in lines
+            if "http://127.0.0.1:9/v1 is unreachable (connection refused)" in line
+        ]
+        and len(lines) == 1
+    )
+    assert "Traceback" not in result.stderr and "Fix:" in lines[0]
+
+
+def test_missing_local_model_package(tmp_path: Path) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text("local: {source: llm-no-such-model-package}\ncloud: {mode: 'off'}")
+    result = _cli("run", "examples/kitchen.jsonl", "--config", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "llm-no-such-model-package" in result.stderr
