@@ -91,6 +91,9 @@ def test_rules_send_only_the_relevant_view(tmp_path: Path) -> None:
         if isinstance(part, dict) and part.get("type") == "image_url"
     ]
     assert len(image_parts) == 1 and image_parts[0]["image_url"]["url"].startswith("data:image/png")
+    # Priced as gpt-4o-mini: reported usage (100 in, 20 out) plus one low-detail image, which
+    # the text-only loopback stand-in does not bill itself.
+    assert record["cost_usd"] == pytest.approx(((100 + 2833) * 0.15 + 20 * 0.60) / 1e6)
 
 
 def test_private_views_never_leave(tmp_path: Path) -> None:

@@ -52,6 +52,10 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     input_tokens = int(usage.get("input_tokens", 0))
     output_tokens = int(usage.get("output_tokens", 0))
     price = costs.price_for(services.settings.cloud.price_as, price_table(services.settings))
+    if services.settings.cloud.mode == "loopback":
+        # The loopback stand-in is text-only and drops images unbilled; bill them as the
+        # priced model would (a real endpoint reports image tokens in its usage).
+        input_tokens += len(views) * price.tokens_per_image
     call = CallRecord(
         where="cloud",
         latency_s=round(latency, 4),
