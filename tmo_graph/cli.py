@@ -180,5 +180,53 @@ def chat(
         _fail(error)
 
 
+bench_app = typer.Typer(help="Benchmarks of routing policies.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("m4a1")
+def bench_m4a1(
+    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    seeds: Annotated[str, typer.Option(help="a count (3: the reference seeds) or a list")] = "3",
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "local,cloud,random",
+    network: Annotated[str, typer.Option(help="Wired, WiFi, 5G or 4G")] = "Wired",
+    device: Annotated[str, typer.Option(help="paper device profile")] = "Jetson TX2",
+    latency_budget: Annotated[float, typer.Option(help="seconds per dialogue")] = 30.0,
+    usage_budget: Annotated[float, typer.Option(help="USD per dialogue")] = 0.05,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the table here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write reward vs usage plot (PNG)")] = None,
+) -> None:
+    """The paper's M4A1 table: every method on the same seeded 80/20 splits."""
+    from tmo_graph.sim.bench import parse_methods, parse_seeds, run_benchmark
+    from tmo_graph.sim.data import load_m4a1
+    from tmo_graph.sim.report import format_table, plot_reward_usage
+    from tmo_graph.sim.world import SimSettings
+
+    try:
+        settings = SimSettings(
+            device=device,
+            network=network,
+            latency_budget_s=latency_budget,
+            usage_budget_usd=usage_budget,
+        )
+        result = run_benchmark(
+            load_m4a1(data),
+            parse_seeds(seeds),
+            parse_methods(methods),
+            settings,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(format_table(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot:
+        plot_reward_usage(result, plot)
+        typer.echo(f"wrote {plot}")
+
+
 if __name__ == "__main__":
     app()

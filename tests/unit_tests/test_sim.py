@@ -1,0 +1,177 @@
+"""The M4A1 simulator: loader checks, actions, observations, and parity with the paper's code."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.observation import (
+    ObservationSpec,
+    TurnFeatures,
+    action_views,
+    build_observation,
+    n_actions,
+    views_action,
+)
+from tmo_graph.sim.bench import parse_seeds, run_benchmark
+from tmo_graph.sim.data import load_m4a1
+from tmo_graph.sim.world import SimSettings
+
+M4A1 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "M4A1.json"
+needs_m4a1 = pytest.mark.skipif(not M4A1.is_file(), reason=f"{M4A1} is not present")
+
+# ../shared/REFERENCE.md: the published TMO code on M4A1 (reward, response, association,
+# latency s, usage USD, overshoot latency s, overshoot usage USD, local/text/views).
+REFERENCE = {
+    ("Local", 9139): (0.9025738611, 0.9025738611, 0.0, 0.041143, 0.00000003, 0.0, 0.0, (72, 0, 0)),
+    ("Local", 1355): (0.8689926096, 0.8689926096, 0.0, 0.039429, 0.00000003, 0.0, 0.0, (69, 0, 0)),
+    ("Local", 7826): (1.0084433978, 1.0084433978, 0.0, 0.039429, 0.00000003, 0.0, 0.0, (69, 0, 0)),
+    ("Cloud", 9139): (1.0133102900, 1.2961146874, 0.3250280135, 20.945972, 0.02589500, 1.183845, 0.0, (0, 9, 63)),
+    ("Cloud", 1355): (0.8895109829, 1.1766399660, 0.2660087188, 20.025950, 0.02202600, 1.186723, 0.0, (0, 14, 55)),
+    ("Cloud", 7826): (1.0018493819, 1.2841249839, 0.3432855274, 19.731662, 0.02645100, 0.608470, 0.00063, (0, 4, 65)),
+    ("Random", 9139): (0.9205143928, 1.0960392379, 0.1906979305, 12.712530, 0.01488751, 0.0, 0.0, (29, 8, 35)),
+    ("Random", 1355): (0.8447152371, 1.0143252281, 0.1896405478, 11.983486, 0.01455501, 0.0, 0.0, (30, 8, 31)),
+    ("Random", 7826): (0.9745172130, 1.1237395477, 0.1554576838, 10.264401, 0.01230351, 0.0, 0.0, (33, 4, 32)),
+}  # fmt: skip
+
+
+@needs_m4a1
+def test_baselines_match_the_published_code_exactly() -> None:
+    result = run_benchmark(
+        load_m4a1(M4A1), [9139, 1355, 7826], ["local", "cloud", "random"], SimSettings()
+    )
+    for (method, seed), expected in REFERENCE.items():
+        got = result["methods"][method]["per_seed"][str(seed)]
+        keys = ("reward", "response", "association")
+        assert [got[k] for k in keys] == pytest.approx(expected[:3], abs=1e-9)
+        assert got["latency_s"] == pytest.approx(expected[3], abs=1e-6)
+        assert got["usage_usd"] == pytest.approx(expected[4], abs=1e-8)
+        assert got["overshoot_latency_s"] == pytest.approx(expected[5], abs=1e-6)
+        assert got["overshoot_usage_usd"] == pytest.approx(expected[6], abs=1e-8)
+        mix = got["actions"]
+        assert (mix["local"], mix["cloud_text"], mix["cloud_views"]) == expected[7]
+    assert result["methods"]["Local"]["mean"]["reward"] == pytest.approx(0.9267, abs=1e-4)
+
+
+def test_actions_enumerate_view_subsets_by_size_then_order() -> None:
+    assert n_actions(3) == 9
+    assert [action_views(a, 3) for a in range(9)] == [
+        (), (), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)
+    ]  # fmt: skip
+    assert all(views_action(action_views(a, 4), 4) == a for a in range(2, n_actions(4)))
+    with pytest.raises(TmoGraphError, match="out of range"):
+        action_views(9, 3)
+
+
+def test_observation_stacks_the_window_and_pads_with_minus_one() -> None:
+    spec = ObservationSpec(n_views=3, task_names=("a", "b"), time_span=3, with_budgets=True)
+    history = [TurnFeatures(1, (0, 2)), TurnFeatures(0)]
+    obs = build_observation(spec, history, [1, 0, 1], budget_left=(12.5, 0.01))
+    assert obs.tolist() == pytest.approx(
+        [-1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 12.5, 0.01], abs=1e-6
+    )
+    first = build_observation(spec, [], [0], budget_left=(30, 0.05))
+    assert first.tolist()[:10] == [-1] * 10 and first.shape == (spec.size,)
+    assert ObservationSpec.from_dict(spec.to_dict()) == spec
+
+
+def _episode(turns: int, views: int, tasks: list[str], rng: random.Random) -> dict[str, Any]:
+    interactions = []
+    for t in range(turns):
+        action = rng.choice([0, 1])
+        chosen = sorted(rng.sample(range(views), rng.randint(1, views))) if action else None
+        interactions.append(
+            {
+                "question": f"q{t}",
+                "task_cat": rng.choice(tasks),
+                "action": action,
+                "image_index": chosen,
+                "answer": "fine" if rng.random() < 0.9 else "sorry, no",
+                "score": round(rng.uniform(0, 3), 2),
+            }
+        )
+    scores = [[round(rng.uniform(0.1, 0.3), 3) for _ in range(views)] for _ in range(turns)]
+    return {"id": rng.randint(0, 10**6), "interactions": interactions, "association_score": scores}
+
+
+def test_other_views_tasks_and_lengths_run_through_the_benchmark(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    tasks = ["t1", "t2", "t3", "t4", "t5"]
+    data = [_episode(rng.randint(2, 6), 4, tasks, rng) for _ in range(40)]
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps(data))
+    dataset = load_m4a1(path)
+    assert dataset.n_views == 4 and len(dataset.task_names) == 5
+    settings = SimSettings(network="4G", latency_budget_s=40, usage_budget_usd=0.03, time_span=4)
+    result = run_benchmark(dataset, [1, 2], ["local", "cloud", "random"], settings)
+    cloud = result["methods"]["Cloud"]["mean"]
+    assert cloud["actions"]["cloud_views"] > 0 and cloud["latency_s"] > 0
+    # 4G uploads are slow: random cloud actions overdraw a 40 s budget in some dialogues.
+    assert cloud["over_budget_share"] > 0
+    assert result["methods"]["Local"]["mean"]["over_budget_share"] == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d[1]["interactions"][0].pop("task_cat"),
+            r"episode 1 .*interactions\[0\].task_cat",
+        ),
+        (lambda d: d[2]["interactions"][1].update(action=2), r"episode 2 .*action.* must be 0"),
+        (lambda d: d[0]["association_score"].pop(), r"episode 0 .*association_score"),
+        (lambda d: d[3]["interactions"][0].update(image_index=[7]), r"episode 3 .*image_index"),
+        (lambda d: d[0]["interactions"][0].update(score="high"), r"episode 0 .*score"),
+    ],
+)
+def test_broken_files_name_the_episode_and_field(tmp_path: Path, mutate: Any, message: str) -> None:
+    rng = random.Random(1)
+    data = [_episode(3, 3, ["a", "b"], rng) for _ in range(5)]
+    for episode in data:  # fixed shapes, so each mutation breaks exactly one thing
+        episode["interactions"][1]["action"] = 0
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TmoGraphError, match=message):
+        load_m4a1(path)
+
+
+def test_seeds_option() -> None:
+    assert parse_seeds("3") == [9139, 1355, 7826]
+    assert parse_seeds("9139,1355") == [9139, 1355]
+    assert len(set(parse_seeds("5"))) == 5
+    with pytest.raises(TmoGraphError):
+        parse_seeds("many")
+
+
+def test_training_env_steps_and_zeroes_overdrawn_steps() -> None:
+    from tmo_graph.sim.gym_env import M4A1Env
+    from tmo_graph.sim.knn import ResponseModel
+    from tmo_graph.sim.world import World
+
+    rng = random.Random(3)
+    path_data = [_episode(4, 3, ["a", "b"], rng) for _ in range(10)]
+    from tmo_graph.sim.data import parse_episode
+
+    episodes = [parse_episode(e, i, 3) for i, e in enumerate(path_data)]
+    spec = ObservationSpec(n_views=3, task_names=("a", "b"), with_budgets=True)
+    knn_spec = ObservationSpec(n_views=3, task_names=("a", "b"))
+    world = World(spec, SimSettings(), ResponseModel(knn_spec, episodes))
+    env = M4A1Env(world, episodes)
+    random.seed(0)
+    np.random.seed(0)
+    obs, _ = env.reset()
+    assert obs.shape == (spec.size,) and env.observation_space.contains(obs)
+    total = 0.0
+    done = False
+    while not done:  # always the most expensive action: the sampled budget runs out
+        obs, reward, done, _, _ = env.step(8)
+        total += reward
+    assert obs.tolist() == [-1.0] * spec.size
+    assert env._left[0] < 0 or env._left[1] < 0

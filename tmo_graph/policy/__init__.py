@@ -1,0 +1,1 @@
+"""Routing policies and the observation they share with the simulator."""

@@ -1,0 +1,140 @@
+"""One observation, two worlds: the features a learned policy sees, in the simulator and live.
+
+Per turn ``t`` the paper's state is ``[previous action (-1 at start, 0 local, 1 cloud),
+views used by the previous turn (X flags), task id of turn t]``. The observation stacks the
+states of the last ``time_span`` turns (missing ones padded with -1) and, for budget-aware
+policies, appends the latency and money left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from tmo_graph.errors import TmoGraphError
+
+
+def n_actions(n_views: int) -> int:
+    """Local, plus the cloud with each of the ``2**n_views`` view subsets."""
+    return 1 + 2**n_views
+
+
+def view_subsets(n_views: int) -> list[tuple[int, ...]]:
+    """Every view subset in (size, lexicographic) order: (), (0,), (1,), ..., (0, 1), ..."""
+    return [c for size in range(n_views + 1) for c in combinations(range(n_views), size)]
+
+
+def action_views(action: int, n_views: int) -> tuple[int, ...]:
+    """The views a cloud action uploads (empty for local and for cloud text-only)."""
+    if not 0 <= action < n_actions(n_views):
+        raise TmoGraphError(
+            f"action {action} is out of range for {n_views} views",
+            f"use 0..{n_actions(n_views) - 1}",
+        )
+    return () if action == 0 else view_subsets(n_views)[action - 1]
+
+
+def views_action(views: Sequence[int], n_views: int) -> int:
+    """The cloud action that uploads exactly ``views``."""
+    return 1 + view_subsets(n_views).index(tuple(sorted(views)))
+
+
+@dataclass(frozen=True)
+class TurnFeatures:
+    """What a finished turn contributes to later observations."""
+
+    action: int  # 0 local, 1 cloud
+    views_used: tuple[int, ...] = ()  # indices of the uploaded views (cloud only)
+
+    @classmethod
+    def from_action(cls, action: int, n_views: int) -> TurnFeatures:
+        return cls(0, ()) if action == 0 else cls(1, action_views(action, n_views))
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """What a policy was trained to see; saved beside its weights and checked on load."""
+
+    n_views: int
+    task_names: tuple[str, ...]
+    time_span: int = 5
+    with_budgets: bool = False
+
+    @property
+    def per_step(self) -> int:
+        return self.n_views + 2
+
+    @property
+    def size(self) -> int:
+        return self.per_step * self.time_span + (2 if self.with_budgets else 0)
+
+    def task_id(self, task: str) -> int:
+        if task not in self.task_names:
+            raise TmoGraphError(
+                f"task {task!r} is not one the policy knows",
+                f"use one of: {', '.join(self.task_names)}",
+            )
+        return self.task_names.index(task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ObservationSpec:
+        return cls(
+            n_views=int(raw["n_views"]),
+            task_names=tuple(raw["task_names"]),
+            time_span=int(raw["time_span"]),
+            with_budgets=bool(raw["with_budgets"]),
+        )
+
+
+def step_state(previous: TurnFeatures | None, task_id: int, n_views: int) -> list[float]:
+    """The paper's per-turn state."""
+    if previous is None:
+        return [-1.0, *([0.0] * n_views), float(task_id)]
+    flags = [0.0] * n_views
+    if previous.action == 1:
+        for view in previous.views_used:
+            flags[view] = 1.0
+    return [float(previous.action), *flags, float(task_id)]
+
+
+def window_state(
+    spec: ObservationSpec, history: Sequence[TurnFeatures], task_ids: Sequence[int]
+) -> list[float]:
+    """States of the last ``time_span`` turns, oldest first, for the turn ``len(history)``.
+
+    ``history``: the finished turns of the dialogue; ``task_ids``: the task of every turn up
+    to and including the current one.
+    """
+    current = len(history)
+    if len(task_ids) != current + 1:
+        raise ValueError(f"need {current + 1} task ids for turn {current}, got {len(task_ids)}")
+    rows: list[float] = []
+    for turn in range(current - spec.time_span + 1, current + 1):
+        if turn < 0:
+            rows += [-1.0] * spec.per_step
+        else:
+            previous = history[turn - 1] if turn > 0 else None
+            rows += step_state(previous, task_ids[turn], spec.n_views)
+    return rows
+
+
+def build_observation(
+    spec: ObservationSpec,
+    history: Sequence[TurnFeatures],
+    task_ids: Sequence[int],
+    budget_left: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The policy's input for the current turn (float32, length ``spec.size``)."""
+    values = window_state(spec, history, task_ids)
+    if spec.with_budgets:
+        if budget_left is None:
+            raise ValueError("this policy needs the budget left (latency s, cost USD)")
+        values += [float(budget_left[0]), float(budget_left[1])]
+    return np.asarray(values, dtype=np.float32)

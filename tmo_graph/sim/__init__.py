@@ -1,0 +1,1 @@
+"""The M4A1 simulator: data, response model, gymnasium environment, baselines, evaluation."""

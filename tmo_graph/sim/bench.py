@@ -1,0 +1,75 @@
+"""The paper's benchmark: every method on the same seeds' splits, as one JSON-able table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.observation import ObservationSpec
+from tmo_graph.sim.data import Dataset, paper_split
+from tmo_graph.sim.evaluate import BASELINES, aggregate, evaluate
+from tmo_graph.sim.knn import ResponseModel
+from tmo_graph.sim.world import SimSettings, World
+
+REFERENCE_SEEDS = (9139, 1355, 7826)
+METHOD_NAMES = {"local": "Local", "cloud": "Cloud", "random": "Random"}
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHOD_NAMES]
+    if unknown or not names:
+        raise TmoGraphError(
+            f"unknown method(s) {unknown or text!r}", f"use any of: {','.join(METHOD_NAMES)}"
+        )
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3`` means the first three reference seeds; ``9139,1355`` lists seeds."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TmoGraphError(
+            f"--seeds {text!r} is not a number or a list", "e.g. 3 or 9139,1355"
+        ) from None
+    if len(values) == 1 and "," not in text:
+        count = values[0]
+        if count < 1:
+            raise TmoGraphError("--seeds must be >= 1", "e.g. --seeds 3")
+        extra = [REFERENCE_SEEDS[-1] + 1000 * i for i in range(1, count - 2)]
+        return [*REFERENCE_SEEDS, *extra][:count]
+    return values
+
+
+def run_benchmark(
+    dataset: Dataset,
+    seeds: Sequence[int],
+    methods: Sequence[str],
+    settings: SimSettings,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    spec = ObservationSpec(
+        n_views=dataset.n_views, task_names=dataset.task_names, time_span=settings.time_span
+    )
+    per_method: dict[str, dict[str, Any]] = {METHOD_NAMES[m]: {} for m in methods}
+    for seed in seeds:
+        train, _ = paper_split(dataset.episodes, seed)
+        world = World(spec, settings, ResponseModel(spec, train))
+        for method in methods:
+            name = METHOD_NAMES[method]
+            _, test = paper_split(dataset.episodes, seed)  # re-seed: each run starts alike
+            result = evaluate(world, test, BASELINES[name](world))
+            per_method[name][str(seed)] = result
+            progress(f"{name:<8} seed {seed}: reward {result['reward']:.4f}")
+    return {
+        "settings": {
+            **settings.to_dict(),
+            "seeds": list(seeds),
+            "protocol": "paper",
+            "n_views": dataset.n_views,
+            "tasks": list(dataset.task_names),
+        },
+        "methods": {name: aggregate(runs) for name, runs in per_method.items()},
+    }

@@ -1,0 +1,86 @@
+"""The benchmark as a paper-style table and a reward-vs-usage plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    ("reward", "reward", 4),
+    ("response", "response", 4),
+    ("association", "assoc.", 4),
+    ("latency_s", "latency s", 3),
+    ("usage_usd", "usage USD", 5),
+    ("overshoot_latency_s", "over lat s", 3),
+    ("overshoot_usage_usd", "over USD", 5),
+    ("over_budget_share", "% over", 1),
+)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"M4A1, seeds {s['seeds']}, {s['device']} / {s['network']}, budgets "
+        f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol {s['protocol']} "
+        "(mean +- std over seeds)",
+        f"{'method':<8} "
+        + " ".join(f"{title:>17}" for _, title, _ in COLUMNS)
+        + "   actions local/text/views",
+    ]
+    for name, row in result["methods"].items():
+        cells = []
+        for key, _, digits in COLUMNS:
+            mean, std = row["mean"][key], row["std"][key]
+            if key == "over_budget_share":
+                mean, std = 100 * mean, 100 * std
+            cells.append(f"{mean:>9.{digits}f}+-{std:<6.{digits}f}")
+        mix = row["mean"]["actions"]
+        lines.append(
+            f"{name:<8} "
+            + " ".join(f"{c:>17}" for c in cells)
+            + f"   {mix['local']:.0f}/{mix['cloud_text']:.0f}/{mix['cloud_views']:.0f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_reward_usage(result: dict[str, Any], path: Path) -> None:
+    """Reward against usage per method (error bars over seeds), with the action mix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(result["methods"])
+    for name in names:
+        row = result["methods"][name]
+        left.errorbar(
+            row["mean"]["usage_usd"],
+            row["mean"]["reward"],
+            xerr=row["std"]["usage_usd"],
+            yerr=row["std"]["reward"],
+            fmt="o",
+            capsize=3,
+        )
+        left.annotate(
+            name,
+            (row["mean"]["usage_usd"], row["mean"]["reward"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+        )
+    left.set_xlabel("usage per dialogue (USD)")
+    left.set_ylabel("reward")
+    left.set_title("reward vs usage (mean +- std over seeds)")
+    bottom = [0.0] * len(names)
+    for key, color in (("local", "#4c72b0"), ("cloud_text", "#dd8452"), ("cloud_views", "#55a868")):
+        values = [result["methods"][n]["mean"]["actions"][key] for n in names]
+        right.bar(names, values, bottom=bottom, label=key.replace("_", " "), color=color)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    right.set_ylabel("actions on the test split")
+    right.set_title("action mix")
+    right.legend()
+    right.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
