@@ -180,6 +180,39 @@ def chat(
         _fail(error)
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    algo: Annotated[str, typer.Option(help="ppo, a2c or dqn")] = "ppo",
+    constrained: Annotated[bool, typer.Option(help="budgets in the observation")] = False,
+    network: Annotated[str, typer.Option(help="Wired, WiFi, 5G or 4G")] = "Wired",
+    device: Annotated[str, typer.Option(help="paper device profile")] = "Jetson TX2",
+    steps: Annotated[int, typer.Option(help="training steps")] = 30_000,
+    seed: Annotated[int, typer.Option(help="seed of the split and the learner")] = 9139,
+    output: Annotated[Path, typer.Option("--output", "-o", help="policy file to write")] = Path(
+        "policy.zip"
+    ),
+) -> None:
+    """Train an RL routing policy in the M4A1 simulator (on the seed's 80 % split)."""
+    from tmo_graph.policy.observation import ObservationSpec
+    from tmo_graph.sim.data import load_m4a1, paper_split
+    from tmo_graph.sim.train import ALGORITHMS, spec_path, train_policy
+    from tmo_graph.sim.world import SimSettings
+
+    try:
+        if algo not in ALGORITHMS:
+            raise TmoGraphError(f"unknown --algo {algo!r}", f"use one of: {', '.join(ALGORITHMS)}")
+        dataset = load_m4a1(data)
+        settings = SimSettings(device=device, network=network)
+        spec = ObservationSpec(dataset.n_views, dataset.task_names, with_budgets=constrained)
+        train_split, _ = paper_split(dataset.episodes, seed)
+        policy = train_policy(algo, train_split, spec, settings, steps, seed, progress_bar=True)
+        policy.save(output)
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(f"wrote {output} and {spec_path(output).name}")
+
+
 bench_app = typer.Typer(help="Benchmarks of routing policies.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -188,7 +221,11 @@ app.add_typer(bench_app, name="bench")
 def bench_m4a1(
     data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
     seeds: Annotated[str, typer.Option(help="a count (3: the reference seeds) or a list")] = "3",
-    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "local,cloud,random",
+    methods: Annotated[
+        str,
+        typer.Option(help="comma-separated: local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn"),
+    ] = "local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn",
+    steps: Annotated[int, typer.Option(help="training steps per RL policy")] = 30_000,
     network: Annotated[str, typer.Option(help="Wired, WiFi, 5G or 4G")] = "Wired",
     device: Annotated[str, typer.Option(help="paper device profile")] = "Jetson TX2",
     latency_budget: Annotated[float, typer.Option(help="seconds per dialogue")] = 30.0,
@@ -214,6 +251,7 @@ def bench_m4a1(
             parse_seeds(seeds),
             parse_methods(methods),
             settings,
+            steps=steps,
             progress=lambda line: typer.echo(line, err=True),
         )
     except TmoGraphError as error:

@@ -14,7 +14,7 @@ from tmo_graph.errors import TmoGraphError
 if TYPE_CHECKING:
     from tmo_graph.settings import Settings
 
-POLICIES = ("always-local", "always-cloud", "random", "rules", "cascade")
+POLICIES = ("always-local", "always-cloud", "random", "rules", "cascade", "learned")
 
 
 @dataclass(kw_only=True)
@@ -56,12 +56,20 @@ class Context:
         default=0.3,
         metadata={"description": "A view is worth sending when its association is at least this."},
     )
+    policy_file: str | None = field(
+        default=None,
+        metadata={"description": "Policy trained with `tmo-graph train`, for policy 'learned'."},
+    )
     seed: int = field(default=0, metadata={"description": "Seed of the 'random' policy."})
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise TmoGraphError(
                 f"unknown policy {self.policy!r}", f"use one of: {', '.join(POLICIES)}"
+            )
+        if self.policy == "learned" and not self.policy_file:
+            raise TmoGraphError(
+                "policy 'learned' needs policy_file", "train one with `tmo-graph train -o FILE`"
             )
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise TmoGraphError(

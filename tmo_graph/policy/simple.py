@@ -117,6 +117,10 @@ def make_policy(context: Context) -> Policy:
         "cascade": Cascade(),
         "rules": Rules(min_score=context.min_view_score),
     }
+    if context.policy == "learned" and context.policy_file:
+        from tmo_graph.policy.learned import load_learned
+
+        return load_learned(context.policy_file)
     if context.policy not in policies:
         raise TmoGraphError(
             f"unknown policy {context.policy!r}", f"use one of: {', '.join(policies)}"

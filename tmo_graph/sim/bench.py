@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tmo_graph.errors import TmoGraphError
@@ -13,7 +15,18 @@ from tmo_graph.sim.knn import ResponseModel
 from tmo_graph.sim.world import SimSettings, World
 
 REFERENCE_SEEDS = (9139, 1355, 7826)
-METHOD_NAMES = {"local": "Local", "cloud": "Cloud", "random": "Random"}
+METHOD_NAMES = {
+    "local": "Local",
+    "cloud": "Cloud",
+    "random": "Random",
+    "ppo": "PPO",
+    "a2c": "A2C",
+    "dqn": "DQN",
+    "rc-ppo": "RC-PPO",
+    "rc-a2c": "RC-A2C",
+    "rc-dqn": "RC-DQN",
+}
+ALL_METHODS = ",".join(METHOD_NAMES)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -48,26 +61,45 @@ def run_benchmark(
     seeds: Sequence[int],
     methods: Sequence[str],
     settings: SimSettings,
+    steps: int = 30_000,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
+    """Every method on every seed's split; RL methods train ``steps`` steps on its 80 %."""
     spec = ObservationSpec(
         n_views=dataset.n_views, task_names=dataset.task_names, time_span=settings.time_span
     )
+    budget_spec = replace(spec, with_budgets=True)
     per_method: dict[str, dict[str, Any]] = {METHOD_NAMES[m]: {} for m in methods}
     for seed in seeds:
         train, _ = paper_split(dataset.episodes, seed)
-        world = World(spec, settings, ResponseModel(spec, train))
+        response = ResponseModel(spec, train)
         for method in methods:
             name = METHOD_NAMES[method]
-            _, test = paper_split(dataset.episodes, seed)  # re-seed: each run starts alike
-            result = evaluate(world, test, BASELINES[name](world))
+            start = time.perf_counter()
+            # Each run re-seeds and re-splits, as each published run does.
+            train, test = paper_split(dataset.episodes, seed)
+            if name in BASELINES:
+                world = World(spec, settings, response)
+                result = evaluate(world, test, BASELINES[name](world))
+            else:
+                from tmo_graph.sim.train import train_policy
+
+                run_spec = budget_spec if method.startswith("rc-") else spec
+                policy = train_policy(
+                    method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
+                )
+                result = evaluate(World(run_spec, settings, response), test, policy)
+            result["seconds"] = round(time.perf_counter() - start, 2)
             per_method[name][str(seed)] = result
-            progress(f"{name:<8} seed {seed}: reward {result['reward']:.4f}")
+            progress(
+                f"{name:<8} seed {seed}: reward {result['reward']:.4f} ({result['seconds']} s)"
+            )
     return {
         "settings": {
             **settings.to_dict(),
             "seeds": list(seeds),
             "protocol": "paper",
+            "steps": steps,
             "n_views": dataset.n_views,
             "tasks": list(dataset.task_names),
         },

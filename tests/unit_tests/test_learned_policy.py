@@ -1,0 +1,163 @@
+"""A policy trained in the simulator routes live turns exactly as the simulator would."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.graph import build_graph
+from tmo_graph.policy.observation import (
+    ObservationSpec,
+    TurnFeatures,
+    action_views,
+    build_observation,
+)
+from tmo_graph.scoring import TASK_EXAMPLES
+from tmo_graph.sim.data import parse_episode
+from tmo_graph.sim.train import load_policy, train_policy
+from tmo_graph.sim.world import SimSettings
+
+TASKS = tuple(sorted(TASK_EXAMPLES))
+VIEWS = ("first_person", "overhead", "side")
+
+
+def _episodes(n: int) -> list[Any]:
+    rng = random.Random(5)
+    out = []
+    for i in range(n):
+        turns = []
+        for _ in range(rng.randint(2, 5)):
+            cloud = rng.random() < 0.6
+            turns.append(
+                {
+                    "task_cat": rng.choice(TASKS),
+                    "action": int(cloud),
+                    "image_index": sorted(rng.sample(range(3), rng.randint(1, 3)))
+                    if cloud
+                    else None,
+                    "answer": "ok",
+                    "score": rng.uniform(0.5, 2.0) if cloud else rng.uniform(0.0, 1.0),
+                }
+            )
+        scores = [[rng.uniform(0.1, 0.3) for _ in range(3)] for _ in turns]
+        out.append(parse_episode({"interactions": turns, "association_score": scores}, i, 3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = ObservationSpec(n_views=3, task_names=TASKS, with_budgets=True)
+    trained = train_policy("dqn", _episodes(30), spec, SimSettings(), steps=400, seed=1)
+    path = tmp_path_factory.mktemp("policy") / "rc-dqn.zip"
+    trained.save(path)
+    return path
+
+
+def test_route_node_takes_the_simulators_action(policy_file: Path, tmp_path: Path) -> None:
+    trained = load_policy(policy_file)
+    seen: list[np.ndarray] = []
+    predict = trained.model.predict
+
+    def spy(obs: np.ndarray, deterministic: bool = True) -> Any:
+        seen.append(np.array(obs))
+        return predict(obs, deterministic=deterministic)
+
+    views = {}
+    for name in VIEWS:
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(png_bytes())
+        views[name] = {"image": str(path), "description": name}
+    services = fake_services(tmp_path, FakeLocal(["local"]), FakeCloud())
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    context = Context(policy="learned", policy_file=str(policy_file), cost_budget_usd=0.05)
+    from tmo_graph.policy.learned import load_learned
+
+    load_learned(str(policy_file)).policy.model.predict = spy  # the graph's loaded copy
+    config = {"configurable": {"thread_id": "learned"}}
+    prompts = ["Turn on the light.", "What is on the stove?", "Text Sam.", "Any recipe?"]
+    for prompt in prompts:
+        out = graph.invoke(
+            {"messages": [("user", prompt)], "views": views}, config, context=context
+        )
+    records = out["turns"]
+    assert len(seen) == len(prompts)
+
+    # The simulator's side: the same history, tasks and budgets through the shared builder.
+    spec = trained.spec
+    history: list[TurnFeatures] = []
+    budget = (context.latency_budget_s, context.cost_budget_usd)
+    for t, record in enumerate(records):
+        tasks = [spec.task_id(r["task"]) for r in records[: t + 1]]
+        expected_obs = build_observation(spec, history, tasks, budget)
+        assert seen[t].tolist() == pytest.approx(expected_obs.tolist())
+        action = trained(expected_obs)
+        sent = [VIEWS[v] for v in action_views(action, 3)]
+        assert record["route"] == ("local" if action == 0 else "cloud")
+        assert record["views_sent"] == sent
+        history.append(TurnFeatures.from_action(action, 3))
+        budget = (record["budget_left"]["latency_s"], record["budget_left"]["cost_usd"])
+
+
+def test_history_of_varied_actions_reaches_the_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scripted policy reads the turn from the observation's padding and the previous
+    action's view flags from its history: the graph must feed both exactly."""
+    import tmo_graph.policy.learned as learned
+
+    spec = ObservationSpec(n_views=3, task_names=TASKS, with_budgets=True)
+    script = [0, 2, 8, 1, 6]  # local, cloud+{0}, cloud+{0,1,2}, cloud text, cloud+{0,2}
+    flags_seen: list[list[float]] = []
+
+    def scripted(obs: np.ndarray) -> int:
+        rows = obs[: spec.per_step * spec.time_span].reshape(spec.time_span, spec.per_step)
+        turn = spec.time_span - 1 - int((rows[:, -1] == -1).sum())  # padded rows: task -1
+        flags_seen.append(rows[-1, 1:4].tolist())
+        return script[turn]
+
+    monkeypatch.setattr(learned, "load_learned", lambda path: learned.LearnedPolicy(scripted, spec))
+    views = {}
+    for name in VIEWS:
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(png_bytes())
+        views[name] = {"image": str(path), "description": name}
+    graph = build_graph(
+        fake_services(tmp_path, FakeLocal(["local"]), FakeCloud()), checkpointer=InMemorySaver()
+    )
+    context = Context(policy="learned", policy_file="scripted", cost_budget_usd=1.0)
+    config = {"configurable": {"thread_id": "scripted"}}
+    for i in range(len(script)):
+        out = graph.invoke(
+            {"messages": [("user", f"question {i}")], "views": views}, config, context=context
+        )
+    sent = [(r["route"], r["views_sent"]) for r in out["turns"]]
+    assert sent == [
+        ("local", []),
+        ("cloud", ["first_person"]),
+        ("cloud", ["first_person", "overhead", "side"]),
+        ("cloud", []),
+        ("cloud", ["first_person", "side"]),
+    ]
+    # Each turn's state carries the views the previous turn actually sent.
+    assert flags_seen == [[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]]
+
+
+def test_a_policy_for_other_views_fails_clearly(policy_file: Path, tmp_path: Path) -> None:
+    services = fake_services(tmp_path, FakeLocal(["local"]), FakeCloud())
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    context = Context(policy="learned", policy_file=str(policy_file))
+    two_views = {"a": {"description": "view a"}, "b": {"description": "view b"}}
+    with pytest.raises(TmoGraphError, match="trained for 3 views; this dialogue has 2"):
+        graph.invoke(
+            {"messages": [("user", "hi")], "views": two_views},
+            {"configurable": {"thread_id": "x"}},
+            context=context,
+        )
