@@ -54,6 +54,10 @@ def local_energy_cost_usd(seconds: float, power_w: float, usd_per_kwh: float) ->
 
 # ---- Device and network profiles (the paper's; shared by the simulator and the live graph) ----
 # (written by the lead to unblock the graph; the simulator uses the same names)
+#
+# The numbers and formulas are the published TMO code's (tmo/devices.py), so the simulator
+# reproduces its results bit for bit. The paper measured the cloud for 0..3 uploaded views;
+# for more views the tables are extended linearly by their last step (see `_by_views`).
 
 
 @dataclass(frozen=True)
@@ -104,16 +108,18 @@ CLOUD_COST_USD_BY_VIEWS: tuple[float, ...] = (0.00049, 0.00500, 0.00945, 0.01368
 PAPER_LLM_PARAMETERS = 3.8e9
 PAPER_BASE_TOKENS = 1024
 PAPER_TOTAL_TOKENS = 2048
-PAPER_USD_PER_KWH = 0.1668
+PAPER_USD_PER_KWH = 0.1668  # 16.68 cents/kWh
 
 
 def device(name: str) -> DeviceProfile:
+    """The device profile called ``name``."""
     if name not in DEVICES:
         raise TmoGraphError(f"unknown device profile {name!r}", f"use one of: {', '.join(DEVICES)}")
     return DEVICES[name]
 
 
 def network(name: str) -> NetworkProfile:
+    """The network profile called ``name``."""
     if name not in NETWORKS:
         raise TmoGraphError(
             f"unknown network profile {name!r}", f"use one of: {', '.join(NETWORKS)}"
@@ -123,17 +129,26 @@ def network(name: str) -> NetworkProfile:
 
 def local_time_s(profile: DeviceProfile) -> float:
     """The paper's local inference time: FLOPs of one answer over the device's peak GFLOPS."""
-    flops = 2 * PAPER_LLM_PARAMETERS / PAPER_BASE_TOKENS * PAPER_TOTAL_TOKENS
-    return flops / (profile.gflops * 1e9)
+    flops_per_token = 2 * PAPER_LLM_PARAMETERS / PAPER_BASE_TOKENS
+    return flops_per_token * PAPER_TOTAL_TOKENS / (profile.gflops * 1e9)
 
 
 def local_cost_usd(profile: DeviceProfile, usd_per_kwh: float = PAPER_USD_PER_KWH) -> float:
-    """Electricity for one local answer at the device's peak power."""
-    return local_energy_cost_usd(local_time_s(profile), profile.power_w, usd_per_kwh)
+    """Electricity for one local answer at the device's peak power.
+
+    Computed in the published code's order (energy times price per joule): the usage
+    min-max normalisation divides by the spread, so the last bits are kept identical.
+    """
+    energy_j = profile.power_w * local_time_s(profile)
+    return energy_j * (usd_per_kwh / 3.6e6)
 
 
 def _by_views(table: tuple[float, ...], k_views: int) -> float:
-    """Table value for ``k_views``; beyond the table, extend linearly by the last step."""
+    """Table value for ``k_views``; beyond the table, extended linearly by the last step.
+
+    The paper measured 0..3 views only. Linear growth by the last measured step (one more
+    image upload and its tokens) is the simplest extension that keeps cost increasing in k.
+    """
     if k_views < 0:
         raise ValueError(f"k_views must be >= 0, got {k_views}")
     if k_views < len(table):
@@ -143,8 +158,10 @@ def _by_views(table: tuple[float, ...], k_views: int) -> float:
 
 
 def cloud_time_s(profile: NetworkProfile, k_views: int) -> float:
+    """Latency of a cloud call uploading ``k_views`` views (0: text only)."""
     return _by_views(profile.latency_s_by_views, k_views)
 
 
 def cloud_cost_usd(k_views: int) -> float:
+    """Price of a cloud call uploading ``k_views`` views (0: text only), any network."""
     return _by_views(CLOUD_COST_USD_BY_VIEWS, k_views)

@@ -40,3 +40,15 @@ def test_chat_with_a_view_that_is_not_an_image(tmp_path: Path) -> None:
     result = runner.invoke(app, ["chat", "--view", f"overhead={bad}"], input="hi\n")
     assert result.exit_code == 2
     assert "not a readable image" in result.stderr
+
+
+def test_cli_method_list_matches_the_benchmark() -> None:
+    from tmo_graph.cli import ALL_METHODS
+    from tmo_graph.sim.bench import METHOD_NAMES
+
+    assert ALL_METHODS.split(",") == list(METHOD_NAMES)
+
+
+def test_bench_with_an_unknown_method() -> None:
+    result = runner.invoke(app, ["bench", "m4a1", "--methods", "local,magic"])
+    assert result.exit_code == 2 and "unknown method(s) ['magic']" in result.stderr

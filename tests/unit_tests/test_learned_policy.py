@@ -117,7 +117,7 @@ def test_history_of_varied_actions_reaches_the_policy(
     script = [0, 2, 8, 1, 6]  # local, cloud+{0}, cloud+{0,1,2}, cloud text, cloud+{0,2}
     flags_seen: list[list[float]] = []
 
-    def scripted(obs: np.ndarray) -> int:
+    def scripted(obs: np.ndarray, association: Any = ()) -> int:
         rows = obs[: spec.per_step * spec.time_span].reshape(spec.time_span, spec.per_step)
         turn = spec.time_span - 1 - int((rows[:, -1] == -1).sum())  # padded rows: task -1
         flags_seen.append(rows[-1, 1:4].tolist())
@@ -148,6 +148,23 @@ def test_history_of_varied_actions_reaches_the_policy(
     ]
     # Each turn's state carries the views the previous turn actually sent.
     assert flags_seen == [[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]]
+
+
+def test_own_planner_file_round_trip(tmp_path: Path) -> None:
+    spec = ObservationSpec(n_views=3, task_names=TASKS, with_budgets=True)
+    episodes = _episodes(30)
+    planner = train_policy("own", episodes, spec, SimSettings())
+    path = tmp_path / "own.pkl"
+    planner.save(path)
+    loaded = load_policy(path, expect=ObservationSpec(3, TASKS))
+    assert loaded.algorithm == "own"
+    for t, episode in enumerate(episodes[:10]):
+        tasks = [spec.task_id(turn.task) for turn in episode.turns[:1]]
+        obs = build_observation(spec, [], tasks, (30.0 - t, 0.05 - t / 1000))
+        assoc = list(episode.association[0])
+        assert loaded(obs, assoc) == planner(obs, assoc)
+    with pytest.raises(TmoGraphError, match="trained for 3 views"):
+        load_policy(path, expect=ObservationSpec(2, TASKS))
 
 
 def test_a_policy_for_other_views_fails_clearly(policy_file: Path, tmp_path: Path) -> None:

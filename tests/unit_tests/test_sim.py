@@ -175,3 +175,29 @@ def test_training_env_steps_and_zeroes_overdrawn_steps() -> None:
         total += reward
     assert obs.tolist() == [-1.0] * spec.size
     assert env._left[0] < 0 or env._left[1] < 0
+
+
+def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
+    from tmo_graph.policy.observation import ObservationSpec as Spec
+    from tmo_graph.sim.data import paper_split
+    from tmo_graph.sim.evaluate import evaluate
+    from tmo_graph.sim.knn import ResponseModel
+    from tmo_graph.sim.planner import LookaheadPlanner
+    from tmo_graph.sim.world import World
+
+    rng = random.Random(2)
+    data = [_episode(rng.randint(2, 5), 3, ["a", "b", "c"], rng) for _ in range(50)]
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps(data))
+    dataset = load_m4a1(path)
+    train, test = paper_split(dataset.episodes, 1)
+    # 12 s and 2 cents for up to five turns: two or three cloud calls at most.
+    settings = SimSettings(latency_budget_s=12.0, usage_budget_usd=0.02)
+    spec = Spec(dataset.n_views, dataset.task_names, with_budgets=True)
+    planner = LookaheadPlanner.fit(train, spec, settings, depth=1)
+    judge = World(spec, settings, ResponseModel(Spec(3, dataset.task_names), train))
+    result = evaluate(judge, test, planner)
+    assert result["over_budget_share"] == 0.0
+    assert result["actions"]["cloud_views"] + result["actions"]["cloud_text"] > 0
+    greedy = LookaheadPlanner.fit(train, spec, settings, depth=0)
+    assert result["reward"] >= evaluate(judge, test, greedy)["reward"] - 0.05

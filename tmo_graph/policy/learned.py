@@ -64,10 +64,12 @@ class LearnedPolicy:
         )
 
     def decide(self, route_input: RouteInput) -> Action:
-        action = int(self.policy(self.observation(route_input)))
+        devices = [c for c in route_input.candidates if c["kind"] == "device"]
+        association = [c["score"] for c in devices]  # read by policies that use it
+        action = int(self.policy(self.observation(route_input), association))
         if action == 0:
             return LOCAL
-        views = [c["name"] for c in route_input.candidates if c["kind"] == "device"]
+        views = [c["name"] for c in devices]
         return Action("cloud", tuple(views[i] for i in action_views(action, self.spec.n_views)))
 
 

@@ -39,8 +39,14 @@ def action_views(action: int, n_views: int) -> tuple[int, ...]:
 
 
 def views_action(views: Sequence[int], n_views: int) -> int:
-    """The cloud action that uploads exactly ``views``."""
-    return 1 + view_subsets(n_views).index(tuple(sorted(views)))
+    """The cloud action that uploads exactly ``views`` (any order; empty: text only)."""
+    subset = tuple(sorted(set(views)))
+    if len(subset) != len(views) or any(not 0 <= v < n_views for v in subset):
+        raise TmoGraphError(
+            f"views {list(views)} are not a set of view ids for {n_views} views",
+            f"use distinct ids in 0..{n_views - 1}",
+        )
+    return 1 + view_subsets(n_views).index(subset)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class TurnFeatures:
 
     action: int  # 0 local, 1 cloud
     views_used: tuple[int, ...] = ()  # indices of the uploaded views (cloud only)
+
+    def __post_init__(self) -> None:
+        if self.action not in (0, 1) or (self.action == 0 and self.views_used):
+            raise ValueError(f"not a finished turn: action {self.action}, views {self.views_used}")
 
     @classmethod
     def from_action(cls, action: int, n_views: int) -> TurnFeatures:
@@ -64,8 +74,21 @@ class ObservationSpec:
     time_span: int = 5
     with_budgets: bool = False
 
+    def __post_init__(self) -> None:
+        if self.n_views < 0 or self.time_span < 1 or not self.task_names:
+            raise TmoGraphError(
+                f"bad observation spec: {self.n_views} views, window {self.time_span}, "
+                f"tasks {list(self.task_names)}",
+                "use n_views >= 0, time_span >= 1 and at least one task",
+            )
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
     @property
     def per_step(self) -> int:
+        """``[previous action, X view flags, task id]``."""
         return self.n_views + 2
 
     @property
@@ -85,12 +108,19 @@ class ObservationSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ObservationSpec:
-        return cls(
-            n_views=int(raw["n_views"]),
-            task_names=tuple(raw["task_names"]),
-            time_span=int(raw["time_span"]),
-            with_budgets=bool(raw["with_budgets"]),
-        )
+        """The spec saved beside a policy's weights (what :meth:`to_dict` wrote)."""
+        try:
+            return cls(
+                n_views=int(raw["n_views"]),
+                task_names=tuple(str(name) for name in raw["task_names"]),
+                time_span=int(raw["time_span"]),
+                with_budgets=bool(raw["with_budgets"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TmoGraphError(
+                f"the policy's observation spec {raw!r} is unreadable ({exc!r})",
+                "use a policy file written by `tmo-graph train`, or retrain it",
+            ) from None
 
 
 def step_state(previous: TurnFeatures | None, task_id: int, n_views: int) -> list[float]:

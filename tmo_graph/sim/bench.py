@@ -25,8 +25,9 @@ METHOD_NAMES = {
     "rc-ppo": "RC-PPO",
     "rc-a2c": "RC-A2C",
     "rc-dqn": "RC-DQN",
+    "own": "own",
 }
-ALL_METHODS = ",".join(METHOD_NAMES)
+PROTOCOLS = ("paper", "heldout")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -62,33 +63,45 @@ def run_benchmark(
     methods: Sequence[str],
     settings: SimSettings,
     steps: int = 30_000,
+    protocol: str = "paper",
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """Every method on every seed's split; RL methods train ``steps`` steps on its 80 %."""
+    """Every method on every seed's split; learned methods train on its 80 % only.
+
+    ``protocol``: "paper" judges with the response model fit on the training split (the one
+    a planning policy also queries); "heldout" judges with one fit on the test split only.
+    """
+    if protocol not in PROTOCOLS:
+        raise TmoGraphError(f"unknown protocol {protocol!r}", "use paper or heldout")
     spec = ObservationSpec(
         n_views=dataset.n_views, task_names=dataset.task_names, time_span=settings.time_span
     )
     budget_spec = replace(spec, with_budgets=True)
     per_method: dict[str, dict[str, Any]] = {METHOD_NAMES[m]: {} for m in methods}
     for seed in seeds:
-        train, _ = paper_split(dataset.episodes, seed)
-        response = ResponseModel(spec, train)
+        train, test = paper_split(dataset.episodes, seed)
+        response = ResponseModel(spec, train)  # what learners may use
+        judge = response if protocol == "paper" else ResponseModel(spec, test)
         for method in methods:
             name = METHOD_NAMES[method]
             start = time.perf_counter()
             # Each run re-seeds and re-splits, as each published run does.
             train, test = paper_split(dataset.episodes, seed)
             if name in BASELINES:
-                world = World(spec, settings, response)
+                world = World(spec, settings, judge)
                 result = evaluate(world, test, BASELINES[name](world))
+                train_s = 0.0
             else:
                 from tmo_graph.sim.train import train_policy
 
-                run_spec = budget_spec if method.startswith("rc-") else spec
+                constrained = method.startswith("rc-") or method == "own"
+                run_spec = budget_spec if constrained else spec
                 policy = train_policy(
                     method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
                 )
-                result = evaluate(World(run_spec, settings, response), test, policy)
+                train_s = time.perf_counter() - start
+                result = evaluate(World(run_spec, settings, judge), test, policy)
+            result["train_seconds"] = round(train_s, 2)
             result["seconds"] = round(time.perf_counter() - start, 2)
             per_method[name][str(seed)] = result
             progress(
@@ -98,7 +111,7 @@ def run_benchmark(
         "settings": {
             **settings.to_dict(),
             "seeds": list(seeds),
-            "protocol": "paper",
+            "protocol": protocol,
             "steps": steps,
             "n_views": dataset.n_views,
             "tasks": list(dataset.task_names),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,12 +54,18 @@ def _fail(where: str, field: str, problem: str) -> TmoGraphError:
 
 
 def _number(value: Any, where: str, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(where, field, f"must be a number, got {value!r}")
+    # NaN / inf would silently poison the nearest-neighbour response model.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(where, field, f"must be a finite number, got {value!r}")
     return float(value)
 
 
+def _view_id(value: Any, width: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < width
+
+
 def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
+    """One episode, checked; ``n_views`` None takes the view count from this episode."""
     where = f"episode {index}"
     if not isinstance(raw, dict):
         raise _fail(where, "(episode)", "must be an object")
@@ -68,11 +75,21 @@ def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
         raise _fail(where, "interactions", "must be a non-empty list")
     association = raw.get("association_score")
     if not isinstance(association, list) or len(association) != len(interactions):
-        raise _fail(where, "association_score", "must have one row per interaction")
-    width = n_views if n_views is not None else len(association[0] or [])
+        raise _fail(
+            where,
+            "association_score",
+            f"must be a list of {len(interactions)} rows, one per interaction",
+        )
+    if n_views is not None:
+        width = n_views
+    else:
+        first = association[0]
+        width = len(first) if isinstance(first, list) else 0
+        if width < 1:
+            raise _fail(where, "association_score[0]", "must list one score per view (>= 1 view)")
     rows = []
     for t, row in enumerate(association):
-        if not isinstance(row, list) or len(row) != width or width < 1:
+        if not isinstance(row, list) or len(row) != width:
             raise _fail(where, f"association_score[{t}]", f"must list {width} view scores")
         rows.append(tuple(_number(v, where, f"association_score[{t}]") for v in row))
     turns = []
@@ -84,14 +101,15 @@ def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
             if not isinstance(item.get(key), str):
                 raise _fail(where, f"{field}.{key}", "must be a string")
         action = item.get("action")
-        if action not in (0, 1):
+        if isinstance(action, bool) or not isinstance(action, int) or action not in (0, 1):
             raise _fail(where, f"{field}.action", f"must be 0 (local) or 1 (cloud), got {action!r}")
         views = item.get("image_index")
         if views is not None and (
-            not isinstance(views, list)
-            or any(not isinstance(v, int) or not 0 <= v < width for v in views)
+            not isinstance(views, list) or not all(_view_id(v, width) for v in views)
         ):
-            raise _fail(where, f"{field}.image_index", f"must be null or view ids < {width}")
+            raise _fail(
+                where, f"{field}.image_index", f"must be null or a list of view ids < {width}"
+            )
         turns.append(
             Turn(
                 question=str(item.get("question", "")),
@@ -113,11 +131,21 @@ def load_m4a1(path: str | Path) -> Dataset:
             f"dataset {path} does not exist", "pass --data ../shared/data/M4A1.json or your file"
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise TmoGraphError(
+            f"dataset {path} is not UTF-8 JSON", "pass an M4A1 .json file"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise TmoGraphError(f"dataset {path} is not valid JSON ({exc.msg})", "fix it") from None
+        raise TmoGraphError(
+            f"dataset {path} is not valid JSON ({exc.msg}, line {exc.lineno})",
+            "fix the file, or pass another with --data",
+        ) from None
     if not isinstance(raw, list) or not raw:
-        raise TmoGraphError(f"dataset {path} must be a non-empty list of episodes", "fix it")
+        raise TmoGraphError(
+            f"dataset {path} must be a non-empty JSON list of episodes",
+            "see the M4A1 format in ../shared/data/README.md",
+        )
     first = parse_episode(raw[0], 0, None)
     n_views = len(first.association[0])
     episodes = [first] + [parse_episode(e, i, n_views) for i, e in enumerate(raw[1:], start=1)]

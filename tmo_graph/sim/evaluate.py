@@ -19,7 +19,9 @@ from tmo_graph.policy.observation import TurnFeatures, build_observation, n_acti
 from tmo_graph.sim.data import Episode
 from tmo_graph.sim.world import World
 
-Policy = Callable[[np.ndarray], int]
+# A policy maps the observation (and, for policies that use it, the current turn's view
+# association scores) to an action id.
+Policy = Callable[[np.ndarray, Sequence[float]], int]
 METRICS = (
     "reward",
     "response",
@@ -33,13 +35,13 @@ METRICS = (
 
 
 def local_policy(world: World) -> Policy:
-    return lambda obs: 0
+    return lambda obs, association: 0
 
 
 def cloud_policy(world: World) -> Policy:
     """A random cloud action per turn (Python's ``random``, as the published baseline)."""
     cloud_actions = list(range(1, n_actions(world.spec.n_views)))
-    return lambda obs: random.choice(cloud_actions)
+    return lambda obs, association: random.choice(cloud_actions)
 
 
 def random_policy(world: World) -> Policy:
@@ -47,7 +49,7 @@ def random_policy(world: World) -> Policy:
     count = n_actions(world.spec.n_views)
     weights = [0.5] + [0.5 / (count - 1)] * (count - 1)
     actions = list(range(count))
-    return lambda obs: random.choices(actions, weights=weights, k=1)[0]
+    return lambda obs, association: random.choices(actions, weights=weights, k=1)[0]
 
 
 BASELINES: dict[str, Callable[[World], Policy]] = {
@@ -85,7 +87,7 @@ def evaluate(world: World, episodes: Sequence[Episode], policy: Policy) -> dict[
         for t in range(len(tasks)):
             obs = build_observation(spec, history, tasks[: t + 1], left)
             state = list(obs[: spec.per_step * spec.time_span])
-            action = int(policy(obs))
+            action = int(policy(obs, episode.association[t]))
             outcome = world.outcome(state, action, episode.association[t])
             features = TurnFeatures.from_action(action, spec.n_views)
             key = "local" if action == 0 else "cloud_views" if features.views_used else "cloud_text"

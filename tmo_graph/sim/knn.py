@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, window_state
 from tmo_graph.sim.data import Episode
 
@@ -48,6 +49,11 @@ class ResponseModel:
                 state = window_state(spec, features[:t], tasks[: t + 1])
                 rows.append(state + one_hot(features[t], spec.n_views))
                 labels.append(turn.label)
+        if not rows:
+            raise TmoGraphError(
+                "the response model needs recorded turns to learn from; the split has none",
+                "use a dataset with more dialogues (the test split takes 20 %)",
+            )
         pairs = np.asarray(rows, dtype=np.float64)
         order = np.lexsort(pairs.T)
         self.pairs = pairs[order]

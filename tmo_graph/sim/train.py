@@ -1,6 +1,7 @@
 """RL policies (stable-baselines3 PPO / A2C / DQN) trained in the M4A1 simulator, as files.
 
-A policy file is the SB3 zip; beside it, ``<file>.spec.json`` records what the policy sees
+A policy file is the SB3 zip (or, for the own planner, its pickled models); beside it,
+``<file>.spec.json`` records what the policy sees
 (views, tasks, window, budgets) and the scenario it was trained in, so loading it into a
 graph with other views fails clearly instead of routing nonsense.
 """
@@ -8,6 +9,7 @@ graph with other views fails clearly instead of routing nonsense.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +23,15 @@ from tmo_graph.sim.data import Episode
 from tmo_graph.sim.knn import ResponseModel
 from tmo_graph.sim.world import SimSettings, World
 
-ALGORITHMS = ("ppo", "a2c", "dqn")
+ALGORITHMS = ("ppo", "a2c", "dqn", "own")
 DEFAULT_STEPS = 30_000
 
 
 def _algorithm(name: str) -> Any:
     import stable_baselines3 as sb3
 
-    if name not in ALGORITHMS:
-        raise TmoGraphError(f"unknown algorithm {name!r}", f"use one of: {', '.join(ALGORITHMS)}")
+    if name not in ALGORITHMS or name == "own":
+        raise TmoGraphError(f"unknown RL algorithm {name!r}", "use one of: ppo, a2c, dqn")
     return {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[name]
 
 
@@ -42,14 +44,21 @@ class TrainedPolicy:
     algorithm: str
     settings: SimSettings
 
-    def __call__(self, observation: np.ndarray) -> int:
+    def __call__(self, observation: np.ndarray, association: Sequence[float] = ()) -> int:
+        """The policy's action; only the own planner reads the association scores."""
+        if self.algorithm == "own":
+            return int(self.model(observation, association or None))
         action, _ = self.model.predict(observation, deterministic=True)
         return int(action)
 
     def save(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.model.save(path)
+        if self.algorithm == "own":
+            self.model._memo.clear()  # a cache, rebuilt on use
+            path.write_bytes(pickle.dumps(self.model))
+        else:
+            self.model.save(path)
         meta = {
             "algorithm": self.algorithm,
             "spec": self.spec.to_dict(),
@@ -75,6 +84,10 @@ def train_policy(
     progress_bar: bool = False,
 ) -> TrainedPolicy:
     """Train ``algorithm`` on ``episodes``; constrained when the spec includes budgets."""
+    if algorithm == "own":  # fitting the planner's models takes well under a second
+        from tmo_graph.sim.planner import LookaheadPlanner
+
+        return TrainedPolicy(LookaheadPlanner.fit(episodes, spec, settings), spec, "own", settings)
     import torch
 
     from tmo_graph.sim.gym_env import M4A1Env
@@ -112,5 +125,8 @@ def load_policy(path: Path, expect: ObservationSpec | None = None) -> TrainedPol
             f"{list(expect.task_names)}, window {expect.time_span}",
             "train a policy for these views and tasks, or give the graph the policy's views",
         )
-    model = _algorithm(meta["algorithm"]).load(path, device="cpu")
+    if meta["algorithm"] == "own":
+        model = pickle.loads(path.read_bytes())  # a file this package wrote: see save()
+    else:
+        model = _algorithm(meta["algorithm"]).load(path, device="cpu")
     return TrainedPolicy(model, spec, meta["algorithm"], SimSettings(**meta["settings"]))
