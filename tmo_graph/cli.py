@@ -273,5 +273,45 @@ def bench_m4a1(
         typer.echo(f"wrote {plot}")
 
 
+eval_app = typer.Typer(help="Measurements of the router's parts.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("confidence")
+def eval_confidence(
+    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    config: ConfigOption = None,
+    seed: Annotated[int, typer.Option(help="seed of the dialogue split")] = 9139,
+    limit: Annotated[int | None, typer.Option(help="score only the first N local turns")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+) -> None:
+    """AUROC / Spearman of each confidence estimator against M4A1's answer scores."""
+    from tmo_graph.models.local import get_local_model
+    from tmo_graph.sim.confidence_eval import (
+        evaluate_estimators,
+        format_report,
+        score_local_turns,
+    )
+    from tmo_graph.sim.data import load_m4a1
+
+    try:
+        settings = load_settings(config)
+        dataset = load_m4a1(data)
+        local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+
+        def progress(done: int, total: int) -> None:
+            if done % 20 == 0 or done == total:
+                typer.echo(f"scored {done}/{total} local answers", err=True)
+
+        turns = score_local_turns(dataset, local, limit, progress)
+        result = evaluate_estimators(turns, seed)
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(format_report(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
 if __name__ == "__main__":
     app()

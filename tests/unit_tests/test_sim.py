@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.unit_tests.test_sim_data import M4A1, needs_m4a1
+from tests.unit_tests.test_sim_parity import REFERENCE
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.observation import (
     ObservationSpec,
@@ -23,26 +25,10 @@ from tmo_graph.sim.bench import parse_seeds, run_benchmark
 from tmo_graph.sim.data import load_m4a1
 from tmo_graph.sim.world import SimSettings
 
-M4A1 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "M4A1.json"
-needs_m4a1 = pytest.mark.skipif(not M4A1.is_file(), reason=f"{M4A1} is not present")
-
-# ../shared/REFERENCE.md: the published TMO code on M4A1 (reward, response, association,
-# latency s, usage USD, overshoot latency s, overshoot usage USD, local/text/views).
-REFERENCE = {
-    ("Local", 9139): (0.9025738611, 0.9025738611, 0.0, 0.041143, 0.00000003, 0.0, 0.0, (72, 0, 0)),
-    ("Local", 1355): (0.8689926096, 0.8689926096, 0.0, 0.039429, 0.00000003, 0.0, 0.0, (69, 0, 0)),
-    ("Local", 7826): (1.0084433978, 1.0084433978, 0.0, 0.039429, 0.00000003, 0.0, 0.0, (69, 0, 0)),
-    ("Cloud", 9139): (1.0133102900, 1.2961146874, 0.3250280135, 20.945972, 0.02589500, 1.183845, 0.0, (0, 9, 63)),
-    ("Cloud", 1355): (0.8895109829, 1.1766399660, 0.2660087188, 20.025950, 0.02202600, 1.186723, 0.0, (0, 14, 55)),
-    ("Cloud", 7826): (1.0018493819, 1.2841249839, 0.3432855274, 19.731662, 0.02645100, 0.608470, 0.00063, (0, 4, 65)),
-    ("Random", 9139): (0.9205143928, 1.0960392379, 0.1906979305, 12.712530, 0.01488751, 0.0, 0.0, (29, 8, 35)),
-    ("Random", 1355): (0.8447152371, 1.0143252281, 0.1896405478, 11.983486, 0.01455501, 0.0, 0.0, (30, 8, 31)),
-    ("Random", 7826): (0.9745172130, 1.1237395477, 0.1554576838, 10.264401, 0.01230351, 0.0, 0.0, (33, 4, 32)),
-}  # fmt: skip
-
 
 @needs_m4a1
-def test_baselines_match_the_published_code_exactly() -> None:
+def test_benchmark_runner_reproduces_the_published_baselines() -> None:
+    """End to end through run_benchmark (re-seeding per method as each published run does)."""
     result = run_benchmark(
         load_m4a1(M4A1), [9139, 1355, 7826], ["local", "cloud", "random"], SimSettings()
     )

@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -153,9 +153,12 @@ def load_m4a1(path: str | Path) -> Dataset:
     return Dataset(episodes=tuple(episodes), n_views=n_views, task_names=tasks)
 
 
+T = TypeVar("T")
+
+
 def paper_split(
-    episodes: Sequence[Episode], seed: int, test_ratio: float = 0.2
-) -> tuple[list[Episode], list[Episode]]:
+    episodes: Sequence[T], seed: int, test_ratio: float = 0.2
+) -> tuple[list[T], list[T]]:
     """The published protocol: seed ``random`` and ``numpy``, shuffle a copy, test first.
 
     Seeding happens here, so the random baselines that run right after draw exactly the
