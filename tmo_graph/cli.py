@@ -31,6 +31,10 @@ ConfigOption = Annotated[
 PolicyOption = Annotated[
     str | None, typer.Option(help="always-local, always-cloud, random, rules or cascade")
 ]
+DataOption = Annotated[Path, typer.Option(help="M4A1-format JSON")]
+DEFAULT_DATA = Path("../shared/data/M4A1.json")
+NetworkOption = Annotated[str, typer.Option(help="paper network profile: Wired, WiFi, 5G or 4G")]
+DeviceOption = Annotated[str, typer.Option(help="paper device profile, e.g. 'Jetson TX2'")]
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="SQLite file for dialogue threads (resumable)")
 ]
@@ -185,11 +189,11 @@ def chat(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    data: DataOption = DEFAULT_DATA,
     algo: Annotated[str, typer.Option(help="ppo, a2c or dqn")] = "ppo",
     constrained: Annotated[bool, typer.Option(help="budgets in the observation")] = False,
-    network: Annotated[str, typer.Option(help="Wired, WiFi, 5G or 4G")] = "Wired",
-    device: Annotated[str, typer.Option(help="paper device profile")] = "Jetson TX2",
+    network: NetworkOption = "Wired",
+    device: DeviceOption = "Jetson TX2",
     steps: Annotated[int, typer.Option(help="training steps")] = 30_000,
     seed: Annotated[int, typer.Option(help="seed of the split and the learner")] = 9139,
     output: Annotated[Path, typer.Option("--output", "-o", help="policy file to write")] = Path(
@@ -222,7 +226,7 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("m4a1")
 def bench_m4a1(
-    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    data: DataOption = DEFAULT_DATA,
     seeds: Annotated[str, typer.Option(help="a count (3: the reference seeds) or a list")] = "3",
     methods: Annotated[
         str,
@@ -232,8 +236,8 @@ def bench_m4a1(
     protocol: Annotated[
         str, typer.Option(help="paper: judged by the training-split KNN; heldout: test-split KNN")
     ] = "paper",
-    network: Annotated[str, typer.Option(help="Wired, WiFi, 5G or 4G")] = "Wired",
-    device: Annotated[str, typer.Option(help="paper device profile")] = "Jetson TX2",
+    network: NetworkOption = "Wired",
+    device: DeviceOption = "Jetson TX2",
     latency_budget: Annotated[float, typer.Option(help="seconds per dialogue")] = 30.0,
     usage_budget: Annotated[float, typer.Option(help="USD per dialogue")] = 0.05,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table here")] = None,
@@ -279,7 +283,7 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("confidence")
 def eval_confidence(
-    data: Annotated[Path, typer.Option(help="M4A1-format JSON")] = Path("../shared/data/M4A1.json"),
+    data: DataOption = DEFAULT_DATA,
     config: ConfigOption = None,
     seed: Annotated[int, typer.Option(help="seed of the dialogue split")] = 9139,
     limit: Annotated[int | None, typer.Option(help="score only the first N local turns")] = None,
