@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from tmo_graph.context import Context
@@ -275,6 +276,54 @@ def bench_m4a1(
     if plot:
         plot_reward_usage(result, plot)
         typer.echo(f"wrote {plot}")
+
+
+@app.command()
+def calibrate(
+    prompts: Annotated[Path, typer.Option(help="prompts like yours: text (one a line) or JSONL")],
+    target_cloud_rate: Annotated[
+        float, typer.Option(help="share of answers to escalate to the cloud, 0..1")
+    ] = 0.3,
+    config: ConfigOption = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="config to write, with the threshold set")
+    ] = Path("configs/calibrated.yaml"),
+    report: Annotated[bool, typer.Option(help="print the confidences' spread")] = False,
+) -> None:
+    """Set the escalation threshold so a target share of answers goes to the cloud."""
+    import yaml
+
+    from tmo_graph.calibrate import (
+        cloud_rate,
+        load_prompts,
+        local_confidences,
+        threshold_for_cloud_rate,
+    )
+    from tmo_graph.models.local import get_local_model
+
+    try:
+        settings = load_settings(config)
+        texts = load_prompts(prompts)
+        local = get_local_model(
+            settings.local.source, settings.local.max_new_tokens, settings.model_cache_dir()
+        )
+        values = local_confidences(
+            texts, local, lambda done, total: typer.echo(f"{done}/{total}", err=True)
+        )
+        threshold = threshold_for_cloud_rate(values, target_cloud_rate)
+    except TmoGraphError as error:
+        _fail(error)
+    raw = settings.model_dump(mode="json")
+    raw["routing"]["confidence_threshold"] = round(threshold, 4)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(yaml.safe_dump(raw, sort_keys=False))
+    typer.echo(
+        f"confidence_threshold = {threshold:.4f}: escalates {cloud_rate(values, threshold):.0%} "
+        f"of these {len(values)} prompts (target {target_cloud_rate:.0%}); wrote {output}"
+    )
+    if report:
+        q = np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
+        typer.echo("confidence quantiles 10/25/50/75/90 %: " + " ".join(f"{v:.3f}" for v in q))
 
 
 eval_app = typer.Typer(help="Measurements of the router's parts.", no_args_is_help=True)

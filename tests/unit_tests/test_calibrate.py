@@ -1,0 +1,79 @@
+"""Calibration: a threshold picked on one prompt set hits the target cloud rate on another."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.unit_tests.fakes import Stats
+from tmo_graph.calibrate import (
+    cloud_rate,
+    load_prompts,
+    local_confidences,
+    threshold_for_cloud_rate,
+)
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import load_settings
+
+
+class VaryingLocal:
+    """A local model whose certainty depends on the prompt (a hash-seeded log-prob)."""
+
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[str, Stats]:
+        rng = random.Random(messages[-1]["content"])
+        logprob = -rng.expovariate(1.5)
+        text = f"answer number {rng.randint(0, 10**6)} here"
+        return text, Stats([logprob] * 4, [1.0] * 4)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.8])
+def test_threshold_hits_the_rate_on_held_out_prompts(rate: float) -> None:
+    prompts = [f"prompt {i}" for i in range(2000)]
+    values = local_confidences(prompts, VaryingLocal())
+    fit, held_out = values[:1000], values[1000:]
+    threshold = threshold_for_cloud_rate(fit, rate)
+    assert cloud_rate(fit, threshold) == pytest.approx(rate, abs=0.01)  # ties: 4-decimal values
+    assert cloud_rate(held_out, threshold) == pytest.approx(rate, abs=0.05)
+
+
+def test_extremes_and_bad_rates() -> None:
+    assert threshold_for_cloud_rate([0.2, 0.5], 0.0) == 0.0
+    assert threshold_for_cloud_rate([0.2, 0.5], 1.0) == 1.0
+    with pytest.raises(TmoGraphError, match="not in \\[0, 1\\]"):
+        threshold_for_cloud_rate([0.2], 1.5)
+
+
+def test_prompt_files(tmp_path: Path) -> None:
+    text = tmp_path / "p.txt"
+    text.write_text("one\n\ntwo\n")
+    assert load_prompts(text) == ["one", "two"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"text": "a"}\n{"nope": 1}\n')
+    with pytest.raises(TmoGraphError, match="p.jsonl:2"):
+        load_prompts(jsonl)
+
+
+def test_the_calibrated_config_sets_the_graphs_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import tmo_graph.models.local as local_models
+    from tmo_graph.cli import app
+
+    monkeypatch.setattr(local_models, "get_local_model", lambda *args, **kwargs: VaryingLocal())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"question {i}" for i in range(200)))
+    out = tmp_path / "calibrated.yaml"
+    result = CliRunner().invoke(
+        app, ["calibrate", "--prompts", str(prompts), "--target-cloud-rate", "0.25", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "escalates 25% of these 200 prompts" in result.output
+    context = Context.from_settings(load_settings(out))
+    assert 0 < context.confidence_threshold < 1
