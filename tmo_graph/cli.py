@@ -41,6 +41,12 @@ DbOption = Annotated[
 ]
 
 
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    typer.echo(f"wrote {path}")
+
+
 def _fail(error: Exception) -> None:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
@@ -115,9 +121,7 @@ def run(
     except TmoGraphError as error:
         _fail(error)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(results, indent=2))
-        typer.echo(f"\nwrote {json_out}")
+        _write_json(json_out, results)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -270,9 +274,7 @@ def bench_m4a1(
         _fail(error)
     typer.echo(format_table(result))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-        typer.echo(f"wrote {json_out}")
+        _write_json(json_out, result)
     if plot:
         plot_reward_usage(result, plot)
         typer.echo(f"wrote {plot}")
@@ -362,8 +364,7 @@ def eval_confidence(
         _fail(error)
     typer.echo(format_report(result))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+        _write_json(json_out, result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def to_data_url(image: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def _file_data_url(path: str, mtime: float) -> str:
+def _file_data_url(path: str, mtime: float) -> str:  # mtime: a changed file is re-read
     file = Path(path)
     if not file.is_file():
         raise TmoGraphError(f"image file {path} does not exist", "check the path of the view")
@@ -35,6 +35,7 @@ def _file_data_url(path: str, mtime: float) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+@lru_cache(maxsize=64)  # views arrive as the same data URLs every turn: check each once
 def _check_data_url(url: str) -> None:
     head, _, payload = url.partition(",")
     if not head.endswith(";base64") or not payload:

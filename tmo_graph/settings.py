@@ -105,10 +105,6 @@ class Settings(_Section):
     def memory_dir(self) -> Path:
         return self.memory.persist_dir or default_cache_dir() / "memory"
 
-    def cache_key(self) -> str:
-        """A stable key for process-wide resource caches."""
-        return self.model_dump_json()
-
 
 def load_settings(path: str | Path | None = None) -> Settings:
     """Settings from a YAML file, or the built-in defaults when ``path`` is None."""

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
-from tmo_graph.policy.base import LOCAL, RouteInput
+from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.budget import affordable, all_actions
 from tmo_graph.policy.simple import make_policy
 from tmo_graph.services import Services
@@ -20,14 +20,16 @@ def prompt_chars(state: State) -> int:
     return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
 
 
+def candidate_actions(state: State) -> list[Action]:
+    """Local, and the cloud with every subset of the views that have an image to send."""
+    return all_actions([c["name"] for c in state.candidates if c["url"]])
+
+
 def route_input(state: State, services: Services, budget: Budget | None = None) -> RouteInput:
     """The policy's view of the turn, with the mask for ``budget`` (default: what is left)."""
     budget = budget or state.budget_left
     assert budget is not None
-    if services.cloud is None:
-        actions = [LOCAL]
-    else:
-        actions = all_actions([c["name"] for c in state.candidates if c["url"]])
+    actions = [LOCAL] if services.cloud is None else candidate_actions(state)
     allowed, _ = affordable(actions, budget, prompt_chars(state), services.settings)
     return RouteInput(
         prompt=state.prompt,
@@ -46,11 +48,7 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
     action = policy.decide(observation)
     if action not in observation.allowed:  # the budget wins over the policy
         action = LOCAL
-    masked = sorted(
-        a.label
-        for a in all_actions([c["name"] for c in state.candidates if c["url"]])
-        if a not in observation.allowed
-    )
+    masked = sorted(a.label for a in candidate_actions(state) if a not in observation.allowed)
     return {
         "decision": Decision(
             route=action.route, views=list(action.views), policy=policy.name, masked=masked
