@@ -56,6 +56,14 @@ class Context:
         default=0.3,
         metadata={"description": "A view is worth sending when its association is at least this."},
     )
+    context_weight: float = field(
+        default=0.8,
+        metadata={
+            "description": "When a prompt refers back ('what about the one on the left?'), "
+            "a view's association is at least this times its association with the previous "
+            "user message (this squared for the one before); 0 ignores earlier turns."
+        },
+    )
     policy_file: str | None = field(
         default=None,
         metadata={"description": "Policy trained with `tmo-graph train`, for policy 'learned'."},
@@ -75,6 +83,12 @@ class Context:
             raise TmoGraphError(
                 f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}",
                 "pick e.g. 0.5, or calibrate one with `tmo-graph calibrate`",
+            )
+        if not 0.0 <= self.context_weight <= 1.0:  # also rejects NaN
+            raise TmoGraphError(
+                f"context_weight must be in [0, 1], got {self.context_weight}",
+                "use e.g. 0.8 to let a follow-up reuse the previous question's views, "
+                "or 0 to score every prompt on its own",
             )
         for name in ("latency_budget_s", "cost_budget_usd"):
             if getattr(self, name) <= 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -82,6 +82,25 @@ class FixedScorer:
         self, prompt_vector: Sequence[float], captions: Mapping[str, str]
     ) -> dict[str, float]:
         return {name: self.scores.get(name, 0.0) for name in captions}
+
+
+class PromptScorer:
+    """Association scores per prompt text, so tests can script what each question points at.
+
+    The scorer only sees the prompt's embedding; it finds the prompt by embedding each known
+    text with the same (deterministic) embeddings. Unknown prompts score 0 for every view.
+    """
+
+    def __init__(self, embeddings: Embeddings, table: Mapping[str, Mapping[str, float]]) -> None:
+        self.table = {
+            tuple(embeddings.embed_query(text)): dict(scores) for text, scores in table.items()
+        }
+
+    def score(
+        self, prompt_vector: Sequence[float], captions: Mapping[str, str]
+    ) -> dict[str, float]:
+        scores = self.table.get(tuple(prompt_vector), {})
+        return {name: scores.get(name, 0.0) for name in captions}
 
 
 def fake_services(

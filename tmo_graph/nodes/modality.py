@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
@@ -46,13 +48,67 @@ def view_caption(name: str, view: ViewSpec) -> str:
     return view.get("description") or f"camera view {name.replace('_', ' ')}"
 
 
+# Earlier user messages a follow-up may draw its views from (the previous one, the one before).
+CONTEXT_MESSAGES = 2
+
+# Cues that a prompt leans on the previous turn for what it is about: it opens like a follow-up
+# ("and ...", "what about ...") or points back with a pronoun ("it", "those", "the one on the
+# left"). English only; bare "that" / "this" / "there" are left out, fresh questions use them.
+_BACK_REFERENCE = re.compile(
+    r"^\W*(and|also|what about|how about)\b"
+    r"|\b(it|its|they|them|those|these|the one|the ones|that one|this one|the other)\b",
+    re.IGNORECASE,
+)
+
+
+def refers_back(prompt: str) -> bool:
+    """Whether ``prompt`` reads as a follow-up that needs the previous turn to be understood."""
+    return _BACK_REFERENCE.search(prompt) is not None
+
+
+def _text(message: AnyMessage) -> str:
+    return message_text(message).replace("[image]", "").strip()
+
+
+def earlier_prompts(messages: Sequence[AnyMessage], n: int = CONTEXT_MESSAGES) -> list[str]:
+    """The texts of the last ``n`` user messages before the current one, most recent first."""
+    texts = [_text(m) for m in messages[:-1] if isinstance(m, HumanMessage)]
+    return [t for t in reversed(texts) if t][:n]
+
+
+def view_scores(
+    prompt: str,
+    earlier: Sequence[str],
+    captions: Mapping[str, str],
+    services: Services,
+    weight: float,
+) -> dict[str, float]:
+    """Each view's association with this turn, dialogue context included.
+
+    The rule: a view scores its association with the prompt; when the prompt refers back
+    (:func:`refers_back`), it scores at least ``weight`` times its association with the
+    previous user message, and ``weight**2`` times that with the one before:
+    ``score = max(s(prompt), weight * s(earlier[0]), weight**2 * s(earlier[1]))``.
+    So "what about the one on the left?" keeps the view the previous question was about,
+    a little weaker, while a fresh question is scored on its own words only.
+    """
+    assert services.association is not None
+    scores = services.association.score(services.embed(prompt), captions)
+    if weight <= 0 or not captions or not refers_back(prompt):
+        return scores
+    for k, text in enumerate(earlier, start=1):
+        before = services.association.score(services.embed(text), captions)
+        scores = {name: max(s, weight**k * before[name]) for name, s in scores.items()}
+    return scores
+
+
 def detect_modality(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
     if not state.messages or not isinstance(state.messages[-1], HumanMessage):
         raise TmoGraphError(
             "a turn must end with a human message", "send {'messages': [('user', 'your question')]}"
         )
     message = state.messages[-1]
-    prompt = message_text(message).replace("[image]", "").strip()
+    prompt = _text(message)
     if not prompt:
         raise TmoGraphError("the message has no text", "ask a question in words")
 
@@ -64,10 +120,13 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
             )
     # Private views are never candidates: they cannot be sent, so they are not even scored.
     shareable = {n: v for n, v in state.views.items() if not v.get("private", False)}
-    vector = services.embed(prompt)
-    assert services.association is not None
-    scores = services.association.score(
-        vector, {name: view_caption(name, view) for name, view in shareable.items()}
+    ctx = runtime.context
+    scores = view_scores(
+        prompt,
+        earlier_prompts(state.messages),
+        {name: view_caption(name, view) for name, view in shareable.items()},
+        services,
+        ctx.context_weight,
     )
     candidates = [
         Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, url=to_data_url(url))
@@ -83,13 +142,12 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
         for name, view in shareable.items()
     ]
 
-    ctx = runtime.context
     budget = state.budget_left or Budget(
         latency_s=ctx.latency_budget_s, cost_usd=ctx.cost_budget_usd
     )
     return {
         "prompt": prompt,
-        "task": services.tasks.classify_vector(vector),
+        "task": services.tasks.classify_vector(services.embed(prompt)),
         "candidates": candidates,
         "budget_left": budget,
         # Fresh per-turn scratch.

@@ -7,35 +7,72 @@ from dataclasses import dataclass
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.policy.base import LOCAL, Action, Policy, RouteInput
+from tmo_graph.policy.base import LOCAL, Action, Cost, Policy, RouteInput
+from tmo_graph.state import Budget
 
 # Tasks whose longer prompts usually need the larger model's knowledge or reasoning.
 _CLOUD_TASKS = ("Recommendation", "Query")
 
 
-def best_cloud_action(observation: RouteInput, min_score: float) -> Action | None:
-    """The affordable cloud action sending the most relevant views.
+# What a cloud call is worth before any view: the larger model reading the text. Small next
+# to a relevant view (association >= min_score, 0.3 by default), so an affordable relevant
+# view beats text alone unless it eats a much larger share of the budget.
+CLOUD_BASE_GAIN = 0.1
+# Floor of a cost share, so a free action does not divide by zero.
+_MIN_SHARE = 1e-9
 
-    Relevant views: inline images of the message, and device views whose association with
-    the prompt is at least ``min_score``. Among affordable subsets of them, the one with the
-    highest total association wins (cheaper on ties), so a tight budget sends fewer views.
+
+def budget_share(cost: Cost, budget: Budget) -> float:
+    """The larger of the shares of the seconds and of the dollars left that ``cost`` takes."""
+    shares = []
+    for spent, left in ((cost.latency_s, budget["latency_s"]), (cost.cost_usd, budget["cost_usd"])):
+        if left > 0:
+            shares.append(spent / left)
+        else:
+            shares.append(0.0 if spent <= 0 else float("inf"))
+    return max(max(shares), _MIN_SHARE)
+
+
+def best_cloud_action(
+    observation: RouteInput, min_score: float, base_gain: float = CLOUD_BASE_GAIN
+) -> Action | None:
+    """The affordable cloud action with the best expected gain per unit of budget.
+
+    Only relevant views may be sent: inline images of the message (always candidates), and
+    device views whose association with the prompt is at least ``min_score``. Private views
+    never reach here: they are not candidates. For each affordable cloud action sending only
+    relevant views (text-only included):
+
+    - gain = ``base_gain`` + the association of the views it sends (negative scores count 0);
+    - cost = the share of the budget left it takes, ``max(latency_s / seconds left,
+      cost_usd / dollars left)``, so whichever budget is tighter prices it;
+    - the action with the highest gain / cost wins (higher gain, then fewer dollars, on ties).
+
+    A view is therefore added only when its association per extra share of the budget beats
+    the gain per share of the call without it: a barely relevant view that costs a lot is left
+    out, and as the budget tightens each image takes a larger share, so fewer views are sent
+    (beyond the mask, which already removes what does not fit at all). None when no cloud
+    action is affordable.
     """
     relevant = {
-        c["name"]: c["score"]
+        c["name"]: max(c["score"], 0.0)
         for c in observation.candidates
         if c["kind"] == "inline" or c["score"] >= min_score
     }
-    options = [
-        action
+    options = {
+        action: base_gain + sum(relevant[v] for v in action.views)
         for action in observation.allowed
         if action.route == "cloud" and set(action.views) <= relevant.keys()
-    ]
+    }
     if not options:
         return None
-    return max(
-        options,
-        key=lambda a: (sum(relevant[v] for v in a.views), -observation.allowed[a].cost_usd),
-    )
+
+    def value(action: Action) -> tuple[float, float, float]:
+        cost = observation.allowed[action]
+        gain = options[action]
+        return gain / budget_share(cost, observation.budget_left), gain, -cost.cost_usd
+
+    return max(options, key=value)
 
 
 @dataclass
