@@ -187,3 +187,41 @@ def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
     assert result["actions"]["cloud_views"] + result["actions"]["cloud_text"] > 0
     greedy = LookaheadPlanner.fit(train, spec, settings, depth=0)
     assert result["reward"] >= evaluate(judge, test, greedy)["reward"] - 0.05
+
+
+def test_planner_for_a_held_out_judge_plans_with_subset_models(tmp_path: Path) -> None:
+    from tmo_graph.policy.observation import ObservationSpec as Spec
+    from tmo_graph.policy.observation import TurnFeatures
+    from tmo_graph.sim.data import paper_split
+    from tmo_graph.sim.evaluate import evaluate
+    from tmo_graph.sim.knn import ResponseModel, SubsampleEnsemble
+    from tmo_graph.sim.planner import LookaheadPlanner
+    from tmo_graph.sim.world import World
+
+    rng = random.Random(3)
+    data = [_episode(rng.randint(2, 5), 3, ["a", "b", "c"], rng) for _ in range(40)]
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps(data))
+    dataset = load_m4a1(path)
+    train, test = paper_split(dataset.episodes, 1)
+    knn_spec = Spec(3, dataset.task_names)
+    ensemble = SubsampleEnsemble(knn_spec, train, size=len(test), members=4)
+    # The ensemble's score is the mean of its members', each fit on len(test) dialogues.
+    state = [-1.0] * knn_spec.size
+    state[-1] = 0.0
+    action = TurnFeatures(1, (0,))
+    members = [m.score(state, action) for m in ensemble.models]
+    assert ensemble.score(state, action) == pytest.approx(float(np.mean(members)))
+    assert all(len(m.pairs) < sum(len(e.turns) for e in train) for m in ensemble.models)
+
+    settings = SimSettings(latency_budget_s=12.0, usage_budget_usd=0.02)
+    spec = Spec(dataset.n_views, dataset.task_names, with_budgets=True)
+    planner = LookaheadPlanner.fit(train, spec, settings, judge_dialogues=len(test))
+    assert isinstance(planner.world.response, SubsampleEnsemble)
+    judge = World(spec, settings, ResponseModel(knn_spec, test))
+    assert evaluate(judge, test, planner)["over_budget_share"] == 0.0
+    # The paper's protocol (or a judge as large as the training set) keeps the one model.
+    same = LookaheadPlanner.fit(train, spec, settings, judge_dialogues=len(train))
+    assert isinstance(same.world.response, ResponseModel)
+    with pytest.raises(TmoGraphError, match="cannot be drawn"):
+        SubsampleEnsemble(knn_spec, train, size=0)

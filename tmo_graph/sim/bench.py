@@ -96,8 +96,17 @@ def run_benchmark(
 
                 constrained = method.startswith("rc-") or method == "own"
                 run_spec = budget_spec if constrained else spec
+                # Under the held-out protocol, the planner knows only how many dialogues its
+                # judge is fit on (never which), and plans for such a judge.
                 policy = train_policy(
-                    method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
+                    method.removeprefix("rc-"),
+                    train,
+                    run_spec,
+                    settings,
+                    steps,
+                    seed,
+                    response,
+                    judge_dialogues=len(test) if protocol == "heldout" else None,
                 )
                 train_s = time.perf_counter() - start
                 result = evaluate(World(run_spec, settings, judge), test, policy)

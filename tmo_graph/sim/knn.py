@@ -9,6 +9,7 @@ queries repeat: answers are cached, which changes nothing but the speed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -32,6 +33,12 @@ def recorded_features(episode: Episode) -> list[TurnFeatures]:
         used = turn.views if turn.action == 1 and turn.views is not None else ()
         out.append(TurnFeatures(turn.action, tuple(used)))
     return out
+
+
+class ResponseScorer(Protocol):
+    """Anything that scores an action in a window state: the judge, or a policy's estimate."""
+
+    def score(self, state: Sequence[float], action: TurnFeatures) -> float: ...
 
 
 class ResponseModel:
@@ -69,4 +76,42 @@ class ResponseModel:
             distances, indices = self._nn.kneighbors([list(key)])
             weights = 1.0 / (distances + 1e-6)
             self._cache[key] = float(np.average(self.labels[indices], weights=weights))
+        return self._cache[key]
+
+
+class SubsampleEnsemble:
+    """The expected score of a response model fit on ``size`` dialogues like these.
+
+    A judge fit on few dialogues scores differently from one fit on many: its nearest
+    recorded pairs are farther away and often of other actions. When a policy will be judged
+    by a model fit on ``size`` unseen dialogues (the held-out protocol), the best estimate it
+    can make from its own data is the mean over models fit on random ``size``-dialogue
+    subsets of it. ``members`` subsets, drawn reproducibly from ``seed``.
+    """
+
+    def __init__(
+        self,
+        spec: ObservationSpec,
+        episodes: Sequence[Episode],
+        size: int,
+        members: int = 10,
+        seed: int = 0,
+    ) -> None:
+        if not 1 <= size <= len(episodes):
+            raise TmoGraphError(
+                f"subsets of {size} dialogues cannot be drawn from {len(episodes)}",
+                "give a judge size between 1 and the number of training dialogues",
+            )
+        rng = np.random.default_rng(seed)
+        self.spec = spec
+        self.models = [
+            ResponseModel(spec, [episodes[i] for i in rng.choice(len(episodes), size, False)])
+            for _ in range(members)
+        ]
+        self._cache: dict[tuple[tuple[float, ...], TurnFeatures], float] = {}
+
+    def score(self, state: Sequence[float], action: TurnFeatures) -> float:
+        key = (tuple(state), action)
+        if key not in self._cache:
+            self._cache[key] = float(np.mean([m.score(state, action) for m in self.models]))
         return self._cache[key]

@@ -24,7 +24,7 @@ import numpy as np
 
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, n_actions
 from tmo_graph.sim.data import Episode
-from tmo_graph.sim.knn import ResponseModel
+from tmo_graph.sim.knn import ResponseModel, ResponseScorer, SubsampleEnsemble
 from tmo_graph.sim.world import SimSettings, World
 
 
@@ -86,9 +86,22 @@ class LookaheadPlanner:
         spec: ObservationSpec,
         settings: SimSettings,
         depth: int = 1,
+        judge_dialogues: int | None = None,
     ) -> LookaheadPlanner:
+        """Fit on ``episodes``; ``judge_dialogues``: how many dialogues the judge is fit on.
+
+        None: the judge is the response model of these very episodes (the paper's protocol),
+        so the planner uses it. A number: the judge is fit on that many other dialogues (the
+        held-out protocol), so the planner plans with the expected score of such a judge, the
+        mean over models fit on random subsets of that size of its own episodes.
+        """
         knn_spec = ObservationSpec(spec.n_views, spec.task_names, spec.time_span, False)
-        world = World(spec, settings, ResponseModel(knn_spec, episodes))
+        response: ResponseScorer
+        if judge_dialogues is None or judge_dialogues >= len(episodes):
+            response = ResponseModel(knn_spec, episodes)
+        else:
+            response = SubsampleEnsemble(knn_spec, episodes, judge_dialogues)
+        world = World(spec, settings, response)
         return cls(world, DialogueModel.fit(episodes, spec, world), depth)
 
     def _reward(self, state: Sequence[float], action: int, association_norm: float) -> float:

@@ -82,12 +82,18 @@ def train_policy(
     seed: int | None = None,
     response: ResponseModel | None = None,
     progress_bar: bool = False,
+    judge_dialogues: int | None = None,
 ) -> TrainedPolicy:
-    """Train ``algorithm`` on ``episodes``; constrained when the spec includes budgets."""
-    if algorithm == "own":  # fitting the planner's models takes well under a second
+    """Train ``algorithm`` on ``episodes``; constrained when the spec includes budgets.
+
+    ``judge_dialogues`` (own planner only): the size of the held-out set its actions will be
+    scored on, when that is not ``episodes`` itself (see ``LookaheadPlanner.fit``).
+    """
+    if algorithm == "own":  # fitting the planner's models takes a second or two
         from tmo_graph.sim.planner import LookaheadPlanner
 
-        return TrainedPolicy(LookaheadPlanner.fit(episodes, spec, settings), spec, "own", settings)
+        planner = LookaheadPlanner.fit(episodes, spec, settings, judge_dialogues=judge_dialogues)
+        return TrainedPolicy(planner, spec, "own", settings)
     import torch
 
     from tmo_graph.sim.gym_env import M4A1Env

@@ -11,7 +11,7 @@ import numpy as np
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, view_subsets
-from tmo_graph.sim.knn import ResponseModel
+from tmo_graph.sim.knn import ResponseScorer
 
 BudgetDistribution = Literal["normal", "uniform", "extreme_aware"]
 
@@ -62,7 +62,7 @@ class StepOutcome:
 class World:
     """Costs and reward of any action in any state, for one dataset's views and tasks."""
 
-    def __init__(self, spec: ObservationSpec, settings: SimSettings, response: ResponseModel):
+    def __init__(self, spec: ObservationSpec, settings: SimSettings, response: ResponseScorer):
         self.spec = spec
         self.settings = settings
         self.response = response
