@@ -80,3 +80,50 @@ def threshold_for_cloud_rate(confidences: Sequence[float], rate: float) -> float
 def cloud_rate(confidences: Sequence[float], threshold: float) -> float:
     """Share of answers that would escalate at ``threshold``."""
     return float(np.mean(np.asarray(confidences) < threshold)) if confidences else 0.0
+
+
+# Share of M4A1's recorded cloud answers that score above the median local answer
+# (152 of 182): how often an escalated answer is "good" in the confidence's own sense.
+M4A1_CLOUD_GOOD_SHARE = 0.835
+
+
+def expected_quality(
+    confidences: Sequence[float], threshold: float, cloud_good: float = M4A1_CLOUD_GOOD_SHARE
+) -> float:
+    """Expected share of good answers at ``threshold``.
+
+    A kept local answer is good with probability equal to its confidence (the confidence is
+    the estimated probability that the answer beats the median local answer); an escalated
+    one with probability ``cloud_good``.
+    """
+    if not confidences:
+        raise TmoGraphError("no confidences to estimate quality on", "give a prompt set")
+    values = np.asarray(confidences, dtype=float)
+    return float(np.mean(np.where(values < threshold, cloud_good, values)))
+
+
+def threshold_for_quality(
+    confidences: Sequence[float], target: float, cloud_good: float = M4A1_CLOUD_GOOD_SHARE
+) -> float:
+    """The threshold with the lowest cloud rate whose expected quality reaches ``target``.
+
+    Escalating the least confident answers first is the cheapest way to raise quality; when
+    even escalating every answer that gains from it falls short, the error says how far.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise TmoGraphError(f"target quality {target} is not in [0, 1]", "e.g. 0.7")
+    if not 0.0 <= cloud_good <= 1.0:
+        raise TmoGraphError(f"cloud quality {cloud_good} is not in [0, 1]", "e.g. 0.835")
+    if not confidences:
+        raise TmoGraphError("no confidences to calibrate on", "give a prompt set")
+    n = len(confidences)
+    for k in range(n + 1):
+        threshold = threshold_for_cloud_rate(confidences, k / n)
+        if expected_quality(confidences, threshold, cloud_good) >= target:
+            return threshold
+    # The most it can reach: escalate exactly the answers less likely good than a cloud one.
+    best = expected_quality(confidences, np.nextafter(cloud_good, 2.0), cloud_good)
+    raise TmoGraphError(
+        f"target quality {target:.2f} is out of reach on these prompts (at most {best:.2f})",
+        "lower --target-quality, or raise --cloud-quality if your cloud model is better",
+    )

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from tmo_graph.calibrate import M4A1_CLOUD_GOOD_SHARE
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, default_cache_dir, load_settings
@@ -290,18 +291,32 @@ def calibrate(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="config to write, with the threshold set")
     ] = Path("configs/calibrated.yaml"),
-    report: Annotated[bool, typer.Option(help="print the confidences' spread")] = False,
+    target_quality: Annotated[
+        float | None,
+        typer.Option(help="instead of a cloud rate: expected share of good answers to reach, 0..1"),
+    ] = None,
+    cloud_quality: Annotated[
+        float, typer.Option(help="share of the cloud model's answers that are good, 0..1")
+    ] = M4A1_CLOUD_GOOD_SHARE,
+    report: Annotated[
+        bool, typer.Option(help="print the cloud rate, cost and quality estimates on the set")
+    ] = False,
 ) -> None:
-    """Set the escalation threshold so a target share of answers goes to the cloud."""
+    """Set the escalation threshold for a target cloud rate (or a target answer quality)."""
     import yaml
 
     from tmo_graph.calibrate import (
         cloud_rate,
+        expected_quality,
         load_prompts,
         local_confidences,
         threshold_for_cloud_rate,
+        threshold_for_quality,
     )
     from tmo_graph.models.local import get_local_model
+    from tmo_graph.policy.base import Action
+    from tmo_graph.policy.budget import expected_cost
+    from tmo_graph.prompts import SYSTEM_PROMPT
 
     try:
         settings = load_settings(config)
@@ -312,19 +327,41 @@ def calibrate(
         values = local_confidences(
             texts, local, lambda done, total: typer.echo(f"{done}/{total}", err=True)
         )
-        threshold = threshold_for_cloud_rate(values, target_cloud_rate)
+        if target_quality is None:
+            threshold = threshold_for_cloud_rate(values, target_cloud_rate)
+        else:
+            threshold = threshold_for_quality(values, target_quality, cloud_quality)
     except TmoGraphError as error:
         _fail(error)
     raw = settings.model_dump(mode="json")
     raw["routing"]["confidence_threshold"] = round(threshold, 4)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rate = cloud_rate(values, threshold)
+    target = (
+        f"target cloud rate {target_cloud_rate:.0%}"
+        if target_quality is None
+        else f"target quality {target_quality:.0%}"
+    )
     typer.echo(
-        f"confidence_threshold = {threshold:.4f}: escalates {cloud_rate(values, threshold):.0%} "
-        f"of these {len(values)} prompts (target {target_cloud_rate:.0%}); wrote {output}"
+        f"confidence_threshold = {threshold:.4f}: escalates {rate:.0%} of these "
+        f"{len(values)} prompts ({target}); wrote {output}"
     )
     if report:
+        escalated = [t for t, v in zip(texts, values, strict=True) if v < threshold]
+        usd = sum(
+            expected_cost(Action("cloud"), len(SYSTEM_PROMPT) + len(t), settings).cost_usd
+            for t in escalated
+        )
+        quality = expected_quality(values, threshold, cloud_quality)
         q = np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
+        typer.echo(
+            f"cloud rate {rate:.1%} ({len(escalated)}/{len(values)}); cloud cost on the set "
+            f"~${usd:.5f} (${usd / len(values):.6f} a prompt, text-only calls priced as "
+            f"{settings.cloud.price_as}); expected good answers {quality:.1%} "
+            f"(all local {expected_quality(values, 0.0, cloud_quality):.1%}, "
+            f"cloud answers good {cloud_quality:.0%} of the time)"
+        )
         typer.echo("confidence quantiles 10/25/50/75/90 %: " + " ".join(f"{v:.3f}" for v in q))
 
 

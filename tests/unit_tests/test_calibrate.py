@@ -10,9 +10,11 @@ import pytest
 from tests.unit_tests.fakes import Stats
 from tmo_graph.calibrate import (
     cloud_rate,
+    expected_quality,
     load_prompts,
     local_confidences,
     threshold_for_cloud_rate,
+    threshold_for_quality,
 )
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
@@ -77,3 +79,52 @@ def test_the_calibrated_config_sets_the_graphs_threshold(
     assert "escalates 25% of these 200 prompts" in result.output
     context = Context.from_settings(load_settings(out))
     assert 0 < context.confidence_threshold < 1
+
+
+@pytest.mark.parametrize("target", [0.6, 0.75, 0.8])
+def test_threshold_for_a_target_quality_holds_on_held_out_prompts(target: float) -> None:
+    values = local_confidences([f"prompt {i}" for i in range(2000)], VaryingLocal())
+    fit, held_out = values[:1000], values[1000:]
+    threshold = threshold_for_quality(fit, target, cloud_good=0.85)
+    assert expected_quality(fit, threshold, 0.85) >= target
+    # The cheapest such threshold: one answer fewer escalated falls short.
+    rate = cloud_rate(fit, threshold)
+    if rate > 0:
+        lower = threshold_for_cloud_rate(fit, rate - 1 / len(fit))
+        assert expected_quality(fit, lower, 0.85) < target
+    assert expected_quality(held_out, threshold, 0.85) == pytest.approx(target, abs=0.02)
+
+
+def test_quality_out_of_reach_and_bad_targets() -> None:
+    values = [0.2, 0.4, 0.9]
+    # Escalating both unsure answers gives (0.8 + 0.8 + 0.9) / 3 = 0.833 at most.
+    assert expected_quality(values, 0.5, 0.8) == pytest.approx(2.5 / 3)
+    assert threshold_for_quality(values, 0.8, 0.8) == pytest.approx(0.65)
+    with pytest.raises(TmoGraphError, match="out of reach .*at most 0.83"):
+        threshold_for_quality(values, 0.9, 0.8)
+    with pytest.raises(TmoGraphError, match="not in \\[0, 1\\]"):
+        threshold_for_quality(values, 1.2)
+
+
+def test_calibrate_for_quality_reports_rate_cost_and_quality(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import tmo_graph.models.local as local_models
+    from tmo_graph.cli import app
+
+    monkeypatch.setattr(local_models, "get_local_model", lambda *args, **kwargs: VaryingLocal())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"question {i}" for i in range(200)))
+    out = tmp_path / "calibrated.yaml"
+    args = ["calibrate", "--prompts", str(prompts), "--target-quality", "0.7", "-o", str(out)]
+    result = CliRunner().invoke(app, [*args, "--report"])
+    assert result.exit_code == 0, result.output
+    assert "target quality 70%" in result.output
+    assert "cloud cost on the set ~$" in result.output
+    reached = float(result.output.split("expected good answers ")[1].split("%")[0])
+    assert 70.0 <= reached < 72.0
+    assert Context.from_settings(load_settings(out)).confidence_threshold > 0
+    bad = CliRunner().invoke(app, [*args[:-2], "-o", str(out), "--cloud-quality", "1.5"])
+    assert bad.exit_code == 2 and "cloud quality 1.5 is not in [0, 1]" in bad.output
