@@ -87,6 +87,7 @@ class RoutingDefaults(_Section):
     recall_k: int = Field(3, ge=0)
     min_recall_score: float = Field(0.3, ge=-1, le=1)
     min_view_score: float = Field(0.3, ge=-1, le=1)
+    context_weight: float = Field(0.8, ge=0, le=1)
     policy_file: str | None = None
 
 
