@@ -30,4 +30,8 @@ def format_turn(record: TurnRecord, answer_width: int = 100) -> str:
     answer = " ".join(record["answer"].split()) or "(empty)"
     wrapped = textwrap.shorten(answer, width=answer_width, placeholder=" ...")
     extra = f"\n      fallback: {record['fallback']}" if record["fallback"] else ""
+    if record.get("local_answer") is not None:
+        draft = " ".join(str(record["local_answer"]).split()) or "(empty)"
+        short = textwrap.shorten(draft, width=answer_width, placeholder=" ...")
+        extra += f"\n      escalated local draft: {short}"
     return f"{line}\n      > {wrapped}{extra}"

@@ -79,6 +79,7 @@ class TurnRecord(TypedDict):
     cost_usd: float
     budget_left: Budget
     answer: str
+    local_answer: str | None  # the local draft an escalation replaced, to judge the check by
 
 
 @dataclass

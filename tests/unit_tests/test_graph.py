@@ -42,7 +42,7 @@ def test_cascade_keeps_a_sure_local_answer(tmp_path: Path) -> None:
     record = out["turns"][-1]
     assert record["route"] == "local" and not record["escalated"]
     assert record["confidence"] == pytest.approx(0.9512, abs=1e-3)
-    assert record["answer"] == "sure answer"
+    assert record["answer"] == "sure answer" and record["local_answer"] is None
     assert out["messages"][-1].content == "sure answer"
 
 
@@ -55,6 +55,7 @@ def test_cascade_escalates_once_when_unsure(tmp_path: Path) -> None:
     record = out["turns"][-1]
     assert record["escalated"] and record["route"] == "cloud"
     assert record["answer"] == "better answer"
+    assert record["local_answer"] == "meh"  # the draft it replaced stays on record
     assert len(cloud.sent) == 1  # exactly one escalation
     # The turn's latency and cost include both the local and the cloud call.
     assert record["cost_usd"] > 0 and record["latency_s"] > 0

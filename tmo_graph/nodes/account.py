@@ -44,6 +44,9 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         cost_usd=round(cost, 8),
         budget_left=left,
         answer=answer["text"],
+        local_answer=next(
+            (c["text"] for c in state.calls if c["where"] == "local" and c is not answer), None
+        ),
     )
     reply = AIMessage(content=answer["text"], response_metadata={"route": answer["where"]})
     return {
