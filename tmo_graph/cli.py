@@ -376,32 +376,116 @@ def eval_confidence(
     seed: Annotated[int, typer.Option(help="seed of the dialogue split")] = 9139,
     limit: Annotated[int | None, typer.Option(help="score only the first N local turns")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    scored: Annotated[
+        Path | None,
+        typer.Option(help="cache of the model's token scores: read if it exists, else written"),
+    ] = None,
+    fit_out: Annotated[
+        Path | None, typer.Option(help="write the combination refit on the train part here")
+    ] = None,
+    sampling: Annotated[
+        int, typer.Option(help="also measure sampling agreement with K samples (held-out part)")
+    ] = 0,
 ) -> None:
     """AUROC / Spearman of each confidence estimator against M4A1's answer scores."""
     from tmo_graph.models.local import get_local_model
     from tmo_graph.sim.confidence_eval import (
+        add_sampling_agreement,
         evaluate_estimators,
         format_report,
+        load_scored,
+        save_scored,
         score_local_turns,
     )
     from tmo_graph.sim.data import load_m4a1
 
     try:
         settings = load_settings(config)
-        dataset = load_m4a1(data)
-        local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+        if scored is not None and scored.exists():
+            turns = load_scored(scored)
+        else:
+            dataset = load_m4a1(data)
+            local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
 
-        def progress(done: int, total: int) -> None:
-            if done % 20 == 0 or done == total:
-                typer.echo(f"scored {done}/{total} local answers", err=True)
+            def progress(done: int, total: int) -> None:
+                if done % 20 == 0 or done == total:
+                    typer.echo(f"scored {done}/{total} local answers", err=True)
 
-        turns = score_local_turns(dataset, local, limit, progress)
+            turns = score_local_turns(dataset, local, limit, progress)
+            if scored is not None:
+                save_scored(turns, scored)
+        if sampling < 0:
+            raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
+        if sampling:
+            from tmo_graph.models.embeddings import local_embeddings
+
+            dataset = load_m4a1(data)
+            local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+            turns = add_sampling_agreement(
+                turns,
+                dataset,
+                local,
+                local_embeddings(settings.embeddings.source),
+                sampling,
+                seed,
+                lambda done, total: typer.echo(f"sampled {done}/{total} held-out turns", err=True),
+            )
         result = evaluate_estimators(turns, seed)
     except TmoGraphError as error:
         _fail(error)
     typer.echo(format_report(result))
     if json_out:
         _write_json(json_out, result)
+    if fit_out:
+        _write_json(fit_out, result["refit"])
+
+
+@eval_app.command("gap")
+def eval_gap(
+    data: DataOption = DEFAULT_DATA,
+    config: ConfigOption = None,
+    seed: Annotated[int, typer.Option(help="seed of the dialogue split")] = 9139,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="write a predictor fit on every dialogue (embeddings.gap_predictor)",
+        ),
+    ] = None,
+) -> None:
+    """Quality-gap predictor (cloud minus local score, from the prompt): held-out figures."""
+    from tmo_graph.models.embeddings import local_embeddings
+    from tmo_graph.quality_gap import QualityGapPredictor, evaluate_gap_predictor, format_report
+    from tmo_graph.sim.data import load_m4a1
+
+    try:
+        settings = load_settings(config)
+        dataset = load_m4a1(data)
+        source = settings.embeddings.source
+        embeddings = local_embeddings(source)
+        result = evaluate_gap_predictor(dataset, embeddings, seed, embedding=source)
+        if output:
+            predictor = QualityGapPredictor.fit_dataset(
+                dataset.episodes, embeddings, embedding=source
+            )
+            try:
+                predictor.save(output)
+            except OSError as exc:
+                raise TmoGraphError(
+                    f"cannot write {output} ({exc.strerror})", "pass a writable path to -o"
+                ) from None
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(format_report(result))
+    if json_out:
+        _write_json(json_out, result)
+    if output:
+        typer.echo(
+            f"wrote {output} (fit on all {len(dataset.episodes)} dialogues; point "
+            "embeddings.gap_predictor at it in a config)"
+        )
 
 
 if __name__ == "__main__":

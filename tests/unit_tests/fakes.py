@@ -26,7 +26,7 @@ class Stats:
 
 @dataclass
 class FakeLocal:
-    """Answers from a list, in order; every answer scores the same per-token log-prob."""
+    """Answers from a list, in order; every token of every answer scores alike."""
 
     answers: list[str]
     logprob: float = -0.1
@@ -43,7 +43,8 @@ class FakeLocal:
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> Stats:
         n = max(len(answer.split()), 1)
-        return Stats(logprobs=[self.logprob] * n, entropies=[0.5] * n)
+        # A sure fake is sure everywhere: entropy rises as the chosen tokens' log-prob falls.
+        return Stats(logprobs=[self.logprob] * n, entropies=[0.5 - 2.0 * self.logprob] * n)
 
 
 class FakeCloud(BaseChatModel):

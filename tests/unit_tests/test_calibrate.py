@@ -30,7 +30,7 @@ class VaryingLocal:
         rng = random.Random(messages[-1]["content"])
         logprob = -rng.expovariate(1.5)
         text = f"answer number {rng.randint(0, 10**6)} here"
-        return text, Stats([logprob] * 4, [1.0] * 4)
+        return text, Stats([logprob] * 4, [0.5 - 2.0 * logprob] * 4)
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.8])

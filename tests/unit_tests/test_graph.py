@@ -10,6 +10,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
+from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -41,7 +42,8 @@ def test_cascade_keeps_a_sure_local_answer(tmp_path: Path) -> None:
     out = _run(graph, "Turn on the kitchen lights.", Context(policy="cascade"))
     record = out["turns"][-1]
     assert record["route"] == "local" and not record["escalated"]
-    assert record["confidence"] == pytest.approx(0.9512, abs=1e-3)
+    expected = confidence([-0.05] * 2, [0.6] * 2, "sure answer")[0]  # FakeLocal's scores
+    assert record["confidence"] == pytest.approx(expected) and expected > 0.9
     assert record["answer"] == "sure answer" and record["local_answer"] is None
     assert out["messages"][-1].content == "sure answer"
 

@@ -441,6 +441,39 @@ class LocalModel:
         new = out[0, prompt.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
 
+    def sample(
+        self,
+        messages: list[dict[str, str]],
+        n: int,
+        temperature: float = 0.8,
+        seed: int = 0,
+        max_new_tokens: int = 48,
+    ) -> list[str]:
+        """``n`` answers drawn at ``temperature`` (reproducible per ``seed``), in one batch."""
+        import torch
+
+        if n < 1 or temperature <= 0:
+            raise TmoGraphError(
+                f"cannot sample {n} answers at temperature {temperature}",
+                "use n >= 1 and a temperature > 0, e.g. 0.8",
+            )
+        prompt = torch.tensor([self._prompt_ids(messages)] * n)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+            )
+        return [
+            self.tokenizer.decode(row[prompt.shape[1] :], skip_special_tokens=True).strip()
+            for row in out
+        ]
+
 
 _models: dict[tuple[Path, int], LocalModel] = {}
 _models_lock = threading.Lock()

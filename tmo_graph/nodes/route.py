@@ -7,6 +7,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.nodes.modality import earlier_prompts
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.budget import affordable, all_actions
 from tmo_graph.policy.simple import make_policy
@@ -25,6 +26,18 @@ def candidate_actions(state: State) -> list[Action]:
     return all_actions([c["name"] for c in state.candidates if c["url"]])
 
 
+def quality_gap(state: State, services: Services) -> float | None:
+    """The predicted cloud-minus-local answer score for this prompt, if there is a predictor."""
+    if services.gap_predictor is None:
+        return None
+    before = earlier_prompts(state.messages, 1)
+    return services.gap_predictor.predict_gap(
+        services.embed(state.prompt),
+        state.task,
+        services.embed(before[0]) if before else None,
+    )
+
+
 def route_input(state: State, services: Services, budget: Budget | None = None) -> RouteInput:
     """The policy's view of the turn, with the mask for ``budget`` (default: what is left)."""
     budget = budget or state.budget_left
@@ -39,6 +52,7 @@ def route_input(state: State, services: Services, budget: Budget | None = None) 
         history=state.turns,
         budget_left=budget,
         allowed=allowed,
+        quality_gap=quality_gap(state, services),
     )
 
 

@@ -49,6 +49,9 @@ class RouteInput:
     budget_left: Budget
     # Actions within the budget, each with its expected cost; LOCAL is always among them.
     allowed: dict[Action, Cost] = field(default_factory=dict)
+    # Predicted score of the cloud answer minus that of the local answer (M4A1's units), made
+    # before any answer by the services' gap predictor; None when there is none.
+    quality_gap: float | None = None
 
 
 class Policy(Protocol):

@@ -124,10 +124,19 @@ class Cascade:
 class Rules:
     """Heuristics: images or view-related prompts go to the cloud with those views; long
     recommendation / query prompts to the cloud as text; the rest is local, with escalation.
+
+    With a predicted quality gap (``observation.quality_gap``, cloud minus local score from
+    :mod:`tmo_graph.quality_gap`), the gap replaces the task / length rule for prompts without
+    a relevant view: cloud as text when the gap is at least ``gap_margin``, else local.
     """
 
     min_score: float = 0.3
     long_prompt_words: int = 14
+    # In M4A1 score points: the cloud answer must be expected to score a point more. On M4A1's
+    # held-out prompts (seed 9139) the predicted gap has median 0.38 and 90th percentile 1.48,
+    # so 18 % of them would go to the cloud up front; the rest still escalate on low
+    # confidence.
+    gap_margin: float = 1.0
     name: str = "rules"
     escalates: bool = True
 
@@ -136,6 +145,10 @@ class Rules:
         if with_views is not None and with_views.views:
             return with_views
         text_only = Action("cloud")
+        if observation.quality_gap is not None:
+            if observation.quality_gap >= self.gap_margin and text_only in observation.allowed:
+                return text_only
+            return LOCAL
         if (
             observation.task in _CLOUD_TASKS
             and len(observation.prompt.split()) >= self.long_prompt_words
