@@ -206,3 +206,20 @@ def test_a_bad_context_weight_is_refused_with_a_fix(weight: float) -> None:
         Context(context_weight=weight)
     assert error.value.fix is not None and "0.8" in error.value.fix
     assert "Fix:" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "follow_up"),
+    [
+        ("What about the one on the left?", True),
+        ("And is it done?", True),
+        ("Is it boiling now?", True),
+        ("Can you recommend a healthy dinner with chicken and explain why it is good?", False),
+        ("Who wrote the cookbook Kitab al-Tabikh?", False),
+        ("Write a message to Sam saying dinner is at seven.", False),
+    ],
+)
+def test_which_prompts_refer_back(prompt: str, follow_up: bool) -> None:
+    from tmo_graph.nodes.modality import refers_back
+
+    assert refers_back(prompt) is follow_up

@@ -52,18 +52,24 @@ def view_caption(name: str, view: ViewSpec) -> str:
 CONTEXT_MESSAGES = 2
 
 # Cues that a prompt leans on the previous turn for what it is about: it opens like a follow-up
-# ("and ...", "what about ...") or points back with a pronoun ("it", "those", "the one on the
-# left"). English only; bare "that" / "this" / "there" are left out, fresh questions use them.
-_BACK_REFERENCE = re.compile(
+# ("and ...", "what about ...") or points back ("the one on the left", "those"). A bare
+# pronoun ("it", "them") counts only in a short prompt ("Is it done?"): a longer one usually
+# names its own subject ("... a healthy dinner ..., and explain why it is good"). English
+# only; "that" / "this" / "there" are left out, fresh questions use them all the time.
+_FOLLOW_UP = re.compile(
     r"^\W*(and|also|what about|how about)\b"
-    r"|\b(it|its|they|them|those|these|the one|the ones|that one|this one|the other)\b",
+    r"|\b(those|these|the one|the ones|that one|this one|the other)\b",
     re.IGNORECASE,
 )
+_PRONOUN = re.compile(r"\b(it|its|they|them)\b", re.IGNORECASE)
+SHORT_PROMPT_WORDS = 6
 
 
 def refers_back(prompt: str) -> bool:
     """Whether ``prompt`` reads as a follow-up that needs the previous turn to be understood."""
-    return _BACK_REFERENCE.search(prompt) is not None
+    if _FOLLOW_UP.search(prompt):
+        return True
+    return len(prompt.split()) <= SHORT_PROMPT_WORDS and _PRONOUN.search(prompt) is not None
 
 
 def _text(message: AnyMessage) -> str:
@@ -121,16 +127,18 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
     # Private views are never candidates: they cannot be sent, so they are not even scored.
     shareable = {n: v for n, v in state.views.items() if not v.get("private", False)}
     ctx = runtime.context
+    inline = inline_images(message)
     scores = view_scores(
         prompt,
-        earlier_prompts(state.messages),
+        # A message with its own image is about that image ("what fruit is this?").
+        [] if inline else earlier_prompts(state.messages),
         {name: view_caption(name, view) for name, view in shareable.items()},
         services,
         ctx.context_weight,
     )
     candidates = [
         Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, url=to_data_url(url))
-        for i, url in enumerate(inline_images(message))
+        for i, url in enumerate(inline)
     ]
     candidates += [
         Candidate(
