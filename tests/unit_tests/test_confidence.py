@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -35,6 +36,48 @@ def test_refusal_lowers_confidence() -> None:
     assert parts["refusal"] == 1.0 and refused < answered
 
 
+def test_confidence_is_monotone_in_mean_logprob() -> None:
+    grid = [-3.0, -2.0, -1.2, -0.8, -0.5, -0.3, -0.1, -0.02]
+    # As in a real model, the prediction's entropy grows as the chosen tokens' log-prob falls
+    # (the fakes in fakes.py do the same): the confidence then rises strictly.
+    tracking = [confidence([lp] * 10, [0.5 - 2.0 * lp] * 10, FLUENT)[0] for lp in grid]
+    assert tracking == sorted(tracking) and len(set(tracking)) > len(grid) // 2
+    # With the entropies held fixed, a higher log-prob never lowers it.
+    for h in (0.5, 1.8, 3.5):
+        fixed = [confidence([lp] * 10, [h] * 10, FLUENT)[0] for lp in grid]
+        assert fixed == sorted(fixed)
+
+
+def test_refusal_markers_include_deferrals() -> None:
+    for text in (
+        "As an AI language model, I have no access to your calendar.",
+        "I\u2019m not able to see the camera right now.",
+        "I cannot tell from here.",
+    ):
+        assert ESTIMATORS["refusal"]([-0.2], [0.5], text) == 1.0, text
+    assert ESTIMATORS["refusal"]([-0.2], [0.5], "The oven is at 180 degrees.") == 0.0
+
+
+def test_confidence_stays_in_the_unit_interval() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 60)
+        logprobs = [-rng.expovariate(rng.uniform(0.2, 5.0)) for _ in range(n)]
+        entropies = [rng.uniform(0.0, 8.0) for _ in range(n)]
+        words = rng.choices(["sorry", "the", "eggs", "boil", "as an AI", "now", "ok"], k=n)
+        value, parts = confidence(logprobs, entropies, " ".join(words))
+        assert 0.0 <= value <= 1.0 and set(parts) == set(ESTIMATORS)
+    assert 0.0 <= confidence([-1e9] * 3, [1e9] * 3, "x y z")[0] <= 1.0
+    assert 0.0 <= confidence([0.0] * 3, [0.0] * 3, "x y z")[0] <= 1.0
+
+
+def test_a_fluent_loop_is_not_trusted() -> None:
+    calm = [-0.1] * 30, [0.6] * 30
+    looping = " ".join(["turn the lights on"] * 8)
+    value, parts = confidence(*calm, looping)
+    assert parts["repetition"] > 0.5 and value < 0.5 < confidence(*calm, FLUENT)[0]
+
+
 def test_empty_answer_has_zero_confidence() -> None:
     assert confidence([], [], "")[0] == 0.0
     assert confidence([-0.1], [0.1], "   ")[0] == 0.0
@@ -48,6 +91,22 @@ def test_quantile_logprob_adapts_to_length() -> None:
     guessed_run = [-0.1] * 80 + [-3.0] * 20
     assert quantile_logprob(guessed_run, [], "") == -3.0  # a run of guesses does
     assert quantile_logprob([], [], "") == -math.inf
+
+
+def test_quantile_logprob_spares_short_answers() -> None:
+    # One unlikely token in a 4-token answer is what the minimum reports; the median is not.
+    short = [-0.2, -0.3, -0.25, -6.0]
+    assert quantile_logprob(short, [], "") == -0.25 and min(short) == -6.0
+    # q = 1/sqrt(n) within [0.1, 0.5]: 9 tokens -> the third lowest (index 3 of 9).
+    nine = [-float(i) for i in range(9)]
+    assert quantile_logprob(nine, [], "") == -5.0
+    # Never above the median, never below the minimum; the order of tokens does not matter.
+    rng = random.Random(3)
+    for n in (1, 2, 5, 17, 64, 400):
+        lps = [-rng.expovariate(1.0) for _ in range(n)]
+        value = quantile_logprob(lps, [], "")
+        assert min(lps) <= value <= sorted(lps)[n // 2]
+        assert quantile_logprob(list(reversed(lps)), [], "") == value
 
 
 def test_combine_is_the_documented_logistic() -> None:
@@ -96,3 +155,36 @@ def test_sampling_agreement_is_high_when_samples_repeat_the_answer() -> None:
     assert sampling_agreement(wandering, messages, "", embeddings) == 0.0
     with pytest.raises(TmoGraphError, match="k >= 1"):
         sampling_agreement(wandering, messages, FLUENT, embeddings, k=0)
+
+
+class SeededSampler:
+    """A fake local backend: the answer again for sure prompts, seed-driven noise otherwise."""
+
+    def __init__(self, sure: bool) -> None:
+        self.sure = sure
+        self.calls: list[tuple[int, int, int]] = []
+
+    def sample(
+        self,
+        messages: list[dict[str, str]],
+        n: int,
+        temperature: float = 0.8,
+        seed: int = 0,
+        max_new_tokens: int = 48,
+    ) -> list[str]:
+        self.calls.append((n, seed, max_new_tokens))
+        if self.sure:
+            return [FLUENT] * n
+        rng = random.Random(seed)
+        return [f"maybe {rng.randint(0, 10**6)} minutes" for _ in range(n)]
+
+
+def test_sampling_agreement_ranks_a_sure_backend_above_a_guessing_one() -> None:
+    embeddings = DeterministicFakeEmbedding(size=64)
+    messages = [{"role": "user", "content": "How long do I boil an egg?"}]
+    sure, guessing = SeededSampler(sure=True), SeededSampler(sure=False)
+    high = sampling_agreement(sure, messages, FLUENT, embeddings, k=4, seed=5)
+    low = sampling_agreement(guessing, messages, FLUENT, embeddings, k=4, seed=5)
+    assert high == pytest.approx(1.0) and 0.0 <= low < high
+    assert sure.calls == [(4, 5, 48)]  # k samples in one call, short, with the given seed
+    assert low == sampling_agreement(guessing, messages, FLUENT, embeddings, k=4, seed=5)

@@ -127,6 +127,8 @@ def _auroc(values: Sequence[float], positive: Sequence[bool]) -> float:
 def _spearman(values: Sequence[float], scores: Sequence[float]) -> float:
     from scipy.stats import spearmanr
 
+    if len(set(values)) < 2 or len(set(scores)) < 2:  # undefined (e.g. no refusal at all)
+        return float("nan")
     result = spearmanr(values, scores)
     return float(result.statistic)
 
