@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,9 +61,10 @@ def test_prompt_files(tmp_path: Path) -> None:
         load_prompts(jsonl)
 
 
-def test_the_calibrated_config_sets_the_graphs_threshold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def calibrate_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> tuple[Any, Path]:
+    """Run `tmo-graph calibrate` on 200 prompts with VaryingLocal as the local model."""
     from typer.testing import CliRunner
 
     import tmo_graph.models.local as local_models
@@ -72,9 +74,14 @@ def test_the_calibrated_config_sets_the_graphs_threshold(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"question {i}" for i in range(200)))
     out = tmp_path / "calibrated.yaml"
-    result = CliRunner().invoke(
-        app, ["calibrate", "--prompts", str(prompts), "--target-cloud-rate", "0.25", "-o", str(out)]
-    )
+    args = ["calibrate", "--prompts", str(prompts), "-o", str(out), *options]
+    return CliRunner().invoke(app, args), out
+
+
+def test_the_calibrated_config_sets_the_graphs_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, out = calibrate_cli(tmp_path, monkeypatch, "--target-cloud-rate", "0.25")
     assert result.exit_code == 0, result.output
     assert "escalates 25% of these 200 prompts" in result.output
     context = Context.from_settings(load_settings(out))
@@ -109,22 +116,14 @@ def test_quality_out_of_reach_and_bad_targets() -> None:
 def test_calibrate_for_quality_reports_rate_cost_and_quality(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    import tmo_graph.models.local as local_models
-    from tmo_graph.cli import app
-
-    monkeypatch.setattr(local_models, "get_local_model", lambda *args, **kwargs: VaryingLocal())
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(f"question {i}" for i in range(200)))
-    out = tmp_path / "calibrated.yaml"
-    args = ["calibrate", "--prompts", str(prompts), "--target-quality", "0.7", "-o", str(out)]
-    result = CliRunner().invoke(app, [*args, "--report"])
+    result, out = calibrate_cli(tmp_path, monkeypatch, "--target-quality", "0.7", "--report")
     assert result.exit_code == 0, result.output
     assert "target quality 70%" in result.output
     assert "cloud cost on the set ~$" in result.output
     reached = float(result.output.split("expected good answers ")[1].split("%")[0])
     assert 70.0 <= reached < 72.0
     assert Context.from_settings(load_settings(out)).confidence_threshold > 0
-    bad = CliRunner().invoke(app, [*args[:-2], "-o", str(out), "--cloud-quality", "1.5"])
+    bad, _ = calibrate_cli(
+        tmp_path, monkeypatch, "--target-quality", "0.7", "--cloud-quality", "1.5"
+    )
     assert bad.exit_code == 2 and "cloud quality 1.5 is not in [0, 1]" in bad.output

@@ -163,20 +163,27 @@ def test_training_env_steps_and_zeroes_overdrawn_steps() -> None:
     assert env._left[0] < 0 or env._left[1] < 0
 
 
+def _generated_split(tmp_path: Path, seed: int, dialogues: int) -> tuple[Any, list[Any], list[Any]]:
+    """A generated 3-view, 3-task file of 2-5 turn dialogues, loaded and split 80/20."""
+    from tmo_graph.sim.data import paper_split
+
+    rng = random.Random(seed)
+    data = [_episode(rng.randint(2, 5), 3, ["a", "b", "c"], rng) for _ in range(dialogues)]
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps(data))
+    dataset = load_m4a1(path)
+    train, test = paper_split(dataset.episodes, 1)
+    return dataset, train, test
+
+
 def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
     from tmo_graph.policy.observation import ObservationSpec as Spec
-    from tmo_graph.sim.data import paper_split
     from tmo_graph.sim.evaluate import evaluate
     from tmo_graph.sim.knn import ResponseModel
     from tmo_graph.sim.planner import LookaheadPlanner
     from tmo_graph.sim.world import World
 
-    rng = random.Random(2)
-    data = [_episode(rng.randint(2, 5), 3, ["a", "b", "c"], rng) for _ in range(50)]
-    path = tmp_path / "gen.json"
-    path.write_text(json.dumps(data))
-    dataset = load_m4a1(path)
-    train, test = paper_split(dataset.episodes, 1)
+    dataset, train, test = _generated_split(tmp_path, seed=2, dialogues=50)
     # 12 s and 2 cents for up to five turns: two or three cloud calls at most.
     settings = SimSettings(latency_budget_s=12.0, usage_budget_usd=0.02)
     spec = Spec(dataset.n_views, dataset.task_names, with_budgets=True)
@@ -192,18 +199,12 @@ def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
 def test_planner_for_a_held_out_judge_plans_with_subset_models(tmp_path: Path) -> None:
     from tmo_graph.policy.observation import ObservationSpec as Spec
     from tmo_graph.policy.observation import TurnFeatures
-    from tmo_graph.sim.data import paper_split
     from tmo_graph.sim.evaluate import evaluate
     from tmo_graph.sim.knn import ResponseModel, SubsampleEnsemble
     from tmo_graph.sim.planner import LookaheadPlanner
     from tmo_graph.sim.world import World
 
-    rng = random.Random(3)
-    data = [_episode(rng.randint(2, 5), 3, ["a", "b", "c"], rng) for _ in range(40)]
-    path = tmp_path / "gen.json"
-    path.write_text(json.dumps(data))
-    dataset = load_m4a1(path)
-    train, test = paper_split(dataset.episodes, 1)
+    dataset, train, test = _generated_split(tmp_path, seed=3, dialogues=40)
     knn_spec = Spec(3, dataset.task_names)
     ensemble = SubsampleEnsemble(knn_spec, train, size=len(test), members=4)
     # The ensemble's score is the mean of its members', each fit on len(test) dialogues.
