@@ -115,14 +115,40 @@ def combine(parts: Mapping[str, float], combination: Mapping[str, Any] = COMBINA
     return 1.0 / (1.0 + math.exp(-min(max(z, -60.0), 60.0)))
 
 
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def echo(text: str, earlier_answers: Sequence[str]) -> float:
+    """Share of the answer's word trigrams already said in an earlier answer of the dialogue.
+
+    A small model that lost the thread repeats its previous answer, fluently and with low
+    entropy; nothing in the tokens' scores gives that away.
+    """
+    grams = _trigrams(text)
+    if not grams or not earlier_answers:
+        return 0.0
+    said = set().union(*(_trigrams(answer) for answer in earlier_answers))
+    return len(grams & said) / len(grams)
+
+
+# Echo guard: an answer more than half made of an earlier answer is scaled by (1 - echo).
+ECHO_LIMIT = 0.5
+
+
 def confidence(
-    logprobs: Sequence[float], entropies: Sequence[float], text: str
+    logprobs: Sequence[float],
+    entropies: Sequence[float],
+    text: str,
+    earlier_answers: Sequence[str] = (),
 ) -> tuple[float, dict[str, float]]:
     """The combined confidence in [0, 1] and every estimator's value.
 
     The confidence is the estimated probability that this answer is better than the median
     local answer (M4A1's quality scores), from the estimators by :data:`COMBINATION`.
-    An empty answer has confidence 0.
+    An empty answer has confidence 0. With ``earlier_answers`` (the dialogue's previous
+    replies), an answer that mostly repeats one of them is scaled down too (:func:`echo`).
     """
     parts = {name: round(fn(logprobs, entropies, text), 4) for name, fn in ESTIMATORS.items()}
     if not logprobs or not text.strip():
@@ -130,4 +156,8 @@ def confidence(
     combined = combine(parts)
     if parts["repetition"] > LOOP_REPETITION:
         combined *= 1.0 - parts["repetition"]
+    if earlier_answers:
+        parts["echo"] = round(echo(text, earlier_answers), 4)
+        if parts["echo"] > ECHO_LIMIT:
+            combined *= 1.0 - parts["echo"]
     return round(combined, 4), parts

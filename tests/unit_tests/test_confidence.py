@@ -188,3 +188,14 @@ def test_sampling_agreement_ranks_a_sure_backend_above_a_guessing_one() -> None:
     assert high == pytest.approx(1.0) and 0.0 <= low < high
     assert sure.calls == [(4, 5, 48)]  # k samples in one call, short, with the given seed
     assert low == sampling_agreement(guessing, messages, FLUENT, embeddings, k=4, seed=5)
+
+
+def test_an_answer_echoing_an_earlier_one_is_not_trusted() -> None:
+    calm = [-0.1] * 12, [0.6] * 12
+    earlier = ["I'm so glad you're having dinner tonight, I'm Sam and I will cook."]
+    echoed = "I'm so glad you're having dinner tonight, I'm Sam and I will cook."
+    alone, _ = confidence(*calm, echoed)
+    value, parts = confidence(*calm, echoed, earlier)
+    assert parts["echo"] == 1.0 and value == 0.0 < alone
+    fresh, parts = confidence(*calm, FLUENT, earlier)
+    assert parts["echo"] == 0.0 and fresh == confidence(*calm, FLUENT)[0]

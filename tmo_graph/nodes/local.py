@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph import costs
@@ -21,7 +22,8 @@ def local_call(state: State, services: Services) -> tuple[CallRecord, float, dic
     start = time.perf_counter()
     text, stats = services.local.answer(dialogue)
     latency = time.perf_counter() - start
-    conf, parts = confidence(stats.logprobs, stats.entropies, text)
+    earlier = [str(m.content) for m in state.messages if isinstance(m, AIMessage)]
+    conf, parts = confidence(stats.logprobs, stats.entropies, text, earlier)
     device = costs.device(services.settings.device.profile)
     call = CallRecord(
         where="local",
