@@ -131,8 +131,11 @@ def test_every_estimator_has_the_same_signature() -> None:
 
 
 class ScriptedSampler:
-    def __init__(self, samples: list[str]) -> None:
+    """A fake local backend: scripted samples, or seed-driven guesses when none are given."""
+
+    def __init__(self, samples: list[str] | None = None) -> None:
         self.samples = samples
+        self.calls: list[tuple[int, int, int]] = []
 
     def sample(
         self,
@@ -142,7 +145,11 @@ class ScriptedSampler:
         seed: int = 0,
         max_new_tokens: int = 48,
     ) -> list[str]:
-        return self.samples[:n]
+        self.calls.append((n, seed, max_new_tokens))
+        if self.samples is not None:
+            return self.samples[:n]
+        rng = random.Random(seed)
+        return [f"maybe {rng.randint(0, 10**6)} minutes" for _ in range(n)]
 
 
 def test_sampling_agreement_is_high_when_samples_repeat_the_answer() -> None:
@@ -157,32 +164,10 @@ def test_sampling_agreement_is_high_when_samples_repeat_the_answer() -> None:
         sampling_agreement(wandering, messages, FLUENT, embeddings, k=0)
 
 
-class SeededSampler:
-    """A fake local backend: the answer again for sure prompts, seed-driven noise otherwise."""
-
-    def __init__(self, sure: bool) -> None:
-        self.sure = sure
-        self.calls: list[tuple[int, int, int]] = []
-
-    def sample(
-        self,
-        messages: list[dict[str, str]],
-        n: int,
-        temperature: float = 0.8,
-        seed: int = 0,
-        max_new_tokens: int = 48,
-    ) -> list[str]:
-        self.calls.append((n, seed, max_new_tokens))
-        if self.sure:
-            return [FLUENT] * n
-        rng = random.Random(seed)
-        return [f"maybe {rng.randint(0, 10**6)} minutes" for _ in range(n)]
-
-
 def test_sampling_agreement_ranks_a_sure_backend_above_a_guessing_one() -> None:
     embeddings = DeterministicFakeEmbedding(size=64)
     messages = [{"role": "user", "content": "How long do I boil an egg?"}]
-    sure, guessing = SeededSampler(sure=True), SeededSampler(sure=False)
+    sure, guessing = ScriptedSampler([FLUENT] * 4), ScriptedSampler()
     high = sampling_agreement(sure, messages, FLUENT, embeddings, k=4, seed=5)
     low = sampling_agreement(guessing, messages, FLUENT, embeddings, k=4, seed=5)
     assert high == pytest.approx(1.0) and 0.0 <= low < high
