@@ -116,9 +116,14 @@ def threshold_for_quality(
         raise TmoGraphError(f"cloud quality {cloud_good} is not in [0, 1]", "e.g. 0.835")
     if not confidences:
         raise TmoGraphError("no confidences to calibrate on", "give a prompt set")
-    n = len(confidences)
-    for k in range(n + 1):
+    # Escalating the k least confident answers: k cloud answers plus the n - k most confident.
+    ordered = np.sort(np.asarray(confidences, dtype=float))
+    n = len(ordered)
+    kept = np.concatenate([np.cumsum(ordered[::-1])[::-1], [0.0]])  # kept[k] = sum(ordered[k:])
+    quality = (np.arange(n + 1) * cloud_good + kept) / n
+    for k in np.flatnonzero(quality >= target):
         threshold = threshold_for_cloud_rate(confidences, k / n)
+        # Tied confidences escalate together: check what the threshold really does.
         if expected_quality(confidences, threshold, cloud_good) >= target:
             return threshold
     # The most it can reach: escalate exactly the answers less likely good than a cloud one.

@@ -400,12 +400,21 @@ def eval_confidence(
     from tmo_graph.sim.data import load_m4a1
 
     try:
+        if sampling < 0:  # before minutes of scoring, not after
+            raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
         settings = load_settings(config)
-        if scored is not None and scored.exists():
-            turns = load_scored(scored)
+        cache = scored if scored is not None and scored.exists() else None
+        needs_model = cache is None or sampling > 0
+        dataset = load_m4a1(data) if needs_model else None
+        local = (
+            get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+            if needs_model
+            else None
+        )
+        if cache is not None:
+            turns = load_scored(cache)
         else:
-            dataset = load_m4a1(data)
-            local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+            assert dataset is not None and local is not None
 
             def progress(done: int, total: int) -> None:
                 if done % 20 == 0 or done == total:
@@ -414,13 +423,10 @@ def eval_confidence(
             turns = score_local_turns(dataset, local, limit, progress)
             if scored is not None:
                 save_scored(turns, scored)
-        if sampling < 0:
-            raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
         if sampling:
             from tmo_graph.models.embeddings import local_embeddings
 
-            dataset = load_m4a1(data)
-            local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+            assert dataset is not None and local is not None
             turns = add_sampling_agreement(
                 turns,
                 dataset,

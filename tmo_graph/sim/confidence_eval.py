@@ -14,6 +14,7 @@ import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class ScoredTurn:
     entropies: list[float]
     agreement: float | None = None  # sampling agreement, measured on held-out turns only
 
-    @property
+    @cached_property  # read once per estimator column; computed once
     def features(self) -> dict[str, float]:
         """Every estimator, plus the combined confidence the graph uses."""
         combined, parts = confidence(self.logprobs, self.entropies, self.answer)
