@@ -95,12 +95,17 @@ def test_fewer_rows_than_neighbours_and_no_rows(tmp_path: Path) -> None:
         ResponseModel(spec, [])
 
 
-@needs_m4a1
-def test_scores_equal_the_published_code_ties_included() -> None:
+@pytest.fixture(scope="module")
+def seed_9139_model() -> ResponseModel:
+    """The response model of seed 9139's training split, as the published code builds it."""
     dataset = load_m4a1(M4A1)
     train, _ = paper_split(dataset.episodes, 9139)
-    spec = ObservationSpec(n_views=3, task_names=dataset.task_names)
-    model = ResponseModel(spec, train)
+    return ResponseModel(ObservationSpec(n_views=3, task_names=dataset.task_names), train)
+
+
+@needs_m4a1
+def test_scores_equal_the_published_code_ties_included(seed_9139_model: ResponseModel) -> None:
+    model, spec = seed_9139_model, seed_9139_model.spec
     for task, expected in PUBLISHED_FIRST_TURN.items():
         state = window_state(spec, [], [task])
         got = [model.score(state, TurnFeatures.from_action(a, 3)) for a in range(9)]
@@ -112,14 +117,11 @@ def test_scores_equal_the_published_code_ties_included() -> None:
 
 
 @needs_m4a1
-def test_the_row_order_decides_among_ties() -> None:
+def test_the_row_order_decides_among_ties(seed_9139_model: ResponseModel) -> None:
     """Why the lexsort matters: unsorted rows give other scores for many recorded pairs."""
     from sklearn.neighbors import NearestNeighbors
 
-    dataset = load_m4a1(M4A1)
-    train, _ = paper_split(dataset.episodes, 9139)
-    spec = ObservationSpec(n_views=3, task_names=dataset.task_names)
-    model = ResponseModel(spec, train)
+    model = seed_9139_model
     shuffled = np.random.default_rng(0).permutation(len(model.pairs))
     other = NearestNeighbors(algorithm="kd_tree", n_neighbors=5).fit(model.pairs[shuffled])
     distances, indices = other.kneighbors(model.pairs)
