@@ -1,11 +1,20 @@
-"""Expected cost of each action, and the mask that keeps a dialogue inside its budgets."""
+"""One cost model: expected cost of each action, call prices, and the budget mask.
+
+:class:`CostModel` is built once from settings (cached) and shared by the route node, the
+confidence check, the accounting node and the calibration report, so that an action is
+priced the same way wherever it is looked at. The simulator builds one from the paper's
+profiles (:meth:`CostModel.paper`), whose numbers are bit-identical to the published code.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 from tmo_graph import costs
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Cost
 from tmo_graph.settings import Settings
 from tmo_graph.state import Budget
@@ -24,20 +33,197 @@ def all_actions(view_names: Sequence[str]) -> list[Action]:
     return actions
 
 
-def expected_cost(action: Action, prompt_chars: int, settings: Settings) -> Cost:
-    """What ``action`` is expected to cost: device profile for local, network + prices for cloud."""
-    if action.route == "local":
-        seconds = settings.local.max_new_tokens / settings.local.tokens_per_s
-        power = costs.device(settings.device.profile).power_w
-        return Cost(
-            seconds, costs.local_energy_cost_usd(seconds, power, settings.device.usd_per_kwh)
+@dataclass(frozen=True)
+class CostModel:
+    """Prices and expected costs of local and cloud calls.
+
+    Two ways to build one:
+    - :meth:`from_settings` (the live graph): local time from the configured generation speed,
+      cloud latency from the network profile plus the answer's generation time, cloud money
+      from the price table and an estimate of the prompt's tokens;
+    - :meth:`paper` (the simulator): the paper's fixed per-call profiles, where a local answer
+      and a cloud call with k views cost the same whatever the prompt (``fixed_*`` set).
+    """
+
+    local_tokens_per_s: float
+    local_max_new_tokens: int
+    device_power_w: float
+    usd_per_kwh: float
+    network: costs.NetworkProfile
+    cloud_max_tokens: int
+    cloud_tokens_per_s: float
+    price: costs.ModelPrice
+    # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
+    fixed_local: Cost | None = None
+    fixed_cloud: tuple[Cost, ...] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CostModel:
+        """The cost model of ``settings`` (cached on the values it reads, so it is cheap)."""
+        if not isinstance(settings, Settings):
+            raise TmoGraphError(
+                f"CostModel.from_settings needs Settings, got {type(settings).__name__}",
+                "pass tmo_graph.settings.load_settings(...) or Settings()",
+            )
+        extra = tuple(
+            sorted(
+                (name, row.input_per_mtok, row.output_per_mtok, row.tokens_per_image)
+                for name, row in settings.prices.items()
+            )
         )
-    k = len(action.views)
-    network_s = costs.cloud_time_s(costs.network(settings.cloud.network), k)
-    seconds = network_s + settings.cloud.max_tokens / settings.cloud.tokens_per_s
-    price = costs.price_for(settings.cloud.price_as, price_table(settings))
-    input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * price.tokens_per_image
-    return Cost(seconds, costs.cloud_call_cost_usd(price, input_tokens, settings.cloud.max_tokens))
+        return _from_values(
+            settings.local.tokens_per_s,
+            settings.local.max_new_tokens,
+            settings.device.profile,
+            settings.device.usd_per_kwh,
+            settings.cloud.network,
+            settings.cloud.max_tokens,
+            settings.cloud.tokens_per_s,
+            settings.cloud.price_as,
+            extra,
+        )
+
+    @classmethod
+    def paper(
+        cls,
+        device: str,
+        network: str,
+        n_views: int,
+        settings: Settings | None = None,
+    ) -> CostModel:
+        """The simulator's cost model: the published code's per-call latency and price.
+
+        ``settings`` (default: built-in) supplies only what the paper's tables do not use
+        (prices of the live model, for :meth:`cloud_call_usd`).
+        """
+        if n_views < 0:
+            raise TmoGraphError(f"n_views must be >= 0, got {n_views}", "count the views")
+        profile = costs.device(device)
+        net = costs.network(network)
+        base = cls.from_settings(settings or Settings())
+        fixed_local = Cost(costs.local_time_s(profile), costs.local_cost_usd(profile))
+        fixed_cloud = tuple(
+            Cost(costs.cloud_time_s(net, k), costs.cloud_cost_usd(k)) for k in range(n_views + 1)
+        )
+        return cls(
+            local_tokens_per_s=base.local_tokens_per_s,
+            local_max_new_tokens=base.local_max_new_tokens,
+            device_power_w=profile.power_w,
+            usd_per_kwh=costs.PAPER_USD_PER_KWH,
+            network=net,
+            cloud_max_tokens=base.cloud_max_tokens,
+            cloud_tokens_per_s=base.cloud_tokens_per_s,
+            price=base.price,
+            fixed_local=fixed_local,
+            fixed_cloud=fixed_cloud,
+        )
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Input tokens billed per image by the priced cloud model."""
+        return self.price.tokens_per_image
+
+    def expected(self, action: Action, prompt_chars: int, local_tokens: int | None = None) -> Cost:
+        """What ``action`` is expected to cost before it runs.
+
+        Local: ``local_tokens`` (default: the configured maximum) at the configured speed,
+        priced as device energy. Cloud: network latency for the views plus the answer's
+        generation time; the prompt's estimated tokens, the images' tokens and a full answer
+        priced by the table.
+        """
+        if not isinstance(action, Action):
+            raise TmoGraphError(f"expected an Action, got {action!r}", "use policy.base.Action")
+        if prompt_chars < 0:
+            raise TmoGraphError(f"prompt_chars must be >= 0, got {prompt_chars}", "count chars")
+        if action.route == "local":
+            if self.fixed_local is not None:
+                return self.fixed_local
+            tokens = self.local_max_new_tokens if local_tokens is None else local_tokens
+            if tokens < 0:
+                raise TmoGraphError(f"local_tokens must be >= 0, got {tokens}", "count tokens")
+            seconds = tokens / self.local_tokens_per_s
+            return Cost(seconds, self.local_call_usd(seconds))
+        k = len(action.views)
+        if self.fixed_cloud is not None:
+            if k >= len(self.fixed_cloud):
+                raise TmoGraphError(
+                    f"action {action.label} sends {k} views; this cost model knows "
+                    f"{len(self.fixed_cloud) - 1}",
+                    "build it with CostModel.paper(..., n_views=<number of views>)",
+                )
+            return self.fixed_cloud[k]
+        seconds = (
+            costs.cloud_time_s(self.network, k) + self.cloud_max_tokens / self.cloud_tokens_per_s
+        )
+        input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * self.tokens_per_image
+        return Cost(seconds, self.cloud_call_usd(input_tokens, self.cloud_max_tokens))
+
+    def affordable(
+        self, actions: Sequence[Action], budget: Budget, prompt_chars: int
+    ) -> tuple[dict[Action, Cost], list[Action]]:
+        """Split actions into those whose expected cost fits ``budget`` and those masked.
+
+        The local answer is never masked: it is the last resort when the budget runs out.
+        """
+        allowed: dict[Action, Cost] = {}
+        masked: list[Action] = []
+        for action in actions:
+            cost = self.expected(action, prompt_chars)
+            if action == LOCAL or cost.fits(budget):
+                allowed[action] = cost
+            else:
+                masked.append(action)
+        return allowed, masked
+
+    def cloud_call_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for one cloud call from its reported token usage (image tokens are input)."""
+        if input_tokens < 0 or output_tokens < 0:
+            raise TmoGraphError(
+                f"token counts must be >= 0, got {input_tokens} in / {output_tokens} out",
+                "pass the usage the cloud reported",
+            )
+        return costs.cloud_call_cost_usd(self.price, input_tokens, output_tokens)
+
+    def local_call_usd(self, seconds: float) -> float:
+        """USD of device energy for ``seconds`` of local inference."""
+        if seconds < 0:
+            raise TmoGraphError(f"seconds must be >= 0, got {seconds}", "pass a measured time")
+        return costs.local_energy_cost_usd(seconds, self.device_power_w, self.usd_per_kwh)
+
+
+@lru_cache(maxsize=64)
+def _from_values(
+    local_tokens_per_s: float,
+    local_max_new_tokens: int,
+    device_profile: str,
+    usd_per_kwh: float,
+    network: str,
+    cloud_max_tokens: int,
+    cloud_tokens_per_s: float,
+    price_as: str,
+    extra_prices: tuple[tuple[str, float, float, int], ...],
+) -> CostModel:
+    table = dict(costs.PRICES)
+    for name, input_per_mtok, output_per_mtok, tokens_per_image in extra_prices:
+        table[name] = costs.ModelPrice(input_per_mtok, output_per_mtok, tokens_per_image)
+    return CostModel(
+        local_tokens_per_s=local_tokens_per_s,
+        local_max_new_tokens=local_max_new_tokens,
+        device_power_w=costs.device(device_profile).power_w,
+        usd_per_kwh=usd_per_kwh,
+        network=costs.network(network),
+        cloud_max_tokens=cloud_max_tokens,
+        cloud_tokens_per_s=cloud_tokens_per_s,
+        price=costs.price_for(price_as, table),
+    )
+
+
+# ---- Old function API (kept until the nodes and the CLI use CostModel; then delete) ----
+
+
+def expected_cost(action: Action, prompt_chars: int, settings: Settings) -> Cost:
+    """Deprecated: ``CostModel.from_settings(settings).expected(action, prompt_chars)``."""
+    return CostModel.from_settings(settings).expected(action, prompt_chars)
 
 
 def price_table(settings: Settings) -> dict[str, costs.ModelPrice]:
@@ -51,16 +237,5 @@ def price_table(settings: Settings) -> dict[str, costs.ModelPrice]:
 def affordable(
     actions: Sequence[Action], budget: Budget, prompt_chars: int, settings: Settings
 ) -> tuple[dict[Action, Cost], list[Action]]:
-    """Split actions into those whose expected cost fits ``budget`` and those masked.
-
-    The local answer is never masked: it is the last resort when the budget runs out.
-    """
-    allowed: dict[Action, Cost] = {}
-    masked: list[Action] = []
-    for action in actions:
-        cost = expected_cost(action, prompt_chars, settings)
-        if action == LOCAL or cost.fits(budget):
-            allowed[action] = cost
-        else:
-            masked.append(action)
-    return allowed, masked
+    """Deprecated: ``CostModel.from_settings(settings).affordable(actions, budget, chars)``."""
+    return CostModel.from_settings(settings).affordable(actions, budget, prompt_chars)

@@ -1,0 +1,91 @@
+"""CostModel: one pricing of actions and calls for the route, the nodes and the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from tmo_graph import costs
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.base import LOCAL, Action
+from tmo_graph.policy.budget import CostModel, all_actions
+from tmo_graph.settings import PriceEntry, Settings
+
+
+def test_expected_local_uses_configured_speed_and_device_energy() -> None:
+    settings = Settings()
+    model = CostModel.from_settings(settings)
+    seconds = settings.local.max_new_tokens / settings.local.tokens_per_s
+    power = costs.device(settings.device.profile).power_w
+    cost = model.expected(LOCAL, 100)
+    assert cost.latency_s == pytest.approx(seconds)
+    assert cost.cost_usd == pytest.approx(seconds * power / 3.6e6 * settings.device.usd_per_kwh)
+    half = model.expected(LOCAL, 100, local_tokens=settings.local.max_new_tokens // 2)
+    assert half.latency_s == pytest.approx(seconds / 2)
+
+
+def test_expected_cloud_grows_with_views_and_prompt() -> None:
+    settings = Settings()
+    model = CostModel.from_settings(settings)
+    price = costs.PRICES[settings.cloud.price_as]
+    text = model.expected(Action("cloud"), 400)
+    one = model.expected(Action("cloud", ("a",)), 400)
+    assert text.cost_usd == pytest.approx(
+        (100 * price.input_per_mtok + settings.cloud.max_tokens * price.output_per_mtok) / 1e6
+    )
+    assert one.cost_usd - text.cost_usd == pytest.approx(
+        price.tokens_per_image * price.input_per_mtok / 1e6
+    )
+    assert one.latency_s > text.latency_s
+    assert model.expected(Action("cloud"), 4000).cost_usd > text.cost_usd
+    assert model.tokens_per_image == price.tokens_per_image
+
+
+def test_affordable_never_masks_local() -> None:
+    model = CostModel.from_settings(Settings())
+    actions = all_actions(["a", "b"])
+    allowed, masked = model.affordable(actions, {"latency_s": 0.0, "cost_usd": 0.0}, 50)
+    assert list(allowed) == [LOCAL]
+    assert masked == actions[1:]
+    allowed, masked = model.affordable(actions, {"latency_s": 1e9, "cost_usd": 1e9}, 50)
+    assert list(allowed) == actions and masked == []
+
+
+def test_from_settings_is_cached_and_follows_changes() -> None:
+    settings = Settings()
+    assert CostModel.from_settings(settings) is CostModel.from_settings(Settings())
+    settings.prices["mine"] = PriceEntry(
+        input_per_mtok=1.0, output_per_mtok=2.0, tokens_per_image=7
+    )
+    settings.cloud.price_as = "mine"
+    model = CostModel.from_settings(settings)
+    assert model.tokens_per_image == 7
+    assert model.cloud_call_usd(1_000_000, 1_000_000) == pytest.approx(3.0)
+
+
+def test_paper_model_is_the_published_profiles() -> None:
+    model = CostModel.paper("Jetson TX2", "WiFi", 3)
+    device = costs.device("Jetson TX2")
+    assert model.expected(LOCAL, 0).latency_s == costs.local_time_s(device)
+    assert model.expected(LOCAL, 0).cost_usd == costs.local_cost_usd(device)
+    for k in range(4):
+        cost = model.expected(Action("cloud", tuple("abc"[:k])), 12345)
+        assert cost.latency_s == costs.cloud_time_s(costs.network("WiFi"), k)
+        assert cost.cost_usd == costs.cloud_cost_usd(k)
+    with pytest.raises(TmoGraphError, match="sends 4 views"):
+        model.expected(Action("cloud", tuple("abcd")), 0)
+
+
+def test_bad_inputs_fail_with_a_fix() -> None:
+    model = CostModel.from_settings(Settings())
+    with pytest.raises(TmoGraphError):
+        model.expected(LOCAL, -1)
+    with pytest.raises(TmoGraphError):
+        model.cloud_call_usd(-1, 0)
+    with pytest.raises(TmoGraphError):
+        model.local_call_usd(-0.5)
+    with pytest.raises(TmoGraphError):
+        CostModel.from_settings({})  # type: ignore[arg-type]
+    settings = Settings()
+    settings.cloud.price_as = "no-such-model"
+    with pytest.raises(TmoGraphError, match="no price"):
+        CostModel.from_settings(settings)
