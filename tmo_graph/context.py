@@ -7,14 +7,19 @@ as the run's configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from tmo_graph.errors import TmoGraphError
 
 if TYPE_CHECKING:
     from tmo_graph.settings import Settings
 
-POLICIES = ("always-local", "always-cloud", "random", "rules", "cascade", "learned")
+PolicyName = Literal["always-local", "always-cloud", "random", "rules", "cascade", "learned"]
+POLICIES: tuple[str, ...] = get_args(PolicyName)
+
+# A neutral persona; a system message sent by the caller replaces it, and so does
+# Context.system_prompt.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and directly."
 
 
 @dataclass(kw_only=True)
@@ -25,9 +30,41 @@ class Context:
         default="default",
         metadata={"description": "Owner of the dialogue; memory recall never crosses users."},
     )
-    policy: str = field(
+    policy: PolicyName = field(
         default="rules",
-        metadata={"description": f"Routing policy, one of: {', '.join(POLICIES)}."},
+        metadata={
+            "description": "Who decides where a turn is answered: always-local, always-cloud, "
+            "random, rules (relevant views to the cloud, the rest local with escalation), "
+            "cascade (local first, escalate when unsure), learned (needs policy_file)."
+        },
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        metadata={
+            "description": "The assistant's persona and instructions, for both models. A "
+            "system message in the conversation itself takes precedence."
+        },
+    )
+    local_model: str | None = field(
+        default=None,
+        metadata={
+            "description": "On-device model for this run: a pip package carrying a .gguf, a "
+            ".gguf path or a Hugging Face folder; default: the config's local.source."
+        },
+    )
+    cloud_model: str | None = field(
+        default=None,
+        metadata={
+            "description": "Cloud model name sent to the endpoint for this run; default: the "
+            "config's cloud.model (loopback: the served folder)."
+        },
+    )
+    cloud_base_url: str | None = field(
+        default=None,
+        metadata={
+            "description": "OpenAI-compatible endpoint for this run, e.g. "
+            "http://127.0.0.1:8000/v1; default: the config's cloud endpoint."
+        },
     )
     confidence_threshold: float = field(
         default=0.5,
@@ -99,6 +136,17 @@ class Context:
                 raise TmoGraphError(f"{name} must be > 0", f"set a positive {name}")
         if self.recent_turns < 1 or self.recall_k < 0:
             raise TmoGraphError("recent_turns must be >= 1 and recall_k >= 0", "fix those values")
+        if not self.system_prompt.strip():
+            raise TmoGraphError("system_prompt is empty", "leave it out for the default persona")
+        for name in ("local_model", "cloud_model", "cloud_base_url"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise TmoGraphError(f"{name} is empty", f"leave {name} out for the config's")
+        if self.cloud_base_url and not self.cloud_base_url.startswith(("http://", "https://")):
+            raise TmoGraphError(
+                f"cloud_base_url {self.cloud_base_url!r} is not an http(s) URL",
+                "use e.g. http://127.0.0.1:8000/v1",
+            )
         if not self.user_id:
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
 

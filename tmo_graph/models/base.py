@@ -1,0 +1,34 @@
+"""What the graph and the evaluation need of a model, as protocols (no heavy imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class TokenStats(Protocol):
+    """Per answer token: the log-prob of the chosen token and the entropy of the prediction."""
+
+    logprobs: list[float]
+    entropies: list[float]
+
+
+class LocalBackend(Protocol):
+    """The on-device model: answers with per-token scores; scores any given answer."""
+
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[str, TokenStats]: ...
+
+    def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...
+
+
+class GapPredictor(Protocol):
+    """Predicts, from the prompt alone, how much better the cloud answer would score."""
+
+    def predict_gap(
+        self,
+        prompt_vector: Sequence[float],
+        task: str,
+        previous_vector: Sequence[float] | None = None,
+    ) -> float: ...
