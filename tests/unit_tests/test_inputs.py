@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,23 @@ def test_default_yaml_is_the_builtin_defaults() -> None:
     assert load_settings(ROOT / "configs" / "default.yaml") == Settings()
 
 
-def test_every_config_in_the_repo_loads() -> None:
-    for path in (ROOT / "configs").glob("*.yaml"):
-        load_settings(path)
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_repo_ships_its_configs() -> None:
+    # Without this, an empty configs/ would make the parametrized check below vanish.
+    assert {"default.yaml", "openai.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_in_the_repo_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.upper().startswith("TMO_")]:
+        monkeypatch.delenv(name)  # the file alone, not a developer's overrides
+    loaded = load_settings(path).model_dump(mode="json")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for section, values in raw.items():  # every value in the file made it into the settings
+        for key, value in (values or {}).items():
+            assert loaded[section][key] == value, f"{path.name}: {section}.{key}"
 
 
 def test_context_defaults_come_from_the_config() -> None:

