@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from tmo_graph.state import Budget, Candidate, TurnRecord
+if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must not need
+    from tmo_graph.state import Budget, Candidate, TurnRecord
 
 
 @dataclass(frozen=True)

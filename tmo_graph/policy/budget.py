@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Cost
 from tmo_graph.settings import Settings
-from tmo_graph.state import Budget
+
+if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must not need
+    from tmo_graph.state import Budget
 
 # Rough prompt size in tokens per character (English averages ~4 characters a token).
 _TOKENS_PER_CHAR = 0.25

@@ -3,14 +3,26 @@
 The dialogue's device views, in the order they were given, are the policy's views 0..X-1;
 each finished turn's record gives the previous action and the views it sent; the budget
 left is the dialogue's. Inline images are not part of a learned policy's action space.
+
+Policy files are read here, not in the simulator, so the live graph loads every policy
+without ``tmo_graph.sim``: an SB3 zip (PPO / A2C / DQN) or the own planner (a pickle of
+:mod:`tmo_graph.policy.planner` objects), each with ``<file>.spec.json`` beside it recording
+what the policy sees (views, tasks, window, budgets) and the scenario it was trained in.
+Training (``tmo_graph.sim.train``) writes them.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
@@ -20,10 +32,114 @@ from tmo_graph.policy.observation import (
     action_views,
     build_observation,
 )
-from tmo_graph.state import TurnRecord
+from tmo_graph.policy.world import SimSettings
+
+if TYPE_CHECKING:  # type only: state.py pulls in LangGraph, which policy/ must not need
+    from tmo_graph.state import TurnRecord
+
+SB3_ALGORITHMS = ("ppo", "a2c", "dqn")
 
 
-def history_features(records: list[TurnRecord], views: list[str]) -> list[TurnFeatures]:
+def sb3_class(name: str) -> Any:
+    """The stable-baselines3 class of ``name`` (ppo, a2c, dqn)."""
+    if name not in SB3_ALGORITHMS:
+        raise TmoGraphError(f"unknown RL algorithm {name!r}", "use one of: ppo, a2c, dqn")
+    import stable_baselines3 as sb3
+
+    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[name]
+
+
+@dataclass
+class TrainedPolicy:
+    """A trained policy (SB3 model, or the own planner) with the observation spec it expects."""
+
+    model: Any
+    spec: ObservationSpec
+    algorithm: str
+    settings: SimSettings
+
+    def __call__(self, observation: np.ndarray, association: Sequence[float] = ()) -> int:
+        """The policy's action; only the own planner reads the association scores."""
+        if self.algorithm == "own":
+            return int(self.model(observation, association or None))
+        action, _ = self.model.predict(observation, deterministic=True)
+        return int(action)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.algorithm == "own":
+            self.model._memo.clear()  # a cache, rebuilt on use
+            path.write_bytes(pickle.dumps(self.model))
+        else:
+            self.model.save(path)
+        meta = {
+            "algorithm": self.algorithm,
+            "spec": self.spec.to_dict(),
+            "settings": self.settings.to_dict(),
+        }
+        spec_path(path).write_text(json.dumps(meta, indent=2))
+
+
+def spec_path(path: Path) -> Path:
+    """The spec sidecar of a policy file: ``x.zip`` -> ``x.spec.json``, ``x`` -> ``x.spec.json``."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix == ".zip" else path
+    return stem.with_name(stem.name + ".spec.json")
+
+
+# Planner files written before the planner moved to policy/ name its classes in sim/.
+_MOVED_MODULES = {
+    "tmo_graph.sim.planner": "tmo_graph.policy.planner",
+    "tmo_graph.sim.world": "tmo_graph.policy.world",
+    "tmo_graph.sim.knn": "tmo_graph.policy.knn",
+}
+
+
+class _PlannerUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED_MODULES.get(module, module), name)
+
+
+def load_policy(path: Path, expect: ObservationSpec | None = None) -> TrainedPolicy:
+    """Load a policy file; with ``expect``, its views, tasks and window must match."""
+    path = Path(path)
+    meta_file = spec_path(path)
+    if not path.exists() or not meta_file.exists():
+        raise TmoGraphError(
+            f"policy {path} (with {meta_file.name}) not found",
+            "train one with `tmo-graph train ... -o FILE`",
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+        spec = ObservationSpec.from_dict(meta["spec"])
+        algorithm = str(meta["algorithm"])
+        settings = SimSettings(**meta["settings"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TmoGraphError(
+            f"{meta_file} is not a policy spec ({exc!r})",
+            "use a policy file written by `tmo-graph train`, or retrain it",
+        ) from None
+    if expect is not None and (
+        spec.n_views != expect.n_views
+        or spec.task_names != expect.task_names
+        or spec.time_span != expect.time_span
+    ):
+        raise TmoGraphError(
+            f"policy {path} was trained for {spec.n_views} views, tasks {list(spec.task_names)}, "
+            f"window {spec.time_span}; this graph has {expect.n_views} views, tasks "
+            f"{list(expect.task_names)}, window {expect.time_span}",
+            "train a policy for these views and tasks, or give the graph the policy's views",
+        )
+    if algorithm == "own":
+        # A file this package wrote (see save()); never load planner files from strangers.
+        model = _PlannerUnpickler(io.BytesIO(path.read_bytes())).load()
+    else:
+        model = sb3_class(algorithm).load(path, device="cpu")
+    return TrainedPolicy(model, spec, algorithm, settings)
+
+
+def history_features(records: Sequence[TurnRecord], views: list[str]) -> list[TurnFeatures]:
     """Finished turns as the simulator sees them: local / cloud and the view indices sent."""
     out = []
     for record in records:
@@ -76,7 +192,5 @@ class LearnedPolicy:
 @lru_cache(maxsize=8)
 def load_learned(path: str) -> LearnedPolicy:
     """A saved policy file as a graph policy (loaded once per process)."""
-    from tmo_graph.sim.train import load_policy
-
     trained = load_policy(Path(path))
     return LearnedPolicy(policy=trained, spec=trained.spec)

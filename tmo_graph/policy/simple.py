@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Cost, Policy, RouteInput
-from tmo_graph.state import Budget
+
+if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must not need
+    from tmo_graph.state import Budget
 
 # Tasks whose longer prompts usually need the larger model's knowledge or reasoning.
 _CLOUD_TASKS = ("Recommendation", "Query")
