@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check tmo_graph tests graphs bench examples
 	$(VENV)/bin/ruff format --check tmo_graph tests graphs bench examples
 	$(VENV)/bin/mypy tmo_graph
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix tmo_graph tests graphs bench examples
