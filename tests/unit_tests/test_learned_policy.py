@@ -178,3 +178,37 @@ def test_a_policy_for_other_views_fails_clearly(policy_file: Path, tmp_path: Pat
             {"configurable": {"thread_id": "x"}},
             context=context,
         )
+
+
+def test_policy_files_load_without_the_simulator(tmp_path: Path) -> None:
+    """policy/ reads every policy file (here the own planner) with no tmo_graph.sim import."""
+    import subprocess
+    import sys
+
+    spec = ObservationSpec(n_views=3, task_names=TASKS, with_budgets=True)
+    trained = train_policy("own", _episodes(30), spec, SimSettings())
+    path = tmp_path / "own.pkl"
+    trained.save(path)
+    obs = build_observation(spec, [], [0], (30.0, 0.05))
+    code = (
+        "import sys, numpy as np\n"
+        "from tmo_graph.policy.learned import load_policy\n"
+        f"p = load_policy({str(path)!r})\n"
+        f"print(p(np.array({obs.tolist()!r}, dtype=np.float32), [0.1, 0.3, 0.2]))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tmo_graph.sim')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert int(out[0]) == trained(obs, [0.1, 0.3, 0.2])
+    assert out[1] == "[]"
+
+
+def test_planner_files_from_before_the_move_still_load() -> None:
+    import io
+
+    from tmo_graph.policy.learned import _PlannerUnpickler
+    from tmo_graph.policy.planner import LookaheadPlanner
+
+    unpickler = _PlannerUnpickler(io.BytesIO(b""))
+    assert unpickler.find_class("tmo_graph.sim.planner", "LookaheadPlanner") is LookaheadPlanner

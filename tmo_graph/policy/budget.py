@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.policy.base import LOCAL, Action, Cost
+from tmo_graph.policy.base import LOCAL, Action, Cost, RouteInput
 from tmo_graph.settings import Settings
 
 if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must not need
-    from tmo_graph.state import Budget
+    from tmo_graph.state import Budget, Candidate, TurnRecord
 
 # Rough prompt size in tokens per character (English averages ~4 characters a token).
 _TOKENS_PER_CHAR = 0.25
@@ -242,3 +242,33 @@ def affordable(
 ) -> tuple[dict[Action, Cost], list[Action]]:
     """Deprecated: ``CostModel.from_settings(settings).affordable(actions, budget, chars)``."""
     return CostModel.from_settings(settings).affordable(actions, budget, prompt_chars)
+
+
+def build_route_input(
+    *,
+    prompt: str,
+    task: str,
+    turn: int,
+    candidates: Sequence[Candidate],
+    history: Sequence[TurnRecord],
+    budget_left: Budget,
+    actions: Sequence[Action],
+    cost_model: CostModel,
+    prompt_chars: int,
+    quality_gap: float | None = None,
+) -> RouteInput:
+    """The policy's view of one turn, with the budget mask: the one builder for the route
+    node, the confidence check and the simulator (``tmo_graph.sim.routing``)."""
+    if turn < 0:
+        raise TmoGraphError(f"turn must be >= 0, got {turn}", "count turns from 0")
+    allowed, _ = cost_model.affordable(actions, budget_left, prompt_chars)
+    return RouteInput(
+        prompt=prompt,
+        task=task,
+        turn=turn,
+        candidates=candidates,
+        history=history,
+        budget_left=budget_left,
+        allowed=allowed,
+        quality_gap=quality_gap,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tmo_graph.context import Context
@@ -76,6 +76,15 @@ def best_cloud_action(
         return gain / budget_share(cost, observation.budget_left), gain, -cost.cost_usd
 
     return max(options, key=value)
+
+
+def escalation(observation: RouteInput, min_score: float) -> Action | None:
+    """Where an unsure local answer goes: the best affordable cloud action (views by
+    association within the budget), None when no cloud action fits. ``observation`` must be
+    built for the budget left after the local call. The confidence check and the simulator
+    both escalate by this rule."""
+    cloud_only = {a: cost for a, cost in observation.allowed.items() if a.route == "cloud"}
+    return best_cloud_action(replace(observation, allowed=cloud_only), min_score)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Evaluation on the test split, the paper's way, and the benchmark table's numbers.
 
-A policy is any callable ``(observation) -> action``. The test episodes are walked in order;
+A policy is any callable ``(observation) -> action`` (:func:`evaluate`), or any live
+``Policy`` deciding on a ``RouteInput`` (:func:`evaluate_route_policy`, via
+:mod:`tmo_graph.sim.routing`). The test episodes are walked in order;
 each next observation is built from the policy's own actions (one observation builder for
 simulator and graph). An episode's reward, response and association are means over its turns;
 its latency and usage are totals.
@@ -11,13 +13,17 @@ from __future__ import annotations
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tmo_graph.policy.observation import TurnFeatures, build_observation, n_actions
+from tmo_graph.policy.observation import TurnFeatures, build_observation, n_actions, window_state
+from tmo_graph.policy.world import StepOutcome, World
 from tmo_graph.sim.data import Episode
-from tmo_graph.sim.world import World
+from tmo_graph.sim.routing import RoutePolicyRunner
+
+if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which the simulator must not need
+    from tmo_graph.state import Budget, TurnRecord
 
 # A policy maps the observation (and, for policies that use it, the current turn's view
 # association scores) to an action id.
@@ -71,59 +77,131 @@ def _paper_overshoot(overshoots: Sequence[float | None]) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+class _Tally:
+    """The paper's metrics over episodes: per-episode means of reward, response and
+    association, totals of latency and usage, overshoots, and the action mix."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.rewards: list[float] = []
+        self.responses: list[float] = []
+        self.associations: list[float] = []
+        self.latencies: list[float] = []
+        self.usages: list[float] = []
+        self.over_latency: list[float | None] = []
+        self.over_usage: list[float | None] = []
+        self.mix = {"local": 0, "cloud_text": 0, "cloud_views": 0}
+
+    def start(self) -> None:
+        self.ep_reward: list[float] = []
+        self.ep_response: list[float] = []
+        self.ep_assoc: list[float] = []
+        self.spent_s = self.spent_usd = 0.0
+
+    def add(self, action: int, outcome: StepOutcome) -> TurnFeatures:
+        features = TurnFeatures.from_action(action, self.world.spec.n_views)
+        key = "local" if action == 0 else "cloud_views" if features.views_used else "cloud_text"
+        self.mix[key] += 1
+        self.ep_reward.append(outcome.reward)
+        self.ep_response.append(outcome.response)
+        self.ep_assoc.append(outcome.association)
+        self.spent_s += outcome.latency_s
+        self.spent_usd += outcome.usage_usd
+        return features
+
+    def finish(self) -> None:
+        settings = self.world.settings
+        spent_s, spent_usd = self.spent_s, self.spent_usd
+        self.rewards.append(float(np.mean(self.ep_reward)))
+        self.responses.append(float(np.mean(self.ep_response)))
+        self.associations.append(float(np.mean(self.ep_assoc)))
+        self.latencies.append(spent_s)
+        self.usages.append(spent_usd)
+        self.over_latency.append(
+            spent_s - settings.latency_budget_s if spent_s > settings.latency_budget_s else None
+        )
+        self.over_usage.append(
+            spent_usd - settings.usage_budget_usd if spent_usd > settings.usage_budget_usd else None
+        )
+
+    def result(self) -> dict[str, Any]:
+        over_any = [
+            a is not None or b is not None
+            for a, b in zip(self.over_latency, self.over_usage, strict=True)
+        ]
+        return {
+            "reward": float(np.mean(self.rewards)),
+            "response": float(np.mean(self.responses)),
+            "association": float(np.mean(self.associations)),
+            "latency_s": float(np.mean(self.latencies)),
+            "usage_usd": float(np.mean(self.usages)),
+            "overshoot_latency_s": _paper_overshoot(self.over_latency),
+            "overshoot_usage_usd": _paper_overshoot(self.over_usage),
+            "over_budget_share": sum(over_any) / len(over_any),
+            "actions": self.mix,
+        }
+
+
 def evaluate(world: World, episodes: Sequence[Episode], policy: Policy) -> dict[str, Any]:
     """Roll ``policy`` over ``episodes`` in order; the paper's metrics and the action mix."""
     spec, settings = world.spec, world.settings
-    rewards, responses, associations, latencies, usages = [], [], [], [], []
-    over_latency: list[float | None] = []
-    over_usage: list[float | None] = []
-    mix = {"local": 0, "cloud_text": 0, "cloud_views": 0}
+    tally = _Tally(world)
     for episode in episodes:
         tasks = [spec.task_id(turn.task) for turn in episode.turns]
         history: list[TurnFeatures] = []
         left = (settings.latency_budget_s, settings.usage_budget_usd)
-        ep_reward, ep_response, ep_assoc = [], [], []
-        spent_s = spent_usd = 0.0
+        tally.start()
         for t in range(len(tasks)):
             obs = build_observation(spec, history, tasks[: t + 1], left)
             state = list(obs[: spec.per_step * spec.time_span])
             action = int(policy(obs, episode.association[t]))
             outcome = world.outcome(state, action, episode.association[t])
-            features = TurnFeatures.from_action(action, spec.n_views)
-            key = "local" if action == 0 else "cloud_views" if features.views_used else "cloud_text"
-            mix[key] += 1
-            ep_reward.append(outcome.reward)
-            ep_response.append(outcome.response)
-            ep_assoc.append(outcome.association)
-            spent_s += outcome.latency_s
-            spent_usd += outcome.usage_usd
             left = (left[0] - outcome.latency_s, left[1] - outcome.usage_usd)
-            history.append(features)
-        rewards.append(float(np.mean(ep_reward)))
-        responses.append(float(np.mean(ep_response)))
-        associations.append(float(np.mean(ep_assoc)))
-        latencies.append(spent_s)
-        usages.append(spent_usd)
-        over_latency.append(
-            spent_s - settings.latency_budget_s if spent_s > settings.latency_budget_s else None
-        )
-        over_usage.append(
-            spent_usd - settings.usage_budget_usd if spent_usd > settings.usage_budget_usd else None
-        )
-    over_any = [
-        a is not None or b is not None for a, b in zip(over_latency, over_usage, strict=True)
-    ]
-    return {
-        "reward": float(np.mean(rewards)),
-        "response": float(np.mean(responses)),
-        "association": float(np.mean(associations)),
-        "latency_s": float(np.mean(latencies)),
-        "usage_usd": float(np.mean(usages)),
-        "overshoot_latency_s": _paper_overshoot(over_latency),
-        "overshoot_usage_usd": _paper_overshoot(over_usage),
-        "over_budget_share": sum(over_any) / len(over_any),
-        "actions": mix,
-    }
+            history.append(tally.add(action, outcome))
+        tally.finish()
+    return tally.result()
+
+
+def evaluate_route_policy(
+    world: World, episodes: Sequence[Episode], runner: RoutePolicyRunner
+) -> dict[str, Any]:
+    """Roll a hand-written policy (``runner``) over ``episodes`` in order, as :func:`evaluate`.
+
+    The window state the judge scores is built from the actions kept (an escalated turn
+    counts as its cloud action). The action mix adds ``escalated``: turns answered locally,
+    checked unsure and escalated (each also counted under its cloud action).
+    """
+    spec, settings = world.spec, world.settings
+    tally = _Tally(world)
+    escalated = 0
+    for episode in episodes:
+        tasks = [spec.task_id(turn.task) for turn in episode.turns]
+        history: list[TurnFeatures] = []
+        records: list[TurnRecord] = []
+        left: Budget = {
+            "latency_s": settings.latency_budget_s,
+            "cost_usd": settings.usage_budget_usd,
+        }
+        tally.start()
+        for t in range(len(tasks)):
+            state = window_state(spec, history, tasks[: t + 1])
+            decision = runner.decide(episode, t, records, left)
+            outcome = world.outcome(
+                state, decision.action, episode.association[t], after_local=decision.escalated
+            )
+            escalated += decision.escalated
+            left = {
+                "latency_s": left["latency_s"] - outcome.latency_s,
+                "cost_usd": left["cost_usd"] - outcome.usage_usd,
+            }
+            history.append(tally.add(decision.action, outcome))
+            records.append(
+                runner.record(episode, t, decision, outcome.latency_s, outcome.usage_usd, left)
+            )
+        tally.finish()
+    result = tally.result()
+    result["actions"] = {**result["actions"], "escalated": escalated}
+    return result
 
 
 def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
