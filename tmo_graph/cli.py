@@ -19,7 +19,7 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, default_cache_dir, load_settings
 
 # The benchmark's method names (kept here so `--help` needs no simulator import).
-ALL_METHODS = "local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn,own"
+ALL_METHODS = "local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn,own,rules,cascade"
 
 app = typer.Typer(
     help="Route each dialogue turn to the on-device model or the cloud, within budgets.",
@@ -248,6 +248,20 @@ def bench_m4a1(
     usage_budget: Annotated[float, typer.Option(help="USD per dialogue")] = 0.05,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write reward vs usage plot (PNG)")] = None,
+    scored: Annotated[
+        Path | None,
+        typer.Option(
+            help="rules/cascade: confidence from token scores cached by "
+            "`tmo-graph eval confidence --scored FILE` (default: the answers' text signals)"
+        ),
+    ] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(help="rules/cascade: escalate below this (default: config's)")
+    ] = None,
+    min_view_score: Annotated[
+        float | None,
+        typer.Option(help="rules/cascade: views worth sending (default: train-split median)"),
+    ] = None,
 ) -> None:
     """The paper's M4A1 table: every method on the same seeded 80/20 splits."""
     from tmo_graph.sim.bench import parse_methods, parse_seeds, run_benchmark
@@ -270,6 +284,9 @@ def bench_m4a1(
             steps=steps,
             protocol=protocol,
             progress=lambda line: typer.echo(line, err=True),
+            scored=scored,
+            confidence_threshold=confidence_threshold,
+            min_view_score=min_view_score,
         )
     except TmoGraphError as error:
         _fail(error)
