@@ -1,8 +1,14 @@
 """The tmo-graph LangGraph: one dialogue turn from the user's message to a routed answer.
 
-START -> detect_modality -> recall_memory -> route -> answer_local -> check_confidence -> account
-                                                  \\-> answer_cloud <------(escalate)-----/    ^
-                                                        \\---------------------------------------/
+START -> detect_modality -> recall_memory -> route --local--> answer_local -> check_confidence
+                                                 \\                          |-sure-> account -> END
+                                                  \\--cloud--> answer_cloud <-escalate-/   ^
+                                                               |--ok---------------------/
+                                                               \\--failed--> answer_local (fallback)
+
+Every decision is a conditional edge (routers return ``Literal``s), so Studio draws them all:
+the policy's route, the escalation of an unsure local answer (at most once: the state says
+so), and the fallback to a local answer when the cloud call fails.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from langgraph.types import Checkpointer
 
 from tmo_graph.context import Context
 from tmo_graph.nodes.account import account
-from tmo_graph.nodes.cloud import answer_cloud
+from tmo_graph.nodes.cloud import after_cloud, answer_cloud
 from tmo_graph.nodes.confidence import after_confidence, check_confidence
 from tmo_graph.nodes.local import answer_local
 from tmo_graph.nodes.memory import recall_memory
@@ -25,15 +31,26 @@ from tmo_graph.nodes.modality import detect_modality
 from tmo_graph.nodes.route import after_route, route
 from tmo_graph.services import ServiceProvider, Services
 from tmo_graph.settings import Settings
+from tmo_graph.state import InputState, OutputState, State
 
 NodeFn = Callable[[Any, Runtime[Context], Services], dict[str, Any]]
+NODES: tuple[NodeFn, ...] = (
+    detect_modality,
+    recall_memory,
+    route,
+    answer_local,
+    check_confidence,
+    answer_cloud,
+    account,
+)
 
 
-def _bind(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
-    """A LangGraph node ``(state, runtime)`` that calls ``fn`` with the process's services."""
+def _with_services(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
+    """A LangGraph node ``(state, runtime)`` calling ``fn`` with the services for this run:
+    the process's own, or those with the models the run's Context names."""
 
     def node(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
-        return fn(state, runtime, provider.get())
+        return fn(state, runtime, provider.for_run(runtime.context))
 
     node.__name__ = fn.__name__
     node.__doc__ = fn.__doc__
@@ -42,26 +59,18 @@ def _bind(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]
 
 def make_builder(provider: ServiceProvider) -> StateGraph[Any, Any, Any, Any]:
     """The uncompiled graph; tests compile it with their own checkpointer."""
-    from tmo_graph.state import InputState, State
-
-    builder = StateGraph(State, input_schema=InputState, context_schema=Context)
-    for fn in (
-        detect_modality,
-        recall_memory,
-        route,
-        answer_local,
-        check_confidence,
-        answer_cloud,
-        account,
-    ):
-        builder.add_node(fn.__name__, _bind(fn, provider))
+    builder = StateGraph(
+        State, input_schema=InputState, output_schema=OutputState, context_schema=Context
+    )
+    for fn in NODES:
+        builder.add_node(fn.__name__, _with_services(fn, provider))
     builder.add_edge(START, "detect_modality")
     builder.add_edge("detect_modality", "recall_memory")
     builder.add_edge("recall_memory", "route")
     builder.add_conditional_edges("route", after_route)
     builder.add_edge("answer_local", "check_confidence")
     builder.add_conditional_edges("check_confidence", after_confidence)
-    builder.add_edge("answer_cloud", "account")
+    builder.add_conditional_edges("answer_cloud", after_cloud)
     builder.add_edge("account", END)
     return builder
 
@@ -75,6 +84,8 @@ def build_graph(
 
     ``services``: ready resources (fakes in tests); without them the real ones are built from
     ``settings`` (default: configs/default.yaml's values) on the first run, not at import.
+    Per run, ``context=Context(...)`` chooses the policy, budgets, persona and models; a run
+    without it uses the config's ``routing:`` defaults.
     """
     provider = ServiceProvider(services=services, settings=settings)
     return make_builder(provider).compile(checkpointer=checkpointer, name="tmo-graph")

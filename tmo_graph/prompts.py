@@ -7,12 +7,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
 
-from tmo_graph.state import Candidate, Recalled
-
-SYSTEM_PROMPT = (
-    "You are a helpful home and kitchen assistant running on the user's device. "
-    "Answer briefly and directly."
-)
+from tmo_graph.state import Recalled
 
 
 def message_text(message: AnyMessage) -> str:
@@ -31,18 +26,28 @@ def message_text(message: AnyMessage) -> str:
     return " ".join(p for p in parts if p).strip()
 
 
-def system_text(recalled: Sequence[Recalled]) -> str:
+def system_prompt(messages: Sequence[AnyMessage], default: str) -> str:
+    """The caller's own system message(s), if the dialogue has any, else ``default``."""
+    own = [message_text(m) for m in messages if isinstance(m, SystemMessage)]
+    own = [text for text in own if text]
+    return "\n\n".join(own) if own else default
+
+
+def system_text(persona: str, recalled: Sequence[Recalled]) -> str:
     if not recalled:
-        return SYSTEM_PROMPT
+        return persona
     memory = "\n".join(f"- {item['text']}" for item in recalled)
-    return f"{SYSTEM_PROMPT}\n\nRelevant earlier conversation:\n{memory}"
+    return f"{persona}\n\nRelevant earlier conversation:\n{memory}"
 
 
 def text_dialogue(
-    messages: Sequence[AnyMessage], recalled: Sequence[Recalled]
+    messages: Sequence[AnyMessage], recalled: Sequence[Recalled], persona: str
 ) -> list[dict[str, str]]:
-    """The dialogue as plain role/content dicts (what the local model and its scorer see)."""
-    out = [{"role": "system", "content": system_text(recalled)}]
+    """The dialogue as plain role/content dicts (what the local model and its scorer see).
+
+    ``persona`` is the system prompt unless the messages carry their own system message.
+    """
+    out = [{"role": "system", "content": system_text(system_prompt(messages, persona), recalled)}]
     for message in messages:
         if isinstance(message, HumanMessage):
             out.append({"role": "user", "content": message_text(message)})
@@ -59,14 +64,15 @@ def as_langchain(dialogue: Sequence[dict[str, str]]) -> list[AnyMessage]:
 def cloud_messages(
     messages: Sequence[AnyMessage],
     recalled: Sequence[Recalled],
+    persona: str,
     prompt: str,
-    views: Sequence[Candidate],
+    images: Sequence[tuple[str, str]],
 ) -> list[AnyMessage]:
-    """Text history, then this turn's prompt with only the chosen views as ``image_url`` parts."""
-    history = as_langchain(text_dialogue(messages[:-1], recalled))
+    """Text history, then this turn's prompt with only the chosen images as ``image_url``
+    parts; ``images`` are (label, URL) pairs, the URL already made for sending."""
+    history = as_langchain(text_dialogue(messages[:-1], recalled, system_prompt(messages, persona)))
     content: list[Any] = [{"type": "text", "text": prompt}]
-    for view in views:
-        label = "Attached image" if view["kind"] == "inline" else f"Camera view '{view['name']}'"
+    for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
-        content.append({"type": "image_url", "image_url": {"url": view["url"], "detail": "low"}})
+        content.append({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
     return [*history, HumanMessage(content=content)]

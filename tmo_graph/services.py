@@ -2,51 +2,31 @@
 
 Unit tests pass fakes (``Services(...)`` directly); the real ones come from
 :func:`build_services`, which loads the local model, starts or checks the cloud endpoint,
-and opens the Chroma memory.
+and opens the Chroma memory. A run may choose other models through its Context
+(``local_model``, ``cloud_model``, ``cloud_base_url``): :meth:`ServiceProvider.for_run`
+resolves them through factories cached per process, so each is loaded once.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
+from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
+from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import TurnMemory
+from tmo_graph.models.base import GapPredictor, LocalBackend
+from tmo_graph.policy.budget import CostModel
 from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
-from tmo_graph.settings import Settings
-
-
-class TokenStats(Protocol):
-    logprobs: list[float]
-    entropies: list[float]
-
-
-class GapPredictor(Protocol):
-    """Predicts, from the prompt alone, how much better the cloud answer would score."""
-
-    def predict_gap(
-        self,
-        prompt_vector: Sequence[float],
-        task: str,
-        previous_vector: Sequence[float] | None = None,
-    ) -> float: ...
-
-
-class LocalBackend(Protocol):
-    """The on-device model: answers with per-token scores; scores any given answer."""
-
-    def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
-    ) -> tuple[str, TokenStats]: ...
-
-    def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...
+from tmo_graph.settings import Settings, default_cache_dir
 
 
 @dataclass
@@ -59,13 +39,27 @@ class Services:
     association: AssociationScorer | None = None
     # Quality gap (cloud - local) before generating, a feature of the route; None: not used.
     gap_predictor: GapPredictor | None = None
+    # Where images sent as data URLs are kept (by content hash); default <cache>/images.
+    image_dir: Path | None = None
     tasks: TaskClassifier = field(init=False)
+    costs: CostModel = field(init=False)
+    default_context: Context = field(init=False)  # a run without context= gets this
 
     def __post_init__(self) -> None:
         self.tasks = TaskClassifier(self.embeddings)
         if self.association is None:
             self.association = TextAssociationScorer(self.embeddings)
+        if self.image_dir is None:
+            self.image_dir = default_cache_dir() / "images"
+        self.costs = CostModel.from_settings(self.settings)
+        self.default_context = Context.from_settings(self.settings)
         self._embed = lru_cache(maxsize=64)(self._embed_uncached)
+
+    def with_models(self, local: LocalBackend, cloud: BaseChatModel | None) -> Services:
+        """The same services with other models (embeddings, memory and caches shared)."""
+        other = copy.copy(self)
+        other.local, other.cloud = local, cloud
+        return other
 
     def _embed_uncached(self, text: str) -> tuple[float, ...]:
         return tuple(self.embeddings.embed_query(text))
@@ -75,22 +69,33 @@ class Services:
         return self._embed(text)
 
 
-def _remote_cloud(settings: Settings) -> BaseChatModel:
-    """ChatOpenAI for a configured endpoint, checked to answer before any dialogue starts."""
-    from tmo_graph.models.cloud import check_endpoint, make_cloud_chat_model
+def _remote_cloud(
+    settings: Settings, base_url: str | None = None, model: str | None = None
+) -> BaseChatModel:
+    """ChatOpenAI for an endpoint (default: the config's), checked to answer before use."""
 
     cfg = settings.cloud
     api_key = os.environ.get(cfg.api_key_env)
-    base_url = cfg.base_url or ("https://api.openai.com/v1" if api_key else None)
+    base_url = base_url or cfg.base_url or ("https://api.openai.com/v1" if api_key else None)
     if base_url is None:
         raise TmoGraphError(
             f"cloud.mode is 'remote' but neither cloud.base_url nor ${cfg.api_key_env} is set",
             f"export {cfg.api_key_env}=... or set cloud.base_url in the config",
         )
-    if not cfg.model:
+    model = model or cfg.model
+    if not model:
         raise TmoGraphError("cloud.model is not set", "name the model, e.g. gpt-4o")
+    return _checked_cloud(base_url, model, api_key, cfg.timeout_s, cfg.max_tokens)
+
+
+@lru_cache(maxsize=16)
+def _checked_cloud(
+    base_url: str, model: str, api_key: str | None, timeout_s: float, max_tokens: int
+) -> BaseChatModel:
+    from tmo_graph.models.cloud import check_endpoint, make_cloud_chat_model
+
     check_endpoint(base_url, api_key=api_key)
-    return make_cloud_chat_model(base_url, cfg.model, api_key, cfg.timeout_s, cfg.max_tokens)
+    return make_cloud_chat_model(base_url, model, api_key, timeout_s, max_tokens)
 
 
 def build_services(settings: Settings) -> Services:
@@ -104,7 +109,7 @@ def build_services(settings: Settings) -> Services:
     cloud = _remote_cloud(settings) if cfg.mode == "remote" else None
     gap_predictor = None
     if settings.embeddings.gap_predictor is not None:
-        from tmo_graph.quality_gap import QualityGapPredictor
+        from tmo_graph.models.gap import QualityGapPredictor
 
         gap_predictor = QualityGapPredictor.load(settings.embeddings.gap_predictor)
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
@@ -135,11 +140,13 @@ def build_services(settings: Settings) -> Services:
 
 
 class ServiceProvider:
-    """Gives nodes their Services: the ones passed in, or real ones built on first use."""
+    """Gives nodes their Services: the ones passed in, or real ones built on first use;
+    a run whose Context names other models gets those, each built once per process."""
 
     def __init__(self, services: Services | None = None, settings: Settings | None = None):
         self._services = services
         self._settings = settings or (services.settings if services else Settings())
+        self._per_models: dict[tuple[str | None, str | None, str | None], Services] = {}
         self._lock = threading.Lock()
 
     def get(self) -> Services:
@@ -148,3 +155,40 @@ class ServiceProvider:
                 if self._services is None:
                     self._services = build_services(self._settings)
         return self._services
+
+    def for_run(self, context: Context | None) -> Services:
+        """The services for a run: the defaults, or with the models its Context names."""
+        base = self.get()
+        if context is None:
+            return base
+        key = (context.local_model, context.cloud_model, context.cloud_base_url)
+        if key == (None, None, None):
+            return base
+        with self._lock:
+            if key not in self._per_models:
+                self._per_models[key] = base.with_models(
+                    _local_for(base, context.local_model),
+                    _cloud_for(base, context.cloud_model, context.cloud_base_url),
+                )
+            return self._per_models[key]
+
+
+def _local_for(base: Services, source: str | None) -> LocalBackend:
+    if source is None:
+        return base.local
+    from tmo_graph.models.local import get_local_model
+
+    settings = base.settings
+    return get_local_model(source, settings.local.max_new_tokens, settings.model_cache_dir())
+
+
+def _cloud_for(base: Services, model: str | None, base_url: str | None) -> BaseChatModel | None:
+    if model is None and base_url is None:
+        return base.cloud
+    if base_url is None and base.settings.cloud.mode != "remote":
+        raise TmoGraphError(
+            f"cloud_model {model!r} needs an endpoint, and cloud.mode is "
+            f"{base.settings.cloud.mode!r}",
+            "also pass cloud_base_url, or set cloud.mode: remote with cloud.base_url",
+        )
+    return _remote_cloud(base.settings, base_url=base_url, model=model)

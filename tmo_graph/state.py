@@ -1,24 +1,38 @@
-"""The graph's state: the dialogue, its device views, its budgets and its turn records."""
+"""The graph's state: the dialogue, its device views, its budgets and its turn records.
+
+What a thread stores between turns is the dialogue (``messages``), the views as references,
+the budgets left and the turn records. Pixels never enter the state: views and inline images
+are kept as a path or URL plus a content hash, and data URLs are made inside the cloud call
+for the views actually sent. The per-turn fields of :class:`State` are scratch that
+``account`` clears when the turn ends.
+
+The TypedDicts come from ``typing_extensions``: on Python < 3.12 pydantic (and with it the
+LangGraph server and Studio) cannot build a schema from ``typing.TypedDict``.
+"""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
+from typing_extensions import TypedDict
 
 
 class ViewSpec(TypedDict, total=False):
     """A named device modality (camera view) available to the dialogue.
 
-    ``image`` is a file path or a ``data:`` URL; ``description`` (or ``caption``) is what
-    the association scorer compares with the prompt; ``private`` views never leave the device.
+    ``image`` is a file path, an http(s) URL or a ``data:`` URL; the graph stores a data
+    URL's bytes once in its image folder and keeps the path instead. ``sha256`` is the
+    content hash (set by the graph). ``description`` is what the association scorer compares
+    with the prompt; ``private`` views never leave the device.
     """
 
     image: str
+    sha256: str
     description: str
     private: bool
 
@@ -34,7 +48,7 @@ class Candidate(TypedDict):
     name: str
     kind: Literal["device", "inline"]
     score: float
-    url: str  # data URL (or http URL) of the image; never leaves the process unless sent
+    image: str | None  # path or http(s) URL of the image; None: a description only
 
 
 class Recalled(TypedDict):
@@ -49,6 +63,16 @@ class Decision(TypedDict):
     views: list[str]
     policy: str
     masked: list[str]  # actions the budget ruled out, e.g. "cloud+2 views"
+    # Views of the cloud call an unsure local answer escalates to (chosen with the route,
+    # within the budget); None: this turn cannot escalate.
+    escalation: list[str] | None
+
+
+class TokenTrace(TypedDict):
+    """The local answer's per-token log-probs and entropies, for the confidence check."""
+
+    logprobs: list[float]
+    entropies: list[float]
 
 
 class CallRecord(TypedDict):
@@ -61,6 +85,8 @@ class CallRecord(TypedDict):
     text: str
     input_tokens: int
     output_tokens: int
+    error: NotRequired[str]  # why a failed call failed
+    message_id: NotRequired[str]  # id of the streamed answer message, reused for the reply
 
 
 class TurnRecord(TypedDict):
@@ -80,6 +106,12 @@ class TurnRecord(TypedDict):
     budget_left: Budget
     answer: str
     local_answer: str | None  # the local draft an escalation replaced, to judge the check by
+    masked: NotRequired[list[str]]  # actions the budget ruled out this turn
+
+
+def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[CallRecord]:
+    """Calls accumulate within a turn; ``None`` (written by ``account``) clears them."""
+    return [] if right is None else [*left, *right]
 
 
 @dataclass
@@ -91,10 +123,20 @@ class InputState:
 
 
 @dataclass
-class State(InputState):
-    """The whole dialogue. Fields below ``turns`` are per-turn scratch, reset every turn."""
+class OutputState:
+    """What a run returns: the dialogue, its turn records and the budget left."""
 
-    budget_left: Budget | None = None  # set from the Context on the first turn
+    messages: Annotated[Sequence[AnyMessage], add_messages] = field(default_factory=list)
+    turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
+    budget_left: Budget | None = None
+
+
+@dataclass
+class State(InputState):
+    """The whole dialogue. Fields below ``turn_count`` are per-turn scratch, cleared by
+    ``account`` at the end of every turn."""
+
+    budget_left: Budget | None = None  # set by the first turn's account from the Context
     turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
     turn_count: int = 0  # turns completed (older ones may live only in memory)
 
@@ -103,8 +145,8 @@ class State(InputState):
     candidates: list[Candidate] = field(default_factory=list)
     recalled: list[Recalled] = field(default_factory=list)
     decision: Decision | None = None
-    calls: list[CallRecord] = field(default_factory=list)
+    calls: Annotated[list[CallRecord], add_calls] = field(default_factory=list)
+    local_tokens: TokenTrace | None = None
     confidence: float | None = None
     confidence_parts: dict[str, float] = field(default_factory=dict)
     escalated: bool = False  # at most one escalation per turn: the state says so
-    fallback: str | None = None

@@ -42,11 +42,20 @@ def main(argv: list[str]) -> None:
             if i == 0:
                 state_in["views"] = VIEWS
             out = graph.invoke(state_in, config, context=context)
+        # What the last turn recalled: scratch, so read from that turn's checkpoints.
+        recalled = next(
+            (
+                s.values["recalled"]
+                for s in graph.get_state_history(config)
+                if s.values.get("recalled")
+            ),
+            [],
+        )
     print(
         json.dumps(
             {
                 "turns": out["turns"],
-                "recalled": out["recalled"],
+                "recalled": recalled,
                 "n_messages": len(out["messages"]),
                 "budget_left": out["budget_left"],
             }

@@ -32,11 +32,16 @@ class FakeLocal:
     logprob: float = -0.1
     calls: int = 0
     seen: list[Any] = field(default_factory=list)
+    tags: list[list[str] | None] = field(default_factory=list)
 
     def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
     ) -> tuple[str, Stats]:
         self.seen.append(messages)
+        self.tags.append(tags)
         text = self.answers[self.calls % len(self.answers)]
         self.calls += 1
         return text, self.score_answer(messages, text)
@@ -119,6 +124,7 @@ def fake_services(
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp / "chroma"),
         association=FixedScorer(scores) if scores is not None else None,
+        image_dir=tmp / "images",
     )
 
 

@@ -27,7 +27,8 @@ def test_langgraph_json_points_at_the_exported_graph(monkeypatch: pytest.MonkeyP
     assert ("route", "answer_cloud", True) in edges
     assert ("check_confidence", "answer_cloud", True) in edges
     assert ("check_confidence", "account", True) in edges
-    assert ("answer_cloud", "account", False) in edges
+    assert ("answer_cloud", "account", True) in edges
+    assert ("answer_cloud", "answer_local", True) in edges  # the fallback is an edge too
     assert set(drawn.nodes) >= {
         "detect_modality",
         "recall_memory",

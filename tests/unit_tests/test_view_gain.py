@@ -177,7 +177,7 @@ def _sent(tmp_path: Path, side: float, cost_budget_usd: float) -> tuple[list[str
     graph = _graph(tmp_path, {BOTH: {"overhead": 0.7, "side": side, "first_person": 0.0}})
     context = Context(policy="rules", cost_budget_usd=cost_budget_usd)
     out = _turn(graph, BOTH, context, "t", _views(tmp_path))
-    return out["turns"][-1]["views_sent"], out["decision"]["masked"]
+    return out["turns"][-1]["views_sent"], out["turns"][-1]["masked"]
 
 
 def test_the_graph_drops_a_barely_relevant_second_view_it_could_afford(tmp_path: Path) -> None:

@@ -14,10 +14,18 @@ class TokenStats(Protocol):
 
 
 class LocalBackend(Protocol):
-    """The on-device model: answers with per-token scores; scores any given answer."""
+    """The on-device model: answers with per-token scores; scores any given answer.
+
+    ``tags`` go on the model call's run, so a streaming caller can tell its tokens apart
+    (the graph tags a draft that may be replaced ``draft``). A backend may set
+    ``message_id`` on the returned stats: the id of the message it streamed.
+    """
 
     def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
     ) -> tuple[str, TokenStats]: ...
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...

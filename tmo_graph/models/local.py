@@ -259,6 +259,7 @@ class TokenScores:
     logprobs: list[float]
     entropies: list[float]
     n_tokens: int
+    message_id: str | None = None  # id of the chat message the answer was streamed as
 
 
 class _GreedyStepRecorder:
@@ -348,12 +349,16 @@ class LocalModel:
             return self._chat_models[n]
 
     def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
     ) -> tuple[str, TokenScores]:
         """Greedy answer through the LangChain chat model, with its token scores.
 
         The scores are recorded during generation; if the pipeline path did not run the
         recorder (e.g. a streaming call), the answer is scored by a teacher-forced pass.
+        ``tags`` mark the model call's run (streamed tokens carry them).
         """
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
         from transformers import LogitsProcessorList
@@ -362,15 +367,19 @@ class LocalModel:
         chat = [kinds[m["role"]](content=m["content"]) for m in messages]
         recorder = _GreedyStepRecorder()
         reply = self.chat_model(max_new_tokens).invoke(
-            chat, pipeline_kwargs={"logits_processor": LogitsProcessorList([recorder])}
+            chat,
+            config={"tags": tags or []},
+            pipeline_kwargs={"logits_processor": LogitsProcessorList([recorder])},
         )
         text = str(reply.content).strip()
         if not recorder.chosen:
-            return text, self.score_answer(messages, text)
+            scores = self.score_answer(messages, text)
+            scores.message_id = reply.id
+            return text, scores
         n = len(recorder.chosen)
         if recorder.chosen[-1] == self.tokenizer.eos_token_id:  # the end token is no answer
             n -= 1
-        return text, TokenScores(recorder.logprobs[:n], recorder.entropies[:n], n)
+        return text, TokenScores(recorder.logprobs[:n], recorder.entropies[:n], n, reply.id)
 
     def _build_chat_model(self, max_new_tokens: int) -> BaseChatModel:
         try:

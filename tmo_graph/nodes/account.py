@@ -1,4 +1,8 @@
-"""account: the turn's measured latency and cost, the budget left, and the turn record."""
+"""account: the turn's measured latency and cost, the budget left, and the turn record.
+
+It also closes the turn: the per-turn scratch is cleared, so what the thread stores between
+turns is the dialogue, the views (as references), the budgets and the records.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,21 @@ from langgraph.runtime import Runtime
 from tmo_graph.context import Context
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
+from tmo_graph.turn import budget_now, run_context, spent
+
+# What account writes to end the turn: the scratch fields back to empty.
+CLEARED_SCRATCH: dict[str, Any] = {
+    "prompt": "",
+    "task": "",
+    "candidates": [],
+    "recalled": [],
+    "decision": None,
+    "calls": None,  # the reducer's "clear"
+    "local_tokens": None,
+    "confidence": None,
+    "confidence_parts": {},
+    "escalated": False,
+}
 
 
 def final_call(calls: list[CallRecord]) -> CallRecord:
@@ -21,35 +40,39 @@ def final_call(calls: list[CallRecord]) -> CallRecord:
 
 
 def account(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    assert state.budget_left is not None and state.decision is not None and state.calls
+    assert state.decision is not None and state.calls
+    ctx = run_context(runtime, services.default_context)
     answer = final_call(state.calls)
-    latency = sum(c["latency_s"] for c in state.calls)
-    cost = sum(c["cost_usd"] for c in state.calls)
-    left = Budget(
-        latency_s=round(state.budget_left["latency_s"] - latency, 4),
-        cost_usd=round(state.budget_left["cost_usd"] - cost, 8),
-    )
-    sent = state.decision["views"] if answer["where"] == "cloud" else []
+    used, now = spent(state.calls), budget_now(state, ctx)
+    left = Budget(latency_s=round(now["latency_s"], 4), cost_usd=round(now["cost_usd"], 8))
+    failed_cloud = [c for c in state.calls if c["where"] == "cloud" and not c["ok"]]
     record = TurnRecord(
         turn=state.turn_count,
         task=state.task,
         policy=state.decision["policy"],
         route=answer["where"],
-        views_sent=list(sent),
+        views_sent=list(state.decision["views"]) if answer["where"] == "cloud" else [],
         association={c["name"]: c["score"] for c in state.candidates},
         confidence=state.confidence,
         escalated=state.escalated and answer["where"] == "cloud",
-        fallback=state.fallback,
-        latency_s=round(latency, 4),
-        cost_usd=round(cost, 8),
+        fallback=failed_cloud[-1].get("error", "error") if failed_cloud else None,
+        latency_s=round(used["latency_s"], 4),
+        cost_usd=round(used["cost_usd"], 8),
         budget_left=left,
         answer=answer["text"],
         local_answer=next(
             (c["text"] for c in state.calls if c["where"] == "local" and c is not answer), None
         ),
+        masked=list(state.decision["masked"]),
     )
-    reply = AIMessage(content=answer["text"], response_metadata={"route": answer["where"]})
+    # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
+    reply = AIMessage(
+        content=answer["text"],
+        id=answer.get("message_id"),
+        response_metadata={"route": answer["where"]},
+    )
     return {
+        **CLEARED_SCRATCH,
         "messages": [reply],
         "turns": [record],
         "budget_left": left,

@@ -1,45 +1,49 @@
-"""check_confidence: keep a sure local answer; escalate an unsure one once, if affordable."""
+"""check_confidence: score the local answer; escalate an unsure one once, if still affordable."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Literal
 
+from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
+from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
-from tmo_graph.nodes.route import route_input
-from tmo_graph.policy.simple import best_cloud_action, make_policy
+from tmo_graph.policy.base import Action
+from tmo_graph.policy.simple import make_policy
+from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
-from tmo_graph.state import Budget, Decision, State
+from tmo_graph.state import State
+from tmo_graph.turn import budget_now, prompt_chars, run_context
 
 
 def check_confidence(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = runtime.context
-    policy = make_policy(ctx)
-    unsure = state.confidence is None or state.confidence < ctx.confidence_threshold
-    if state.escalated or not policy.escalates or not unsure:
+    ctx = run_context(runtime, services.default_context)
+    local = next((c for c in reversed(state.calls) if c["where"] == "local"), None)
+    if local is None or state.local_tokens is None:
         return {}
-    # The escalation must fit in what is left after the local call.
-    assert state.budget_left is not None
-    left = Budget(
-        latency_s=state.budget_left["latency_s"] - sum(c["latency_s"] for c in state.calls),
-        cost_usd=state.budget_left["cost_usd"] - sum(c["cost_usd"] for c in state.calls),
+    earlier = [message_text(m) for m in state.messages if isinstance(m, AIMessage)]
+    score, parts = confidence(
+        state.local_tokens["logprobs"], state.local_tokens["entropies"], local["text"], earlier
     )
-    observation = route_input(state, services, budget=left)
-    cloud_only = {a: cost for a, cost in observation.allowed.items() if a.route == "cloud"}
-    action = best_cloud_action(replace(observation, allowed=cloud_only), ctx.min_view_score)
-    if action is None:
-        return {}
-    masked = state.decision["masked"] if state.decision else []
-    return {
-        "escalated": True,
-        "decision": Decision(
-            route="cloud", views=list(action.views), policy=policy.name, masked=masked
-        ),
-    }
+    update: dict[str, Any] = {"confidence": score, "confidence_parts": parts}
+    target = state.decision["escalation"] if state.decision else None
+    may_escalate = (
+        make_policy(ctx).escalates
+        and not state.escalated
+        and target is not None
+        and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
+    )
+    if may_escalate and score < ctx.confidence_threshold:
+        assert target is not None and state.decision is not None
+        # The escalation must fit in what is left after the local call.
+        action = Action("cloud", tuple(target))
+        cost = services.costs.expected(action, prompt_chars(state))
+        if cost.fits(budget_now(state, ctx)):
+            update["escalated"] = True
+            update["decision"] = {**state.decision, "route": "cloud", "views": list(target)}
+    return update
 
 
 def after_confidence(state: State) -> Literal["answer_cloud", "account"]:
-    cloud_called = any(c["where"] == "cloud" for c in state.calls)
-    return "answer_cloud" if state.escalated and not cloud_called else "account"
+    return "answer_cloud" if state.escalated else "account"

@@ -1,44 +1,46 @@
-"""answer_local: the on-device model answers; its token log-probs are kept for confidence."""
+"""answer_local: the on-device model answers; its token scores are kept for the check.
+
+A local answer that may still be replaced by the cloud (the policy escalates, no cloud call
+has been made yet) is generated with the tag ``draft``, so a chat UI streaming the run can
+show it as provisional or hold it back.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from tmo_graph import costs
-from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
+from tmo_graph.policy.simple import make_policy
 from tmo_graph.prompts import text_dialogue
 from tmo_graph.services import Services
-from tmo_graph.state import CallRecord, State
+from tmo_graph.state import CallRecord, State, TokenTrace
+from tmo_graph.turn import run_context
+
+DRAFT_TAG = "draft"
 
 
-def local_call(state: State, services: Services) -> tuple[CallRecord, float, dict[str, float]]:
-    """Generate the local answer with its token scores, and measure it."""
-    dialogue = text_dialogue(state.messages, state.recalled)
+def answer_local(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+    ctx = run_context(runtime, services.default_context)
+    may_be_replaced = make_policy(ctx).escalates and not any(
+        c["where"] == "cloud" for c in state.calls
+    )
+    dialogue = text_dialogue(state.messages, state.recalled, ctx.system_prompt)
     start = time.perf_counter()
-    text, stats = services.local.answer(dialogue)
+    text, stats = services.local.answer(dialogue, tags=[DRAFT_TAG] if may_be_replaced else None)
     latency = time.perf_counter() - start
-    earlier = [str(m.content) for m in state.messages if isinstance(m, AIMessage)]
-    conf, parts = confidence(stats.logprobs, stats.entropies, text, earlier)
-    device = costs.device(services.settings.device.profile)
     call = CallRecord(
         where="local",
         latency_s=round(latency, 4),
-        cost_usd=costs.local_energy_cost_usd(
-            latency, device.power_w, services.settings.device.usd_per_kwh
-        ),
+        cost_usd=services.costs.local_call_usd(latency),
         ok=bool(text),
         text=text,
         input_tokens=0,
         output_tokens=len(stats.logprobs),
     )
-    return call, conf, parts
-
-
-def answer_local(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    call, conf, parts = local_call(state, services)
-    return {"calls": [*state.calls, call], "confidence": conf, "confidence_parts": parts}
+    if message_id := getattr(stats, "message_id", None):
+        call["message_id"] = message_id
+    trace = TokenTrace(logprobs=list(stats.logprobs), entropies=list(stats.entropies))
+    return {"calls": [call], "local_tokens": trace}

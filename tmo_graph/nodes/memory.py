@@ -13,15 +13,19 @@ from tmo_graph.context import Context
 from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
 from tmo_graph.state import State
+from tmo_graph.turn import run_context
 
 
 def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
     """Messages grouped into finished turns (a human message and its answers), oldest first.
 
-    The last message (the current question) is not part of any finished turn.
+    The last message (the current question) is not part of any finished turn, and system
+    messages (the caller's persona) belong to no turn: they stay in the dialogue.
     """
     turns: list[list[AnyMessage]] = []
     for message in messages[:-1]:
+        if not isinstance(message, HumanMessage | AIMessage):
+            continue
         if isinstance(message, HumanMessage) or not turns:
             turns.append([message])
         else:
@@ -33,13 +37,12 @@ def turn_text(turn: Sequence[AnyMessage]) -> str:
     lines = []
     for message in turn:
         who = "User" if isinstance(message, HumanMessage) else "Assistant"
-        if isinstance(message, HumanMessage | AIMessage):
-            lines.append(f"{who}: {message_text(message)}")
+        lines.append(f"{who}: {message_text(message)}")
     return "\n".join(lines)
 
 
 def recall_memory(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = runtime.context
+    ctx = run_context(runtime, services.default_context)
     thread_id = str(get_config().get("configurable", {}).get("thread_id", "default"))
     turns = completed_turns(state.messages)
     update: dict[str, Any] = {}

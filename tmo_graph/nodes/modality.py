@@ -6,42 +6,57 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import AnyMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import to_data_url
-from tmo_graph.prompts import message_text
+from tmo_graph.image_refs import store_image
 from tmo_graph.services import Services
-from tmo_graph.state import Budget, Candidate, State, ViewSpec
+from tmo_graph.state import Candidate, State, ViewSpec
+from tmo_graph.turn import earlier_prompts, prompt_text, run_context
 
 
-def inline_images(message: HumanMessage) -> list[str]:
-    """Image URLs in a message, in OpenAI (``image_url``) or LangChain (``image``) block form."""
+def _image_block_source(block: dict[str, Any]) -> str | None:
+    """The image a content block carries (URL, data URL or stored path), else None."""
+    kind = block.get("type")
+    if kind == "image_url":
+        url = block["image_url"]
+        return str(url["url"] if isinstance(url, dict) else url)
+    if kind == "image":
+        if block.get("url"):
+            return str(block["url"])
+        data = block.get("base64") or block.get("data")
+        if not data:
+            raise TmoGraphError(
+                "an image block has neither url nor base64 data",
+                "send {'type': 'image', 'base64': ..., 'mime_type': 'image/png'}",
+            )
+        return f"data:{block.get('mime_type', 'image/png')};base64,{data}"
+    return None
+
+
+def inline_images(message: HumanMessage, folder: Any) -> tuple[list[str], HumanMessage | None]:
+    """The message's images as references, and the message rewritten to hold references
+    instead of pixels (None when it holds none)."""
     if isinstance(message.content, str):
-        return []
-    urls: list[str] = []
+        return [], None
+    refs: list[str] = []
+    content: list[Any] = []
+    changed = False
     for block in message.content:
-        if not isinstance(block, dict):
+        source = _image_block_source(block) if isinstance(block, dict) else None
+        if source is None:
+            content.append(block)
             continue
-        kind = block.get("type")
-        if kind == "image_url":
-            url = block["image_url"]
-            urls.append(url["url"] if isinstance(url, dict) else str(url))
-        elif kind == "image":
-            if block.get("url"):
-                urls.append(str(block["url"]))
-            else:
-                data = block.get("base64") or block.get("data")
-                mime = block.get("mime_type", "image/png")
-                if not data:
-                    raise TmoGraphError(
-                        "an image block has neither url nor base64 data",
-                        "send {'type': 'image', 'base64': ..., 'mime_type': 'image/png'}",
-                    )
-                urls.append(f"data:{mime};base64,{data}")
-    return urls
+        ref = store_image(source, folder)
+        refs.append(ref.ref)
+        if source.startswith("data:"):  # pixels in the message: keep a reference instead
+            changed = True
+            block = {"type": "image", "url": f"file://{ref.ref}", "id": ref.sha256}
+        content.append(block)
+    rewritten = HumanMessage(content=content, id=message.id) if changed else None
+    return refs, rewritten
 
 
 def view_caption(name: str, view: ViewSpec) -> str:
@@ -72,16 +87,6 @@ def refers_back(prompt: str) -> bool:
     return len(prompt.split()) <= SHORT_PROMPT_WORDS and _PRONOUN.search(prompt) is not None
 
 
-def _text(message: AnyMessage) -> str:
-    return message_text(message).replace("[image]", "").strip()
-
-
-def earlier_prompts(messages: Sequence[AnyMessage], n: int = CONTEXT_MESSAGES) -> list[str]:
-    """The texts of the last ``n`` user messages before the current one, most recent first."""
-    texts = [_text(m) for m in messages[:-1] if isinstance(m, HumanMessage)]
-    return [t for t in reversed(texts) if t][:n]
-
-
 def view_scores(
     prompt: str,
     earlier: Sequence[str],
@@ -108,62 +113,66 @@ def view_scores(
     return scores
 
 
+def view_references(views: Mapping[str, ViewSpec], folder: Any) -> dict[str, ViewSpec] | None:
+    """The views with each image as a checked reference and hash (None if all already are)."""
+    out: dict[str, ViewSpec] = {}
+    changed = False
+    for name, view in views.items():
+        if not isinstance(view, dict) or not (view.get("image") or view.get("description")):
+            raise TmoGraphError(
+                f"view {name!r} has neither an image nor a description",
+                "give each view {'image': PATH, 'description': TEXT}",
+            )
+        view = ViewSpec(**view)
+        if view.get("image") and not view.get("sha256"):
+            ref = store_image(str(view["image"]), folder)
+            view["image"], view["sha256"] = ref.ref, ref.sha256
+            changed = True
+        out[name] = view
+    return out if changed else None
+
+
 def detect_modality(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
     if not state.messages or not isinstance(state.messages[-1], HumanMessage):
         raise TmoGraphError(
             "a turn must end with a human message", "send {'messages': [('user', 'your question')]}"
         )
     message = state.messages[-1]
-    prompt = _text(message)
+    prompt = prompt_text(message)
     if not prompt:
         raise TmoGraphError("the message has no text", "ask a question in words")
+    ctx = run_context(runtime, services.default_context)
+    update: dict[str, Any] = {}
 
-    for name, view in state.views.items():
-        if not isinstance(view, dict) or not (view.get("image") or view.get("description")):
-            raise TmoGraphError(
-                f"view {name!r} has neither an image nor a description",
-                "give each view {'image': PATH, 'description': TEXT}",
-            )
+    views = view_references(state.views, services.image_dir)
+    if views is not None:
+        update["views"] = views
+    views = views or state.views
+    inline, rewritten = inline_images(message, services.image_dir)
+    if rewritten is not None:
+        update["messages"] = [rewritten]
+
     # Private views are never candidates: they cannot be sent, so they are not even scored.
-    shareable = {n: v for n, v in state.views.items() if not v.get("private", False)}
-    ctx = runtime.context
-    inline = inline_images(message)
+    shareable = {n: v for n, v in views.items() if not v.get("private", False)}
     scores = view_scores(
         prompt,
         # A message with its own image is about that image ("what fruit is this?").
-        [] if inline else earlier_prompts(state.messages),
+        [] if inline else earlier_prompts(state.messages, CONTEXT_MESSAGES),
         {name: view_caption(name, view) for name, view in shareable.items()},
         services,
         ctx.context_weight,
     )
     candidates = [
-        Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, url=to_data_url(url))
-        for i, url in enumerate(inline)
+        Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, image=ref)
+        for i, ref in enumerate(inline)
     ]
     candidates += [
-        Candidate(
-            name=name,
-            kind="device",
-            score=scores[name],
-            url=to_data_url(view["image"]) if view.get("image") else "",
-        )
+        Candidate(name=name, kind="device", score=scores[name], image=view.get("image") or None)
         for name, view in shareable.items()
     ]
-
-    budget = state.budget_left or Budget(
-        latency_s=ctx.latency_budget_s, cost_usd=ctx.cost_budget_usd
-    )
     return {
+        **update,
         "prompt": prompt,
         "task": services.tasks.classify_vector(services.embed(prompt)),
         "candidates": candidates,
-        "budget_left": budget,
-        # Fresh per-turn scratch.
-        "recalled": [],
-        "decision": None,
-        "calls": [],
-        "confidence": None,
-        "confidence_parts": {},
-        "escalated": False,
-        "fallback": None,
     }

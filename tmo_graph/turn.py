@@ -1,0 +1,63 @@
+"""What several nodes read off the state of the turn in progress (nodes never import each
+other; they share these helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import AnyMessage, HumanMessage
+from langgraph.runtime import Runtime
+
+from tmo_graph.context import Context
+from tmo_graph.prompts import message_text
+from tmo_graph.state import Budget, CallRecord, State
+
+
+def run_context(runtime: Runtime[Context], default: Context) -> Context:
+    """The run's Context; a run started without ``context=`` gets ``default``."""
+    context = runtime.context
+    if context is None:
+        return default
+    if isinstance(context, dict):  # some callers hand over plain JSON
+        return Context(**{**default.__dict__, **context})
+    return context
+
+
+def prompt_text(message: AnyMessage) -> str:
+    """A message's words, without the image placeholders."""
+    return message_text(message).replace("[image]", "").strip()
+
+
+def earlier_prompts(messages: Sequence[AnyMessage], n: int) -> list[str]:
+    """The texts of the last ``n`` user messages before the current one, most recent first."""
+    texts = [prompt_text(m) for m in messages[:-1] if isinstance(m, HumanMessage)]
+    return [t for t in reversed(texts) if t][:n]
+
+
+def prompt_chars(state: State) -> int:
+    """Characters the cloud would read this turn: history, recalled memory and prompt."""
+    history = sum(len(message_text(m)) for m in state.messages[:-1])
+    return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
+
+
+def spent(calls: Sequence[CallRecord]) -> Budget:
+    """Seconds and dollars the turn's calls took so far."""
+    return Budget(
+        latency_s=sum(c["latency_s"] for c in calls), cost_usd=sum(c["cost_usd"] for c in calls)
+    )
+
+
+def budget_before_turn(state: State, context: Context) -> Budget:
+    """What the dialogue had left when this turn began (the Context's budgets at first)."""
+    return state.budget_left or Budget(
+        latency_s=context.latency_budget_s, cost_usd=context.cost_budget_usd
+    )
+
+
+def budget_now(state: State, context: Context) -> Budget:
+    """What is left now, the turn's calls so far included."""
+    before, used = budget_before_turn(state, context), spent(state.calls)
+    return Budget(
+        latency_s=before["latency_s"] - used["latency_s"],
+        cost_usd=before["cost_usd"] - used["cost_usd"],
+    )
