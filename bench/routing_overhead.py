@@ -52,7 +52,10 @@ class InstantStats:
 
 class InstantLocal:
     def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
     ) -> tuple[str, InstantStats]:
         return "Done.", self.score_answer(messages, "Done.")
 

@@ -252,3 +252,44 @@ def test_invoke_without_context_uses_the_configured_defaults(tmp_path: Path) -> 
     assert record["policy"] == "rules" and record["answer"] == "ok"
     assert record["budget_left"]["latency_s"] == pytest.approx(60.0 - record["latency_s"])
     assert local.seen[-1][0]["content"] == DEFAULT_SYSTEM_PROMPT
+
+
+def test_a_run_chooses_its_cloud_endpoint_through_the_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tmo_graph.services as services_module
+
+    default_cloud, other_cloud = FakeCloud(answer="default"), FakeCloud(answer="other")
+    default_cloud.sent, other_cloud.sent = [], []
+    built: list[tuple[str, str]] = []
+
+    def fake_endpoint(base_url: str, model: str, *args: Any) -> FakeCloud:
+        built.append((base_url, model))
+        return other_cloud
+
+    monkeypatch.setattr(services_module, "_checked_cloud", fake_endpoint)
+    graph = build_graph(fake_services(tmp_path, FakeLocal(["x"]), default_cloud))
+    chosen = Context(
+        policy="always-cloud", cloud_base_url="http://10.0.0.7:8000/v1", cloud_model="big-model"
+    )
+    for thread in ("a", "b"):  # the second run reuses the model built for the first
+        out = graph.invoke(
+            {"messages": [("user", "Hello")]},
+            {"configurable": {"thread_id": thread}},
+            context=chosen,
+        )
+        assert out["turns"][-1]["answer"] == "other"
+    assert built == [("http://10.0.0.7:8000/v1", "big-model")]
+    out = graph.invoke({"messages": [("user", "Hello")]}, context=Context(policy="always-cloud"))
+    assert out["turns"][-1]["answer"] == "default"
+
+
+def test_a_bad_per_run_model_choice_is_a_clear_error() -> None:
+    from tmo_graph.errors import TmoGraphError
+
+    with pytest.raises(TmoGraphError, match="not an http"):
+        Context(cloud_base_url="10.0.0.7:8000")
+    with pytest.raises(TmoGraphError, match="system_prompt is empty"):
+        Context(system_prompt="  ")
+    with pytest.raises(TmoGraphError, match="unknown policy"):
+        Context(policy="smartest")  # type: ignore[arg-type]
