@@ -69,12 +69,6 @@ def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
         yield build_graph(services, checkpointer=saver), services
 
 
-def _print_header() -> None:
-    from tmo_graph.report import HEADER
-
-    typer.echo(HEADER)
-
-
 @app.command()
 def run(
     dialogues: Annotated[Path, typer.Argument(help="JSONL file, one dialogue per line")],
@@ -87,16 +81,15 @@ def run(
     ] = False,
 ) -> None:
     """Run scripted dialogues and print a row per turn: route, confidence, latency, cost."""
-    from tmo_graph.dialogues import load_dialogues
-    from tmo_graph.report import format_turn
+    from tmo_graph.dialogues import dialogue_context, load_dialogues
+    from tmo_graph.report import console, print_dialogue_banner, print_header, print_turn
 
     try:
         settings = load_settings(config)
         loaded = load_dialogues(dialogues)
-        contexts = [
-            Context.from_settings(settings, **{**d.context, "user_id": d.user_id, "policy": policy})
-            for d in loaded
-        ]
+        # all contexts first: a bad value fails before the models load
+        contexts = [dialogue_context(settings, d, policy) for d in loaded]
+        screen = console()
         results = []
         with _graph(settings, db) as (graph, services):
             for dialogue, context in zip(loaded, contexts, strict=True):
@@ -104,20 +97,13 @@ def run(
                 if not resume:  # a restarted dialogue starts with no state and no memory
                     graph.checkpointer.delete_thread(dialogue.id)
                     services.memory.forget_thread(user_id=dialogue.user_id, thread_id=dialogue.id)
-                typer.echo(
-                    f"\n== dialogue {dialogue.id} (user {dialogue.user_id}, "
-                    f"policy {context.policy}) =="
-                )
-                _print_header()
+                print_dialogue_banner(dialogue.id, dialogue.user_id, context.policy, screen)
+                print_header(screen)
                 records = []
-                for i, turn in enumerate(dialogue.turns):
-                    state_in: dict[str, Any] = {"messages": [("user", turn.content())]}
-                    if i == 0 and dialogue.views:
-                        state_in["views"] = dialogue.views
-                    out = graph.invoke(state_in, config_, context=context)
-                    record = out["turns"][-1]
+                for state_in in dialogue.turn_inputs():
+                    record = graph.invoke(state_in, config_, context=context)["turns"][-1]
                     records.append(record)
-                    typer.echo(format_turn(record))
+                    print_turn(record, screen)
                 results.append({"id": dialogue.id, "turns": records})
     except TmoGraphError as error:
         _fail(error)
@@ -148,25 +134,14 @@ def chat(
     db: DbOption = None,
 ) -> None:
     """Talk to the graph; every answer shows where it was made and what it cost."""
-    from tmo_graph.images import to_data_url
-    from tmo_graph.report import format_turn
-    from tmo_graph.state import ViewSpec
+    from tmo_graph.dialogues import cli_views
+    from tmo_graph.report import print_turn
 
     try:
         settings = load_settings(config)
         context = Context.from_settings(settings, user_id=user, policy=policy)
-        images = _pairs(view, "--view")
-        captions = _pairs(caption, "--caption")
-        unknown = set(captions) - set(images)
-        if unknown:
-            raise TmoGraphError(
-                f"--caption names unknown view(s) {sorted(unknown)}",
-                f"caption only views given with --view ({', '.join(images) or 'none'})",
-            )
-        views = {
-            name: ViewSpec(image=to_data_url(path), description=captions.get(name, ""))
-            for name, path in images.items()
-        }
+        # paths stay references (checked now, absolute); no pixels in the thread's state
+        views = cli_views(_pairs(view, "--view"), _pairs(caption, "--caption"))
         thread_id = thread or uuid.uuid4().hex[:8]
         with _graph(settings, db) as (graph, _):
             typer.echo(f"thread {thread_id} (resume with --thread {thread_id}); /quit to leave")
@@ -185,8 +160,7 @@ def chat(
                 out = graph.invoke(
                     state_in, {"configurable": {"thread_id": thread_id}}, context=context
                 )
-                _print_header()
-                typer.echo(format_turn(out["turns"][-1], answer_width=10_000))
+                print_turn(out["turns"][-1], answer_width=10_000, header=True)
     except (EOFError, KeyboardInterrupt):
         typer.echo("")
     except TmoGraphError as error:

@@ -7,28 +7,125 @@
  "turns": ["Turn on the lights.", {"text": "What fruit is this?", "images": ["images/fruit.png"]}]}
 ```
 
-Relative image paths are resolved against the JSONL file's folder.
+The format is the pydantic models below (unknown fields are refused). Images stay
+references: a relative path is resolved against the JSONL file's folder into an absolute
+path, a URL is kept as given; each is checked to be a readable image at load time, but no
+pixels are read into the dialogue (the graph makes data URLs only for what it sends).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, get_type_hints
 
-from tmo_graph.context import Context
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+
+from tmo_graph.context import POLICIES, Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import is_url, to_data_url
+from tmo_graph.images import check_image, is_url
 from tmo_graph.state import ViewSpec
 
-_CONTEXT_FIELDS = {f.name for f in fields(Context)}
+if TYPE_CHECKING:
+    from tmo_graph.settings import Settings
+
+FORMAT_HELP = 'see "Dialogue file (JSONL)" in the README'
+
+# --- the file format ------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # no silent "3" -> 3 in a file
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class TurnSpec(_Strict):
+    """A user message: its text and inline images (always candidates for a cloud call)."""
+
+    text: str
+    images: list[str] = Field(default_factory=list)
+
+    _text = field_validator("text")(_not_blank)
+
+    @field_validator("images")
+    @classmethod
+    def _images_not_blank(cls, value: list[str]) -> list[str]:
+        return [_not_blank(v) for v in value]
+
+
+class ViewEntry(_Strict):
+    """A named device modality: an image, what the association scorer reads, privacy."""
+
+    image: str | None = None
+    description: str = ""
+    private: bool = False
+
+    @field_validator("image")
+    @classmethod
+    def _image_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else _not_blank(value)
+
+
+def _context_overrides_model() -> type[BaseModel]:
+    """Every :class:`Context` field but ``user_id``, optional; ``policy`` one of POLICIES.
+
+    Built from the dataclass so a field added to Context is accepted here without an edit.
+    """
+    hints = get_type_hints(Context)
+    specs: dict[str, Any] = {
+        f.name: (hints[f.name] | None, None) for f in fields(Context) if f.name != "user_id"
+    }
+    specs["policy"] = (Literal[POLICIES] | None, None)
+    # Strict like the rest of the file (a budget written as 90 is still a float).
+    config = ConfigDict(extra="forbid", strict=True)
+    return create_model("ContextOverrides", __config__=config, **specs)
+
+
+ContextOverrides = _context_overrides_model()
+
+
+class DialogueSpec(_Strict):
+    """One line of a dialogue file."""
+
+    id: str | int | None = None
+    user_id: str = "default"
+    views: dict[str, ViewEntry] = Field(default_factory=dict)
+    context: ContextOverrides = Field(default_factory=ContextOverrides)  # type: ignore[valid-type]
+    turns: list[TurnSpec] = Field(min_length=1)
+
+    _user = field_validator("user_id")(_not_blank)
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _plain_text_turns(cls, value: Any) -> Any:
+        # A turn may be written as a bare string: the common case needs no object.
+        if isinstance(value, list):
+            return [{"text": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
+# --- what the rest of the package uses ------------------------------------------------------
 
 
 @dataclass
 class Turn:
     text: str
-    images: list[str] = field(default_factory=list)  # data URLs
+    images: list[str] = field(default_factory=list)  # absolute paths or URLs, never pixels
 
     def content(self) -> str | list[dict[str, Any]]:
         """The human message content: plain text, or text plus ``image_url`` parts."""
@@ -46,62 +143,79 @@ class Dialogue:
     turns: list[Turn]
     user_id: str = "default"
     views: dict[str, ViewSpec] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # Context fields the file sets
+
+    def turn_inputs(self) -> Iterator[dict[str, Any]]:
+        """The graph input of each turn; the views go with the first one."""
+        for i, turn in enumerate(self.turns):
+            state_in: dict[str, Any] = {"messages": [("user", turn.content())]}
+            if i == 0 and self.views:
+                state_in["views"] = self.views
+            yield state_in
 
 
-def _image_path(value: Any, base: Path, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise TmoGraphError(f"{where}: an image must be a path or URL string", "fix that entry")
-    return value if is_url(value) else str((base / value).resolve())
+def dialogue_context(settings: Settings, dialogue: Dialogue, policy: str | None = None) -> Context:
+    """The dialogue's run settings: ``policy`` (the CLI's ``--policy``) if given, else the
+    dialogue's own ``context``, else the config's ``routing`` defaults."""
+    overrides = {**dialogue.context, "user_id": dialogue.user_id}
+    if policy is not None:  # None means "not given", never "fall back to the config"
+        overrides["policy"] = policy
+    try:
+        return Context.from_settings(settings, **overrides)
+    except TmoGraphError as error:
+        raise TmoGraphError(f"dialogue {dialogue.id}: {error.problem}", error.fix) from None
+
+
+def resolve_image(image: str, base: Path) -> str:
+    """A URL as given, else the absolute path (relative to ``base``); checked to be an image."""
+    ref = image if is_url(image) else str((base / Path(image).expanduser()).resolve())
+    check_image(ref)
+    return ref
+
+
+def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, ViewSpec]:
+    """Views given on the command line (``--view NAME=PATH``, ``--caption NAME=TEXT``)."""
+    unknown = set(captions) - set(images)
+    if unknown:
+        raise TmoGraphError(
+            f"--caption names unknown view(s) {sorted(unknown)}",
+            f"caption only views given with --view ({', '.join(images) or 'none'})",
+        )
+    return {
+        name: ViewSpec(image=resolve_image(path, Path.cwd()), description=captions.get(name, ""))
+        for name, path in images.items()
+    }
 
 
 def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:
-    """One dialogue from its JSON object; ``where`` names it in error messages."""
-    if not isinstance(raw, dict):
-        raise TmoGraphError(f"{where}: a dialogue must be a JSON object", "see the README format")
-    unknown = set(raw) - {"id", "user_id", "views", "context", "turns"}
-    if unknown:
-        raise TmoGraphError(
-            f"{where}: unknown field(s) {sorted(unknown)}",
-            "use id, user_id, views, context, turns",
-        )
-    turns_raw = raw.get("turns")
-    if not isinstance(turns_raw, list) or not turns_raw:
-        raise TmoGraphError(f"{where}: `turns` must be a non-empty list", "add the user's messages")
-    turns: list[Turn] = []
-    for i, item in enumerate(turns_raw):
-        spec = {"text": item} if isinstance(item, str) else item
-        if not isinstance(spec, dict) or not str(spec.get("text", "")).strip():
-            raise TmoGraphError(
-                f"{where}, turn {i}: the message is empty", 'give each turn text: "..."'
-            )
-        images = [_image_path(p, base, f"{where}, turn {i}") for p in spec.get("images", [])]
-        turns.append(Turn(text=str(spec["text"]), images=[to_data_url(p) for p in images]))
+    """One dialogue from its JSON object; ``where`` (e.g. ``file.jsonl:3``) names it in errors."""
+    try:
+        spec = DialogueSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _schema_error(exc.errors()[0], where) from None
+    turns = []
+    for i, turn in enumerate(spec.turns):
+        images = [
+            _checked(p, base, where, f"turns[{i}].images[{j}]") for j, p in enumerate(turn.images)
+        ]
+        turns.append(Turn(text=turn.text, images=images))
     views: dict[str, ViewSpec] = {}
-    for name, view in (raw.get("views") or {}).items():
-        if not isinstance(view, dict):
-            raise TmoGraphError(f"{where}: view {name!r} must be an object", "see the README")
-        spec_view = ViewSpec(**{k: v for k, v in view.items() if k in ("description", "private")})
-        if view.get("image"):
-            spec_view["image"] = to_data_url(_image_path(view["image"], base, f"{where}, {name}"))
-        views[name] = spec_view
-    context = raw.get("context") or {}
-    bad = set(context) - _CONTEXT_FIELDS
-    if bad:
-        raise TmoGraphError(
-            f"{where}: unknown context field(s) {sorted(bad)}",
-            f"use any of: {', '.join(sorted(_CONTEXT_FIELDS))}",
-        )
+    for name, entry in spec.views.items():
+        view = ViewSpec(description=entry.description, private=entry.private)
+        if entry.image is not None:
+            view["image"] = _checked(entry.image, base, where, f"views.{name}.image")
+        views[name] = view
     return Dialogue(
-        id=str(raw.get("id", where)),
+        id=where if spec.id is None else str(spec.id),
         turns=turns,
-        user_id=str(raw.get("user_id", "default")),
+        user_id=spec.user_id,
         views=views,
-        context=dict(context),
+        context=cast(BaseModel, spec.context).model_dump(exclude_none=True),
     )
 
 
 def load_dialogues(path: str | Path) -> list[Dialogue]:
+    """Every dialogue of a JSONL file, checked (format, context values, images)."""
     path = Path(path)
     if not path.is_file():
         raise TmoGraphError(f"dialogue file {path} does not exist", "pass a JSONL file")
@@ -119,3 +233,80 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
     if not dialogues:
         raise TmoGraphError(f"{path} holds no dialogue", "add one JSON object per line")
     return dialogues
+
+
+# --- error messages -------------------------------------------------------------------------
+
+_ALLOWED = {
+    "": "id, user_id, views, context, turns",
+    "views": "image, description, private",
+    "turns": 'text, images (or write the turn as a plain string: "...")',
+}
+
+
+def _checked(image: str, base: Path, where: str, loc: str) -> str:
+    try:
+        return resolve_image(image, base)
+    except TmoGraphError as error:
+        raise TmoGraphError(f"{where}: field `{loc}`: {error.problem}", error.fix) from None
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_error(err: ErrorDetails, where: str) -> TmoGraphError:
+    """One readable line from pydantic's first error: the line, the field, the fix."""
+    loc = tuple(err["loc"])
+    field_name = _dotted(loc) or "(dialogue)"
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        section = str(loc[0]) if len(loc) > 1 else ""
+        if section == "context":
+            if loc[-1] == "user_id":
+                return TmoGraphError(
+                    f"{where}: `context.user_id` is not a context field here",
+                    "set the dialogue's owner with the top-level user_id",
+                )
+            names = ", ".join(sorted(f.name for f in fields(Context) if f.name != "user_id"))
+            return TmoGraphError(
+                f"{where}: unknown context field `{loc[-1]}`", f"use any of: {names}"
+            )
+        return TmoGraphError(
+            f"{where}: unknown field `{field_name}`", f"use {_ALLOWED.get(section, FORMAT_HELP)}"
+        )
+    if loc == ("context", "policy") and kind == "literal_error":
+        return TmoGraphError(
+            f"{where}: unknown policy {got!r} in `context.policy`",
+            f"use one of: {', '.join(POLICIES)}",
+        )
+    if kind == "model_type" and not loc:
+        return TmoGraphError(f"{where}: a dialogue must be a JSON object", FORMAT_HELP)
+    if loc == ("turns",) and kind in ("too_short", "missing"):
+        return TmoGraphError(
+            f"{where}: `turns` must be a non-empty list", 'add the user\'s messages: ["...", ...]'
+        )
+    if len(loc) == 2 and loc[0] == "views" and kind == "model_type":
+        return TmoGraphError(
+            f"{where}: field `{field_name}`: a view must be an object (got {got!r})",
+            '{"image": "cam.png", "description": "what it shows", "private": false}',
+        )
+    if len(loc) == 2 and loc[0] == "turns" and kind == "model_type":
+        return TmoGraphError(
+            f"{where}: field `{field_name}`: a turn must be a string or an object (got {got!r})",
+            'write "..." or {"text": "...", "images": ["photo.png"]}',
+        )
+    if len(loc) == 3 and loc[0] == "turns" and loc[2] == "text":
+        problem = "the message is empty" if kind in ("value_error", "missing") else err["msg"]
+        return TmoGraphError(
+            f"{where}: field `{field_name}`: {problem.lower()}", 'give each turn text: "..."'
+        )
+    message = err["msg"].removeprefix("Value error, ")
+    return TmoGraphError(
+        f"{where}: field `{field_name}`: {message[:1].lower()}{message[1:]} (got {got!r})",
+        f"correct that value; {FORMAT_HELP}",
+    )

@@ -61,3 +61,27 @@ def _image_mime(data: bytes, source: str) -> str:
             f"{source} is not a readable image", "pass a PNG, JPEG, GIF or WebP file"
         ) from None
     return "image/jpeg" if fmt in ("jpeg", "jpg", "mpo") else f"image/{fmt or 'png'}"
+
+
+def check_image(image: str) -> None:
+    """Check without inlining: a path must be a readable image file, a data URL must decode to
+    an image; http(s) URLs are left to the server that fetches them.
+
+    Raises :class:`TmoGraphError` naming the problem and the fix.
+    """
+    if not isinstance(image, str) or not image.strip():
+        raise TmoGraphError("an image is empty", "give a file path, an http(s) URL or a data URL")
+    if image.startswith(("http://", "https://")):
+        return
+    if image.startswith("data:"):
+        _check_data_url(image)
+        return
+    path = Path(image).expanduser().resolve()
+    if not path.is_file():
+        raise TmoGraphError(f"image file {path} does not exist", "check the path of the image")
+    _check_file(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _check_file(path: str, mtime_ns: int) -> None:  # mtime: a changed file is checked again
+    _image_mime(Path(path).read_bytes(), source=path)

@@ -1,12 +1,25 @@
-"""The CLI turns user errors into one line on stderr and exit status 2."""
+"""The CLI: user errors as one line on stderr (exit 2), the policy a dialogue runs with, tables."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+from tmo_graph import cli
 from tmo_graph.cli import app
+from tmo_graph.context import Context
+from tmo_graph.dialogues import Dialogue, Turn, dialogue_context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.report import format_turn
+from tmo_graph.settings import Settings
 
 runner = CliRunner()
 
@@ -52,3 +65,199 @@ def test_cli_method_list_matches_the_benchmark() -> None:
 def test_bench_with_an_unknown_method() -> None:
     result = runner.invoke(app, ["bench", "m4a1", "--methods", "local,magic"])
     assert result.exit_code == 2 and "unknown method(s) ['magic']" in result.stderr
+
+
+# --- `run`: which policy a dialogue runs with ------------------------------------------------
+
+
+def _record(turn: int) -> dict[str, Any]:
+    return {
+        "turn": turn,
+        "task": "Query",
+        "policy": "always-local",
+        "route": "local",
+        "views_sent": [],
+        "association": {},
+        "confidence": 0.9,
+        "escalated": False,
+        "fallback": None,
+        "latency_s": 0.5,
+        "cost_usd": 0.0,
+        "budget_left": {"latency_s": 59.5, "cost_usd": 0.05},
+        "answer": "done",
+        "local_answer": None,
+    }
+
+
+class _RecordingGraph:
+    """Stands in for the compiled graph: records each call's context, answers locally."""
+
+    def __init__(self) -> None:
+        self.contexts: list[Context] = []
+        self.inputs: list[dict[str, Any]] = []
+        self.checkpointer = SimpleNamespace(delete_thread=lambda thread_id: None)
+
+    def invoke(self, state: dict[str, Any], config: Any, context: Context) -> dict[str, Any]:
+        self.contexts.append(context)
+        self.inputs.append(state)
+        return {"turns": [_record(len(self.inputs) - 1)]}
+
+
+@pytest.fixture
+def fake_graph(monkeypatch: pytest.MonkeyPatch) -> _RecordingGraph:
+    graph = _RecordingGraph()
+    services = SimpleNamespace(memory=SimpleNamespace(forget_thread=lambda **_: None))
+
+    @contextmanager
+    def fake(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
+        yield graph, services
+
+    monkeypatch.setattr(cli, "_graph", fake)  # no models, no SQLite: only the CLI's own logic
+    return graph
+
+
+def _dialogue_file(tmp_path: Path, context: dict[str, Any]) -> Path:
+    path = tmp_path / "d.jsonl"
+    line = {"id": "d1", "user_id": "alice", "context": context, "turns": ["hi", "again"]}
+    path.write_text(json.dumps(line) + "\n")
+    return path
+
+
+def test_run_keeps_the_dialogues_own_policy(tmp_path: Path, fake_graph: _RecordingGraph) -> None:
+    # The bug: `--policy` defaulting to None replaced the dialogue's policy with the config's.
+    path = _dialogue_file(tmp_path, {"policy": "always-local", "recall_k": 1})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [c.policy for c in fake_graph.contexts] == ["always-local", "always-local"]
+    assert {(c.user_id, c.recall_k) for c in fake_graph.contexts} == {("alice", 1)}
+    assert "policy always-local" in result.stdout
+
+
+def test_run_policy_flag_beats_the_dialogue(tmp_path: Path, fake_graph: _RecordingGraph) -> None:
+    path = _dialogue_file(tmp_path, {"policy": "always-local"})
+    result = runner.invoke(app, ["run", str(path), "--policy", "always-cloud"])
+    assert result.exit_code == 0, result.output
+    assert {c.policy for c in fake_graph.contexts} == {"always-cloud"}
+
+
+def test_run_prints_a_row_per_turn(tmp_path: Path, fake_graph: _RecordingGraph) -> None:
+    result = runner.invoke(app, ["run", str(_dialogue_file(tmp_path, {}))])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("turn"))
+    columns = [
+        "turn",
+        "task",
+        "route",
+        "conf",
+        "esc",
+        "latency s",
+        "cost USD",
+        "left s",
+        "left USD",
+    ]
+    assert re.split(r"\s{2,}", header.strip()) == columns
+    rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert rows == [
+        [str(t), "Query", "local", "0.90", "no", "0.50", "0.000000", "59.5", "0.05000"]
+        for t in (0, 1)
+    ]
+    assert lines.count("      > done") == 2
+    assert "\x1b[" not in result.stdout  # plain text off a terminal
+
+
+def test_run_with_a_bad_context_value_fails_before_loading(
+    tmp_path: Path, fake_graph: _RecordingGraph
+) -> None:
+    path = _dialogue_file(tmp_path, {"confidence_threshold": 1.5})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "dialogue d1: confidence_threshold must be in [0, 1]" in result.stderr
+    assert fake_graph.contexts == []
+
+
+@pytest.mark.parametrize(
+    ("dialogue_context_", "cli_policy", "config_policy", "expected"),
+    [
+        ({}, None, "cascade", "cascade"),  # nothing else: the config's routing default
+        ({"policy": "always-local"}, None, "cascade", "always-local"),  # the dialogue's own
+        ({"policy": "always-local"}, "random", "cascade", "random"),  # an explicit --policy
+        ({}, "always-cloud", "cascade", "always-cloud"),
+    ],
+)
+def test_dialogue_context_precedence(
+    dialogue_context_: dict[str, Any], cli_policy: str | None, config_policy: str, expected: str
+) -> None:
+    settings = Settings.model_validate({"routing": {"policy": config_policy, "recall_k": 5}})
+    dialogue = Dialogue(id="d", turns=[Turn("hi")], user_id="bob", context=dialogue_context_)
+    context = dialogue_context(settings, dialogue, cli_policy)
+    assert (context.policy, context.user_id, context.recall_k) == (expected, "bob", 5)
+
+
+def test_dialogue_context_names_the_dialogue_and_the_fix() -> None:
+    dialogue = Dialogue(id="d7", turns=[Turn("hi")], context={"cost_budget_usd": -1.0})
+    with pytest.raises(TmoGraphError, match=r"dialogue d7: cost_budget_usd must be > 0.*Fix:"):
+        dialogue_context(Settings(), dialogue)
+    with pytest.raises(TmoGraphError, match="unknown policy 'smart'"):
+        dialogue_context(Settings(), Dialogue(id="d8", turns=[Turn("hi")]), "smart")
+
+
+# --- the tables -------------------------------------------------------------------------------
+
+
+def test_turn_rows_keep_every_field_and_fold_long_view_lists() -> None:
+    record = _record(3) | {
+        "route": "cloud",
+        "views_sent": ["first_person", "overhead", "side_camera_by_the_door"],
+        "escalated": True,
+        "confidence": 0.11,
+        "fallback": None,
+        "local_answer": "a  bad\ndraft",
+        "answer": "use [bold] as is",
+    }
+    text = format_turn(record, header=True)
+    assert "cloud+first_person,overhead,si" in text and "de_camera_by_the_door" in text
+    assert "      > use [bold] as is" in text  # no rich markup applied to answers
+    assert "      escalated local draft: a bad draft" in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+    fallback = format_turn(_record(0) | {"fallback": "timeout"})
+    assert "local (cloud failed)" in fallback and "fallback: timeout" in fallback
+
+
+def test_the_m4a1_table_keeps_every_column_and_method() -> None:
+    from tmo_graph.sim.report import COLUMNS, format_table
+
+    row = {
+        "mean": {key: 0.5 for key, _, _ in COLUMNS}
+        | {"actions": {"local": 3, "cloud_text": 1, "cloud_views": 2}},
+        "std": {key: 0.25 for key, _, _ in COLUMNS},
+    }
+    result = {
+        "settings": {
+            "seeds": [1, 2],
+            "device": "Jetson TX2",
+            "network": "Wired",
+            "latency_budget_s": 30.0,
+            "usage_budget_usd": 0.05,
+            "protocol": "paper",
+        },
+        "methods": {"Local": row, "RC-PPO": row},
+    }
+    lines = format_table(result).splitlines()
+    assert lines[0].startswith("M4A1, seeds [1, 2], Jetson TX2 / Wired, budgets 30.0 s")
+    assert lines[1].split()[0] == "method" and lines[1].endswith("actions local/text/views")
+    for title in ("reward", "assoc.", "usage USD", "over lat s", "% over"):
+        assert title in lines[1]
+    assert lines[2].split() == [
+        "Local",
+        "0.5000+-0.2500",
+        "0.5000+-0.2500",
+        "0.5000+-0.2500",
+        "0.500+-0.250",
+        "0.50000+-0.25000",
+        "0.500+-0.250",
+        "0.50000+-0.25000",
+        "50.0+-25.0",  # a share, printed in percent
+        "3/1/2",
+    ]
+    assert lines[3].split()[0] == "RC-PPO" and len(lines) == 4

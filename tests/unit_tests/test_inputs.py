@@ -103,26 +103,93 @@ def test_example_dialogue_loads() -> None:
     dialogues = load_dialogues(ROOT / "examples" / "kitchen.jsonl")
     demo = dialogues[0]
     assert set(demo.views) == {"first_person", "overhead", "side"}
-    assert any(turn.images for turn in demo.turns)
-    assert all(view["image"].startswith("data:image/png") for view in demo.views.values())
+    images = ROOT / "examples" / "images"
+    # References, not pixels: absolute paths resolved against the file's folder.
+    assert demo.views["overhead"]["image"] == str(images / "overhead.png")
+    assert [t.images for t in demo.turns if t.images] == [[str(images / "banana.png")]]
+    assert demo.context["policy"] == "rules" and demo.user_id == "alice"
+
+
+def test_dialogue_images_stay_references_and_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "cams" / "top.png").write_bytes(png_bytes())
+    line = {
+        "turns": ["hi", {"text": "this?", "images": ["https://example.com/x.png"]}],
+        "views": {"top": {"image": "cams/top.png", "private": True}},
+    }
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    dialogue = load_dialogues(path)[0]
+    assert dialogue.views == {
+        "top": {"image": str(tmp_path / "cams" / "top.png"), "description": "", "private": True}
+    }
+    assert dialogue.id == "d.jsonl:1"  # no id: the line names it
+    assert dialogue.turns[1].content() == [
+        {"type": "text", "text": "this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
+    ]
+    (tmp_path / "cams" / "top.png").write_text("not an image")
+    with pytest.raises(
+        TmoGraphError, match=r"d.jsonl:1: field `views.top.image`: .*not a readable"
+    ):
+        load_dialogues(path)
+
+
+POLICY_NAMES = r"use one of: always-local, always-cloud, random, rules, cascade, learned"
 
 
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", "not valid JSON"),
-        (json.dumps({"turns": []}), "non-empty list"),
-        (json.dumps({"turns": ["  "]}), "turn 0: the message is empty"),
-        (json.dumps({"turns": ["hi"], "extra": 1}), "unknown field"),
-        (json.dumps({"turns": ["hi"], "context": {"budget": 3}}), "unknown context field"),
-        (json.dumps({"turns": [{"text": "hi", "images": ["nope.png"]}]}), "does not exist"),
+        ("{not json", r"d.jsonl:1 is not valid JSON"),
+        ("[1, 2]", r"d.jsonl:1: a dialogue must be a JSON object"),
+        (json.dumps({"turns": []}), r"d.jsonl:1: `turns` must be a non-empty list"),
+        (json.dumps({"id": "x"}), r"`turns` must be a non-empty list"),
+        (json.dumps({"turns": ["  "]}), r"`turns\[0\]\.text`: the message is empty"),
+        (json.dumps({"turns": ["hi", 3]}), r"`turns\[1\]`: a turn must be a string or an object"),
+        (
+            json.dumps({"turns": [{"text": "hi", "image": []}]}),
+            r"unknown field `turns\[0\]\.image`",
+        ),
+        (json.dumps({"turns": ["hi"], "extra": 1}), r"unknown field `extra`. Fix: use id, user_id"),
+        (
+            json.dumps({"turns": ["hi"], "context": {"budget": 3}}),
+            r"unknown context field `budget`",
+        ),
+        (
+            json.dumps({"turns": ["hi"], "context": {"policy": "smart"}}),
+            r"unknown policy 'smart'.*" + POLICY_NAMES,
+        ),
+        (
+            json.dumps({"turns": ["hi"], "context": {"recall_k": "3"}}),
+            r"`context.recall_k`: input should be a valid integer",
+        ),
+        (json.dumps({"turns": ["hi"], "context": {"user_id": "bob"}}), r"top-level user_id"),
+        (json.dumps({"turns": ["hi"], "user_id": " "}), r"`user_id`: must not be empty"),
+        (
+            json.dumps({"turns": ["hi"], "views": {"top": "a.png"}}),
+            r"`views.top`: a view must be an object",
+        ),
+        (
+            json.dumps({"turns": ["hi"], "views": {"top": {"caption": "x"}}}),
+            r"unknown field `views.top.caption`. Fix: use image, description, private",
+        ),
+        (
+            json.dumps({"turns": ["hi"], "views": {"top": {"image": "nope.png"}}}),
+            r"`views.top.image`: image file .*nope.png does not exist",
+        ),
+        (
+            json.dumps({"turns": [{"text": "hi", "images": ["nope.png"]}]}),
+            r"`turns\[0\]\.images\[0\]`: image file .* does not exist",
+        ),
     ],
 )
 def test_bad_dialogue_files(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(line + "\n")
-    with pytest.raises(TmoGraphError, match=message):
+    with pytest.raises(TmoGraphError, match=message) as info:
         load_dialogues(path)
+    assert "d.jsonl:1" in str(info.value) and "Fix:" in str(info.value)  # the line and the fix
 
 
 def test_openai_config_points_at_a_priced_model() -> None:

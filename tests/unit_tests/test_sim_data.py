@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -166,3 +167,43 @@ def test_the_m4a1_sample() -> None:
     assert len(dataset.episodes) == 100
     assert sum(len(e.turns) for e in dataset.episodes) == 352
     assert {len(e.turns) for e in dataset.episodes} == {2, 3, 4, 5}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d[0]["interactions"][0].update(action=True),
+            "action` must be an integer, got True",
+        ),
+        (
+            lambda d: d[0]["interactions"][0].update(action=2),
+            "must be 0 (local) or 1 (cloud), got 2",
+        ),
+        (
+            lambda d: d[0]["interactions"][0].update(answer=None),
+            "answer` must be a string, got None",
+        ),
+        (
+            lambda d: d[0]["interactions"][0].update(score="high"),
+            "must be a finite number, got 'high'",
+        ),
+        (lambda d: d[0].update(interactions=[]), "`interactions` must be a non-empty list"),
+        (lambda d: d[0]["interactions"][1].update(image_index=1), "must be a list, got 1"),
+    ],
+)
+def test_broken_fields_say_what_they_must_be(
+    tmp_path: Path, mutate: Mutation, message: str
+) -> None:
+    data = generated_dialogues(n_episodes=2)
+    mutate(data)
+    with pytest.raises(TmoGraphError, match=re.escape("episode 0 (id gen-0): field `")) as error:
+        load_m4a1(write(tmp_path, data))
+    assert message in str(error.value)
+
+
+def test_extra_fields_of_the_published_file_are_ignored(tmp_path: Path) -> None:
+    data = generated_dialogues(n_episodes=2)
+    data[0]["image_paths"] = ["a.png", "b.png", "c.png", "d.png"]
+    data[0]["interactions"][0].update(interaction_time=2.1, usage_cost=6.75e-05)
+    assert len(load_m4a1(write(tmp_path, data)).episodes) == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from tmo_graph.errors import TmoGraphError
 
@@ -47,80 +48,127 @@ class Dataset:
     task_names: tuple[str, ...]  # sorted, as the published code orders them
 
 
+# --- the file format: types by pydantic, cross-field shape checks in parse_episode ------------
+
+
+class _Recorded(BaseModel):
+    # Strict: no "1" -> 1 or true -> 1 in a dataset; finite: NaN / inf would silently poison
+    # the nearest-neighbour response model. Unknown fields (the published file's
+    # interaction_time, usage_cost, image_paths) are ignored, not refused.
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class InteractionSpec(_Recorded):
+    """One recorded turn of an M4A1 episode."""
+
+    question: str = ""
+    task_cat: str
+    action: int
+    image_index: list[int] | None = None  # views uploaded, in upload order; checked < width
+    answer: str
+    score: float
+
+    @field_validator("action")
+    @classmethod
+    def _local_or_cloud(cls, value: int) -> int:
+        if value not in (0, 1):
+            raise ValueError(f"must be 0 (local) or 1 (cloud), got {value!r}")
+        return value
+
+
+class EpisodeSpec(_Recorded):
+    """One M4A1 episode (dialogue): its turns and the turns x views association table."""
+
+    id: str | int | None = None
+    interactions: list[InteractionSpec] = Field(min_length=1)
+    association_score: list[list[float]]
+
+
 def _fail(where: str, field: str, problem: str) -> TmoGraphError:
     return TmoGraphError(
         f"{where}: field `{field}` {problem}", "see the M4A1 format in ../shared/data/README.md"
     )
 
 
-def _number(value: Any, where: str, field: str) -> float:
-    # NaN / inf would silently poison the nearest-neighbour response model.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(where, field, f"must be a finite number, got {value!r}")
-    return float(value)
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _view_id(value: Any, width: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < width
+_MUST_BE = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "list_type": "a list",
+    "model_type": "an object",
+}
+
+
+def _problem(err: ErrorDetails) -> str:
+    kind, got = err["type"], err.get("input")
+    if kind == "missing":
+        return "is missing"
+    if kind in ("float_type", "finite_number", "float_parsing"):
+        return f"must be a finite number, got {got!r}"
+    if kind in _MUST_BE:
+        return f"must be {_MUST_BE[kind]}, got {got!r}"
+    if kind == "too_short":
+        return "must be a non-empty list"
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return message  # ours, already says what it got
+    return f"{message[:1].lower()}{message[1:]} (got {got!r})"
 
 
 def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
     """One episode, checked; ``n_views`` None takes the view count from this episode."""
     where = f"episode {index}"
-    if not isinstance(raw, dict):
-        raise _fail(where, "(episode)", "must be an object")
-    where = f"episode {index} (id {raw.get('id', '?')})"
-    interactions = raw.get("interactions")
-    if not isinstance(interactions, list) or len(interactions) < 1:
-        raise _fail(where, "interactions", "must be a non-empty list")
-    association = raw.get("association_score")
-    if not isinstance(association, list) or len(association) != len(interactions):
+    if isinstance(raw, dict):
+        where = f"episode {index} (id {raw.get('id', '?')})"
+    try:
+        spec = EpisodeSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if not err["loc"]:
+            raise _fail(where, "(episode)", "must be an object") from None
+        raise _fail(where, _dotted(tuple(err["loc"])), _problem(err)) from None
+    association = spec.association_score
+    if len(association) != len(spec.interactions):
         raise _fail(
             where,
             "association_score",
-            f"must be a list of {len(interactions)} rows, one per interaction",
+            f"must be a list of {len(spec.interactions)} rows, one per interaction",
         )
-    if n_views is not None:
-        width = n_views
-    else:
-        first = association[0]
-        width = len(first) if isinstance(first, list) else 0
-        if width < 1:
-            raise _fail(where, "association_score[0]", "must list one score per view (>= 1 view)")
-    rows = []
+    width = n_views if n_views is not None else len(association[0])
+    if width < 1:
+        raise _fail(where, "association_score[0]", "must list one score per view (>= 1 view)")
     for t, row in enumerate(association):
-        if not isinstance(row, list) or len(row) != width:
+        if len(row) != width:
             raise _fail(where, f"association_score[{t}]", f"must list {width} view scores")
-        rows.append(tuple(_number(v, where, f"association_score[{t}]") for v in row))
-    turns = []
-    for t, item in enumerate(interactions):
-        field = f"interactions[{t}]"
-        if not isinstance(item, dict):
-            raise _fail(where, field, "must be an object")
-        for key in ("task_cat", "answer"):
-            if not isinstance(item.get(key), str):
-                raise _fail(where, f"{field}.{key}", "must be a string")
-        action = item.get("action")
-        if isinstance(action, bool) or not isinstance(action, int) or action not in (0, 1):
-            raise _fail(where, f"{field}.action", f"must be 0 (local) or 1 (cloud), got {action!r}")
-        views = item.get("image_index")
-        if views is not None and (
-            not isinstance(views, list) or not all(_view_id(v, width) for v in views)
-        ):
+    for t, item in enumerate(spec.interactions):
+        if item.image_index is not None and not all(0 <= v < width for v in item.image_index):
             raise _fail(
-                where, f"{field}.image_index", f"must be null or a list of view ids < {width}"
+                where,
+                f"interactions[{t}].image_index",
+                f"must be null or a list of view ids < {width}",
             )
-        turns.append(
-            Turn(
-                question=str(item.get("question", "")),
-                task=item["task_cat"],
-                action=int(action),
-                views=tuple(views) if views is not None else None,
-                answer=item["answer"],
-                score=_number(item.get("score"), where, f"{field}.score"),
-            )
+    turns = tuple(
+        Turn(
+            question=item.question,
+            task=item.task_cat,
+            action=item.action,
+            views=tuple(item.image_index) if item.image_index is not None else None,
+            answer=item.answer,
+            score=item.score,
         )
-    return Episode(id=str(raw.get("id", index)), turns=tuple(turns), association=tuple(rows))
+        for item in spec.interactions
+    )
+    return Episode(
+        id=str(index if spec.id is None else spec.id),
+        turns=turns,
+        association=tuple(tuple(row) for row in association),
+    )
 
 
 def load_m4a1(path: str | Path) -> Dataset:

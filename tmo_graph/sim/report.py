@@ -18,29 +18,41 @@ COLUMNS = (
 
 
 def format_table(result: dict[str, Any]) -> str:
+    """The benchmark as plain text: a title line, then one row per method.
+
+    A rich table rendered without colour (the CLI prints it, the README quotes it).
+    """
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
     s = result["settings"]
-    lines = [
+    title = (
         f"M4A1, seeds {s['seeds']}, {s['device']} / {s['network']}, budgets "
         f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol {s['protocol']} "
-        "(mean +- std over seeds)",
-        f"{'method':<8} "
-        + " ".join(f"{title:>17}" for _, title, _ in COLUMNS)
-        + "   actions local/text/views",
-    ]
+        "(mean +- std over seeds)"
+    )
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    table.add_column("method", no_wrap=True)
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("actions local/text/views", no_wrap=True)
     for name, row in result["methods"].items():
         cells = []
         for key, _, digits in COLUMNS:
             mean, std = row["mean"][key], row["std"][key]
-            if key == "over_budget_share":
+            if key == "over_budget_share":  # a share, shown in percent
                 mean, std = 100 * mean, 100 * std
-            cells.append(f"{mean:>9.{digits}f}+-{std:<6.{digits}f}")
+            cells.append(f"{mean:.{digits}f}+-{std:.{digits}f}")
         mix = row["mean"]["actions"]
-        lines.append(
-            f"{name:<8} "
-            + " ".join(f"{c:>17}" for c in cells)
-            + f"   {mix['local']:.0f}/{mix['cloud_text']:.0f}/{mix['cloud_views']:.0f}"
-        )
-    return "\n".join(lines)
+        actions = f"{mix['local']:.0f}/{mix['cloud_text']:.0f}/{mix['cloud_views']:.0f}"
+        table.add_row(name, *cells, actions)
+    buffer = io.StringIO()
+    # Wide enough never to wrap: the columns size to their content, whatever the terminal.
+    Console(file=buffer, width=1000, no_color=True, highlight=False).print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    return "\n".join([title, *lines])
 
 
 def plot_reward_usage(result: dict[str, Any], path: Path) -> None:
