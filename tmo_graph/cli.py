@@ -10,10 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
-from tmo_graph.calibrate import M4A1_CLOUD_GOOD_SHARE
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, default_cache_dir, load_settings
@@ -287,73 +285,35 @@ def calibrate(
         typer.Option(help="instead of a cloud rate: expected share of good answers to reach, 0..1"),
     ] = None,
     cloud_quality: Annotated[
-        float, typer.Option(help="share of the cloud model's answers that are good, 0..1")
-    ] = M4A1_CLOUD_GOOD_SHARE,
+        float | None,
+        typer.Option(
+            help="share of the cloud model's answers that are good, 0..1 "
+            "(default: the share of M4A1's cloud answers beating the median local one)"
+        ),
+    ] = None,
     report: Annotated[
         bool, typer.Option(help="print the cloud rate, cost and quality estimates on the set")
     ] = False,
 ) -> None:
     """Set the escalation threshold for a target cloud rate (or a target answer quality)."""
-    import yaml
-
-    from tmo_graph.calibrate import (
-        cloud_rate,
-        expected_quality,
-        load_prompts,
-        local_confidences,
-        threshold_for_cloud_rate,
-        threshold_for_quality,
-    )
-    from tmo_graph.models.local import get_local_model
-    from tmo_graph.policy.base import Action
-    from tmo_graph.policy.budget import expected_cost
-    from tmo_graph.prompts import SYSTEM_PROMPT
+    from tmo_graph.eval import calibrate as calibration
 
     try:
         settings = load_settings(config)
-        texts = load_prompts(prompts)
-        local = get_local_model(
-            settings.local.source, settings.local.max_new_tokens, settings.model_cache_dir()
+        result = calibration.calibrate(
+            prompts,
+            settings,
+            target_cloud_rate,
+            target_quality,
+            calibration.M4A1_CLOUD_GOOD_SHARE if cloud_quality is None else cloud_quality,
+            lambda done, total: typer.echo(f"{done}/{total}", err=True),
         )
-        values = local_confidences(
-            texts, local, lambda done, total: typer.echo(f"{done}/{total}", err=True)
-        )
-        if target_quality is None:
-            threshold = threshold_for_cloud_rate(values, target_cloud_rate)
-        else:
-            threshold = threshold_for_quality(values, target_quality, cloud_quality)
+        calibration.write_config(settings, result.threshold, output)
     except TmoGraphError as error:
         _fail(error)
-    raw = settings.model_dump(mode="json")
-    raw["routing"]["confidence_threshold"] = round(threshold, 4)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(yaml.safe_dump(raw, sort_keys=False))
-    rate = cloud_rate(values, threshold)
-    target = (
-        f"target cloud rate {target_cloud_rate:.0%}"
-        if target_quality is None
-        else f"target quality {target_quality:.0%}"
-    )
-    typer.echo(
-        f"confidence_threshold = {threshold:.4f}: escalates {rate:.0%} of these "
-        f"{len(values)} prompts ({target}); wrote {output}"
-    )
+    typer.echo(calibration.summary(result, output))
     if report:
-        escalated = [t for t, v in zip(texts, values, strict=True) if v < threshold]
-        usd = sum(
-            expected_cost(Action("cloud"), len(SYSTEM_PROMPT) + len(t), settings).cost_usd
-            for t in escalated
-        )
-        quality = expected_quality(values, threshold, cloud_quality)
-        q = np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
-        typer.echo(
-            f"cloud rate {rate:.1%} ({len(escalated)}/{len(values)}); cloud cost on the set "
-            f"~${usd:.5f} (${usd / len(values):.6f} a prompt, text-only calls priced as "
-            f"{settings.cloud.price_as}); expected good answers {quality:.1%} "
-            f"(all local {expected_quality(values, 0.0, cloud_quality):.1%}, "
-            f"cloud answers good {cloud_quality:.0%} of the time)"
-        )
-        typer.echo("confidence quantiles 10/25/50/75/90 %: " + " ".join(f"{v:.3f}" for v in q))
+        typer.echo(calibration.report(result, settings))
 
 
 eval_app = typer.Typer(help="Measurements of the router's parts.", no_args_is_help=True)
@@ -379,55 +339,18 @@ def eval_confidence(
     ] = 0,
 ) -> None:
     """AUROC / Spearman of each confidence estimator against M4A1's answer scores."""
-    from tmo_graph.models.local import get_local_model
-    from tmo_graph.sim.confidence_eval import (
-        add_sampling_agreement,
-        evaluate_estimators,
-        format_report,
-        load_scored,
-        save_scored,
-        score_local_turns,
-    )
-    from tmo_graph.sim.data import load_m4a1
+    from tmo_graph.eval.confidence import format_report, run_confidence_eval
 
     try:
-        if sampling < 0:  # before minutes of scoring, not after
-            raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
-        settings = load_settings(config)
-        cache = scored if scored is not None and scored.exists() else None
-        needs_model = cache is None or sampling > 0
-        dataset = load_m4a1(data) if needs_model else None
-        local = (
-            get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
-            if needs_model
-            else None
+        result = run_confidence_eval(
+            data,
+            load_settings(config),
+            seed,
+            limit,
+            scored,
+            sampling,
+            lambda line: typer.echo(line, err=True),
         )
-        if cache is not None:
-            turns = load_scored(cache)
-        else:
-            assert dataset is not None and local is not None
-
-            def progress(done: int, total: int) -> None:
-                if done % 20 == 0 or done == total:
-                    typer.echo(f"scored {done}/{total} local answers", err=True)
-
-            turns = score_local_turns(dataset, local, limit, progress)
-            if scored is not None:
-                save_scored(turns, scored)
-        if sampling:
-            from tmo_graph.models.embeddings import local_embeddings
-
-            assert dataset is not None and local is not None
-            turns = add_sampling_agreement(
-                turns,
-                dataset,
-                local,
-                local_embeddings(settings.embeddings.source),
-                sampling,
-                seed,
-                lambda done, total: typer.echo(f"sampled {done}/{total} held-out turns", err=True),
-            )
-        result = evaluate_estimators(turns, seed)
     except TmoGraphError as error:
         _fail(error)
     typer.echo(format_report(result))
@@ -453,34 +376,19 @@ def eval_gap(
     ] = None,
 ) -> None:
     """Quality-gap predictor (cloud minus local score, from the prompt): held-out figures."""
-    from tmo_graph.models.embeddings import local_embeddings
-    from tmo_graph.quality_gap import QualityGapPredictor, evaluate_gap_predictor, format_report
-    from tmo_graph.sim.data import load_m4a1
+    from tmo_graph.eval.gap import format_report, run_gap_eval
 
     try:
-        settings = load_settings(config)
-        dataset = load_m4a1(data)
-        source = settings.embeddings.source
-        embeddings = local_embeddings(source)
-        result = evaluate_gap_predictor(dataset, embeddings, seed, embedding=source)
-        if output:
-            predictor = QualityGapPredictor.fit_dataset(
-                dataset.episodes, embeddings, embedding=source
-            )
-            try:
-                predictor.save(output)
-            except OSError as exc:
-                raise TmoGraphError(
-                    f"cannot write {output} ({exc.strerror})", "pass a writable path to -o"
-                ) from None
+        result, _ = run_gap_eval(data, load_settings(config), seed, output)
     except TmoGraphError as error:
         _fail(error)
     typer.echo(format_report(result))
     if json_out:
         _write_json(json_out, result)
     if output:
+        d = result["dialogues"]
         typer.echo(
-            f"wrote {output} (fit on all {len(dataset.episodes)} dialogues; point "
+            f"wrote {output} (fit on all {d['train'] + d['test']} dialogues; point "
             "embeddings.gap_predictor at it in a config)"
         )
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tmo_graph.eval.gap import evaluate_gap_predictor, fit_dataset, format_report
 from tmo_graph.models.embeddings import DEFAULT_SOURCE, local_embeddings
-from tmo_graph.quality_gap import QualityGapPredictor, evaluate_gap_predictor, format_report
+from tmo_graph.models.gap import QualityGapPredictor
 from tmo_graph.sim.data import load_m4a1
 
 pytestmark = pytest.mark.integration
@@ -39,9 +40,9 @@ def test_evaluate_on_m4a1(tmp_path: Path) -> None:
     assert "task only" in format_report(report)
 
     # Fit on the training dialogues, saved and loaded for the graph, predicts a finite gap.
-    path = QualityGapPredictor.fit_dataset(
-        dataset.episodes[:80], embeddings, embedding=DEFAULT_SOURCE
-    ).save(tmp_path / "gap.json")
+    path = fit_dataset(dataset.episodes[:80], embeddings, embedding=DEFAULT_SOURCE).save(
+        tmp_path / "gap.json"
+    )
     predictor = QualityGapPredictor.load(path, dim=384)
     gap = predictor.predict_gap(embeddings.embed_query("Who invented the microwave?"), "Query")
     assert math.isfinite(gap)

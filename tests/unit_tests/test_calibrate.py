@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from tests.unit_tests.fakes import Stats
-from tmo_graph.calibrate import (
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.eval.calibrate import (
     cloud_rate,
     expected_quality,
     load_prompts,
@@ -17,8 +19,6 @@ from tmo_graph.calibrate import (
     threshold_for_cloud_rate,
     threshold_for_quality,
 )
-from tmo_graph.context import Context
-from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import load_settings
 
 
@@ -127,3 +127,41 @@ def test_calibrate_for_quality_reports_rate_cost_and_quality(
         tmp_path, monkeypatch, "--target-quality", "0.7", "--cloud-quality", "1.5"
     )
     assert bad.exit_code == 2 and "cloud quality 1.5 is not in [0, 1]" in bad.output
+
+
+def test_help_does_not_load_the_evaluation() -> None:
+    """`tmo-graph --help` stays fast: no eval module, scikit-learn or SciPy on import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tmo_graph.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('tmo_graph.eval', 'sklearn', "
+        "'scipy'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_calibration_fails_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tmo_graph.models.local as local_models
+    from tmo_graph.eval.calibrate import calibrate
+
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(local_models, "get_local_model", no_model)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    settings = load_settings(None)
+    for kwargs, message in (
+        ({"target_cloud_rate": 1.5}, "target cloud rate 1.5 is not in"),
+        ({"target_quality": -0.1}, "target quality -0.1 is not in"),
+        ({"cloud_good": 2.0}, "cloud quality 2.0 is not in"),
+    ):
+        with pytest.raises(TmoGraphError, match=message):
+            calibrate(prompts, settings, **kwargs)
+    with pytest.raises(TmoGraphError, match="does not exist"):
+        calibrate(tmp_path / "missing.txt", settings)

@@ -4,7 +4,6 @@ import random
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from tmo_graph.agreement import sampling_agreement
 from tmo_graph.confidence import (
     COMBINATION,
     ESTIMATORS,
@@ -13,6 +12,7 @@ from tmo_graph.confidence import (
     quantile_logprob,
 )
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.eval.agreement import sampling_agreement
 
 FLUENT = "Boil the eggs for nine minutes, then cool them in cold water."
 
@@ -36,16 +36,44 @@ def test_refusal_lowers_confidence() -> None:
     assert parts["refusal"] == 1.0 and refused < answered
 
 
-def test_confidence_is_monotone_in_mean_logprob() -> None:
-    grid = [-3.0, -2.0, -1.2, -0.8, -0.5, -0.3, -0.1, -0.02]
-    # As in a real model, the prediction's entropy grows as the chosen tokens' log-prob falls
-    # (the fakes in fakes.py do the same): the confidence then rises strictly.
-    tracking = [confidence([lp] * 10, [0.5 - 2.0 * lp] * 10, FLUENT)[0] for lp in grid]
-    assert tracking == sorted(tracking) and len(set(tracking)) > len(grid) // 2
-    # With the entropies held fixed, a higher log-prob never lowers it.
-    for h in (0.5, 1.8, 3.5):
-        fixed = [confidence([lp] * 10, [h] * 10, FLUENT)[0] for lp in grid]
-        assert fixed == sorted(fixed)
+ENTROPIES = [4.0, 3.0, 2.4, 2.0, 1.8, 1.6, 1.2, 0.8, 0.4, 0.1]
+REFUSING = "Sorry, I can't say how long to boil the eggs for you right now."
+
+
+def monotone_in_what_the_rule_reads() -> bool:
+    """Does the combined confidence fall as mean entropy rises, and does refusing lower it?
+
+    Strictly, at every step of ``ENTROPIES``, with or without a refusal, whatever the
+    log-probs (the rule does not read them; a real model's log-probs fall as entropy rises).
+    """
+    for logprob in (-2.5, -0.6, -0.05):
+        answered = [confidence([logprob] * 10, [h] * 10, FLUENT)[0] for h in ENTROPIES]
+        refused = [confidence([logprob] * 10, [h] * 10, REFUSING)[0] for h in ENTROPIES]
+        for values in (answered, refused):
+            if any(low >= high for low, high in zip(values, values[1:], strict=False)):
+                return False
+        if any(r >= a for r, a in zip(refused, answered, strict=True)):
+            return False
+    return True
+
+
+def test_confidence_is_monotone_in_entropy_and_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ESTIMATORS["refusal"]([], [], REFUSING) == 1.0  # the refusal case does refuse
+    assert ESTIMATORS["refusal"]([], [], FLUENT) == 0.0
+    assert ESTIMATORS["repetition"]([], [], REFUSING) == 0.0  # no loop guard involved
+    assert monotone_in_what_the_rule_reads()
+    # The check can fail: a rule rewarding entropy, or ignoring refusals, is caught.
+    weights = list(COMBINATION["weights"])
+    entropy, refusal = (COMBINATION["features"].index(n) for n in ("mean_entropy", "refusal"))
+    for broken in (-1.0, 0.0):
+        wrong = list(weights)
+        wrong[entropy] = broken * weights[entropy]
+        monkeypatch.setitem(COMBINATION, "weights", wrong)
+        assert not monotone_in_what_the_rule_reads(), wrong
+    wrong = list(weights)
+    wrong[refusal] = 0.0
+    monkeypatch.setitem(COMBINATION, "weights", wrong)
+    assert not monotone_in_what_the_rule_reads(), wrong
 
 
 def test_refusal_markers_include_deferrals() -> None:

@@ -21,16 +21,19 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.cli import app
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.graph import build_graph
-from tmo_graph.policy.base import LOCAL, Action, Cost, RouteInput
-from tmo_graph.policy.simple import Rules
-from tmo_graph.quality_gap import (
-    QualityGapPredictor,
+from tmo_graph.eval.gap import (
     TrainingRows,
     embed_texts,
     evaluate_gap_predictor,
+    fit,
+    fit_dataset,
+    fit_vectors,
     format_report,
 )
+from tmo_graph.graph import build_graph
+from tmo_graph.models.gap import QualityGapPredictor
+from tmo_graph.policy.base import LOCAL, Action, Cost, RouteInput
+from tmo_graph.policy.simple import Rules
 from tmo_graph.settings import load_settings
 from tmo_graph.sim.data import Dataset, Episode, Turn
 from tmo_graph.state import Budget
@@ -83,7 +86,7 @@ def _dataset(seed: int = 0, n_episodes: int = 30) -> Dataset:
 
 @pytest.fixture(scope="module")
 def predictor() -> QualityGapPredictor:
-    return QualityGapPredictor.fit_dataset(_dataset().episodes, BagOfWords(), embedding="bow")
+    return fit_dataset(_dataset().episodes, BagOfWords(), embedding="bow")
 
 
 def test_the_gap_is_learned_for_unseen_prompts(predictor: QualityGapPredictor) -> None:
@@ -101,7 +104,7 @@ def test_the_gap_is_learned_for_unseen_prompts(predictor: QualityGapPredictor) -
 
 def test_fit_from_questions_matches_the_dataset_helper(predictor: QualityGapPredictor) -> None:
     rows = TrainingRows.from_episodes(_dataset().episodes)
-    again = QualityGapPredictor.fit(
+    again = fit(
         rows.questions,
         rows.tasks,
         rows.actions,
@@ -120,12 +123,67 @@ def test_cross_validation_stays_inside_the_training_data() -> None:
     rows = TrainingRows.from_episodes(_dataset().episodes)
     vectors = embed_texts(rows.questions, BagOfWords())
     noise = [random.Random(i).gauss(0, 1) for i in range(len(rows.scores))]
-    noisy = QualityGapPredictor.fit_vectors(vectors, rows.tasks, rows.actions, noise, rows.groups)
-    clean = QualityGapPredictor.fit_vectors(
-        vectors, rows.tasks, rows.actions, rows.scores, rows.groups
-    )
+    noisy = fit_vectors(vectors, rows.tasks, rows.actions, noise, rows.groups)
+    clean = fit_vectors(vectors, rows.tasks, rows.actions, rows.scores, rows.groups)
     assert noisy.local.alpha > clean.local.alpha
     assert not clean.local.previous and not clean.cloud.previous  # previous=False by default
+
+
+def _closed_form_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge with an unpenalised intercept, written out: centred normal equations."""
+    xm, ym = x.mean(axis=0), y.mean()
+    xc = x - xm
+    coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
+    return coef, float(ym - xm @ coef)
+
+
+def test_the_fit_is_task_mean_plus_ridge_chosen_by_grouped_cv() -> None:
+    """The method, checked against a hand-written version: per side, the task means (refit
+    inside every fold) plus a ridge on what is left, its strength the lowest mean CV error
+    over folds that keep whole dialogues together."""
+    from sklearn.model_selection import GroupKFold
+
+    from tmo_graph.eval.gap import fit_side
+
+    rng = np.random.default_rng(3)
+    n, dim = 60, 6
+    x = rng.normal(size=(n, dim))
+    tasks = [("Query", "Recommendation", "Message Editing")[i % 3] for i in range(n)]
+    offset = {"Query": 1.0, "Recommendation": 2.0, "Message Editing": -0.5}
+    y = np.array([offset[t] for t in tasks]) + x @ rng.normal(size=dim) + rng.normal(size=n)
+    groups = [f"d{i // 4}" for i in range(n)]
+    alphas = (0.1, 3.0, 100.0)
+
+    def residual_fit(rows: np.ndarray, alpha: float) -> tuple[dict[str, float], Any, float]:
+        means = {t: float(np.mean([y[i] for i in rows if tasks[i] == t])) for t in set(tasks)}
+        base = np.array([means[tasks[i]] for i in rows])
+        coef, intercept = _closed_form_ridge(x[rows], y[rows] - base, alpha)
+        return means, coef, intercept
+
+    cv = []
+    for alpha in alphas:
+        errors = []
+        for train, valid in GroupKFold(n_splits=5).split(x, groups=groups):
+            means, coef, intercept = residual_fit(train, alpha)
+            predicted = [means[tasks[i]] + x[i] @ coef + intercept for i in valid]
+            errors.append(float(np.mean((np.array(predicted) - y[valid]) ** 2)))
+        cv.append(float(np.mean(errors)))
+    best = int(np.argmin(cv))
+    means, coef, intercept = residual_fit(np.arange(n), alphas[best])
+
+    side = fit_side(x, np.zeros_like(x), tasks, list(y), groups, previous=False, alphas=alphas)
+    assert side.alpha == alphas[best] and side.cv_mse == pytest.approx(cv[best], rel=1e-9)
+    assert side.task_means == pytest.approx(means) and side.n == n and not side.previous
+    assert np.allclose(side.coef, coef, atol=1e-9) and side.intercept == pytest.approx(intercept)
+    with pytest.raises(TmoGraphError, match="not all > 0"):
+        fit_side(x, np.zeros_like(x), tasks, list(y), groups, alphas=(0.0, 1.0))
+
+
+def test_fit_refuses_rows_of_unequal_length() -> None:
+    with pytest.raises(TmoGraphError, match="one vector, task, action and score per turn"):
+        fit_vectors(np.zeros((3, DIM)), [TASK] * 3, [0, 1], [1.0, 2.0, 3.0])
+    with pytest.raises(TmoGraphError, match="0 \\(local\\) or 1 \\(cloud\\)"):
+        fit_vectors(np.zeros((2, DIM)), [TASK] * 2, [0, 2], [1.0, 2.0])
 
 
 def test_evaluation_reports_both_sides_and_the_baseline() -> None:
@@ -284,7 +342,7 @@ def test_the_route_node_fills_the_quality_gap(tmp_path: Path) -> None:
 def test_a_fitted_predictor_runs_in_the_graph(tmp_path: Path) -> None:
     embeddings = DeterministicFakeEmbedding(size=32)  # what fake_services embeds with
     rows = TrainingRows.from_episodes(_dataset().episodes)
-    predictor = QualityGapPredictor.fit(
+    predictor = fit(
         rows.questions, rows.tasks, rows.actions, rows.scores, embeddings, groups=rows.groups
     )
     services = fake_services(tmp_path, FakeLocal(["sure"], logprob=-0.01), FakeCloud())

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tmo_graph.confidence import confidence
+from tmo_graph.context import DEFAULT_SYSTEM_PROMPT
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.prompts import SYSTEM_PROMPT
-from tmo_graph.services import LocalBackend
+from tmo_graph.models.base import LocalBackend
+
+if TYPE_CHECKING:
+    from tmo_graph.settings import Settings
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -47,12 +52,15 @@ def local_confidences(
     prompts: Sequence[str],
     local: LocalBackend,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
 ) -> list[float]:
     """The graph's confidence in the local model's answer to each prompt."""
+    if not system_prompt.strip():
+        raise TmoGraphError("the system prompt is empty", "leave it out for the default")
     out = []
     for i, prompt in enumerate(prompts):
         messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": system_prompt},
             {"role": "user", "content": prompt},
         ]
         text, stats = local.answer(messages)
@@ -131,4 +139,104 @@ def threshold_for_quality(
     raise TmoGraphError(
         f"target quality {target:.2f} is out of reach on these prompts (at most {best:.2f})",
         "lower --target-quality, or raise --cloud-quality if your cloud model is better",
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold picked on a prompt set, with what it does on that set."""
+
+    prompts: list[str]
+    confidences: list[float]
+    threshold: float
+    target: str  # e.g. "target cloud rate 30%", for the summary line
+    cloud_good: float
+
+    @property
+    def cloud_rate(self) -> float:
+        return cloud_rate(self.confidences, self.threshold)
+
+
+def calibrate(
+    prompts: str | Path,
+    settings: Settings,
+    target_cloud_rate: float = 0.3,
+    target_quality: float | None = None,
+    cloud_good: float = M4A1_CLOUD_GOOD_SHARE,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+) -> Calibration:
+    """``tmo-graph calibrate``: answer the prompts locally and pick the threshold for a
+    target cloud rate or, with ``target_quality``, for a target expected quality."""
+    from tmo_graph.models.local import get_local_model
+
+    if target_quality is None and not 0.0 <= target_cloud_rate <= 1.0:  # before the model loads
+        raise TmoGraphError(f"target cloud rate {target_cloud_rate} is not in [0, 1]", "e.g. 0.3")
+    if target_quality is not None and not 0.0 <= target_quality <= 1.0:
+        raise TmoGraphError(f"target quality {target_quality} is not in [0, 1]", "e.g. 0.7")
+    if not 0.0 <= cloud_good <= 1.0:
+        raise TmoGraphError(f"cloud quality {cloud_good} is not in [0, 1]", "e.g. 0.835")
+    texts = load_prompts(prompts)
+    local = get_local_model(
+        settings.local.source, settings.local.max_new_tokens, settings.model_cache_dir()
+    )
+    values = local_confidences(texts, local, progress, system_prompt)
+    if target_quality is None:
+        threshold = threshold_for_cloud_rate(values, target_cloud_rate)
+        target = f"target cloud rate {target_cloud_rate:.0%}"
+    else:
+        threshold = threshold_for_quality(values, target_quality, cloud_good)
+        target = f"target quality {target_quality:.0%}"
+    return Calibration(texts, values, threshold, target, cloud_good)
+
+
+def write_config(settings: Settings, threshold: float, output: str | Path) -> Path:
+    """``settings`` as YAML with ``routing.confidence_threshold`` set to ``threshold``."""
+    import yaml
+
+    if not 0.0 <= threshold <= 1.0:
+        raise TmoGraphError(f"threshold {threshold} is not in [0, 1]", "calibrate again")
+    raw = settings.model_dump(mode="json")
+    raw["routing"]["confidence_threshold"] = round(threshold, 4)
+    output = Path(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(yaml.safe_dump(raw, sort_keys=False))
+    except OSError as exc:
+        raise TmoGraphError(
+            f"cannot write {output} ({exc.strerror})", "pass a writable path to -o"
+        ) from None
+    return output
+
+
+def summary(result: Calibration, output: str | Path) -> str:
+    """One line: the threshold, what it escalates, and where it was written."""
+    return (
+        f"confidence_threshold = {result.threshold:.4f}: escalates {result.cloud_rate:.0%} of "
+        f"these {len(result.confidences)} prompts ({result.target}); wrote {output}"
+    )
+
+
+def report(
+    result: Calibration, settings: Settings, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+) -> str:
+    """Cloud rate, expected cloud cost and quality on the set, and the confidence quantiles."""
+    from tmo_graph.policy.base import Action
+    from tmo_graph.policy.budget import CostModel
+
+    values, threshold, good = result.confidences, result.threshold, result.cloud_good
+    prices = CostModel.from_settings(settings)
+    escalated = [t for t, v in zip(result.prompts, values, strict=True) if v < threshold]
+    usd = sum(
+        prices.expected(Action("cloud"), len(system_prompt) + len(t)).cost_usd for t in escalated
+    )
+    quality = expected_quality(values, threshold, good)
+    q = np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return (
+        f"cloud rate {result.cloud_rate:.1%} ({len(escalated)}/{len(values)}); cloud cost on the "
+        f"set ~${usd:.5f} (${usd / len(values):.6f} a prompt, text-only calls priced as "
+        f"{settings.cloud.price_as}); expected good answers {quality:.1%} "
+        f"(all local {expected_quality(values, 0.0, good):.1%}, "
+        f"cloud answers good {good:.0%} of the time)\n"
+        "confidence quantiles 10/25/50/75/90 %: " + " ".join(f"{v:.3f}" for v in q)
     )

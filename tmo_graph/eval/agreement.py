@@ -17,6 +17,8 @@ from tmo_graph.errors import TmoGraphError
 
 
 class Sampler(Protocol):
+    """What sampling agreement needs of the local model: k answers at a temperature."""
+
     def sample(
         self,
         messages: list[dict[str, str]],
