@@ -1,0 +1,102 @@
+"""The graph as LangGraph Studio sees it: `langgraph dev` on 127.0.0.1 serving langgraph.json,
+with non-null input / output / context schemas and a real turn answered through its API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tmo_graph.models.cloud import free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cli = Path(sys.executable).parent / "langgraph"
+    if not cli.exists():
+        pytest.skip("langgraph-cli is not installed (pip install 'tmo-graph[dev]')")
+    work = tmp_path_factory.mktemp("studio")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGGRAPH_NO_VERSION_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        # No loopback cloud: the turn below is answered on the device.
+        "TMO_CLOUD__MODE": "off",
+        "TMO_MEMORY__PERSIST_DIR": str(work / "memory"),
+    }
+    log = (work / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(cli),
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"langgraph dev exited: {(work / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("langgraph dev did not answer /ok within 90 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
+
+
+def _assistant(url: str) -> str:
+    found = httpx.post(f"{url}/assistants/search", json={"graph_id": "tmo"}, timeout=10).json()
+    return str(found[0]["assistant_id"])
+
+
+def test_studio_gets_the_input_output_and_context_schemas(server: str) -> None:
+    schemas = httpx.get(f"{server}/assistants/{_assistant(server)}/schemas", timeout=30).json()
+    assert schemas["input_schema"] is not None and schemas["output_schema"] is not None
+    assert {"messages", "views"} <= schemas["input_schema"]["properties"].keys()
+    assert {"messages", "turns", "budget_left"} <= schemas["output_schema"]["properties"].keys()
+    policy = schemas["context_schema"]["properties"]["policy"]
+    assert "cascade" in policy["enum"]
+
+
+def test_a_turn_runs_through_the_server(server: str) -> None:
+    thread = httpx.post(f"{server}/threads", json={}, timeout=10).json()["thread_id"]
+    run = {
+        "assistant_id": _assistant(server),
+        "input": {"messages": [{"role": "user", "content": "Say hello."}]},
+        "context": {"policy": "always-local", "user_id": "studio-test"},
+    }
+    out = httpx.post(f"{server}/threads/{thread}/runs/wait", json=run, timeout=300).json()
+    record = out["turns"][-1]
+    assert record["route"] == "local" and record["policy"] == "always-local"
+    assert record["answer"].strip()
+    assert out["messages"][-1]["content"] == record["answer"]
