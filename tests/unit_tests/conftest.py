@@ -1,3 +1,4 @@
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -10,3 +11,11 @@ def _no_network() -> Iterator[None]:
     disable_socket(allow_unix_socket=True)
     yield
     enable_socket()
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's TMO_* variables must not change the settings the tests build."""
+    for name in os.environ:
+        if name.startswith("TMO_") and "__" in name:
+            monkeypatch.delenv(name)
