@@ -63,9 +63,6 @@ class Decision(TypedDict):
     views: list[str]
     policy: str
     masked: list[str]  # actions the budget ruled out, e.g. "cloud+2 views"
-    # Views of the cloud call an unsure local answer escalates to (chosen with the route,
-    # within the budget); None: this turn cannot escalate.
-    escalation: list[str] | None
 
 
 class TokenTrace(TypedDict):

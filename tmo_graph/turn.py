@@ -9,7 +9,10 @@ from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.policy.base import LOCAL, Action, RouteInput
+from tmo_graph.policy.budget import all_actions, build_route_input
 from tmo_graph.prompts import message_text
+from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
 
 
@@ -60,4 +63,30 @@ def budget_now(state: State, context: Context) -> Budget:
     return Budget(
         latency_s=before["latency_s"] - used["latency_s"],
         cost_usd=before["cost_usd"] - used["cost_usd"],
+    )
+
+
+def candidate_actions(state: State, services: Services) -> list[Action]:
+    """Local, and the cloud with every subset of the views that have an image to send."""
+    if services.cloud is None:
+        return [LOCAL]
+    return all_actions([c["name"] for c in state.candidates if c["image"]])
+
+
+def route_input(
+    state: State, services: Services, budget: Budget, quality_gap: float | None = None
+) -> RouteInput:
+    """The policy's view of the turn, with the actions ``budget`` allows (the same builder
+    the simulator uses)."""
+    return build_route_input(
+        prompt=state.prompt,
+        task=state.task,
+        turn=state.turn_count,
+        candidates=state.candidates,
+        history=state.turns,
+        budget_left=budget,
+        actions=candidate_actions(state, services),
+        cost_model=services.costs,
+        prompt_chars=prompt_chars(state),
+        quality_gap=quality_gap,
     )

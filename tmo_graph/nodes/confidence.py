@@ -9,12 +9,11 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
-from tmo_graph.policy.base import Action
-from tmo_graph.policy.simple import make_policy
+from tmo_graph.policy.simple import escalation, make_policy
 from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
 from tmo_graph.state import State
-from tmo_graph.turn import budget_now, prompt_chars, run_context
+from tmo_graph.turn import budget_now, route_input, run_context
 
 
 def check_confidence(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
@@ -27,21 +26,22 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
         state.local_tokens["logprobs"], state.local_tokens["entropies"], local["text"], earlier
     )
     update: dict[str, Any] = {"confidence": score, "confidence_parts": parts}
-    target = state.decision["escalation"] if state.decision else None
     may_escalate = (
         make_policy(ctx).escalates
         and not state.escalated
-        and target is not None
+        and state.decision is not None
         and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
     )
     if may_escalate and score < ctx.confidence_threshold:
-        assert target is not None and state.decision is not None
-        # The escalation must fit in what is left after the local call.
-        action = Action("cloud", tuple(target))
-        cost = services.costs.expected(action, prompt_chars(state))
-        if cost.fits(budget_now(state, ctx)):
+        assert state.decision is not None
+        # Only what fits in the budget left after the local call (no quality gap: the
+        # escalation rule reads the views' association and costs).
+        target = escalation(
+            route_input(state, services, budget_now(state, ctx)), ctx.min_view_score
+        )
+        if target is not None:
             update["escalated"] = True
-            update["decision"] = {**state.decision, "route": "cloud", "views": list(target)}
+            update["decision"] = {**state.decision, "route": "cloud", "views": list(target.views)}
     return update
 
 

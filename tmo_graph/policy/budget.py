@@ -221,29 +221,6 @@ def _from_values(
     )
 
 
-# ---- Old function API (kept until the nodes and the CLI use CostModel; then delete) ----
-
-
-def expected_cost(action: Action, prompt_chars: int, settings: Settings) -> Cost:
-    """Deprecated: ``CostModel.from_settings(settings).expected(action, prompt_chars)``."""
-    return CostModel.from_settings(settings).expected(action, prompt_chars)
-
-
-def price_table(settings: Settings) -> dict[str, costs.ModelPrice]:
-    """The built-in prices, plus or overridden by the config's ``prices:`` rows."""
-    table = dict(costs.PRICES)
-    for name, row in settings.prices.items():
-        table[name] = costs.ModelPrice(**row.model_dump())
-    return table
-
-
-def affordable(
-    actions: Sequence[Action], budget: Budget, prompt_chars: int, settings: Settings
-) -> tuple[dict[Action, Cost], list[Action]]:
-    """Deprecated: ``CostModel.from_settings(settings).affordable(actions, budget, chars)``."""
-    return CostModel.from_settings(settings).affordable(actions, budget, prompt_chars)
-
-
 def build_route_input(
     *,
     prompt: str,
