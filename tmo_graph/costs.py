@@ -8,6 +8,7 @@ Two kinds of numbers live here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tmo_graph.errors import TmoGraphError
@@ -19,15 +20,22 @@ class ModelPrice:
 
     input_per_mtok: float
     output_per_mtok: float
-    # Tokens billed per image sent with detail="low" (OpenAI's vision pricing).
+    # Tokens billed per image sent with detail="low" (OpenAI's vision pricing), which is
+    # also the base of a detail="high" image.
     tokens_per_image: int
+    # Tokens per 512 px tile of a detail="high" image, on top of the base.
+    tokens_per_tile: int = 0
 
 
 # OpenAI list prices (platform pricing page). gpt-4o-mini bills low-detail images at
 # 2,833 tokens (its per-token price is lower, its image token count higher).
 PRICES: dict[str, ModelPrice] = {
-    "gpt-4o": ModelPrice(input_per_mtok=2.50, output_per_mtok=10.00, tokens_per_image=85),
-    "gpt-4o-mini": ModelPrice(input_per_mtok=0.15, output_per_mtok=0.60, tokens_per_image=2833),
+    "gpt-4o": ModelPrice(
+        input_per_mtok=2.50, output_per_mtok=10.00, tokens_per_image=85, tokens_per_tile=170
+    ),
+    "gpt-4o-mini": ModelPrice(
+        input_per_mtok=0.15, output_per_mtok=0.60, tokens_per_image=2833, tokens_per_tile=5667
+    ),
 }
 
 
@@ -45,6 +53,27 @@ def price_for(model: str, table: dict[str, ModelPrice] | None = None) -> ModelPr
 def cloud_call_cost_usd(price: ModelPrice, input_tokens: int, output_tokens: int) -> float:
     """USD for one cloud call from its reported token usage (image tokens are input tokens)."""
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+
+
+def image_tokens(price: ModelPrice, width: int, height: int, detail: str) -> int:
+    """Input tokens an image of ``width`` x ``height`` pixels costs (OpenAI's vision rule).
+
+    ``low``: the base, whatever the size. ``high``: the image is scaled to fit 2048 x 2048,
+    then its shorter side to 768, and every 512 px tile costs ``tokens_per_tile`` more.
+    An unknown size (0 x 0, an image sent by URL) is billed as the largest, 2 x 2 tiles.
+    """
+    if detail == "low":
+        return price.tokens_per_image
+    if detail != "high":
+        raise TmoGraphError(f"unknown image detail {detail!r}", "use 'low' or 'high'")
+    if width <= 0 or height <= 0:
+        return price.tokens_per_image + 4 * price.tokens_per_tile
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    tiles = math.ceil(w / 512) * math.ceil(h / 512)
+    return price.tokens_per_image + tiles * price.tokens_per_tile
 
 
 def local_energy_cost_usd(seconds: float, power_w: float, usd_per_kwh: float) -> float:

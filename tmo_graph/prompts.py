@@ -67,6 +67,7 @@ def cloud_messages(
     persona: str,
     prompt: str,
     images: Sequence[tuple[str, str]],
+    detail: str = "low",
 ) -> list[AnyMessage]:
     """Text history, then this turn's prompt with only the chosen images as ``image_url``
     parts; ``images`` are (label, URL) pairs, the URL already made for sending."""
@@ -74,5 +75,5 @@ def cloud_messages(
     content: list[Any] = [{"type": "text", "text": prompt}]
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
-        content.append({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
+        content.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})
     return [*history, HumanMessage(content=content)]

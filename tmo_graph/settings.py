@@ -80,6 +80,9 @@ class CloudSettings(_Section):
         8.0, gt=0, description="expected answer speed, for budget estimates (loopback: slow CPU)"
     )
     network: str = Field("WiFi", description="network profile for expected cloud latency")
+    image_detail: Literal["low", "high"] = Field(
+        "low", description="detail asked of the cloud for images; the bill follows it"
+    )
     image_max_side: int = Field(
         768, gt=0, description="longest side in pixels of an image sent; larger ones are downscaled"
     )
@@ -107,7 +110,8 @@ class DeviceSettings(_Section):
 class PriceEntry(_Section):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
-    tokens_per_image: int = Field(ge=0)
+    tokens_per_image: int = Field(ge=0, description="tokens of a low-detail image")
+    tokens_per_tile: int = Field(0, ge=0, description="tokens per 512 px tile, high detail")
 
 
 class RoutingDefaults(_Section):

@@ -89,3 +89,25 @@ def test_bad_inputs_fail_with_a_fix() -> None:
     settings.cloud.price_as = "no-such-model"
     with pytest.raises(TmoGraphError, match="no price"):
         CostModel.from_settings(settings)
+
+
+@pytest.mark.parametrize(
+    ("size", "detail", "tokens"),
+    [
+        ((10_000, 10_000), "low", 85),  # low detail: the base, whatever the size
+        ((512, 512), "high", 85 + 170),
+        ((1000, 500), "high", 85 + 2 * 170),  # short side under 768: not scaled
+        ((1600, 1200), "high", 85 + 4 * 170),  # 1024 x 768 after scaling
+        ((4096, 1024), "high", 85 + 4 * 170),  # fit in 2048 -> 2048 x 512: 4 x 1 tiles
+        ((0, 0), "high", 85 + 4 * 170),  # unknown size: billed as the largest
+    ],
+)
+def test_image_tokens_follow_openais_vision_rule(
+    size: tuple[int, int], detail: str, tokens: int
+) -> None:
+    assert costs.image_tokens(costs.PRICES["gpt-4o"], *size, detail) == tokens
+
+
+def test_a_bad_image_detail_is_refused() -> None:
+    with pytest.raises(TmoGraphError, match="low' or 'high"):
+        costs.image_tokens(costs.PRICES["gpt-4o"], 10, 10, "auto")

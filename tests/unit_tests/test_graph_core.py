@@ -293,3 +293,32 @@ def test_a_bad_per_run_model_choice_is_a_clear_error() -> None:
         Context(system_prompt="  ")
     with pytest.raises(TmoGraphError, match="unknown policy"):
         Context(policy="smartest")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("max_side", "tiles"), [(768, 4), (256, 1)])
+def test_high_detail_images_are_billed_at_the_size_sent(
+    tmp_path: Path, max_side: int, tiles: int
+) -> None:
+    from tmo_graph.settings import CloudSettings, Settings
+
+    frame = camera_frame(tmp_path / "overhead.jpg", 3)  # 1600 x 1200
+    settings = Settings(cloud=CloudSettings(image_detail="high", image_max_side=max_side))
+    cloud = FakeCloud()
+    cloud.sent = []
+    services = fake_services(
+        tmp_path, FakeLocal(["x"]), cloud, scores={"overhead": 0.9}, settings=settings
+    )
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    views = {"overhead": {"image": str(frame), "description": "above the stove"}}
+    out = graph.invoke(
+        {"messages": [("user", "What is cooking?")], "views": views},
+        {"configurable": {"thread_id": "bill"}},
+        context=Context(policy="always-cloud"),
+    )
+    record = out["turns"][-1]
+    assert record["views_sent"] == ["overhead"]
+    part = next(p for p in cloud.sent[-1][-1].content if isinstance(p, dict) and "image_url" in p)
+    assert part["image_url"]["detail"] == "high"
+    # gpt-4o-mini: 2,833 base + 5,667 a tile; 768 x 576 is 2 x 2 tiles, 256 x 192 one.
+    image = 2833 + tiles * 5667
+    assert record["cost_usd"] == pytest.approx(((100 + image) * 0.15 + 20 * 0.60) / 1e6)

@@ -43,16 +43,19 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     try:
         if services.cloud is None:
             raise RuntimeError("no cloud model is configured")
-        max_side = services.settings.cloud.image_max_side
-        images = [
-            (
-                "Attached image" if v["kind"] == "inline" else f"Camera view '{v['name']}'",
-                cloud_image(str(v["image"]), max_side).url,
-            )
+        cfg = services.settings.cloud
+        sent = [cloud_image(str(v["image"]), cfg.image_max_side) for v in views]
+        labels = [
+            "Attached image" if v["kind"] == "inline" else f"Camera view '{v['name']}'"
             for v in views
         ]
         messages = cloud_messages(
-            state.messages, state.recalled, ctx.system_prompt, state.prompt, images
+            state.messages,
+            state.recalled,
+            ctx.system_prompt,
+            state.prompt,
+            [(label, image.url) for label, image in zip(labels, sent, strict=True)],
+            detail=cfg.image_detail,
         )
         reply = services.cloud.invoke(messages)
         text = message_text(reply).strip()
@@ -66,8 +69,8 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     output_tokens = int(usage.get("output_tokens", 0))
     if services.settings.cloud.mode == "loopback":
         # The loopback stand-in is text-only and drops images unbilled; bill them as the
-        # priced model would (a real endpoint reports image tokens in its usage).
-        input_tokens += len(views) * services.costs.tokens_per_image
+        # priced model would at the size sent (a real endpoint reports image tokens itself).
+        input_tokens += sum(services.costs.image_tokens(i.width, i.height) for i in sent)
     call = CallRecord(
         where="cloud",
         latency_s=round(latency, 4),

@@ -56,6 +56,10 @@ class CostModel:
     cloud_max_tokens: int
     cloud_tokens_per_s: float
     price: costs.ModelPrice
+    # How images are sent: the detail asked (billing rule) and the longest side after
+    # downscaling (the largest an image can be, for the expected cost).
+    image_detail: str = "low"
+    image_max_side: int = 768
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
@@ -70,7 +74,13 @@ class CostModel:
             )
         extra = tuple(
             sorted(
-                (name, row.input_per_mtok, row.output_per_mtok, row.tokens_per_image)
+                (
+                    name,
+                    row.input_per_mtok,
+                    row.output_per_mtok,
+                    row.tokens_per_image,
+                    row.tokens_per_tile,
+                )
                 for name, row in settings.prices.items()
             )
         )
@@ -84,6 +94,8 @@ class CostModel:
             settings.cloud.tokens_per_s,
             settings.cloud.price_as,
             extra,
+            settings.cloud.image_detail,
+            settings.cloud.image_max_side,
         )
 
     @classmethod
@@ -123,8 +135,12 @@ class CostModel:
 
     @property
     def tokens_per_image(self) -> int:
-        """Input tokens billed per image by the priced cloud model."""
+        """Input tokens billed per low-detail image by the priced cloud model."""
         return self.price.tokens_per_image
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Input tokens of one image as sent (0 x 0: size unknown, billed as the largest)."""
+        return costs.image_tokens(self.price, width, height, self.image_detail)
 
     def expected(self, action: Action, prompt_chars: int, local_tokens: int | None = None) -> Cost:
         """What ``action`` is expected to cost before it runs.
@@ -158,7 +174,9 @@ class CostModel:
         seconds = (
             costs.cloud_time_s(self.network, k) + self.cloud_max_tokens / self.cloud_tokens_per_s
         )
-        input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * self.tokens_per_image
+        # At most image_max_side on the longest side: the largest an image is sent at.
+        per_image = self.image_tokens(self.image_max_side, self.image_max_side)
+        input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * per_image
         return Cost(seconds, self.cloud_call_usd(input_tokens, self.cloud_max_tokens))
 
     def affordable(
@@ -204,11 +222,13 @@ def _from_values(
     cloud_max_tokens: int,
     cloud_tokens_per_s: float,
     price_as: str,
-    extra_prices: tuple[tuple[str, float, float, int], ...],
+    extra_prices: tuple[tuple[str, float, float, int, int], ...],
+    image_detail: str,
+    image_max_side: int,
 ) -> CostModel:
     table = dict(costs.PRICES)
-    for name, input_per_mtok, output_per_mtok, tokens_per_image in extra_prices:
-        table[name] = costs.ModelPrice(input_per_mtok, output_per_mtok, tokens_per_image)
+    for name, input_per_mtok, output_per_mtok, per_image, per_tile in extra_prices:
+        table[name] = costs.ModelPrice(input_per_mtok, output_per_mtok, per_image, per_tile)
     return CostModel(
         local_tokens_per_s=local_tokens_per_s,
         local_max_new_tokens=local_max_new_tokens,
@@ -218,6 +238,8 @@ def _from_values(
         cloud_max_tokens=cloud_max_tokens,
         cloud_tokens_per_s=cloud_tokens_per_s,
         price=costs.price_for(price_as, table),
+        image_detail=image_detail,
+        image_max_side=image_max_side,
     )
 
 
