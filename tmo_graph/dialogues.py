@@ -33,7 +33,7 @@ from pydantic_core import ErrorDetails
 
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import check_image, is_url
+from tmo_graph.images import check_image, is_remote
 from tmo_graph.state import ViewSpec
 
 if TYPE_CHECKING:
@@ -168,7 +168,11 @@ def dialogue_context(settings: Settings, dialogue: Dialogue, policy: str | None 
 
 def resolve_image(image: str, base: Path) -> str:
     """A URL as given, else the absolute path (relative to ``base``); checked to be an image."""
-    ref = image if is_url(image) else str((base / Path(image).expanduser()).resolve())
+    ref = (
+        image
+        if is_remote(image) or image.startswith("data:")
+        else str((base / Path(image).expanduser()).resolve())
+    )
     check_image(ref)
     return ref
 

@@ -13,7 +13,7 @@ from tests.unit_tests.fakes import png_bytes
 from tmo_graph.context import Context
 from tmo_graph.dialogues import load_dialogues
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import to_data_url
+from tmo_graph.images import check_image
 from tmo_graph.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,18 +85,21 @@ def test_bad_context_values(overrides: dict[str, object], message: str) -> None:
         Context(**overrides)  # type: ignore[arg-type]
 
 
-def test_images_become_data_urls_and_non_images_are_refused(tmp_path: Path) -> None:
+def test_images_are_checked_and_non_images_are_refused(tmp_path: Path) -> None:
     good = tmp_path / "a.png"
     good.write_bytes(png_bytes())
-    assert to_data_url(str(good)).startswith("data:image/png;base64,")
+    check_image(str(good))
+    check_image("https://example.com/not-fetched.png")
     bad = tmp_path / "b.png"
     bad.write_text("hello")
     with pytest.raises(TmoGraphError, match="not a readable image"):
-        to_data_url(str(bad))
+        check_image(str(bad))
     with pytest.raises(TmoGraphError, match="does not exist"):
-        to_data_url(str(tmp_path / "missing.png"))
+        check_image(str(tmp_path / "missing.png"))
     with pytest.raises(TmoGraphError, match="invalid base64"):
-        to_data_url("data:image/png;base64,@@@")
+        check_image("data:image/png;base64,@@@")
+    with pytest.raises(TmoGraphError, match="is empty"):
+        check_image("  ")
 
 
 def test_example_dialogue_loads() -> None:

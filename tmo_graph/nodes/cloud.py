@@ -13,7 +13,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
-from tmo_graph.image_refs import cloud_image
+from tmo_graph.images import cloud_image
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State

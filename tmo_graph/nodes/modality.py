@@ -11,7 +11,7 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.image_refs import store_image
+from tmo_graph.images import store_image
 from tmo_graph.services import Services
 from tmo_graph.state import Candidate, State, ViewSpec
 from tmo_graph.turn import earlier_prompts, prompt_text, run_context
