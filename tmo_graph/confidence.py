@@ -5,7 +5,7 @@ confidence in [0, 1] is a small logistic model over two of them (mean token entr
 refusal marker), fitted on M4A1's scored local answers: the estimated probability that the
 answer is better than the median local answer, with a guard against loops. So a threshold
 of 0.5 escalates answers more likely worse than typical than better, 0.3 only the clearly
-doubtful ones. The optional sampling-agreement score (:mod:`tmo_graph.agreement`)
+doubtful ones. The optional sampling-agreement score (:mod:`tmo_graph.eval.agreement`)
 needs extra generations and is not part of it.
 """
 

@@ -33,7 +33,7 @@ from tmo_graph.policy.knn import (
     SubsampleEnsemble,
 )
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, n_actions
-from tmo_graph.policy.world import SimSettings, World
+from tmo_graph.policy.world import SimSettings, World, min_max
 
 
 @dataclass
@@ -61,7 +61,7 @@ class DialogueModel:
                     went_on[t] += 1
                     transitions[task][tasks[t + 1]] += 1
             for scores in episode.association:
-                assoc_sum += np.asarray(_normalised(world.association(scores)))
+                assoc_sum += np.asarray(min_max(world.association(scores)))
                 rows += 1
         horizon = max(reached) + 1 if reached else 1
         return cls(
@@ -72,11 +72,6 @@ class DialogueModel:
             continue_prob=[went_on[t] / reached[t] if reached[t] else 0.0 for t in range(horizon)],
             mean_association=(assoc_sum / max(rows, 1)).tolist(),
         )
-
-
-def _normalised(values: Sequence[float]) -> list[float]:
-    low, high = min(values), max(values)
-    return [0.0] * len(values) if high == low else [(v - low) / (high - low) for v in values]
 
 
 @dataclass
@@ -174,7 +169,7 @@ class LookaheadPlanner:
         turns_after = max(len(self.dialogues.continue_prob) - 1 - turn, 0)
         reserve_s, reserve_usd = turns_after * world.local_s, turns_after * world.local_usd
         assoc_norm = (
-            _normalised(world.association(association))
+            min_max(world.association(association))
             if association is not None
             else self.dialogues.mean_association
         )

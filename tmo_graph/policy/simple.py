@@ -138,7 +138,7 @@ class Rules:
     recommendation / query prompts to the cloud as text; the rest is local, with escalation.
 
     With a predicted quality gap (``observation.quality_gap``, cloud minus local score from
-    :mod:`tmo_graph.quality_gap`), the gap replaces the task / length rule for prompts without
+    :mod:`tmo_graph.models.gap`), the gap replaces the task / length rule for prompts without
     a relevant view: cloud as text when the gap is at least ``gap_margin``, else local.
     """
 

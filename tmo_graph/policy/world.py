@@ -49,7 +49,8 @@ class SimSettings:
         return asdict(self)
 
 
-def _normalise(values: Sequence[float]) -> list[float]:
+def min_max(values: Sequence[float]) -> list[float]:
+    """Values scaled to [0, 1] by their range (all 0 when they are equal), as the paper does."""
     low, high = min(values), max(values)
     if high == low:  # no spread: every option is as good as the others
         return [0.0] * len(values)
@@ -86,8 +87,8 @@ class World:
         self.cloud_s = [c.latency_s for c in cloud]
         self.cloud_usd = [c.cost_usd for c in cloud]
         # Normalised over [local, cloud k=0..X], as the paper does.
-        self.norm_s = _normalise([self.local_s, *self.cloud_s])
-        self.norm_usd = _normalise([self.local_usd, *self.cloud_usd])
+        self.norm_s = min_max([self.local_s, *self.cloud_s])
+        self.norm_usd = min_max([self.local_usd, *self.cloud_usd])
         self.subsets = view_subsets(x)
 
     def cost(self, action: int) -> tuple[float, float]:
@@ -132,7 +133,7 @@ class World:
             norm_usd = _scale(usage, [self.local_usd, *self.cloud_usd])
         reward = (
             s.alpha * response
-            + s.beta_association * _normalise(assoc)[action]
+            + s.beta_association * min_max(assoc)[action]
             - s.beta_latency * norm_s
             - s.beta_usage * norm_usd
         )
