@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
@@ -156,19 +157,20 @@ class ServiceProvider:
                     self._services = build_services(self._settings)
         return self._services
 
-    def for_run(self, context: Context | None) -> Services:
+    def for_run(self, context: Context | dict[str, Any] | None) -> Services:
         """The services for a run: the defaults, or with the models its Context names."""
         base = self.get()
         if context is None:
             return base
-        key = (context.local_model, context.cloud_model, context.cloud_base_url)
+        # LangGraph hands over a Context; a plain dict (raw JSON) is read the same way.
+        raw = context if isinstance(context, dict) else vars(context)
+        key = (raw.get("local_model"), raw.get("cloud_model"), raw.get("cloud_base_url"))
         if key == (None, None, None):
             return base
         with self._lock:
             if key not in self._per_models:
                 self._per_models[key] = base.with_models(
-                    _local_for(base, context.local_model),
-                    _cloud_for(base, context.cloud_model, context.cloud_base_url),
+                    _local_for(base, key[0]), _cloud_for(base, key[1], key[2])
                 )
             return self._per_models[key]
 

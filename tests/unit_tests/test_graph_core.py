@@ -322,3 +322,14 @@ def test_high_detail_images_are_billed_at_the_size_sent(
     # gpt-4o-mini: 2,833 base + 5,667 a tile; 768 x 576 is 2 x 2 tiles, 256 x 192 one.
     image = 2833 + tiles * 5667
     assert record["cost_usd"] == pytest.approx(((100 + image) * 0.15 + 20 * 0.60) / 1e6)
+
+
+def test_a_context_given_as_json_is_read_like_a_context(tmp_path: Path) -> None:
+    local = FakeLocal(["ok"])
+    graph = build_graph(fake_services(tmp_path, local, FakeCloud()))
+    out = graph.invoke(
+        {"messages": [("user", "Hi there")]},
+        context={"policy": "always-local", "system_prompt": "Be a pirate."},  # type: ignore[arg-type]
+    )
+    assert out["turns"][-1]["policy"] == "always-local"
+    assert local.seen[-1][0]["content"] == "Be a pirate."
