@@ -18,7 +18,7 @@ from pathlib import Path
 
 from langgraph.checkpoint.memory import InMemorySaver
 
-from tmo_graph.context import Context
+from tmo_graph.context import DEFAULT_SYSTEM_PROMPT, Context
 from tmo_graph.graph import build_graph
 from tmo_graph.memory import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
@@ -40,7 +40,7 @@ def main() -> None:
     local = get_local_model(settings.local.source, args.max_new_tokens)
     from langchain_core.messages import HumanMessage
 
-    messages = text_dialogue([HumanMessage(content=PROMPT)], [])
+    messages = text_dialogue([HumanMessage(content=PROMPT)], [], DEFAULT_SYSTEM_PROMPT)
     with tempfile.TemporaryDirectory() as tmp:
         services = Services(
             settings=settings,

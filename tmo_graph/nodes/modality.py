@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
@@ -36,7 +37,7 @@ def _image_block_source(block: dict[str, Any]) -> str | None:
     return None
 
 
-def inline_images(message: HumanMessage, folder: Any) -> tuple[list[str], HumanMessage | None]:
+def inline_images(message: HumanMessage, folder: Path) -> tuple[list[str], HumanMessage | None]:
     """The message's images as references, and the message rewritten to hold references
     instead of pixels (None when it holds none)."""
     if isinstance(message.content, str):
@@ -55,7 +56,7 @@ def inline_images(message: HumanMessage, folder: Any) -> tuple[list[str], HumanM
             changed = True
             block = {"type": "image", "url": f"file://{ref.ref}", "id": ref.sha256}
         content.append(block)
-    rewritten = HumanMessage(content=content, id=message.id) if changed else None
+    rewritten = message.model_copy(update={"content": content}) if changed else None
     return refs, rewritten
 
 
@@ -113,7 +114,7 @@ def view_scores(
     return scores
 
 
-def view_references(views: Mapping[str, ViewSpec], folder: Any) -> dict[str, ViewSpec] | None:
+def view_references(views: Mapping[str, ViewSpec], folder: Path) -> dict[str, ViewSpec] | None:
     """The views with each image as a checked reference and hash (None if all already are)."""
     out: dict[str, ViewSpec] = {}
     changed = False
@@ -144,6 +145,7 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
     ctx = run_context(runtime, services.default_context)
     update: dict[str, Any] = {}
 
+    assert services.image_dir is not None  # set by Services
     views = view_references(state.views, services.image_dir)
     if views is not None:
         update["views"] = views
