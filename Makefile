@@ -36,7 +36,7 @@ integration: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tmo_graph tests graphs bench examples
 	$(VENV)/bin/ruff format --check tmo_graph tests graphs bench examples
-	$(VENV)/bin/mypy tmo_graph
+	$(VENV)/bin/mypy tmo_graph bench graphs
 	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
