@@ -32,7 +32,7 @@ PROMPT = "Give me three tips for keeping fresh herbs fresh for longer in the kit
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
