@@ -1,0 +1,162 @@
+"""One turn of the graph as a surface runs it (the chat model, the server): the final answer's
+tokens as they come, never a draft that was replaced, then the turn record; one turn per
+thread at a time.
+
+The graph tags a local draft that the confidence check may still replace ``draft``
+(``tmo_graph.nodes.local.DRAFT_TAG``); everything else its models stream is the final
+answer. Draft tokens are held back: when the check keeps the draft, they are released once
+the turn is decided, so a caller sees only what stays.
+
+Two turns sent at once to one thread would race for the thread's state, so a turn waits for
+the one before it (up to ``wait_s``) and is refused with :class:`ThreadBusy` after that: it
+is never silently lost. The lock is per process; workers sharing a database need their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.nodes.local import DRAFT_TAG
+from tmo_graph.state import TurnRecord
+
+# Nodes whose model calls stream the answer; anything else (e.g. a summary) is not shown.
+ANSWER_NODES = frozenset({"answer_local", "answer_cloud"})
+
+
+class ThreadBusy(TmoGraphError):
+    """Another turn of the same thread is still running."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of the final answer, as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The turn is over: its record and the whole answer."""
+
+    record: TurnRecord
+    state: dict[str, Any]
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _thread_lock(thread_id: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(thread_id, threading.Lock())
+
+
+def _busy(thread_id: str, wait_s: float) -> ThreadBusy:
+    return ThreadBusy(
+        f"thread {thread_id!r} is still answering another turn (waited {wait_s:g} s)",
+        "send one turn at a time per thread, or retry when the previous answer has arrived",
+    )
+
+
+class _Sorter:
+    """Splits streamed chunks into what is shown now and held-back draft tokens."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.drafts: list[str] = []
+
+    def feed(self, chunk: Any, meta: dict[str, Any]) -> str:
+        """The text to show now ('' for none)."""
+        content = getattr(chunk, "content", "")
+        if meta.get("langgraph_node") not in ANSWER_NODES or not isinstance(content, str):
+            return ""
+        if DRAFT_TAG in (meta.get("tags") or []):
+            self.drafts.append(content)
+            return ""
+        self.shown.append(content)
+        return content
+
+    def finish(self, values: dict[str, Any]) -> tuple[list[str], Done]:
+        """What is still to show when the turn ends (a kept draft), and the end."""
+        turns = values.get("turns") or []
+        if not turns:
+            raise TmoGraphError("the graph ended without a turn record", "check the graph's nodes")
+        record: TurnRecord = turns[-1]
+        answer = record["answer"]
+        if "".join(self.shown).strip() == answer.strip():
+            return [], Done(record, values)
+        # The answer is a kept draft: release its tokens as they were generated.
+        rest = self.drafts if "".join(self.drafts).strip() == answer.strip() else [answer]
+        return [t for t in rest if t], Done(record, values)
+
+
+def _config(thread_id: str) -> dict[str, Any]:
+    if not thread_id:
+        raise TmoGraphError("thread_id is empty", "pass the id of the conversation's thread")
+    return {"configurable": {"thread_id": thread_id}}
+
+
+def stream_turn(
+    graph: Any,
+    inputs: dict[str, Any],
+    thread_id: str,
+    context: Context | None = None,
+    wait_s: float = 30.0,
+) -> Iterator[Token | Done]:
+    """Run one turn: :class:`Token`s of the final answer as they come, then :class:`Done`."""
+    config = _config(thread_id)
+    lock = _thread_lock(thread_id)
+    if not lock.acquire(timeout=wait_s):
+        raise _busy(thread_id, wait_s)
+    try:
+        sorter, values = _Sorter(), {}
+        for mode, payload in graph.stream(
+            inputs, config, context=context, stream_mode=["messages", "values"]
+        ):
+            if mode == "messages":
+                if text := sorter.feed(*payload):
+                    yield Token(text)
+            else:
+                values = payload
+        rest, done = sorter.finish(values)
+        for text in rest:
+            yield Token(text)
+        yield done
+    finally:
+        lock.release()
+
+
+async def astream_turn(
+    graph: Any,
+    inputs: dict[str, Any],
+    thread_id: str,
+    context: Context | None = None,
+    wait_s: float = 30.0,
+) -> AsyncIterator[Token | Done]:
+    """:func:`stream_turn` for async callers (the event loop is never blocked by the wait)."""
+    config = _config(thread_id)
+    lock = _thread_lock(thread_id)
+    if not await asyncio.to_thread(lock.acquire, True, wait_s):
+        raise _busy(thread_id, wait_s)
+    try:
+        sorter, values = _Sorter(), {}
+        async for mode, payload in graph.astream(
+            inputs, config, context=context, stream_mode=["messages", "values"]
+        ):
+            if mode == "messages":
+                if text := sorter.feed(*payload):
+                    yield Token(text)
+            else:
+                values = payload
+        rest, done = sorter.finish(values)
+        for text in rest:
+            yield Token(text)
+        yield done
+    finally:
+        lock.release()
