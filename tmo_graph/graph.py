@@ -67,12 +67,24 @@ def make_builder(provider: ServiceProvider) -> StateGraph[Any, Any, Any, Any]:
     builder.add_edge(START, "detect_modality")
     builder.add_edge("detect_modality", "recall_memory")
     builder.add_edge("recall_memory", "route")
-    builder.add_conditional_edges("route", after_route)
+    # The routers return a decision's name; the maps label Studio's edges with it.
+    builder.add_conditional_edges(
+        "route", after_route, {"local": "answer_local", "cloud": "answer_cloud"}
+    )
     builder.add_edge("answer_local", "check_confidence")
-    builder.add_conditional_edges("check_confidence", after_confidence)
-    builder.add_conditional_edges("answer_cloud", after_cloud)
+    builder.add_conditional_edges(
+        "check_confidence", after_confidence, {"sure": "account", "escalate": "answer_cloud"}
+    )
+    builder.add_conditional_edges(
+        "answer_cloud", after_cloud, {"answered": "account", "fall back": "answer_local"}
+    )
     builder.add_edge("account", END)
     return builder
+
+
+def mermaid() -> str:
+    """The graph as the Mermaid text the README shows (no model is loaded)."""
+    return build_graph().get_graph().draw_mermaid()
 
 
 def build_graph(

@@ -52,3 +52,22 @@ def test_importing_the_package_loads_no_model_library() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_picture_is_the_graph() -> None:
+    from tmo_graph.graph import mermaid
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```mermaid\n") + len("```mermaid\n")
+    drawn = readme[start : readme.index("```", start)].strip()
+    assert drawn == mermaid().strip(), (
+        "README.md's graph is stale: paste the output of "
+        "`python -c 'from tmo_graph.graph import mermaid; print(mermaid())'`"
+    )
+
+
+def test_the_installed_package_exports_the_studio_graph() -> None:
+    from tmo_graph.studio import graph
+
+    assert graph.checkpointer is None
+    assert "check_confidence" in graph.get_graph().nodes

@@ -85,9 +85,10 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     return {"calls": [call]}
 
 
-def after_cloud(state: State) -> Literal["account", "answer_local"]:
-    """A failed cloud call falls back to a local answer, unless the turn already has one."""
+def after_cloud(state: State) -> Literal["answered", "fall back"]:
+    """A failed cloud call falls back to a local answer (answer_local), unless the turn
+    already has one; otherwise the turn is answered (account)."""
     if state.calls and state.calls[-1]["ok"]:
-        return "account"
+        return "answered"
     has_local = any(c["where"] == "local" and c["ok"] for c in state.calls)
-    return "account" if has_local else "answer_local"
+    return "answered" if has_local else "fall back"

@@ -45,5 +45,6 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
     return update
 
 
-def after_confidence(state: State) -> Literal["answer_cloud", "account"]:
-    return "answer_cloud" if state.escalated else "account"
+def after_confidence(state: State) -> Literal["escalate", "sure"]:
+    """Escalate to the cloud (answer_cloud), or keep the answer (account)."""
+    return "escalate" if state.escalated else "sure"

@@ -50,6 +50,7 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
     }
 
 
-def after_route(state: State) -> Literal["answer_local", "answer_cloud"]:
+def after_route(state: State) -> Literal["local", "cloud"]:
+    """Where the policy sent the turn (the graph maps it to answer_local / answer_cloud)."""
     assert state.decision is not None
-    return "answer_cloud" if state.decision["route"] == "cloud" else "answer_local"
+    return state.decision["route"]
