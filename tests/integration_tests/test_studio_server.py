@@ -88,15 +88,30 @@ def test_studio_gets_the_input_output_and_context_schemas(server: str) -> None:
     assert "cascade" in policy["enum"]
 
 
-def test_a_turn_runs_through_the_server(server: str) -> None:
-    thread = httpx.post(f"{server}/threads", json={}, timeout=10).json()["thread_id"]
-    run = {
-        "assistant_id": _assistant(server),
-        "input": {"messages": [{"role": "user", "content": "Say hello."}]},
-        "context": {"policy": "always-local", "user_id": "studio-test"},
-    }
-    out = httpx.post(f"{server}/threads/{thread}/runs/wait", json=run, timeout=300).json()
-    record = out["turns"][-1]
-    assert record["route"] == "local" and record["policy"] == "always-local"
-    assert record["answer"].strip()
-    assert out["messages"][-1]["content"] == record["answer"]
+def test_a_two_turn_dialogue_streams_through_the_sdk(server: str) -> None:
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=server)
+    thread = client.threads.create()["thread_id"]
+    context = {"policy": "cascade", "user_id": "studio-test", "system_prompt": "Be brief."}
+    for question in ("Say hello.", "And now say goodbye."):
+        tokens = []
+        for part in client.runs.stream(
+            thread,
+            "tmo",
+            input={"messages": [{"role": "user", "content": question}]},
+            context=context,
+            stream_mode="messages-tuple",
+        ):
+            if part.event == "messages":
+                chunk, meta = part.data
+                if "draft" not in (meta.get("tags") or []):
+                    tokens.append(chunk.get("content", ""))
+        assert part.event != "error", part.data
+    values = client.threads.get_state(thread)["values"]
+    records = values["turns"]
+    assert [r["turn"] for r in records] == [0, 1]
+    assert all(r["route"] == "local" and r["policy"] == "cascade" for r in records)
+    # Cloud is off, so no answer can be replaced: the local tokens stream untagged, once.
+    assert "".join(tokens).strip() == records[-1]["answer"] == values["messages"][-1]["content"]
+    assert [m["type"] for m in values["messages"]] == ["human", "ai", "human", "ai"]

@@ -333,3 +333,11 @@ def test_a_context_given_as_json_is_read_like_a_context(tmp_path: Path) -> None:
     )
     assert out["turns"][-1]["policy"] == "always-local"
     assert local.seen[-1][0]["content"] == "Be a pirate."
+
+
+def test_without_a_cloud_a_cascade_answer_is_final_not_a_draft(tmp_path: Path) -> None:
+    services = fake_services(tmp_path, StreamingLocal("only me", -3.0), None)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    tokens = _stream(graph, Context(policy="cascade"))
+    assert all("draft" not in tags for _, tags, _ in tokens)
+    assert "".join(t for t, _, _ in tokens) == "only me"

@@ -24,8 +24,10 @@ DRAFT_TAG = "draft"
 
 def answer_local(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
     ctx = run_context(runtime, services.default_context)
-    may_be_replaced = make_policy(ctx).escalates and not any(
-        c["where"] == "cloud" for c in state.calls
+    may_be_replaced = (
+        services.cloud is not None
+        and make_policy(ctx).escalates
+        and not any(c["where"] == "cloud" for c in state.calls)
     )
     dialogue = text_dialogue(state.messages, state.recalled, ctx.system_prompt)
     start = time.perf_counter()
