@@ -64,36 +64,44 @@ def _busy(thread_id: str, wait_s: float) -> ThreadBusy:
     )
 
 
-class _Sorter:
-    """Splits streamed chunks into what is shown now and held-back draft tokens."""
+class _Turn:
+    """What one turn has streamed so far: tokens shown, draft tokens held back, the state."""
 
     def __init__(self) -> None:
         self.shown: list[str] = []
         self.drafts: list[str] = []
+        self.values: dict[str, Any] = {}
 
-    def feed(self, chunk: Any, meta: dict[str, Any]) -> str:
-        """The text to show now ('' for none)."""
+    def on(self, mode: str, payload: Any) -> Token | None:
+        """A streamed event (``messages`` or ``values``); the token to show now, if any."""
+        if mode == "values":
+            self.values = payload
+            return None
+        chunk, meta = payload
         content = getattr(chunk, "content", "")
         if meta.get("langgraph_node") not in ANSWER_NODES or not isinstance(content, str):
-            return ""
+            return None
         if DRAFT_TAG in (meta.get("tags") or []):
             self.drafts.append(content)
-            return ""
+            return None
         self.shown.append(content)
-        return content
+        return Token(content) if content else None
 
-    def finish(self, values: dict[str, Any]) -> tuple[list[str], Done]:
-        """What is still to show when the turn ends (a kept draft), and the end."""
-        turns = values.get("turns") or []
+    def end(self) -> list[Token | Done]:
+        """The tokens still to show when the turn ends (a kept draft), then :class:`Done`."""
+        turns = self.values.get("turns") or []
         if not turns:
             raise TmoGraphError("the graph ended without a turn record", "check the graph's nodes")
         record: TurnRecord = turns[-1]
-        answer = record["answer"]
-        if "".join(self.shown).strip() == answer.strip():
-            return [], Done(record, values)
-        # The answer is a kept draft: release its tokens as they were generated.
-        rest = self.drafts if "".join(self.drafts).strip() == answer.strip() else [answer]
-        return [t for t in rest if t], Done(record, values)
+        answer = record["answer"].strip()
+        rest: list[str] = []
+        if "".join(self.shown).strip() != answer:
+            # The answer is a kept draft: release its tokens as they were generated.
+            rest = self.drafts if "".join(self.drafts).strip() == answer else [answer]
+        return [*(Token(t) for t in rest if t), Done(record, self.values)]
+
+
+STREAM_MODES = ["messages", "values"]
 
 
 def _config(thread_id: str) -> dict[str, Any]:
@@ -115,19 +123,13 @@ def stream_turn(
     if not lock.acquire(timeout=wait_s):
         raise _busy(thread_id, wait_s)
     try:
-        sorter, values = _Sorter(), {}
+        turn = _Turn()
         for mode, payload in graph.stream(
-            inputs, config, context=context, stream_mode=["messages", "values"]
+            inputs, config, context=context, stream_mode=STREAM_MODES
         ):
-            if mode == "messages":
-                if text := sorter.feed(*payload):
-                    yield Token(text)
-            else:
-                values = payload
-        rest, done = sorter.finish(values)
-        for text in rest:
-            yield Token(text)
-        yield done
+            if token := turn.on(mode, payload):
+                yield token
+        yield from turn.end()
     finally:
         lock.release()
 
@@ -145,18 +147,12 @@ async def astream_turn(
     if not await asyncio.to_thread(lock.acquire, True, wait_s):
         raise _busy(thread_id, wait_s)
     try:
-        sorter, values = _Sorter(), {}
-        async for mode, payload in graph.astream(
-            inputs, config, context=context, stream_mode=["messages", "values"]
-        ):
-            if mode == "messages":
-                if text := sorter.feed(*payload):
-                    yield Token(text)
-            else:
-                values = payload
-        rest, done = sorter.finish(values)
-        for text in rest:
-            yield Token(text)
-        yield done
+        turn = _Turn()
+        events = graph.astream(inputs, config, context=context, stream_mode=STREAM_MODES)
+        async for mode, payload in events:
+            if token := turn.on(mode, payload):
+                yield token
+        for event in turn.end():
+            yield event
     finally:
         lock.release()
