@@ -14,7 +14,7 @@ import typer
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Settings, default_cache_dir, load_settings
+from tmo_graph.settings import Settings, load_settings
 
 # The benchmark's method names (kept here so `--help` needs no simulator import).
 ALL_METHODS = "local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn,own,rules,cascade"
@@ -53,17 +53,14 @@ def _fail(error: Exception) -> None:
 
 @contextmanager
 def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
-    """The compiled graph (real services, SQLite checkpointer) and its services."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
+    """The compiled graph (real services; threads in SQLite, or PostgreSQL at threads.url)."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
+    from tmo_graph.threads import open_checkpointer
 
-    db = db or default_cache_dir() / "threads.sqlite"
-    db.parent.mkdir(parents=True, exist_ok=True)
     typer.echo("loading models ...", err=True)
     services = build_services(settings)  # fail before the dialogue, not in the middle of it
-    with SqliteSaver.from_conn_string(str(db)) as saver:
+    with open_checkpointer(settings, db) as saver:
         yield build_graph(services, checkpointer=saver), services
 
 
@@ -163,6 +160,45 @@ def chat(
         typer.echo("")
     except TmoGraphError as error:
         _fail(error)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    config: ConfigOption = None,
+    db: DbOption = None,
+    max_concurrent_turns: Annotated[
+        int, typer.Option(help="turns answered at once; more get 503")
+    ] = 32,
+    thread_wait_s: Annotated[
+        float, typer.Option(help="seconds a turn waits for its thread's previous one (then 409)")
+    ] = 30.0,
+) -> None:
+    """An OpenAI-compatible chat API: POST /v1/chat/completions with model tmo-<policy>."""
+    try:
+        import uvicorn
+
+        from tmo_graph.server import create_app
+        from tmo_graph.services import build_services
+    except ImportError as error:
+        _fail(TmoGraphError(f"{error.name} is not installed", "pip install 'tmo-graph[serve]'"))
+    try:
+        settings = load_settings(config)
+        typer.echo("loading models ...", err=True)
+        services = build_services(settings)  # a bad config fails here, in one line
+        server_app = create_app(
+            settings=settings,
+            services=services,
+            db=db,
+            max_concurrent_turns=max_concurrent_turns,
+            thread_wait_s=thread_wait_s,
+        )
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(f"serving on http://{host}:{port}/v1 (models: GET /v1/models)", err=True)
+    # One worker: a thread's turns are kept in order by a per-process lock.
+    uvicorn.run(server_app, host=host, port=port, workers=1, log_level="info")
 
 
 @app.command()

@@ -1,0 +1,664 @@
+"""`tmo-graph serve`: the graph behind an OpenAI-compatible chat API (as RouteLLM serves its
+routers), so any OpenAI client or chat UI talks to it unchanged.
+
+Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
+``GET /health``.
+
+- ``model`` names the policy and, optionally, the confidence threshold: ``tmo-cascade``,
+  ``tmo-cascade-0.35`` (``confidence_threshold=0.35``), ``tmo-always-local`` ...
+- The dialogue lives in a graph thread. Header ``x-tmo-thread-id`` names it; without it the
+  server starts a new thread and returns its id in the ``x-tmo-thread-id`` header and the
+  ``tmo.thread_id`` field. A new thread takes the whole conversation the request carries; an
+  existing thread already holds the dialogue, so it gets only the new messages: the
+  trailing user message(s) after the last assistant message. System (or developer)
+  messages become the thread's one persona message, replaced when the client changes it.
+- The user (memory is recalled per user) is the request's ``user`` field, else the header
+  ``x-tmo-user``, else ``anonymous``.
+- Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
+  own files for a client. They are checked before the turn starts.
+- ``max_tokens``, ``temperature`` and the other sampling fields are accepted and ignored
+  (the models' limits come from the config); ``n`` other than 1 and ``tools`` are refused.
+- ``usage`` counts the tokens of the turn's model calls (the local model's prompt tokens
+  are not counted: the graph records 0 for them); ``tmo`` holds the turn record
+  (route, views_sent, confidence, escalated, fallback, latency_s, cost_usd, budget_left,
+  thread_id ...), also sent as ``x-tmo-*`` headers on plain responses and in the last
+  chunk of a stream.
+- Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for
+  input to fix, 404 for an unknown model, 409 when the thread is still answering another
+  turn after ``thread_wait_s``, 503 over ``max_concurrent_turns``, 500 (logged, no details)
+  for anything else.
+
+A turn runs in its own task: a client that disconnects mid-answer does not cut it, so the
+thread never keeps a question without its answer. One worker process only: the per-thread
+lock (``tmo_graph.conversation``) is per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tmo_graph.context import POLICIES, Context
+from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.images import check_image
+
+if TYPE_CHECKING:
+    from tmo_graph.services import Services
+    from tmo_graph.settings import Settings
+
+log = logging.getLogger("tmo_graph.server")
+
+MODEL_PREFIX = "tmo-"
+# The id of the thread's persona message: add_messages replaces a message with the same id,
+# so a client that sends its system prompt every turn leaves one copy in the thread.
+SYSTEM_ID = "tmo-system"
+THREAD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DEFAULT_USER = "anonymous"
+
+
+# --------------------------------------------------------------------------- request shape
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's request; fields not listed (temperature, max_tokens ...) are accepted and
+    ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    n: int | None = None
+    tools: list[Any] | None = None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error sent to the client in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+        )
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _api_error(exc: BaseException) -> ApiError:
+    """What the client is told about ``exc``; unexpected errors are logged, not shown."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ThreadBusy):
+        return ApiError(409, str(exc), code="thread_busy")
+    if isinstance(exc, TmoGraphError):
+        return ApiError(400, str(exc))
+    log.error("turn failed", exc_info=exc)
+    return ApiError(500, "internal error while answering; see the server log", "server_error")
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+# --------------------------------------------------------------------------- model names
+
+
+def parse_model(model: str) -> tuple[str, float | None]:
+    """``tmo-<policy>[-<threshold>]`` -> (policy, confidence threshold or None)."""
+    name = model.strip()
+    if name.startswith(MODEL_PREFIX):
+        rest = name[len(MODEL_PREFIX) :]
+        if rest in POLICIES:
+            return rest, None
+        policy, _, tail = rest.rpartition("-")
+        if policy in POLICIES:
+            try:
+                threshold = float(tail)
+            except ValueError:
+                threshold = None
+            if threshold is not None:
+                if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+                    raise _bad(
+                        f"the threshold in model {model!r} must be in [0, 1]; "
+                        f"use e.g. {MODEL_PREFIX}{policy}-0.5",
+                        "model",
+                    )
+                return policy, threshold
+    names = ", ".join(f"{MODEL_PREFIX}{p}" for p in POLICIES)
+    raise ApiError(
+        404,
+        f"The model {model!r} does not exist. Use one of: {names}, optionally with a "
+        f"confidence threshold, e.g. {MODEL_PREFIX}cascade-0.35 (GET /v1/models lists them)",
+        param="model",
+        code="model_not_found",
+    )
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _text_of(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(str(p.get("text", "")) for p in content or [] if p.get("type") == "text")
+
+
+def _user_content(
+    content: str | list[dict[str, Any]] | None, index: int
+) -> str | list[dict[str, Any]]:
+    """A user message's content, image parts checked (they must be data or http(s) URLs)."""
+    where = f"messages[{index}].content"
+    if content is None:
+        raise _bad(f"{where} is empty; send the user's question as text", where)
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for k, part in enumerate(content):
+        kind = part.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
+                raise _bad(
+                    f"{where}[{k}].image_url.url must be a data URL "
+                    "(data:image/png;base64,...) or an http(s) URL",
+                    f"{where}[{k}]",
+                )
+            try:
+                check_image(url)
+            except TmoGraphError as exc:
+                raise _bad(f"{where}[{k}]: {exc}", f"{where}[{k}]") from None
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise _bad(
+                f"{where}[{k}] has type {kind!r}; this server takes 'text' and 'image_url' parts",
+                f"{where}[{k}]",
+            )
+    return parts
+
+
+def new_messages(messages: list[ChatMessage], new_thread: bool) -> list[AnyMessage]:
+    """The messages the thread does not have yet.
+
+    A new thread gets the whole conversation; an existing one only the user message(s)
+    after the last assistant message. System / developer messages become one persona
+    message with a fixed id (replaced, never duplicated, in the thread).
+    """
+    if not messages:
+        raise _bad("messages is empty; send at least one user message", "messages")
+    system: list[str] = []
+    dialogue: list[tuple[int, ChatMessage]] = []
+    for i, message in enumerate(messages):
+        if message.role in ("system", "developer"):
+            system.append(_text_of(message.content))
+        elif message.role in ("user", "assistant"):
+            dialogue.append((i, message))
+        else:
+            raise _bad(
+                f"messages[{i}] has role {message.role!r}; this server takes system, "
+                "developer, user and assistant messages (no tool calls)",
+                f"messages[{i}].role",
+            )
+    if not dialogue or dialogue[-1][1].role != "user":
+        raise _bad(
+            "the last message must be a user message: it is the question this turn answers",
+            "messages",
+        )
+    if not new_thread:
+        start = len(dialogue)
+        while start > 0 and dialogue[start - 1][1].role == "user":
+            start -= 1
+        dialogue = dialogue[start:]
+    last_index, last = dialogue[-1]
+    if not _text_of(last.content).strip():
+        raise _bad(
+            f"messages[{last_index}] has no text; ask the question in words "
+            "(images may come with it)",
+            f"messages[{last_index}].content",
+        )
+    out: list[AnyMessage] = []
+    if any(text.strip() for text in system):
+        out.append(SystemMessage(content="\n\n".join(t for t in system if t.strip()), id=SYSTEM_ID))
+    for i, message in dialogue:
+        if message.role == "user":
+            out.append(HumanMessage(content=_user_content(message.content, i)))  # type: ignore[arg-type]
+        else:
+            out.append(AIMessage(content=_text_of(message.content)))
+    return out
+
+
+# --------------------------------------------------------------------------- turns
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+async def turn_usage(graph: Any, thread_id: str) -> Usage:
+    """The turn's token counts, from the checkpoint before ``account`` (which clears the
+    calls). Zero when the checkpointer kept no per-step checkpoint."""
+    config = {"configurable": {"thread_id": thread_id}}
+    async for snapshot in graph.aget_state_history(config, limit=3):
+        if tuple(snapshot.next) == ("account",):
+            calls = snapshot.values.get("calls") or []
+            return Usage(
+                sum(int(c.get("input_tokens", 0)) for c in calls),
+                sum(int(c.get("output_tokens", 0)) for c in calls),
+            )
+    return Usage(0, 0)
+
+
+@dataclass
+class Finished:
+    done: Done
+    usage: Usage
+
+
+Event = Token | Finished | BaseException
+
+
+def tmo_info(record: Mapping[str, Any], thread_id: str) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "turn": record["turn"],
+        "policy": record["policy"],
+        "task": record["task"],
+        "route": record["route"],
+        "views_sent": list(record["views_sent"]),
+        "confidence": record["confidence"],
+        "escalated": record["escalated"],
+        "fallback": record["fallback"],
+        "latency_s": record["latency_s"],
+        "cost_usd": record["cost_usd"],
+        "budget_left": dict(record["budget_left"]),
+    }
+
+
+def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
+    left = info["budget_left"]
+    confidence = info["confidence"]
+    return {
+        "x-tmo-thread-id": info["thread_id"],
+        "x-tmo-route": info["route"],
+        "x-tmo-views-sent": ",".join(info["views_sent"]),
+        "x-tmo-confidence": "" if confidence is None else f"{confidence:.4f}",
+        "x-tmo-escalated": str(info["escalated"]).lower(),
+        "x-tmo-latency-s": f"{info['latency_s']:.4f}",
+        "x-tmo-cost-usd": f"{info['cost_usd']:.8f}",
+        "x-tmo-budget-left-usd": f"{left['cost_usd']:.8f}",
+        "x-tmo-budget-left-s": f"{left['latency_s']:.4f}",
+    }
+
+
+class TurnRunner:
+    """Runs turns as tasks that finish even when their client leaves; counts them."""
+
+    def __init__(self, graph: Any, max_concurrent_turns: int, thread_wait_s: float) -> None:
+        self.graph = graph
+        self.max_concurrent_turns = max_concurrent_turns
+        self.thread_wait_s = thread_wait_s
+        self.active = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
+
+    def start(
+        self, inputs: dict[str, Any], thread_id: str, context: Context
+    ) -> asyncio.Queue[Event]:
+        if self.active >= self.max_concurrent_turns:
+            raise ApiError(
+                503,
+                f"the server is answering {self.active} turns, its limit; retry in a moment",
+                "server_error",
+                code="overloaded",
+                headers={"retry-after": "1"},
+            )
+        self.active += 1  # counted before the task starts: no await between check and count
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        task = asyncio.create_task(self._run(inputs, thread_id, context, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queue
+
+    async def _run(
+        self, inputs: dict[str, Any], thread_id: str, context: Context, queue: asyncio.Queue[Event]
+    ) -> None:
+        try:
+            async for event in astream_turn(
+                self.graph, inputs, thread_id, context, self.thread_wait_s
+            ):
+                if isinstance(event, Done):
+                    # Still inside the thread's lock: no later turn has written yet.
+                    queue.put_nowait(Finished(event, await turn_usage(self.graph, thread_id)))
+                else:
+                    queue.put_nowait(event)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            self.active -= 1
+
+    async def drain(self) -> None:
+        """Let running turns finish (shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=60)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _chunk(
+    completion_id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    include_usage: bool,
+    **extra: Any,
+) -> str:
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if include_usage:
+        body["usage"] = None  # OpenAI: null on every chunk but the last
+    body.update(extra)
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _delta(delta: dict[str, Any], finish: Literal["stop"] | None = None) -> list[dict[str, Any]]:
+    return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+
+async def _sse(
+    queue: asyncio.Queue[Event],
+    first: Event,
+    completion_id: str,
+    model: str,
+    thread_id: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    role = {"role": "assistant", "content": ""}
+    yield _chunk(completion_id, created, model, _delta(role), include_usage)
+    event = first
+    while True:
+        if isinstance(event, BaseException):
+            # Mid-stream failure: OpenAI sends an error event; its client raises on it.
+            yield f"data: {json.dumps(_api_error(event).body())}\n\n"
+            return
+        if isinstance(event, Token):
+            delta = _delta({"content": event.text})
+            yield _chunk(completion_id, created, model, delta, include_usage)
+        else:
+            info = tmo_info(event.done.record, thread_id)
+            stop = _delta({}, "stop")
+            yield _chunk(completion_id, created, model, stop, include_usage, tmo=info)
+            if include_usage:
+                last = _chunk(completion_id, created, model, [], False, tmo=info)
+                usage = json.loads(last[len("data: ") :])
+                usage["usage"] = event.usage.as_dict()
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        event = await queue.get()
+
+
+def _completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any]:
+    record = finished.done.record
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": record["answer"], "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": finished.usage.as_dict(),
+        "tmo": tmo_info(record, thread_id),
+    }
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _request_user(request: ChatRequest, header: str | None) -> str:
+    body, header = (request.user or "").strip(), (header or "").strip()
+    if body and header and body != header:
+        raise _bad(
+            f"the user field ({body!r}) and the x-tmo-user header ({header!r}) differ; "
+            "send one of them",
+            "user",
+        )
+    return body or header or DEFAULT_USER
+
+
+def _thread_id(header: str | None) -> tuple[str, bool]:
+    """The thread id and whether the thread is new (no header: the server names one)."""
+    if header is None or not header.strip():
+        return uuid.uuid4().hex, True
+    thread_id = header.strip()
+    if not THREAD_ID.match(thread_id):
+        raise _bad(
+            "the x-tmo-thread-id header must be 1-128 letters, digits or . _ : -; "
+            "leave it out to start a new thread"
+        )
+    return thread_id, False
+
+
+def create_app(
+    graph: Any = None,
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    db: Path | None = None,
+    max_concurrent_turns: int = 32,
+    thread_wait_s: float = 30.0,
+) -> FastAPI:
+    """The FastAPI app.
+
+    ``graph``: a compiled graph with an async-capable checkpointer (tests pass one built on
+    fakes with ``InMemorySaver``). Without it, the app builds one when it starts: the given
+    ``services`` (else real ones from ``settings``) and an ``AsyncSqliteSaver`` on ``db``
+    (default ``<cache>/threads.sqlite``, the file ``run`` and ``chat`` use).
+    ``settings`` give the defaults of each turn's Context (``routing:``).
+    """
+    if max_concurrent_turns < 1:
+        raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from tmo_graph.settings import load_settings
+
+        async with AsyncExitStack() as stack:
+            cfg = settings or (services.settings if services else None) or load_settings()
+            compiled = graph
+            if compiled is None:
+                compiled = await stack.enter_async_context(_default_graph(cfg, services, db))
+            state["settings"] = cfg
+            state["runner"] = runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s)
+            yield
+            await runner.drain()
+
+    app = FastAPI(title="tmo-graph", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(TmoGraphError)
+    async def _on_tmo_error(request: Request, exc: TmoGraphError) -> JSONResponse:
+        return _api_error(exc).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+        )
+        return _bad(f"invalid request: {problems}").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def _on_anything(request: Request, exc: Exception) -> JSONResponse:
+        return _api_error(exc).response()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        runner: TurnRunner = state["runner"]
+        return {
+            "status": "ok",
+            "active_turns": runner.active,
+            "max_concurrent_turns": runner.max_concurrent_turns,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        cfg: Settings = state["settings"]
+        # 'learned' needs a trained policy file in the config; without one it cannot run.
+        usable = [p for p in POLICIES if p != "learned" or cfg.routing.policy_file]
+        return {
+            "object": "list",
+            "data": [
+                {"id": f"{MODEL_PREFIX}{p}", "object": "model", "created": 0, "owned_by": "tmo"}
+                for p in usable
+            ],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        runner: TurnRunner = state["runner"]
+        policy, threshold = parse_model(body.model)
+        if body.n not in (None, 1):
+            raise _bad("n must be 1: a turn has one answer", "n")
+        if body.tools:
+            raise _bad("tools are not supported by this server; leave them out", "tools")
+        thread_id, new_thread = _thread_id(request.headers.get("x-tmo-thread-id"))
+        user = _request_user(body, request.headers.get("x-tmo-user"))
+        # Decoding inline images is CPU work: off the event loop.
+        messages = await asyncio.to_thread(new_messages, body.messages, new_thread)
+        context = Context.from_settings(
+            state["settings"], user_id=user, policy=policy, confidence_threshold=threshold
+        )
+        queue = runner.start({"messages": messages}, thread_id, context)
+        first = await queue.get()
+        if isinstance(first, BaseException):
+            raise _api_error(first)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+            return StreamingResponse(
+                _sse(queue, first, completion_id, body.model, thread_id, include_usage),
+                media_type="text/event-stream",
+                headers={"x-tmo-thread-id": thread_id, "cache-control": "no-cache"},
+            )
+        event: Event = first
+        while not isinstance(event, Finished):
+            if isinstance(event, BaseException):
+                raise _api_error(event)
+            event = await queue.get()
+        completion = _completion(body.model, event, thread_id)
+        return JSONResponse(completion, headers=tmo_headers(completion["tmo"]))
+
+    return app
+
+
+@asynccontextmanager
+async def _default_graph(
+    settings: Settings, services: Services | None, db: Path | None
+) -> AsyncIterator[Any]:
+    """The real graph on an async SQLite checkpointer (the sync one cannot serve astream)."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from tmo_graph.graph import build_graph
+    from tmo_graph.services import build_services
+    from tmo_graph.settings import default_cache_dir
+
+    if services is None:
+        services = await asyncio.to_thread(build_services, settings)
+    path = db or default_cache_dir() / "threads.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield build_graph(services, checkpointer=saver)
