@@ -14,7 +14,7 @@ import typer
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Settings, default_cache_dir, load_settings
+from tmo_graph.settings import Settings, load_settings
 
 # The benchmark's method names (kept here so `--help` needs no simulator import).
 ALL_METHODS = "local,cloud,random,ppo,a2c,dqn,rc-ppo,rc-a2c,rc-dqn,own,rules,cascade"
@@ -53,17 +53,14 @@ def _fail(error: Exception) -> None:
 
 @contextmanager
 def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
-    """The compiled graph (real services, SQLite checkpointer) and its services."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
+    """The compiled graph (real services; threads in SQLite, or PostgreSQL at threads.url)."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
+    from tmo_graph.threads import open_checkpointer
 
-    db = db or default_cache_dir() / "threads.sqlite"
-    db.parent.mkdir(parents=True, exist_ok=True)
     typer.echo("loading models ...", err=True)
     services = build_services(settings)  # fail before the dialogue, not in the middle of it
-    with SqliteSaver.from_conn_string(str(db)) as saver:
+    with open_checkpointer(settings, db) as saver:
         yield build_graph(services, checkpointer=saver), services
 
 

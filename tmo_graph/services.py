@@ -135,7 +135,7 @@ def build_services(settings: Settings) -> Services:
         local=local,
         cloud=cloud,
         embeddings=embeddings,
-        memory=TurnMemory(settings.memory_dir(), settings.memory.collection),
+        memory=TurnMemory.from_settings(settings),
         gap_predictor=gap_predictor,
     )
 

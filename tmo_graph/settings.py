@@ -100,6 +100,19 @@ class EmbeddingSettings(_Section):
 class MemorySettings(_Section):
     persist_dir: Path | None = Field(None, description="Chroma folder; default <cache>/memory")
     collection: str = "tmo_turns"
+    server_url: str | None = Field(
+        None,
+        description="Chroma server (`chroma run`), e.g. http://127.0.0.1:8000; "
+        "None: embedded Chroma in persist_dir",
+    )
+
+
+class ThreadSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="PostgreSQL URL for the thread checkpoints (postgresql://user@host:5432/db); "
+        "None: a SQLite file on this machine",
+    )
 
 
 class DeviceSettings(_Section):
@@ -156,6 +169,7 @@ class Settings(BaseSettings):
     cloud: CloudSettings = CloudSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     memory: MemorySettings = MemorySettings()
+    threads: ThreadSettings = ThreadSettings()
     device: DeviceSettings = DeviceSettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()

@@ -98,3 +98,41 @@ def test_image_max_side_default_and_bounds(tmp_path: Path) -> None:
     config.write_text("cloud: {image_max_side: -1}")
     with pytest.raises(TmoGraphError, match="cloud.image_max_side"):
         load_settings(config)
+
+
+def test_scale_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One config for every worker; each machine may point at its own servers.
+    monkeypatch.setenv("TMO_THREADS__URL", "postgresql://tmo@db:5432/tmo")
+    monkeypatch.setenv("TMO_MEMORY__SERVER_URL", "http://chroma:8000")
+    settings = load_settings(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+    assert settings.threads.url == "postgresql://tmo@db:5432/tmo"
+    assert settings.memory.server_url == "http://chroma:8000"
+    assert (Settings().threads.url, Settings().memory.collection) == (
+        "postgresql://tmo@db:5432/tmo",
+        "tmo_turns",
+    )
+    monkeypatch.setenv("TMO_THREADS__URL", "null")  # back to the SQLite file
+    assert load_settings(None).threads.url is None
+
+
+def test_bad_scale_urls_fail_before_connecting(tmp_path: Path) -> None:
+    from tmo_graph.memory import TurnMemory
+    from tmo_graph.settings import ThreadSettings
+    from tmo_graph.threads import open_checkpointer
+
+    with pytest.raises(TmoGraphError, match=r"memory.server_url 'chroma:8000'.*Fix: write it"):
+        TurnMemory(None, server_url="chroma:8000")
+    with pytest.raises(TmoGraphError, match="needs a folder or a Chroma server URL"):
+        TurnMemory(None)
+    bad = Settings(threads=ThreadSettings(url="sqlite:///x.db"))
+    with pytest.raises(TmoGraphError, match="not a PostgreSQL URL"), open_checkpointer(bad):
+        pass
+    both = Settings(threads=ThreadSettings(url="postgresql://tmo@db/tmo"))
+    with (
+        pytest.raises(TmoGraphError, match="both a SQLite file"),
+        open_checkpointer(both, tmp_path / "t.sqlite"),
+    ):
+        pass
+    with open_checkpointer(Settings(), tmp_path / "sub" / "t.sqlite") as saver:  # as before
+        assert type(saver).__name__ == "SqliteSaver"
+    assert (tmp_path / "sub" / "t.sqlite").is_file()

@@ -1,0 +1,270 @@
+"""Beyond one machine: two workers share threads in a real PostgreSQL 15 and memory on a real
+Chroma server (`chroma run`), serving one thread alternately. The models are instant fakes:
+what is tested is the shared state, not the answers.
+
+PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs to the
+`postgres` system user (`runuser -u postgres --`), in a temp folder that user owns.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
+
+from tests.unit_tests.fakes import FakeCloud, FakeLocal
+from tmo_graph import memory as memory_module
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.graph import build_graph
+from tmo_graph.memory import TurnMemory
+from tmo_graph.services import Services
+from tmo_graph.settings import MemorySettings, Settings, ThreadSettings
+from tmo_graph.threads import open_checkpointer
+
+pytestmark = pytest.mark.integration
+
+PG_BIN = Path(os.environ.get("TMO_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+CHROMA = Path(sys.executable).parent / "chroma"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_owner() -> list[str]:
+    """The prefix that runs a PostgreSQL server command as an unprivileged user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root and no `postgres` system user to own the test cluster")
+    if shutil.which("runuser") is None:
+        pytest.skip("running as root and no `runuser` to start PostgreSQL as `postgres`")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with database `tmo`; its URL."""
+    if not (PG_BIN / "initdb").is_file():
+        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN} (set TMO_TEST_PG_BIN)")
+    owner = _as_owner()
+    # Not under pytest's tmp_path: that is 0700 root's, so `postgres` could not enter it.
+    root = Path(tempfile.mkdtemp(prefix="tmo-pg-"))
+    if owner:
+        shutil.chown(root, user="postgres")
+    data, port = root / "data", _free_port()
+    pg_ctl = [*owner, str(PG_BIN / "pg_ctl"), "-D", str(data)]
+    try:
+        _run([*owner, str(PG_BIN / "initdb"), "-D", str(data), "-U", "tmo", "--auth=trust"])
+        # -F: no fsync, a test cluster; -k: the unix socket in our folder, not /run/postgresql.
+        options = f"-h 127.0.0.1 -p {port} -k {root} -F"
+        _run([*pg_ctl, "-l", str(root / "log"), "-w", "-t", "30", "start", "-o", options])
+        try:
+            _run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tmo", "tmo"])
+            yield f"postgresql://tmo@127.0.0.1:{port}/tmo"
+        finally:
+            _run([*pg_ctl, "-m", "immediate", "-w", "stop"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `chroma run` server on a free 127.0.0.1 port; its URL."""
+    if not CHROMA.is_file():
+        pytest.skip(f"no `chroma` script beside {sys.executable} (pip install chromadb)")
+    folder = tmp_path_factory.mktemp("chroma-server")
+    port = _free_port()
+    log = (folder / "log").open("w")
+    cmd = [str(CHROMA), "run", "--path", str(folder / "data"), "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, (folder / "log").read_text()
+            assert time.monotonic() < deadline, "chroma run did not answer within 30 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _settings(pg_url: str, chroma_url: str) -> Settings:
+    return Settings(
+        threads=ThreadSettings(url=pg_url), memory=MemorySettings(server_url=chroma_url)
+    )
+
+
+def _worker(stack: ExitStack, settings: Settings, name: str, tmp: Path) -> tuple[Any, FakeLocal]:
+    """One worker: its own Postgres connection, its own Chroma client, instant fake models."""
+    local = FakeLocal([f"answer from {name}"])
+    services = Services(
+        settings=settings,
+        local=local,
+        cloud=FakeCloud(),
+        embeddings=DeterministicFakeEmbedding(size=32),
+        memory=TurnMemory.from_settings(settings),
+        image_dir=tmp / name,
+    )
+    saver = stack.enter_context(open_checkpointer(settings))
+    return build_graph(services, checkpointer=saver), local
+
+
+def _context(user: str) -> Context:
+    # Two turns kept verbatim: older ones move to the Chroma server; recall everything stored.
+    return Context(
+        policy="always-local", user_id=user, recent_turns=2, recall_k=5, min_recall_score=-1
+    )
+
+
+TEXTS = [
+    "My locker code is 4711.",
+    "I like basil.",
+    "The oven is gas.",
+    "The fridge hums at night.",
+    "What is my locker code?",
+    "Which herb do I like?",
+]
+
+
+def test_two_workers_serve_one_thread_alternately(
+    postgres: str, chroma: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(postgres, chroma)
+    config = {"configurable": {"thread_id": "shared"}}
+    with ExitStack() as stack:
+        graph_a, local_a = _worker(stack, settings, "A", tmp_path)
+        # The same URL in one process reuses its client; worker B stands for another machine,
+        # so it gets a fresh one (as a second process would).
+        assert TurnMemory.from_settings(settings)._client is memory_module._CLIENTS[chroma]
+        monkeypatch.setattr(memory_module, "_CLIENTS", {})
+        graph_b, local_b = _worker(stack, settings, "B", tmp_path)
+        assert graph_a.checkpointer is not graph_b.checkpointer
+        assert graph_a.checkpointer.conn is not graph_b.checkpointer.conn
+
+        outs = []
+        for i, text in enumerate(TEXTS):
+            graph = graph_a if i % 2 == 0 else graph_b
+            outs.append(
+                graph.invoke({"messages": [("user", text)]}, config, context=_context("alice"))
+            )
+
+        # Turn 4 ran on A and recalls turn 0, which B moved to Chroma at turn 3;
+        # turn 5 ran on B and recalls turn 1, which A moved at turn 4.
+        assert "4711" in local_a.seen[-1][0]["content"]
+        assert "basil" in local_b.seen[-1][0]["content"]
+        # Each worker answered exactly its turns' questions, with the history before them.
+        assert [seen[-1]["content"] for seen in local_a.seen] == TEXTS[0::2]
+        assert [seen[-1]["content"] for seen in local_b.seen] == TEXTS[1::2]
+        assert "I like basil." in str(local_a.seen[1])  # turn 2 on A saw turn 1 from B
+
+        # Either worker sees the whole thread: every turn, in order, each by its worker.
+        for graph in (graph_a, graph_b):
+            turns = graph.get_state(config).values["turns"]
+            assert [t["turn"] for t in turns] == list(range(len(TEXTS)))
+            assert [t["answer"] for t in turns] == ["answer from A", "answer from B"] * 3
+        # The two recent turns and the current one stay verbatim; older ones left the state.
+        messages = outs[-1]["messages"]
+        assert len(messages) == 2 * 2 + 2
+        assert all("4711" not in m.content for m in messages)
+
+        # Turn i moved turn i - 3 to the server: turns 0..2 are there, once each.
+        stored = TurnMemory.from_settings(settings).search(user_id="alice", vector=[1.0] * 32, k=10)
+        assert sorted((r["thread_id"], r["turn"]) for r in stored) == [
+            ("shared", i) for i in range(len(TEXTS) - 3)
+        ]
+
+        # Users stay apart on the server: bob's thread on worker B never sees alice's turns.
+        for text in ["I drink tea.", "I bake bread.", "I cook rice.", "What is my locker code?"]:
+            graph_b.invoke(
+                {"messages": [("user", text)]},
+                {"configurable": {"thread_id": "bob"}},
+                context=_context("bob"),
+            )
+        assert "tea" in local_b.seen[-1][0]["content"]  # bob's own old turn was recalled
+        assert all("4711" not in m["content"] for m in local_b.seen[-1])
+        bob = TurnMemory.from_settings(settings)
+        assert {r["thread_id"] for r in bob.search(user_id="bob", vector=[1.0] * 32, k=10)} == {
+            "bob"
+        }
+
+    # A third connection, after both workers closed theirs, still finds the whole thread.
+    with open_checkpointer(settings) as saver:
+        checkpoint = saver.get_tuple(config)
+        assert checkpoint is not None
+        assert len(checkpoint.checkpoint["channel_values"]["turns"]) == len(TEXTS)
+
+
+def test_unreachable_postgres_says_what_and_how_to_fix() -> None:
+    url = f"postgresql://tmo:s3cret@127.0.0.1:{_free_port()}/tmo"  # nothing listens there
+    settings = Settings(threads=ThreadSettings(url=url))
+    with (
+        pytest.raises(TmoGraphError, match="cannot connect to PostgreSQL") as info,
+        open_checkpointer(settings),
+    ):
+        pass
+    message = str(info.value)
+    assert "Fix: start the server" in message and "s3cret" not in message
+    with (
+        pytest.raises(TmoGraphError, match="not a PostgreSQL URL"),
+        open_checkpointer(Settings(threads=ThreadSettings(url="mysql://x@h/db"))),
+    ):
+        pass
+
+
+def test_a_missing_database_is_named(postgres: str) -> None:
+    url = postgres.rsplit("/", 1)[0] + "/nosuchdb"
+    with (
+        pytest.raises(TmoGraphError, match="nosuchdb.*createdb"),
+        open_checkpointer(Settings(threads=ThreadSettings(url=url))),
+    ):
+        pass
+
+
+def test_unreachable_chroma_server_says_what_and_how_to_fix() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(TmoGraphError, match="cannot reach the Chroma server") as info:
+        TurnMemory.from_settings(Settings(memory=MemorySettings(server_url=url)))
+    assert "Fix: start it (`chroma run --path DIR" in str(info.value)
+    with pytest.raises(TmoGraphError, match="not an http"):
+        TurnMemory(None, server_url="127.0.0.1:8000")

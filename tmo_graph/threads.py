@@ -1,0 +1,121 @@
+"""Where dialogue threads are checkpointed: a SQLite file, or PostgreSQL for several workers.
+
+Each turn's state is saved under its thread id, so any process holding a checkpointer to
+the same store can continue a thread another one started (``threads.url`` in the settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import Settings, default_cache_dir
+
+# Seconds a worker waits for PostgreSQL before saying it is unreachable (libpq waits forever).
+CONNECT_TIMEOUT_S = 10
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@contextmanager
+def open_checkpointer(
+    settings: Settings, db_path: Path | None = None
+) -> Iterator[BaseCheckpointSaver[Any]]:
+    """The checkpointer the settings name: PostgreSQL at ``threads.url``, else a SQLite file
+    (``db_path``, default ``<cache>/threads.sqlite``). Closed when the block ends."""
+    if not isinstance(settings, Settings):
+        raise TmoGraphError(
+            f"open_checkpointer needs Settings, got {type(settings).__name__}",
+            "pass tmo_graph.settings.load_settings(...)",
+        )
+    url = settings.threads.url
+    if url is None:
+        with _sqlite(db_path) as saver:
+            yield saver
+        return
+    if db_path is not None:  # two stores named at once: say which one wins instead of guessing
+        raise TmoGraphError(
+            f"both a SQLite file ({db_path}) and threads.url ({redact(url)}) were given",
+            "drop --db to keep threads in PostgreSQL, or unset threads.url / TMO_THREADS__URL",
+        )
+    with _postgres(url) as saver:
+        yield saver
+
+
+@contextmanager
+def _sqlite(db_path: Path | None) -> Iterator[BaseCheckpointSaver[Any]]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    db = Path(db_path) if db_path is not None else default_cache_dir() / "threads.sqlite"
+    if db.is_dir():
+        raise TmoGraphError(f"thread database {db} is a folder", "pass a file path, e.g. t.sqlite")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        yield saver
+
+
+@contextmanager
+def _postgres(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise TmoGraphError(
+            f"threads.url {redact(url)!r} is not a PostgreSQL URL",
+            "write postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE, or null for a SQLite file",
+        )
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+    except ImportError:
+        raise TmoGraphError(
+            "threads.url names PostgreSQL but its checkpointer is not installed",
+            "pip install 'tmo-graph[scale]'",
+        ) from None
+    conninfo = _with_connect_timeout(url, psycopg)
+    with ExitStack() as stack:
+        try:
+            saver = stack.enter_context(PostgresSaver.from_conn_string(conninfo))
+        except psycopg.Error as exc:
+            raise TmoGraphError(
+                f"cannot connect to PostgreSQL at {redact(url)} (threads.url): {_first_line(exc)}",
+                "start the server and create the database (`createdb NAME`), check host, port, "
+                "user and password in threads.url / TMO_THREADS__URL, or set it to null for SQLite",
+            ) from None
+        try:
+            saver.setup()  # creates or migrates the tables; idempotent, so every worker runs it
+        except psycopg.Error as exc:
+            raise TmoGraphError(
+                f"PostgreSQL at {redact(url)} refused the checkpoint tables: {_first_line(exc)}",
+                "give the user of threads.url CREATE rights on the database "
+                "(GRANT CREATE ON SCHEMA public TO that_user)",
+            ) from None
+        yield saver
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _with_connect_timeout(url: str, psycopg: Any) -> str:
+    """The URL as a libpq conninfo with a connect timeout, unless the URL sets its own."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise TmoGraphError(
+            f"threads.url {redact(url)!r} does not parse: {exc}",
+            "write postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE",
+        ) from None
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    return str(psycopg.conninfo.make_conninfo("", **params))
