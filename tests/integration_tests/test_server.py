@@ -359,6 +359,29 @@ def test_a_turn_that_cannot_wait_for_its_thread_gets_409_and_is_not_lost(tmp_pat
     assert len(_state(graph, "busy")["turns"]) == 1  # the first turn kept, the second refused
 
 
+def test_a_client_that_leaves_mid_turn_does_not_cut_the_turn(tmp_path: Path) -> None:
+    local = SlowLocal(["ok"])
+    local.delay = 0.8
+    graph, _ = _graph(tmp_path, local)
+    served = Served(create_app(graph))
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{served.url}/v1/chat/completions",
+                json={"model": "tmo-always-local", "messages": [{"role": "user", "content": "Hi"}]},
+                headers={"x-tmo-thread-id": "left"},
+                timeout=httpx.Timeout(5, read=0.2),
+            )
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{served.url}/health").json()["active_turns"]:
+            assert time.monotonic() < deadline, "the turn never finished"
+            time.sleep(0.05)
+    finally:
+        served.stop()
+    # The question and its answer are both in the thread: never a question left unanswered.
+    assert [m.type for m in _state(graph, "left")["messages"]] == ["human", "ai"]
+
+
 def test_over_the_turn_limit_the_server_answers_503(tmp_path: Path) -> None:
     local = SlowLocal(["ok"])
     local.delay = 1.0
