@@ -5,13 +5,22 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Context", "Services", "State", "TmoGraphError", "build_graph", "load_settings"]
+__all__ = [
+    "Context",
+    "Services",
+    "State",
+    "TMOChatModel",
+    "TmoGraphError",
+    "build_graph",
+    "load_settings",
+]
 __version__ = "0.1.0"
 
 _WHERE = {
     "Context": "tmo_graph.context",
     "Services": "tmo_graph.services",
     "State": "tmo_graph.state",
+    "TMOChatModel": "tmo_graph.chat_model",
     "TmoGraphError": "tmo_graph.errors",
     "build_graph": "tmo_graph.graph",
     "load_settings": "tmo_graph.settings",

@@ -1,0 +1,556 @@
+"""``TMOChatModel``: the tmo-graph router as a LangChain chat model.
+
+An existing LangChain app swaps its chat model for the router::
+
+    chain = ChatPromptTemplate.from_messages([...]) | TMOChatModel(graph=graph) | StrOutputParser()
+
+Each call is one turn of the graph (:mod:`tmo_graph.conversation`): it streams only the final
+answer's tokens (a local draft the cloud replaced never arrives) and returns an ``AIMessage``
+whose ``response_metadata`` is the turn record (route, views sent, confidence, cost ...) and
+whose ``usage_metadata`` sums the tokens of the turn's model calls.
+
+**Threads.** The turn runs on ``config["configurable"]["thread_id"]``, else the
+``thread_id`` field, else a new thread per call. Budgets and history live in the thread
+only when the graph has a checkpointer (``build_graph(checkpointer=...)``); the default
+graph has none, so each call is a dialogue of its own made of the messages it was given.
+
+**What is sent to the thread (the history rule).** The thread already holds the dialogue,
+so of the messages a call passes only those the thread does not have are sent:
+
+1. an empty thread (a new one, or a graph without checkpointer) takes all of them;
+2. otherwise the thread's last message (normally the previous answer) is looked up in the
+   call's messages, from the end, by id or else by role and text: only the messages after
+   it are new. A caller passing the whole history each call (LCEL chains) thus sends just
+   the new question; a caller passing only the new question sends it as is;
+3. a call whose messages hold AI answers but not the thread's last one has another
+   history than the thread: it is refused (use a new ``thread_id``);
+4. a system message whose text the thread already has is never sent again (a prompt
+   template repeats its system message every call); a changed one is sent.
+
+The call's messages must end with the user's (human) message.
+
+**Isolation.** The graph runs as its own run: the caller's run config (callbacks, an outer
+LangGraph's checkpointer and namespace) does not leak into it, so an outer app streaming
+``stream_mode="messages"`` sees this model's final tokens once and never a draft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    UsageMetadata,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from pydantic import Field, PrivateAttr, field_validator
+
+from tmo_graph.context import Context
+from tmo_graph.conversation import Done, Token, astream_turn, stream_turn
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.prompts import message_text
+from tmo_graph.settings import Settings
+from tmo_graph.state import CallRecord, TurnRecord, ViewSpec
+
+# LangChain hands `_stream` neither the run config nor the run manager, so the public entry
+# points pass the config's thread and user down as these keyword arguments.
+THREAD_KWARG, USER_KWARG = "tmo_thread_id", "tmo_user_id"
+VIEW_FIELDS = frozenset(ViewSpec.__annotations__)
+# Per-call arguments that ask for tool calling or structured output, which the router cannot do.
+TOOL_KWARGS = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format"})
+TOOLS_FIX = (
+    "call the tools yourself around the router (e.g. a LangGraph agent whose tool-calling "
+    "model is another chat model, with TMOChatModel answering the user), or use a plain "
+    "chat model where tools are needed"
+)
+
+
+class ToolsNotSupported(TmoGraphError, NotImplementedError):
+    """The router answers in text; it has no tool calling."""
+
+
+def _tools_refused() -> ToolsNotSupported:
+    return ToolsNotSupported(
+        "TMOChatModel does not support tools or structured output: the router sends each turn "
+        "to a small local model or a cloud model and neither is given tools",
+        TOOLS_FIX,
+    )
+
+
+def check_views(views: Mapping[str, Any]) -> dict[str, ViewSpec]:
+    """The views as ViewSpecs, or an error naming the view and what to fix."""
+    out: dict[str, ViewSpec] = {}
+    for name, view in views.items():
+        if not isinstance(name, str) or not name.strip():
+            raise TmoGraphError(
+                f"view name {name!r} is not a name", "name each view, e.g. 'overhead'"
+            )
+        if not isinstance(view, Mapping):
+            raise TmoGraphError(
+                f"view {name!r} is a {type(view).__name__}, not a view spec",
+                "give {'image': PATH or URL, 'description': TEXT, 'private': False}",
+            )
+        unknown = sorted(set(view) - VIEW_FIELDS)
+        if unknown:
+            raise TmoGraphError(
+                f"view {name!r} has unknown field(s) {', '.join(map(repr, unknown))}",
+                f"use only {', '.join(sorted(VIEW_FIELDS))}",
+            )
+        if not (view.get("image") or view.get("description")):
+            raise TmoGraphError(
+                f"view {name!r} has neither an image nor a description",
+                "give each view {'image': PATH, 'description': TEXT}",
+            )
+        if not isinstance(view.get("private", False), bool):
+            raise TmoGraphError(f"view {name!r}: 'private' must be true or false", "fix it")
+        out[name] = cast(ViewSpec, dict(view))
+    return out
+
+
+def _text(message: BaseMessage) -> str:
+    return message_text(cast(AnyMessage, message)).strip()
+
+
+def _same(a: BaseMessage, b: BaseMessage) -> bool:
+    """One message of the dialogue: the same id, or else the same role and text."""
+    if a.id and b.id and a.id == b.id:
+        return True
+    return a.type == b.type and _text(a) == _text(b)
+
+
+def new_messages(
+    incoming: Sequence[BaseMessage], stored: Sequence[BaseMessage]
+) -> list[BaseMessage]:
+    """The messages of a call the thread does not hold yet (the module's history rule)."""
+    if not incoming:
+        raise TmoGraphError("no messages were given", "pass at least the user's question")
+    if not isinstance(incoming[-1], HumanMessage):
+        raise TmoGraphError(
+            f"the last message is a {incoming[-1].type!r} message, not the user's",
+            "end the messages with a HumanMessage (the question this turn answers)",
+        )
+    for message in incoming:
+        if message.type not in {"human", "ai", "system"}:
+            raise TmoGraphError(
+                f"a {message.type!r} message cannot be sent to the router",
+                f"send only system, human and AI messages; {TOOLS_FIX}",
+            )
+    said = [m for m in stored if not isinstance(m, SystemMessage)]
+    head: Sequence[BaseMessage] = []
+    tail: Sequence[BaseMessage] = incoming
+    if said:
+        last = said[-1]
+        at = next((i for i in range(len(incoming) - 1, -1, -1) if _same(incoming[i], last)), None)
+        if at is not None:
+            head, tail = incoming[: at + 1], incoming[at + 1 :]
+        elif any(isinstance(m, AIMessage) for m in incoming):
+            raise TmoGraphError(
+                "the messages carry a history that is not this thread's (its last answer is "
+                "not among them)",
+                "pass the thread's history as it was answered, only the new messages, or "
+                "another thread_id",
+            )
+    # A prompt template repeats its system message every call: the thread keeps it once.
+    known = {_text(m) for m in stored if isinstance(m, SystemMessage)}
+    persona: list[BaseMessage] = []
+    for message in [*head, *tail]:
+        text = _text(message)
+        if isinstance(message, SystemMessage) and text not in known:
+            known.add(text)
+            persona.append(message)
+    rest = [m for m in tail if not isinstance(m, SystemMessage)]
+    if not any(isinstance(m, HumanMessage) for m in rest):
+        raise TmoGraphError(
+            "the thread already holds this question (nothing new to answer)",
+            "add the new question, or use another thread_id",
+        )
+    return [*persona, *rest]
+
+
+def _usage(calls: Sequence[CallRecord]) -> UsageMetadata:
+    """Tokens of all the turn's calls (the local model reports its output tokens only)."""
+    given = sum(int(c.get("input_tokens", 0)) for c in calls)
+    made = sum(int(c.get("output_tokens", 0)) for c in calls)
+    return UsageMetadata(input_tokens=given, output_tokens=made, total_tokens=given + made)
+
+
+def _metadata(record: TurnRecord, thread_id: str) -> dict[str, Any]:
+    return {
+        "model_name": "tmo-graph",
+        "thread_id": thread_id,
+        "turn": record["turn"],
+        "policy": record["policy"],
+        "route": record["route"],
+        "views_sent": list(record["views_sent"]),
+        "confidence": record["confidence"],
+        "escalated": record["escalated"],
+        "fallback": record["fallback"],
+        "latency_s": record["latency_s"],
+        "cost_usd": record["cost_usd"],
+        "budget_left": dict(record["budget_left"]),
+        "task": record["task"],
+    }
+
+
+class _Recorder:
+    """The graph as ``stream_turn`` sees it, keeping the turn's model calls on the way:
+    ``account`` clears them from the state, so the usage is read off the node updates."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.calls: list[CallRecord] = []
+
+    def _keep(self, payload: Mapping[str, Any]) -> None:
+        for update in payload.values():
+            if isinstance(update, Mapping):
+                self.calls.extend(update.get("calls") or [])
+
+    def stream(self, inputs: Any, config: Any, *, context: Any, stream_mode: list[str]) -> Any:
+        for mode, payload in self.graph.stream(
+            inputs, config, context=context, stream_mode=[*stream_mode, "updates"]
+        ):
+            if mode == "updates":
+                self._keep(payload)
+            else:
+                yield mode, payload
+
+    async def astream(
+        self, inputs: Any, config: Any, *, context: Any, stream_mode: list[str]
+    ) -> Any:
+        async for mode, payload in self.graph.astream(
+            inputs, config, context=context, stream_mode=[*stream_mode, "updates"]
+        ):
+            if mode == "updates":
+                self._keep(payload)
+            else:
+                yield mode, payload
+
+
+def _own_context() -> contextvars.Context:
+    """A context without the caller's run config, so the graph is not made a child run."""
+    ctx = contextvars.copy_context()
+    ctx.run(var_child_runnable_config.set, None)
+    return ctx
+
+
+def _isolated(make: Callable[[], Iterator[Token | Done]]) -> Iterator[Token | Done]:
+    ctx = _own_context()
+    events = ctx.run(make)
+    while True:
+        try:
+            yield ctx.run(next, events)
+        except StopIteration:
+            return
+
+
+async def _aisolated(
+    make: Callable[[], AsyncIterator[Token | Done]],
+) -> AsyncIterator[Token | Done]:
+    ctx = _own_context()
+    events = ctx.run(make)
+    while True:
+        try:
+            yield await asyncio.create_task(_anext(events), context=ctx)
+        except StopAsyncIteration:
+            return
+
+
+async def _anext(events: AsyncIterator[Token | Done]) -> Token | Done:
+    return await events.__anext__()
+
+
+class TMOChatModel(BaseChatModel):
+    """The tmo-graph router as a chat model: each call is one routed turn of a thread.
+
+    See the module docstring for the thread and history rules.
+    """
+
+    graph: Any = Field(
+        default=None,
+        description="A compiled tmo-graph (build_graph(...)); default: built on first use from "
+        "`settings`, without a checkpointer.",
+    )
+    settings: Settings | None = Field(
+        default=None, description="Settings for the default graph (configs/default.yaml's)."
+    )
+    context: Context | None = Field(
+        default=None, description="Per-run settings: policy, budgets, persona, models."
+    )
+    user_id: str | None = Field(
+        default=None, description="Owner of the dialogue, unless the run config names one."
+    )
+    views: dict[str, ViewSpec] = Field(
+        default_factory=dict, description="Named device views; per call via views=..."
+    )
+    thread_id: str | None = Field(
+        default=None, description="Thread, unless the run config names one; else a new one."
+    )
+    wait_s: float = Field(default=30.0, description="How long a turn waits for its thread.")
+
+    _built: Any = PrivateAttr(default=None)
+    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _check_views(cls, views: Any) -> Any:
+        # Before pydantic, which would drop a misspelt field silently; fails at construction.
+        return check_views(views) if isinstance(views, Mapping) else views
+
+    @property
+    def _llm_type(self) -> str:
+        return "tmo-graph"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        ctx = self.context
+        return {"policy": ctx.policy if ctx else None, "views": sorted(self.views)}
+
+    def get_graph_instance(self) -> Any:
+        """The graph the turns run on (the default one is built once, on first use)."""
+        if self.graph is not None:
+            return self.graph
+        with self._build_lock:
+            if self._built is None:
+                from tmo_graph.graph import build_graph
+
+                self._built = build_graph(settings=self.settings)
+            return self._built
+
+    # Tools: the router has none to give its models.
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        raise _tools_refused()
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        raise _tools_refused()
+
+    # --- one turn -------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any], str, Any]:
+        """(graph, inputs, thread id, context) for the call, or a TmoGraphError saying why not."""
+        if stop:
+            raise TmoGraphError(
+                "stop sequences are not supported by the router", "leave `stop` out"
+            )
+        if TOOL_KWARGS & set(kwargs):
+            raise _tools_refused()
+        views = kwargs.pop("views", None)
+        # From the run config (see _from_config), else from the run's metadata, where
+        # LangChain copies `configurable` values when it is handed a config.
+        meta = (run_manager.metadata if run_manager else None) or {}
+        thread_id = str(
+            kwargs.pop(THREAD_KWARG, None)
+            or meta.get("thread_id")
+            or self.thread_id
+            or uuid.uuid4()
+        )
+        user_id = kwargs.pop(USER_KWARG, None) or meta.get("user_id") or self.user_id
+        if kwargs:
+            raise TmoGraphError(
+                f"unknown argument(s) {', '.join(sorted(kwargs))}",
+                "TMOChatModel takes only views=...; set the policy and budgets with context=",
+            )
+        if user_id is not None and not str(user_id).strip():
+            raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
+        context: Any = self.context
+        if user_id is not None:
+            # Without a Context, the graph's own defaults apply with this user.
+            context = (
+                replace(context, user_id=str(user_id)) if context else {"user_id": str(user_id)}
+            )
+
+        graph = self.get_graph_instance()
+        stored: list[BaseMessage] = []
+        if getattr(graph, "checkpointer", None) is not None:
+            snapshot = graph.get_state({"configurable": {"thread_id": thread_id}})
+            stored = list(snapshot.values.get("messages") or [])
+        inputs: dict[str, Any] = {"messages": new_messages(messages, stored)}
+        all_views = {**self.views, **check_views(views or {})}
+        if all_views:
+            inputs["views"] = all_views
+        return graph, inputs, thread_id, context
+
+    def _turn(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[ChatGenerationChunk | ChatResult]:
+        graph, inputs, thread_id, context = self._prepare(messages, stop, run_manager, kwargs)
+        recorder = _Recorder(graph)
+        events = _isolated(
+            lambda: stream_turn(recorder, inputs, thread_id, context, wait_s=self.wait_s)
+        )
+        for event in events:
+            if isinstance(event, Token):
+                # LangChain reports each yielded chunk to the callbacks itself.
+                yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+            else:
+                yield self._result(event, thread_id, recorder.calls)
+
+    async def _aturn(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[ChatGenerationChunk | ChatResult]:
+        # The thread's stored messages are read off the checkpointer: not on the event loop.
+        graph, inputs, thread_id, context = await asyncio.to_thread(
+            self._prepare, messages, stop, run_manager, kwargs
+        )
+        recorder = _Recorder(graph)
+        events = _aisolated(
+            lambda: astream_turn(recorder, inputs, thread_id, context, wait_s=self.wait_s)
+        )
+        async for event in events:
+            if isinstance(event, Token):
+                yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+            else:
+                yield self._result(event, thread_id, recorder.calls)
+
+    @staticmethod
+    def _result(done: Done, thread_id: str, calls: Sequence[CallRecord]) -> ChatResult:
+        record = done.record
+        replies = [m for m in done.state.get("messages") or [] if isinstance(m, AIMessage)]
+        message = AIMessage(
+            content=record["answer"],
+            # The thread's own id for the reply, so a caller passing it back is matched by id.
+            id=replies[-1].id if replies else None,
+            usage_metadata=_usage(calls),
+            response_metadata=_metadata(record, thread_id),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    @staticmethod
+    def _last_chunk(result: ChatResult) -> ChatGenerationChunk:
+        message = cast(AIMessage, result.generations[0].message)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=message.usage_metadata,
+                response_metadata=message.response_metadata,
+                chunk_position="last",
+            )
+        )
+
+    # --- LangChain's entry points ------------------------------------------------------------
+
+    @staticmethod
+    def _from_config(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus the thread and user named in the run config (or in the config of
+        the run this call is part of, e.g. an outer LangGraph node's)."""
+        configurable = ensure_config(config).get("configurable") or {}
+        for key, name in (("thread_id", THREAD_KWARG), ("user_id", USER_KWARG)):
+            if configurable.get(key) is not None:
+                kwargs.setdefault(name, configurable[key])
+        return kwargs
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        return super().invoke(input, config, stop=stop, **self._from_config(config, kwargs))
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        return await super().ainvoke(input, config, stop=stop, **self._from_config(config, kwargs))
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        return super().stream(input, config, stop=stop, **self._from_config(config, kwargs))
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        return super().astream(input, config, stop=stop, **self._from_config(config, kwargs))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = None
+        for event in self._turn(messages, stop, run_manager, kwargs):
+            if isinstance(event, ChatResult):
+                result = event
+        assert result is not None  # stream_turn always ends with Done
+        return result
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for event in self._turn(messages, stop, run_manager, kwargs):
+            yield self._last_chunk(event) if isinstance(event, ChatResult) else event
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = None
+        async for event in self._aturn(messages, stop, run_manager, kwargs):
+            if isinstance(event, ChatResult):
+                result = event
+        assert result is not None
+        return result
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for event in self._aturn(messages, stop, run_manager, kwargs):
+            yield self._last_chunk(event) if isinstance(event, ChatResult) else event
