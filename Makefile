@@ -47,4 +47,5 @@ bench: $(STAMP)
 	$(PY) bench/routing_overhead.py
 	$(PY) bench/local_throughput.py
 	$(PY) bench/local_model.py
+	$(PY) bench/chat_model_overhead.py
 	$(PY) bench/server_overhead.py
