@@ -378,14 +378,20 @@ def test_bad_input_says_what_to_fix(
 
 def test_a_bad_view_fails_when_the_model_is_made() -> None:
     with pytest.raises(TmoGraphError, match="unknown field"):
-        TMOChatModel(views={"cam": {"image": "x.png", "colour": "red"}})  # type: ignore[typeddict-unknown-key]
+        views: Any = {"cam": {"image": "x.png", "colour": "red"}}
+        TMOChatModel(views=views)
 
 
 def test_the_default_graph_is_built_once_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     import tmo_graph.graph
 
     built: list[Any] = []
-    monkeypatch.setattr(tmo_graph.graph, "build_graph", lambda settings=None: built.append(1) or 1)
+
+    def fake_build(settings: Any = None) -> int:
+        built.append(1)
+        return 1
+
+    monkeypatch.setattr(tmo_graph.graph, "build_graph", fake_build)
     model = TMOChatModel()
     assert built == []
     assert model.get_graph_instance() == model.get_graph_instance() == 1
