@@ -296,26 +296,17 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
 
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Usage:
+        """The turn's tokens, as its record counts them."""
+        return cls(int(record.get("input_tokens", 0)), int(record.get("output_tokens", 0)))
+
     def as_dict(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
-
-
-async def turn_usage(graph: Any, thread_id: str) -> Usage:
-    """The turn's token counts, from the checkpoint before ``account`` (which clears the
-    calls). Zero when the checkpointer kept no per-step checkpoint."""
-    config = {"configurable": {"thread_id": thread_id}}
-    async for snapshot in graph.aget_state_history(config, limit=3):
-        if tuple(snapshot.next) == ("account",):
-            calls = snapshot.values.get("calls") or []
-            return Usage(
-                sum(int(c.get("input_tokens", 0)) for c in calls),
-                sum(int(c.get("output_tokens", 0)) for c in calls),
-            )
-    return Usage(0, 0)
 
 
 @dataclass
@@ -397,7 +388,7 @@ class TurnRunner:
             ):
                 if isinstance(event, Done):
                     # Still inside the thread's lock: no later turn has written yet.
-                    queue.put_nowait(Finished(event, await turn_usage(self.graph, thread_id)))
+                    queue.put_nowait(Finished(event, Usage.of(event.record)))
                 else:
                     queue.put_nowait(event)
         except Exception as exc:

@@ -104,6 +104,8 @@ class TurnRecord(TypedDict):
     answer: str
     local_answer: str | None  # the local draft an escalation replaced, to judge the check by
     masked: NotRequired[list[str]]  # actions the budget ruled out this turn
+    input_tokens: NotRequired[int]  # over the turn's cloud calls (local prompts are not counted)
+    output_tokens: NotRequired[int]  # over all the turn's calls
 
 
 def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[CallRecord]:

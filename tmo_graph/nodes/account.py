@@ -64,6 +64,8 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
             (c["text"] for c in state.calls if c["where"] == "local" and c is not answer), None
         ),
         masked=list(state.decision["masked"]),
+        input_tokens=sum(c["input_tokens"] for c in state.calls),
+        output_tokens=sum(c["output_tokens"] for c in state.calls),
     )
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
     reply = AIMessage(
