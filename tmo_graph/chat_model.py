@@ -65,7 +65,7 @@ from tmo_graph.conversation import Done, Token, astream_turn, stream_turn
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings
-from tmo_graph.state import CallRecord, TurnRecord, ViewSpec
+from tmo_graph.state import TurnRecord, ViewSpec
 
 # LangChain hands `_stream` neither the run config nor the run manager, so the public entry
 # points pass the config's thread and user down as these keyword arguments.
@@ -182,10 +182,9 @@ def new_messages(
     return [*persona, *rest]
 
 
-def _usage(calls: Sequence[CallRecord]) -> UsageMetadata:
+def _usage(record: TurnRecord) -> UsageMetadata:
     """Tokens of all the turn's calls (the local model reports its output tokens only)."""
-    given = sum(int(c.get("input_tokens", 0)) for c in calls)
-    made = sum(int(c.get("output_tokens", 0)) for c in calls)
+    given, made = int(record.get("input_tokens", 0)), int(record.get("output_tokens", 0))
     return UsageMetadata(input_tokens=given, output_tokens=made, total_tokens=given + made)
 
 
@@ -205,40 +204,6 @@ def _metadata(record: TurnRecord, thread_id: str) -> dict[str, Any]:
         "budget_left": dict(record["budget_left"]),
         "task": record["task"],
     }
-
-
-class _Recorder:
-    """The graph as ``stream_turn`` sees it, keeping the turn's model calls on the way:
-    ``account`` clears them from the state, so the usage is read off the node updates."""
-
-    def __init__(self, graph: Any) -> None:
-        self.graph = graph
-        self.calls: list[CallRecord] = []
-
-    def _keep(self, payload: Mapping[str, Any]) -> None:
-        for update in payload.values():
-            if isinstance(update, Mapping):
-                self.calls.extend(update.get("calls") or [])
-
-    def stream(self, inputs: Any, config: Any, *, context: Any, stream_mode: list[str]) -> Any:
-        for mode, payload in self.graph.stream(
-            inputs, config, context=context, stream_mode=[*stream_mode, "updates"]
-        ):
-            if mode == "updates":
-                self._keep(payload)
-            else:
-                yield mode, payload
-
-    async def astream(
-        self, inputs: Any, config: Any, *, context: Any, stream_mode: list[str]
-    ) -> Any:
-        async for mode, payload in self.graph.astream(
-            inputs, config, context=context, stream_mode=[*stream_mode, "updates"]
-        ):
-            if mode == "updates":
-                self._keep(payload)
-            else:
-                yield mode, payload
 
 
 def _own_context() -> contextvars.Context:
@@ -398,16 +363,15 @@ class TMOChatModel(BaseChatModel):
         kwargs: dict[str, Any],
     ) -> Iterator[ChatGenerationChunk | ChatResult]:
         graph, inputs, thread_id, context = self._prepare(messages, stop, run_manager, kwargs)
-        recorder = _Recorder(graph)
         events = _isolated(
-            lambda: stream_turn(recorder, inputs, thread_id, context, wait_s=self.wait_s)
+            lambda: stream_turn(graph, inputs, thread_id, context, wait_s=self.wait_s)
         )
         for event in events:
             if isinstance(event, Token):
                 # LangChain reports each yielded chunk to the callbacks itself.
                 yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
             else:
-                yield self._result(event, thread_id, recorder.calls)
+                yield self._result(event, thread_id)
 
     async def _aturn(
         self,
@@ -420,25 +384,24 @@ class TMOChatModel(BaseChatModel):
         graph, inputs, thread_id, context = await asyncio.to_thread(
             self._prepare, messages, stop, run_manager, kwargs
         )
-        recorder = _Recorder(graph)
         events = _aisolated(
-            lambda: astream_turn(recorder, inputs, thread_id, context, wait_s=self.wait_s)
+            lambda: astream_turn(graph, inputs, thread_id, context, wait_s=self.wait_s)
         )
         async for event in events:
             if isinstance(event, Token):
                 yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
             else:
-                yield self._result(event, thread_id, recorder.calls)
+                yield self._result(event, thread_id)
 
     @staticmethod
-    def _result(done: Done, thread_id: str, calls: Sequence[CallRecord]) -> ChatResult:
+    def _result(done: Done, thread_id: str) -> ChatResult:
         record = done.record
         replies = [m for m in done.state.get("messages") or [] if isinstance(m, AIMessage)]
         message = AIMessage(
             content=record["answer"],
             # The thread's own id for the reply, so a caller passing it back is matched by id.
             id=replies[-1].id if replies else None,
-            usage_metadata=_usage(calls),
+            usage_metadata=_usage(record),
             response_metadata=_metadata(record, thread_id),
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
