@@ -58,9 +58,10 @@ def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
     from tmo_graph.services import build_services
     from tmo_graph.threads import open_checkpointer
 
-    typer.echo("loading models ...", err=True)
-    services = build_services(settings)  # fail before the dialogue, not in the middle of it
+    # The thread store first: an unreachable PostgreSQL fails in a second, not after the models.
     with open_checkpointer(settings, db) as saver:
+        typer.echo("loading models ...", err=True)
+        services = build_services(settings)  # fail before the dialogue, not in the middle of it
         yield build_graph(services, checkpointer=saver), services
 
 

@@ -86,7 +86,7 @@ def chroma_server_client(url: str) -> Any:
             except Exception as exc:  # ValueError, httpx errors: all mean "not reachable"
                 raise TmoGraphError(
                     f"cannot reach the Chroma server at {key} (memory.server_url): "
-                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                    f"{(str(exc).splitlines() or [type(exc).__name__])[0].rstrip('.?! ')}",
                     f"start it (`chroma run --path DIR --host {host} --port {port}`), "
                     "correct memory.server_url / TMO_MEMORY__SERVER_URL, "
                     "or set it to null for embedded Chroma",
