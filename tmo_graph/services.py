@@ -106,8 +106,9 @@ def build_services(settings: Settings) -> Services:
     from tmo_graph.models.local import get_local_model, resolve_local_model
 
     cfg = settings.cloud
-    # Cheap checks first: a bad endpoint should fail before a model is loaded.
+    # Cheap checks first: a bad endpoint or memory server should fail before a model loads.
     cloud = _remote_cloud(settings) if cfg.mode == "remote" else None
+    memory = TurnMemory.from_settings(settings)
     gap_predictor = None
     if settings.embeddings.gap_predictor is not None:
         from tmo_graph.models.gap import QualityGapPredictor
@@ -135,7 +136,7 @@ def build_services(settings: Settings) -> Services:
         local=local,
         cloud=cloud,
         embeddings=embeddings,
-        memory=TurnMemory.from_settings(settings),
+        memory=memory,
         gap_predictor=gap_predictor,
     )
 
