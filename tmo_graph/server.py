@@ -526,8 +526,9 @@ def create_app(
 
     ``graph``: a compiled graph with an async-capable checkpointer (tests pass one built on
     fakes with ``InMemorySaver``). Without it, the app builds one when it starts: the given
-    ``services`` (else real ones from ``settings``) and an ``AsyncSqliteSaver`` on ``db``
-    (default ``<cache>/threads.sqlite``, the file ``run`` and ``chat`` use).
+    ``services`` (else real ones from ``settings``) and the async checkpointer the settings
+    name: PostgreSQL at ``threads.url`` (several workers share it), else a SQLite file
+    ``db`` (default ``<cache>/threads.sqlite``, the file ``run`` and ``chat`` use).
     ``settings`` give the defaults of each turn's Context (``routing:``).
     """
     if max_concurrent_turns < 1:
@@ -640,16 +641,13 @@ def create_app(
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
 ) -> AsyncIterator[Any]:
-    """The real graph on an async SQLite checkpointer (the sync one cannot serve astream)."""
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
+    """The real graph on an async checkpointer (a sync one cannot serve astream)."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
-    from tmo_graph.settings import default_cache_dir
+    from tmo_graph.threads import open_async_checkpointer
 
-    if services is None:
-        services = await asyncio.to_thread(build_services, settings)
-    path = db or default_cache_dir() / "threads.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+    # The thread store first: an unreachable database fails before the models load.
+    async with open_async_checkpointer(settings, db) as saver:
+        if services is None:
+            services = await asyncio.to_thread(build_services, settings)
         yield build_graph(services, checkpointer=saver)

@@ -6,8 +6,8 @@ the same store can continue a thread another one started (``threads.url`` in the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,77 +30,125 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _store(settings: Settings, db_path: Path | None) -> tuple[str | None, Path]:
+    """(the PostgreSQL URL, or None) and the SQLite file otherwise, checked."""
+    if not isinstance(settings, Settings):
+        raise TmoGraphError(
+            f"a checkpointer needs Settings, got {type(settings).__name__}",
+            "pass tmo_graph.settings.load_settings(...)",
+        )
+    url = settings.threads.url
+    if url is not None and db_path is not None:  # two stores named: say so instead of guessing
+        raise TmoGraphError(
+            f"both a SQLite file ({db_path}) and threads.url ({redact(url)}) were given",
+            "drop --db to keep threads in PostgreSQL, or unset threads.url / TMO_THREADS__URL",
+        )
+    if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise TmoGraphError(
+            f"threads.url {redact(url)!r} is not a PostgreSQL URL",
+            "write postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE, or null for a SQLite file",
+        )
+    db = Path(db_path) if db_path is not None else default_cache_dir() / "threads.sqlite"
+    if url is None:
+        if db.is_dir():
+            raise TmoGraphError(
+                f"thread database {db} is a folder", "pass a file path, e.g. t.sqlite"
+            )
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return url, db
+
+
 @contextmanager
 def open_checkpointer(
     settings: Settings, db_path: Path | None = None
 ) -> Iterator[BaseCheckpointSaver[Any]]:
     """The checkpointer the settings name: PostgreSQL at ``threads.url``, else a SQLite file
     (``db_path``, default ``<cache>/threads.sqlite``). Closed when the block ends."""
-    if not isinstance(settings, Settings):
-        raise TmoGraphError(
-            f"open_checkpointer needs Settings, got {type(settings).__name__}",
-            "pass tmo_graph.settings.load_settings(...)",
-        )
-    url = settings.threads.url
+    url, db = _store(settings, db_path)
     if url is None:
-        with _sqlite(db_path) as saver:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        with SqliteSaver.from_conn_string(str(db)) as saver:
             yield saver
         return
-    if db_path is not None:  # two stores named at once: say which one wins instead of guessing
-        raise TmoGraphError(
-            f"both a SQLite file ({db_path}) and threads.url ({redact(url)}) were given",
-            "drop --db to keep threads in PostgreSQL, or unset threads.url / TMO_THREADS__URL",
-        )
     with _postgres(url) as saver:
         yield saver
 
 
-@contextmanager
-def _sqlite(db_path: Path | None) -> Iterator[BaseCheckpointSaver[Any]]:
-    from langgraph.checkpoint.sqlite import SqliteSaver
+@asynccontextmanager
+async def open_async_checkpointer(
+    settings: Settings, db_path: Path | None = None
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """:func:`open_checkpointer` for async graphs (the server): the same stores, async."""
+    url, db = _store(settings, db_path)
+    if url is None:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    db = Path(db_path) if db_path is not None else default_cache_dir() / "threads.sqlite"
-    if db.is_dir():
-        raise TmoGraphError(f"thread database {db} is a folder", "pass a file path, e.g. t.sqlite")
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with SqliteSaver.from_conn_string(str(db)) as saver:
-        yield saver
+        async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+            yield saver
+        return
+    psycopg = _psycopg()
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    async with AsyncExitStack() as stack:
+        try:
+            conninfo = _with_connect_timeout(url, psycopg)
+            pg_saver = await stack.enter_async_context(
+                AsyncPostgresSaver.from_conn_string(conninfo)
+            )
+        except psycopg.Error as exc:
+            raise _unreachable(url, exc) from None
+        try:
+            await pg_saver.setup()
+        except psycopg.Error as exc:
+            raise _refused(url, exc) from None
+        yield pg_saver
 
 
 @contextmanager
 def _postgres(url: str) -> Iterator[BaseCheckpointSaver[Any]]:
-    if urlsplit(url).scheme not in ("postgresql", "postgres"):
-        raise TmoGraphError(
-            f"threads.url {redact(url)!r} is not a PostgreSQL URL",
-            "write postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE, or null for a SQLite file",
-        )
-    try:
-        import psycopg
-        from langgraph.checkpoint.postgres import PostgresSaver
-    except ImportError:
-        raise TmoGraphError(
-            "threads.url names PostgreSQL but its checkpointer is not installed",
-            "pip install 'tmo-graph[scale]'",
-        ) from None
+    psycopg = _psycopg()
+    from langgraph.checkpoint.postgres import PostgresSaver
+
     conninfo = _with_connect_timeout(url, psycopg)
     with ExitStack() as stack:
         try:
             saver = stack.enter_context(PostgresSaver.from_conn_string(conninfo))
         except psycopg.Error as exc:
-            raise TmoGraphError(
-                f"cannot connect to PostgreSQL at {redact(url)} (threads.url): {_first_line(exc)}",
-                "start the server and create the database (`createdb NAME`), check host, port, "
-                "user and password in threads.url / TMO_THREADS__URL, or set it to null for SQLite",
-            ) from None
+            raise _unreachable(url, exc) from None
         try:
             saver.setup()  # creates or migrates the tables; idempotent, so every worker runs it
         except psycopg.Error as exc:
-            raise TmoGraphError(
-                f"PostgreSQL at {redact(url)} refused the checkpoint tables: {_first_line(exc)}",
-                "give the user of threads.url CREATE rights on the database "
-                "(GRANT CREATE ON SCHEMA public TO that_user)",
-            ) from None
+            raise _refused(url, exc) from None
         yield saver
+
+
+def _psycopg() -> Any:
+    try:
+        import langgraph.checkpoint.postgres  # noqa: F401
+        import psycopg
+    except ImportError:
+        raise TmoGraphError(
+            "threads.url names PostgreSQL but its checkpointer is not installed",
+            "pip install 'tmo-graph[scale]'",
+        ) from None
+    return psycopg
+
+
+def _unreachable(url: str, exc: BaseException) -> TmoGraphError:
+    return TmoGraphError(
+        f"cannot connect to PostgreSQL at {redact(url)} (threads.url): {_first_line(exc)}",
+        "start the server and create the database (`createdb NAME`), check host, port, "
+        "user and password in threads.url / TMO_THREADS__URL, or set it to null for SQLite",
+    )
+
+
+def _refused(url: str, exc: BaseException) -> TmoGraphError:
+    return TmoGraphError(
+        f"PostgreSQL at {redact(url)} refused the checkpoint tables: {_first_line(exc)}",
+        "give the user of threads.url CREATE rights on the database "
+        "(GRANT CREATE ON SCHEMA public TO that_user)",
+    )
 
 
 def _first_line(exc: BaseException) -> str:

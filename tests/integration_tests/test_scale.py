@@ -8,6 +8,7 @@ PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -33,7 +34,7 @@ from tmo_graph.graph import build_graph
 from tmo_graph.memory import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import MemorySettings, Settings, ThreadSettings
-from tmo_graph.threads import open_checkpointer
+from tmo_graph.threads import open_async_checkpointer, open_checkpointer
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +252,14 @@ def test_unreachable_postgres_says_what_and_how_to_fix() -> None:
     ):
         pass
 
+    async def open_async() -> None:
+        async with open_async_checkpointer(settings):
+            pass
+
+    with pytest.raises(TmoGraphError, match="cannot connect to PostgreSQL") as info:
+        asyncio.run(open_async())  # the server's checkpointer says the same
+    assert "s3cret" not in str(info.value)
+
 
 def test_a_missing_database_is_named(postgres: str) -> None:
     url = postgres.rsplit("/", 1)[0] + "/nosuchdb"
@@ -268,3 +277,53 @@ def test_unreachable_chroma_server_says_what_and_how_to_fix() -> None:
     assert "Fix: start it (`chroma run --path DIR" in str(info.value)
     with pytest.raises(TmoGraphError, match="not an http"):
         TurnMemory(None, server_url="127.0.0.1:8000")
+
+
+def test_two_server_workers_share_one_thread_through_the_openai_api(
+    postgres: str, chroma: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tmo-graph serve` twice (two apps, two ports) on one PostgreSQL and one Chroma
+    server: a client alternating between them continues one thread without losing a turn."""
+    from tests.integration_tests.test_server import Served
+    from tmo_graph.server import create_app
+
+    settings = _settings(postgres, chroma)
+    workers, locals_ = [], []
+    for name in ("A", "B"):
+        monkeypatch.setattr(memory_module, "_CLIENTS", {})  # each worker its own client
+        local = FakeLocal([f"answer from {name}"])
+        services = Services(
+            settings=settings,
+            local=local,
+            cloud=FakeCloud(),
+            embeddings=DeterministicFakeEmbedding(size=32),
+            memory=TurnMemory.from_settings(settings),
+            image_dir=tmp_path / name,
+        )
+        workers.append(Served(create_app(settings=settings, services=services)))
+        locals_.append(local)
+    try:
+        thread = None
+        for i, text in enumerate(TEXTS):
+            headers = {"x-tmo-thread-id": thread} if thread else {}
+            raw = (
+                workers[i % 2]
+                .client()
+                .chat.completions.with_raw_response.create(
+                    model="tmo-always-local",
+                    user="alice",
+                    messages=[{"role": "user", "content": text}],
+                    extra_headers=headers,
+                )
+            )
+            thread = raw.headers["x-tmo-thread-id"]
+            assert raw.parse().choices[0].message.content == f"answer from {'AB'[i % 2]}"
+    finally:
+        for worker in workers:
+            worker.stop()
+    # A third process reads the thread back from PostgreSQL: every turn, in order.
+    with open_checkpointer(settings) as saver:
+        values = saver.get({"configurable": {"thread_id": thread}})["channel_values"]
+    assert [r["turn"] for r in values["turns"]] == list(range(len(TEXTS)))
+    assert [seen[-1]["content"] for seen in locals_[0].seen] == TEXTS[0::2]
+    assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]
