@@ -136,6 +136,12 @@ def format_turn(record: TurnRecord, answer_width: int = 100, header: bool = Fals
     from rich.console import Console
 
     buffer = io.StringIO()
-    out = Console(file=buffer, width=max(TABLE_WIDTH, 120), no_color=True, highlight=False)
+    out = Console(
+        file=buffer,
+        width=max(TABLE_WIDTH, 120),
+        no_color=True,
+        highlight=False,
+        force_jupyter=False,  # else a notebook gets HTML and the buffer stays empty
+    )
     print_turn(record, out, answer_width=answer_width, header=header)
     return buffer.getvalue().rstrip("\n")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
+
+from tmo_graph.plain_text import plain_text
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,18 +28,4 @@ def table(*columns: str, right: tuple[str, ...] = (), title: str | None = None) 
 
 def render(*items: Any) -> str:
     """Tables and lines as plain text (no colour, no markup), ``WIDTH`` columns wide."""
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=WIDTH,
-        no_color=True,
-        markup=False,
-        highlight=False,
-        emoji=False,
-        soft_wrap=False,
-    )
-    for item in items:
-        console.print(item)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip("\n")
+    return plain_text(*items, width=WIDTH)

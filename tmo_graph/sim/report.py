@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tmo_graph.plain_text import plain_text
+
 COLUMNS = (
     ("reward", "reward", 4),
     ("response", "response", 4),
@@ -22,9 +24,6 @@ def format_table(result: dict[str, Any]) -> str:
 
     A rich table rendered without colour (the CLI prints it, the README quotes it).
     """
-    import io
-
-    from rich.console import Console
     from rich.table import Table
 
     s = result["settings"]
@@ -48,11 +47,8 @@ def format_table(result: dict[str, Any]) -> str:
         mix = row["mean"]["actions"]
         actions = f"{mix['local']:.0f}/{mix['cloud_text']:.0f}/{mix['cloud_views']:.0f}"
         table.add_row(name, *cells, actions)
-    buffer = io.StringIO()
     # Wide enough never to wrap: the columns size to their content, whatever the terminal.
-    Console(file=buffer, width=1000, no_color=True, highlight=False).print(table)
-    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
-    return "\n".join([title, *lines])
+    return "\n".join([title, plain_text(table, width=1000)])
 
 
 def plot_reward_usage(result: dict[str, Any], path: Path) -> None:
