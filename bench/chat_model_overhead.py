@@ -17,10 +17,10 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instant import PROMPTS, VIEWS, InstantLocal  # bench/instant.py
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -33,38 +33,7 @@ from tmo_graph.memory import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
-PROMPTS = [
-    "Please turn on the lights above the counter.",
-    "Is the pot on the stove boiling yet?",
-    "Write a message to Sam that dinner is at seven.",
-    "What can I cook with the tomatoes on the board?",
-    "How long should I boil an egg?",
-]
-VIEWS: dict[str, Any] = {
-    "first_person": {"description": "the user's hands and the cutting board"},
-    "overhead": {"description": "overhead camera above the stove"},
-    "side": {"description": "side camera facing the fridge"},
-}
 DIALOGUE_TURNS = 8
-
-
-@dataclass
-class InstantStats:
-    logprobs: list[float]
-    entropies: list[float]
-
-
-class InstantLocal:
-    def answer(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int | None = None,
-        tags: list[str] | None = None,
-    ) -> tuple[str, InstantStats]:
-        return "Done.", self.score_answer(messages, "Done.")
-
-    def score_answer(self, messages: list[dict[str, str]], answer: str) -> InstantStats:
-        return InstantStats([-0.1, -0.2], [0.5, 0.4])
 
 
 def graph_turns(graph: Any, context: Context, turns: int, tag: str) -> list[float]:

@@ -61,7 +61,7 @@ from langchain_core.runnables.config import ensure_config, var_child_runnable_co
 from pydantic import Field, PrivateAttr, field_validator
 
 from tmo_graph.context import Context
-from tmo_graph.conversation import Done, Token, astream_turn, stream_turn
+from tmo_graph.conversation import Done, Token, astream_turn, stream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings
@@ -189,21 +189,7 @@ def _usage(record: TurnRecord) -> UsageMetadata:
 
 
 def _metadata(record: TurnRecord, thread_id: str) -> dict[str, Any]:
-    return {
-        "model_name": "tmo-graph",
-        "thread_id": thread_id,
-        "turn": record["turn"],
-        "policy": record["policy"],
-        "route": record["route"],
-        "views_sent": list(record["views_sent"]),
-        "confidence": record["confidence"],
-        "escalated": record["escalated"],
-        "fallback": record["fallback"],
-        "latency_s": record["latency_s"],
-        "cost_usd": record["cost_usd"],
-        "budget_left": dict(record["budget_left"]),
-        "task": record["task"],
-    }
+    return {"model_name": "tmo-graph", **turn_summary(record, thread_id)}
 
 
 def _own_context() -> contextvars.Context:

@@ -52,6 +52,25 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
+def turn_summary(record: TurnRecord, thread_id: str) -> dict[str, Any]:
+    """What a surface reports about a finished turn (the chat model's response_metadata, the
+    server's ``tmo`` field)."""
+    return {
+        "thread_id": thread_id,
+        "turn": record["turn"],
+        "policy": record["policy"],
+        "task": record["task"],
+        "route": record["route"],
+        "views_sent": list(record["views_sent"]),
+        "confidence": record["confidence"],
+        "escalated": record["escalated"],
+        "fallback": record["fallback"],
+        "latency_s": record["latency_s"],
+        "cost_usd": record["cost_usd"],
+        "budget_left": dict(record["budget_left"]),
+    }
+
+
 def _thread_lock(thread_id: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(thread_id, threading.Lock())

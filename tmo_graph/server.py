@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tmo_graph.context import POLICIES, Context
-from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn
+from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import check_image
 
@@ -318,23 +318,6 @@ class Finished:
 Event = Token | Finished | BaseException
 
 
-def tmo_info(record: Mapping[str, Any], thread_id: str) -> dict[str, Any]:
-    return {
-        "thread_id": thread_id,
-        "turn": record["turn"],
-        "policy": record["policy"],
-        "task": record["task"],
-        "route": record["route"],
-        "views_sent": list(record["views_sent"]),
-        "confidence": record["confidence"],
-        "escalated": record["escalated"],
-        "fallback": record["fallback"],
-        "latency_s": record["latency_s"],
-        "cost_usd": record["cost_usd"],
-        "budget_left": dict(record["budget_left"]),
-    }
-
-
 def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
     left = info["budget_left"]
     confidence = info["confidence"]
@@ -452,7 +435,7 @@ async def _sse(
             delta = _delta({"content": event.text})
             yield _chunk(completion_id, created, model, delta, include_usage)
         else:
-            info = tmo_info(event.done.record, thread_id)
+            info = turn_summary(event.done.record, thread_id)
             stop = _delta({}, "stop")
             yield _chunk(completion_id, created, model, stop, include_usage, tmo=info)
             if include_usage:
@@ -482,7 +465,7 @@ def _completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any
             }
         ],
         "usage": finished.usage.as_dict(),
-        "tmo": tmo_info(record, thread_id),
+        "tmo": turn_summary(record, thread_id),
     }
 
 
