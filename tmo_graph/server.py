@@ -29,8 +29,10 @@ Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models`
   for anything else.
 
 A turn runs in its own task: a client that disconnects mid-answer does not cut it, so the
-thread never keeps a question without its answer. One worker process only: the per-thread
-lock (``tmo_graph.conversation``) is per process.
+thread never keeps a question without its answer. Several workers may share one thread
+store (PostgreSQL at ``threads.url``) and continue each other's threads; the per-thread lock
+(``tmo_graph.conversation``) is per process, so concurrent turns of one thread belong on one
+worker.
 """
 
 from __future__ import annotations
