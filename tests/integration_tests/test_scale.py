@@ -136,8 +136,8 @@ def _settings(pg_url: str, chroma_url: str) -> Settings:
     )
 
 
-def _worker(stack: ExitStack, settings: Settings, name: str, tmp: Path) -> tuple[Any, FakeLocal]:
-    """One worker: its own Postgres connection, its own Chroma client, instant fake models."""
+def _services(settings: Settings, name: str, tmp: Path) -> tuple[Services, FakeLocal]:
+    """A worker's resources: instant fake models, memory on the settings' Chroma server."""
     local = FakeLocal([f"answer from {name}"])
     services = Services(
         settings=settings,
@@ -147,6 +147,12 @@ def _worker(stack: ExitStack, settings: Settings, name: str, tmp: Path) -> tuple
         memory=TurnMemory.from_settings(settings),
         image_dir=tmp / name,
     )
+    return services, local
+
+
+def _worker(stack: ExitStack, settings: Settings, name: str, tmp: Path) -> tuple[Any, FakeLocal]:
+    """One worker: its own Postgres connection, its own Chroma client, instant fake models."""
+    services, local = _services(settings, name, tmp)
     saver = stack.enter_context(open_checkpointer(settings))
     return build_graph(services, checkpointer=saver), local
 
@@ -291,15 +297,7 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     workers, locals_ = [], []
     for name in ("A", "B"):
         monkeypatch.setattr(memory_module, "_CLIENTS", {})  # each worker its own client
-        local = FakeLocal([f"answer from {name}"])
-        services = Services(
-            settings=settings,
-            local=local,
-            cloud=FakeCloud(),
-            embeddings=DeterministicFakeEmbedding(size=32),
-            memory=TurnMemory.from_settings(settings),
-            image_dir=tmp_path / name,
-        )
+        services, local = _services(settings, name, tmp_path)
         workers.append(Served(create_app(settings=settings, services=services)))
         locals_.append(local)
     try:
