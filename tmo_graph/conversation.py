@@ -7,6 +7,10 @@ The graph tags a local draft that the confidence check may still replace ``draft
 answer. Draft tokens are held back: when the check keeps the draft, they are released once
 the turn is decided, so a caller sees only what stays.
 
+A turn a crash cut short (killed mid-turn: its question is stored, its checkpoint still has
+nodes to run) is completed first, before the next question, so it is answered and recorded
+once and never sent again as a stray message of a later turn.
+
 Two turns sent at once to one thread would race for the thread's state, so a turn waits for
 the one before it (up to ``wait_s``) and is refused with :class:`ThreadBusy` after that: it
 is never silently lost. The lock is per process; workers sharing a database need their own.
@@ -42,10 +46,12 @@ class Token:
 
 @dataclass(frozen=True)
 class Done:
-    """The turn is over: its record and the whole answer."""
+    """The turn is over: its record and the whole state; ``resumed`` is the record of an
+    earlier turn a crash had cut short, completed before this one."""
 
     record: TurnRecord
     state: dict[str, Any]
+    resumed: TurnRecord | None = None
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -106,7 +112,7 @@ class _Turn:
         self.shown.append(content)
         return Token(content) if content else None
 
-    def end(self) -> list[Token | Done]:
+    def end(self, resumed: TurnRecord | None = None) -> list[Token | Done]:
         """The tokens still to show when the turn ends (a kept draft), then :class:`Done`."""
         turns = self.values.get("turns") or []
         if not turns:
@@ -117,10 +123,36 @@ class _Turn:
         if "".join(self.shown).strip() != answer:
             # The answer is a kept draft: release its tokens as they were generated.
             rest = self.drafts if "".join(self.drafts).strip() == answer else [answer]
-        return [*(Token(t) for t in rest if t), Done(record, self.values)]
+        return [*(Token(t) for t in rest if t), Done(record, self.values, resumed)]
 
 
 STREAM_MODES = ["messages", "values"]
+
+
+def _interrupted(graph: Any, config: dict[str, Any]) -> bool:
+    """Whether the thread's last turn was cut short: its checkpoint has nodes left to run."""
+    return graph.checkpointer is not None and bool(graph.get_state(config).next)
+
+
+def finish_interrupted(
+    graph: Any, config: dict[str, Any], context: Context | None = None
+) -> TurnRecord | None:
+    """Complete a turn a crash cut short (LangGraph resumes it from its last checkpoint);
+    its record, or None when the thread has no such turn."""
+    if not _interrupted(graph, config):
+        return None
+    record: TurnRecord = graph.invoke(None, config, context=context)["turns"][-1]
+    return record
+
+
+async def afinish_interrupted(
+    graph: Any, config: dict[str, Any], context: Context | None = None
+) -> TurnRecord | None:
+    """:func:`finish_interrupted` for async callers."""
+    if graph.checkpointer is None or not (await graph.aget_state(config)).next:
+        return None
+    record: TurnRecord = (await graph.ainvoke(None, config, context=context))["turns"][-1]
+    return record
 
 
 def _config(thread_id: str) -> dict[str, Any]:
@@ -142,13 +174,14 @@ def stream_turn(
     if not lock.acquire(timeout=wait_s):
         raise _busy(thread_id, wait_s)
     try:
+        resumed = finish_interrupted(graph, config, context)
         turn = _Turn()
         for mode, payload in graph.stream(
             inputs, config, context=context, stream_mode=STREAM_MODES
         ):
             if token := turn.on(mode, payload):
                 yield token
-        yield from turn.end()
+        yield from turn.end(resumed)
     finally:
         lock.release()
 
@@ -166,12 +199,13 @@ async def astream_turn(
     if not await asyncio.to_thread(lock.acquire, True, wait_s):
         raise _busy(thread_id, wait_s)
     try:
+        resumed = await afinish_interrupted(graph, config, context)
         turn = _Turn()
         events = graph.astream(inputs, config, context=context, stream_mode=STREAM_MODES)
         async for mode, payload in events:
             if token := turn.on(mode, payload):
                 yield token
-        for event in turn.end():
+        for event in turn.end(resumed):
             yield event
     finally:
         lock.release()

@@ -95,3 +95,44 @@ def test_an_empty_thread_id_is_refused(tmp_path: Path) -> None:
     graph = _graph(tmp_path, FakeLocal(["ok"]))
     with pytest.raises(TmoGraphError, match="thread_id is empty"):
         list(stream_turn(graph, QUESTION, ""))
+
+
+class FailingOnceLocal(FakeLocal):
+    """Fails its first answer, as a turn cut short does; answers after that."""
+
+    def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+        if self.calls == 0:
+            self.calls += 1
+            raise RuntimeError("the process died here")
+        return super().answer(messages, max_new_tokens, tags)
+
+
+def test_a_turn_cut_short_is_completed_before_the_next_one(tmp_path: Path) -> None:
+    local = FailingOnceLocal(["x", "first answer", "second answer"])
+    graph = _graph(tmp_path, local)
+    context = Context(policy="always-local")
+    with pytest.raises(RuntimeError, match="died"):
+        list(stream_turn(graph, {"messages": [("user", "First?")]}, "c", context))
+    events = list(stream_turn(graph, {"messages": [("user", "Second?")]}, "c", context))
+    done = events[-1]
+    assert isinstance(done, Done) and done.resumed is not None
+    assert (done.resumed["turn"], done.record["turn"]) == (0, 1)
+    messages = graph.get_state({"configurable": {"thread_id": "c"}}).values["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "human", "ai"]
+    assert [seen[-1]["content"] for seen in local.seen] == ["First?", "Second?"]
+
+
+def test_the_async_stream_also_completes_a_turn_cut_short(tmp_path: Path) -> None:
+    local = FailingOnceLocal(["x", "first answer", "second answer"])
+    graph = _graph(tmp_path, local)
+    context = Context(policy="always-local")
+
+    async def turn(text: str) -> list[Token | Done]:
+        inputs = {"messages": [("user", text)]}
+        return [e async for e in astream_turn(graph, inputs, "ac", context)]
+
+    with pytest.raises(RuntimeError, match="died"):
+        asyncio.run(turn("First?"))
+    done = asyncio.run(turn("Second?"))[-1]
+    assert isinstance(done, Done) and done.resumed is not None
+    assert done.resumed["answer"] == "first answer" and done.record["answer"] == "second answer"
