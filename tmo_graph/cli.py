@@ -41,8 +41,10 @@ DbOption = Annotated[
 
 
 def _write_json(path: Path, data: Any) -> None:
+    # allow_nan=False: NaN / Infinity are not JSON; refuse them rather than write a broken file.
+    text = json.dumps(data, indent=2, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
+    path.write_text(text)
     typer.echo(f"wrote {path}")
 
 
@@ -80,13 +82,13 @@ def run(
     from tmo_graph.dialogues import dialogue_context, load_dialogues
     from tmo_graph.report import console, print_dialogue_banner, print_header, print_turn
 
+    results: list[dict[str, Any]] = []  # the dialogues that finished
     try:
         settings = load_settings(config)
         loaded = load_dialogues(dialogues)
         # all contexts first: a bad value fails before the models load
         contexts = [dialogue_context(settings, d, policy) for d in loaded]
         screen = console()
-        results = []
         with _graph(settings, db) as (graph, services):
             for dialogue, context in zip(loaded, contexts, strict=True):
                 config_ = {"configurable": {"thread_id": dialogue.id}}
@@ -96,13 +98,28 @@ def run(
                 print_dialogue_banner(dialogue.id, dialogue.user_id, context.policy, screen)
                 print_header(screen)
                 records = []
-                for state_in in dialogue.turn_inputs():
-                    record = graph.invoke(state_in, config_, context=context)["turns"][-1]
-                    records.append(record)
-                    print_turn(record, screen)
+                for number, state_in in enumerate(dialogue.turn_inputs()):
+                    try:
+                        out = graph.invoke(state_in, config_, context=context)
+                    except TmoGraphError as error:
+                        where = f"dialogue {dialogue.id}, turn {number}"
+                        raise TmoGraphError(f"{where}: {error.problem}", error.fix) from None
+                    records.append(out["turns"][-1])
+                    print_turn(records[-1], screen)
                 results.append({"id": dialogue.id, "turns": records})
     except TmoGraphError as error:
+        if json_out and results:  # what finished is kept, and the error line says where
+            _write_json(json_out, results)
+            error = TmoGraphError(
+                f"{error.problem} (the {len(results)} dialogue(s) that finished were "
+                f"written to {json_out})",
+                error.fix,
+            )
         _fail(error)
+    except BaseException:
+        if json_out and results:  # an unexpected failure: keep what finished all the same
+            _write_json(json_out, results)
+        raise
     if json_out:
         _write_json(json_out, results)
 

@@ -6,7 +6,9 @@ as the run's configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+import numbers
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from tmo_graph.errors import TmoGraphError
@@ -16,6 +18,19 @@ if TYPE_CHECKING:
 
 PolicyName = Literal["always-local", "always-cloud", "random", "rules", "cascade", "learned"]
 POLICIES: tuple[str, ...] = get_args(PolicyName)
+
+# Numeric fields: checked to be numbers (a JSON context may carry "lots") and finite (a NaN
+# budget would block the cloud for ever and make the turn records invalid JSON).
+FLOAT_FIELDS = (
+    "confidence_threshold",
+    "latency_budget_s",
+    "cost_budget_usd",
+    "min_recall_score",
+    "min_view_score",
+    "context_weight",
+)
+INT_FIELDS = ("recent_turns", "recall_k", "seed")
+RANGED_FIELDS = ("confidence_threshold", "context_weight")  # in [0, 1]
 
 # A neutral persona; a system message sent by the caller replaces it, and so does
 # Context.system_prompt.
@@ -112,6 +127,7 @@ class Context:
     seed: int = field(default=0, metadata={"description": "Seed of the 'random' policy."})
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         if self.policy not in POLICIES:
             raise TmoGraphError(
                 f"unknown policy {self.policy!r}", f"use one of: {', '.join(POLICIES)}"
@@ -149,6 +165,28 @@ class Context:
             )
         if not self.user_id:
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
+
+    def _check_numbers(self) -> None:
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        for name in (*FLOAT_FIELDS, *INT_FIELDS):
+            value = getattr(self, name)
+            whole = name in INT_FIELDS
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                bad = True
+            else:
+                bad = whole and not isinstance(value, numbers.Integral)
+            if bad:
+                raise TmoGraphError(
+                    f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}",
+                    f"write {'a whole number' if whole else 'a number'} without quotes, "
+                    f"e.g. {name}: {defaults[name]}",
+                )
+            # (a threshold's or weight's range check below names its range, NaN included)
+            if not math.isfinite(value) and name not in RANGED_FIELDS:
+                raise TmoGraphError(
+                    f"{name} must be a finite number, got {value!r}",
+                    f"write a finite number, e.g. {name}: {defaults[name]}",
+                )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:

@@ -45,7 +45,8 @@ FORMAT_HELP = 'see "Dialogue file (JSONL)" in the README'
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # no silent "3" -> 3 in a file
+    # No silent "3" -> 3 or "yes" -> True in a file; no NaN or infinite numbers either.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _not_blank(value: str) -> str:
@@ -91,8 +92,9 @@ def _context_overrides_model() -> type[BaseModel]:
         f.name: (hints[f.name] | None, None) for f in fields(Context) if f.name != "user_id"
     }
     specs["policy"] = (Literal[POLICIES] | None, None)
-    # Strict like the rest of the file (a budget written as 90 is still a float).
-    config = ConfigDict(extra="forbid", strict=True)
+    # Strict like the rest of the file (a budget written as 90 is still a float); a NaN
+    # or infinite budget is refused too.
+    config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     return create_model("ContextOverrides", __config__=config, **specs)
 
 
@@ -224,6 +226,7 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
     if not path.is_file():
         raise TmoGraphError(f"dialogue file {path} does not exist", "pass a JSONL file")
     dialogues = []
+    first_line: dict[str, int] = {}  # dialogue id -> the line that used it first
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -233,7 +236,15 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
             raise TmoGraphError(
                 f"{path}:{number} is not valid JSON ({exc.msg})", "one JSON object per line"
             ) from None
-        dialogues.append(parse_dialogue(raw, path.parent, f"{path.name}:{number}"))
+        dialogue = parse_dialogue(raw, path.parent, f"{path.name}:{number}")
+        if dialogue.id in first_line:  # one thread per id: the second would wipe the first
+            raise TmoGraphError(
+                f"{path.name}:{number}: dialogue id {dialogue.id!r} is already used on line "
+                f"{first_line[dialogue.id]}",
+                "give every dialogue in the file its own id",
+            )
+        first_line[dialogue.id] = number
+        dialogues.append(dialogue)
     if not dialogues:
         raise TmoGraphError(f"{path} holds no dialogue", "add one JSON object per line")
     return dialogues
@@ -309,8 +320,55 @@ def _schema_error(err: ErrorDetails, where: str) -> TmoGraphError:
         return TmoGraphError(
             f"{where}: field `{field_name}`: {problem.lower()}", 'give each turn text: "..."'
         )
+    if loc == ("views",) and kind == "dict_type":
+        return TmoGraphError(
+            f"{where}: field `views` must be an object of named views, not {_kind_of(got)} "
+            f"(got {_short(got)})",
+            'write "views": {"overhead": {"image": "cam.png", "description": "what it shows"}}',
+        )
+    if len(loc) == 3 and loc[0] == "turns" and loc[2] == "images" and kind == "list_type":
+        example = json.dumps([got] if isinstance(got, str) else ["photo.png"])
+        return TmoGraphError(
+            f"{where}: field `{field_name}` must be a list of images, not {_kind_of(got)} "
+            f"(got {_short(got)})",
+            f'write "images": {example}',
+        )
+    if kind == "bool_type":
+        return TmoGraphError(
+            f"{where}: field `{field_name}` must be true or false (got {_short(got)})",
+            f'write "{loc[-1]}": true or "{loc[-1]}": false, without quotes around the value',
+        )
+    if kind in ("float_type", "finite_number"):
+        what = "a finite number" if kind == "finite_number" else "a number"
+        default = _context_default(loc)
+        example = f", e.g. {loc[-1]}: {default}" if default is not None else ""
+        return TmoGraphError(
+            f"{where}: field `{field_name}` must be {what} (got {_short(got)})",
+            f"write {what}{'' if kind == 'finite_number' else ' without quotes'}{example}",
+        )
     message = err["msg"].removeprefix("Value error, ")
     return TmoGraphError(
         f"{where}: field `{field_name}`: {message[:1].lower()}{message[1:]} (got {got!r})",
         f"correct that value; {FORMAT_HELP}",
     )
+
+
+def _kind_of(value: Any) -> str:
+    """The JSON name of a value's type: "a list", "a string", ..."""
+    names = {list: "a list", str: "a string", dict: "an object", bool: "a boolean"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "null")
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value, cut to one short line (a 50-element list stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _context_default(loc: tuple[int | str, ...]) -> Any:
+    """The default of the Context field at ``loc`` (``context.<field>``), else None."""
+    if len(loc) == 2 and loc[0] == "context":
+        for f in fields(Context):
+            if f.name == loc[1]:
+                return f.default
+    return None

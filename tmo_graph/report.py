@@ -77,7 +77,8 @@ def _table(records: list[TurnRecord], header: bool) -> Table:
 
 
 def _notes(record: TurnRecord, answer_width: int) -> list[str]:
-    """The lines under a row: the answer, a fallback reason, an escalated local draft."""
+    """The lines under a row: the answer, a fallback reason, an escalated local draft,
+    the turn's warnings."""
     answer = " ".join(record["answer"].split()) or "(empty)"
     lines = [f"{INDENT}> {textwrap.shorten(answer, width=answer_width, placeholder=' ...')}"]
     if record["fallback"]:
@@ -86,6 +87,7 @@ def _notes(record: TurnRecord, answer_width: int) -> list[str]:
         draft = " ".join(str(record["local_answer"]).split()) or "(empty)"
         short = textwrap.shorten(draft, width=answer_width, placeholder=" ...")
         lines.append(f"{INDENT}escalated local draft: {short}")
+    lines += [f"{INDENT}warning: {warning}" for warning in record.get("warnings", [])]
     return lines
 
 

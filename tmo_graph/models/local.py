@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,11 @@ SOURCE_FILE = "tmo_graph_source.json"
 _TMP_PREFIX = ".converting-"
 _STALE_TMP_S = 3600.0
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+\.gguf)?$")
+# Context length when neither the tokenizer nor the model config gives one; a tokenizer's
+# model_max_length at or above UNSET_MAX_LENGTH is transformers' "not set" sentinel.
+DEFAULT_CONTEXT_TOKENS = 2048
+UNSET_MAX_LENGTH = 10**9
+CUT_MARKER = " [...] "  # where the middle of an over-long message was cut out
 
 
 def _missing(exc: ImportError) -> TmoGraphError:
@@ -260,6 +265,7 @@ class TokenScores:
     entropies: list[float]
     n_tokens: int
     message_id: str | None = None  # id of the chat message the answer was streamed as
+    warnings: list[str] = field(default_factory=list)  # e.g. the prompt was cut to fit
 
 
 class _GreedyStepRecorder:
@@ -363,6 +369,7 @@ class LocalModel:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
         from transformers import LogitsProcessorList
 
+        messages, warnings = self.fit_to_context(messages, max_new_tokens)
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         chat = [kinds[m["role"]](content=m["content"]) for m in messages]
         recorder = _GreedyStepRecorder()
@@ -375,11 +382,77 @@ class LocalModel:
         if not recorder.chosen:
             scores = self.score_answer(messages, text)
             scores.message_id = reply.id
+            scores.warnings = warnings
             return text, scores
         n = len(recorder.chosen)
         if recorder.chosen[-1] == self.tokenizer.eos_token_id:  # the end token is no answer
             n -= 1
-        return text, TokenScores(recorder.logprobs[:n], recorder.entropies[:n], n, reply.id)
+        return text, TokenScores(
+            recorder.logprobs[:n], recorder.entropies[:n], n, reply.id, warnings
+        )
+
+    def context_tokens(self) -> int:
+        """Tokens the model reads at most: the tokenizer's ``model_max_length`` or the
+        model config's ``max_position_embeddings``, whichever is smaller and set."""
+        limits = []
+        tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < UNSET_MAX_LENGTH:
+            limits.append(tokenizer_max)
+        positions = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+        return min(limits, default=DEFAULT_CONTEXT_TOKENS)
+
+    def fit_to_context(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """``messages`` cut to fit the context with room for the answer, and what was cut.
+
+        The oldest history goes first (the system message and the current message stay);
+        then the middle of the current message, whose start and end are kept around
+        :data:`CUT_MARKER`. Without this, a 200,000-character message runs for minutes.
+        """
+        limit = self.context_tokens() - (max_new_tokens or self.max_new_tokens)
+        n = len(self._prompt_ids(messages))
+        if n <= limit:
+            return messages, []
+        out, warnings = list(messages), []
+        first = 1 if out and out[0]["role"] == "system" else 0
+        dropped = 0
+        while n > limit and len(out) > first + 1:
+            del out[first]
+            dropped += 1
+            n = len(self._prompt_ids(out))
+        if dropped:
+            warnings.append(
+                f"the {dropped} oldest message(s) were left out of the local model's prompt "
+                f"to fit its context of {limit} tokens"
+            )
+        if n <= limit:
+            return out, warnings
+        last = out[-1]
+        ids = self.tokenizer.encode(last["content"], add_special_tokens=False)
+        marker = len(self.tokenizer.encode(CUT_MARKER, add_special_tokens=False))
+        keep = len(ids) - (n - limit) - marker
+        text = last["content"]
+        for _ in range(8):  # re-tokenising the cut text may merge a token or two differently
+            keep = max(keep, 0)
+            head, tail = (keep + 1) // 2, keep // 2
+            text = (
+                self.tokenizer.decode(ids[:head])
+                + CUT_MARKER
+                + (self.tokenizer.decode(ids[-tail:]) if tail else "")
+            )
+            out[-1] = {**last, "content": text}
+            n = len(self._prompt_ids(out))
+            if n <= limit or keep == 0:
+                break
+            keep -= n - limit
+        after = len(self.tokenizer.encode(text, add_special_tokens=False))
+        warnings.append(
+            f"the message was cut from {len(ids)} to {after} tokens for the local model"
+        )
+        return out, warnings
 
     def _build_chat_model(self, max_new_tokens: int) -> BaseChatModel:
         try:

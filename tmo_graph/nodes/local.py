@@ -45,4 +45,7 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     if message_id := getattr(stats, "message_id", None):
         call["message_id"] = message_id
     trace = TokenTrace(logprobs=list(stats.logprobs), entropies=list(stats.entropies))
-    return {"calls": [call], "local_tokens": trace}
+    update: dict[str, Any] = {"calls": [call], "local_tokens": trace}
+    if warnings := list(getattr(stats, "warnings", None) or []):  # e.g. the prompt was cut
+        update["warnings"] = [*state.warnings, *warnings]
+    return update

@@ -9,6 +9,7 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
@@ -114,12 +115,57 @@ def view_scores(
     return scores
 
 
+class _ViewInput(BaseModel):
+    """A view as a caller may send it (:class:`ViewSpec`), checked: no "yes" for True."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: str | None = None
+    sha256: str | None = None
+    description: str = ""
+    private: bool = False
+
+
+_VIEW_EXAMPLE = "{'views': {'overhead': {'image': PATH, 'description': TEXT, 'private': False}}}"
+
+
+def check_views(views: Any) -> None:
+    """Refuse graph input ``views`` that are not a mapping of names to :class:`ViewSpec`."""
+    if not isinstance(views, Mapping):
+        raise TmoGraphError(
+            f"`views` must be a mapping of view names to views, not {type(views).__name__} "
+            f"(got {repr(views)[:60]})",
+            f"send {_VIEW_EXAMPLE}",
+        )
+    for name, view in views.items():
+        if not isinstance(view, Mapping):
+            raise TmoGraphError(
+                f"view {name!r} must be a mapping, not {type(view).__name__} (got {view!r:.60})",
+                f"send {_VIEW_EXAMPLE}",
+            )
+        try:
+            _ViewInput.model_validate(dict(view))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field_name = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problem = f"view {name!r} has an unknown field `{field_name}`"
+            elif err["type"] == "bool_type":
+                problem = f"view {name!r}: field `{field_name}` must be True or False"
+            else:
+                problem = f"view {name!r}: field `{field_name}`: {err['msg'].lower()}"
+            raise TmoGraphError(
+                f"{problem} (got {err.get('input')!r:.60})", f"send {_VIEW_EXAMPLE}"
+            ) from None
+
+
 def view_references(views: Mapping[str, ViewSpec], folder: Path) -> dict[str, ViewSpec] | None:
     """The views with each image as a checked reference and hash (None if all already are)."""
+    check_views(views)
     out: dict[str, ViewSpec] = {}
     changed = False
     for name, view in views.items():
-        if not isinstance(view, dict) or not (view.get("image") or view.get("description")):
+        if not (view.get("image") or view.get("description")):
             raise TmoGraphError(
                 f"view {name!r} has neither an image nor a description",
                 "give each view {'image': PATH, 'description': TEXT}",
@@ -153,6 +199,15 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
     inline, rewritten = inline_images(message, services.image_dir)
     if rewritten is not None:
         update["messages"] = [rewritten]
+    # Fresh each turn: a turn that failed half-way leaves no warnings for the next one.
+    update["warnings"] = []
+    cap = services.settings.cloud.max_images_per_call
+    if len(inline) > cap:
+        update["warnings"] = [
+            f"{len(inline) - cap} of the message's {len(inline)} images were dropped: at most "
+            f"{cap} go to the cloud with one message (cloud.max_images_per_call)"
+        ]
+        inline = inline[:cap]
 
     # Private views are never candidates: they cannot be sent, so they are not even scored.
     shareable = {n: v for n, v in views.items() if not v.get("private", False)}
