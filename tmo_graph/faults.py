@@ -18,6 +18,7 @@ import email.utils
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -110,6 +111,7 @@ class CircuitBreaker:
 
 
 _BREAKERS: dict[tuple[str, str], CircuitBreaker] = {}
+_OWNERS: dict[tuple[str, str], weakref.ref[Any]] = {}
 _BREAKERS_LOCK = threading.Lock()
 
 
@@ -127,7 +129,7 @@ def safe_url(url: str) -> str:
 
 def endpoint_of(model: Any) -> tuple[str, str]:
     """(base_url, model name) of a chat model; a model without a base URL (a test fake, an
-    in-process model) is its own endpoint."""
+    in-process model) is its own endpoint (pass it as ``owner`` to :func:`breaker_for`)."""
     base_url = getattr(model, "openai_api_base", None)
     name = getattr(model, "model_name", None) or getattr(model, "model", None)
     if not base_url:
@@ -135,14 +137,23 @@ def endpoint_of(model: Any) -> tuple[str, str]:
     return (safe_url(str(base_url)), str(name or ""))
 
 
-def breaker_for(endpoint: tuple[str, str], failures: int, cooldown_s: float) -> CircuitBreaker:
-    """The process's breaker of ``endpoint`` (made on first use with these thresholds;
-    later calls with other thresholds update them)."""
+def breaker_for(
+    endpoint: tuple[str, str], failures: int, cooldown_s: float, owner: object | None = None
+) -> CircuitBreaker:
+    """The process's breaker of ``endpoint`` (made on first use; later calls with other
+    thresholds update them). ``owner``: the model an endpoint without a URL stands for
+    (see :func:`endpoint_of`); its breaker is not handed to another object at the same id."""
     with _BREAKERS_LOCK:
         breaker = _BREAKERS.get(endpoint)
+        if owner is not None:
+            ref = _OWNERS.get(endpoint)
+            if ref is None or ref() is not owner:
+                breaker = None
         if breaker is None:
             name = f"{endpoint[0]} ({endpoint[1]})" if endpoint[1] else endpoint[0]
             breaker = _BREAKERS[endpoint] = CircuitBreaker(name, failures, cooldown_s)
+            if owner is not None:
+                _OWNERS[endpoint] = weakref.ref(owner)
         else:
             breaker.failures, breaker.cooldown_s = failures, cooldown_s
         return breaker
@@ -152,6 +163,7 @@ def reset_breakers() -> None:
     """Forget every breaker (tests)."""
     with _BREAKERS_LOCK:
         _BREAKERS.clear()
+        _OWNERS.clear()
 
 
 class EmptyAnswer(RuntimeError):

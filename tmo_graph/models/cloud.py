@@ -256,8 +256,10 @@ def make_cloud_chat_model(
         model=model,
         # An explicit placeholder: a keyless endpoint must not receive $OPENAI_API_KEY.
         api_key=api_key or "not-needed",
-        timeout=timeout_s,
-        max_retries=1,  # the router escalates or falls back; long retry loops break budgets
+        timeout=timeout_s,  # the cloud node passes each attempt a shorter one when due
+        # No client retries: the cloud node makes the attempts itself, within the latency
+        # left and through the endpoint's circuit breaker (tmo_graph.faults).
+        max_retries=0,
         max_tokens=max_tokens,
         stream_usage=True,
     )

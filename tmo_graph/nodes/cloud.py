@@ -1,8 +1,13 @@
 """answer_cloud: the cloud model answers with only the chosen views; a fault is recorded.
 
 The images are made here and only here: each chosen view's file is downscaled to
-``cloud.image_max_side`` and re-encoded into a data URL for this one request. A failed call
-is recorded with its error; the graph's edge then falls back to the local answer.
+``cloud.image_max_side`` and re-encoded into a data URL for this one request. The node makes
+the attempts itself (the client's retries are off; :mod:`tmo_graph.faults`): at most
+``cloud.max_attempts``, each within ``min(cloud.timeout_s, the latency left)`` where the
+latency left keeps the local answer's share when the turn has none yet, and every attempt
+through the endpoint's circuit breaker (an open one skips the call: "circuit open"). A
+failed call is recorded with its error, attempts and breaker state; the graph's edge then
+falls back to the local answer.
 """
 
 from __future__ import annotations
@@ -10,19 +15,33 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+from langchain_core.messages import AIMessage
+from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.faults import (
+    Attempts,
+    EmptyAnswer,
+    breaker_for,
+    cloud_time_left_s,
+    endpoint_of,
+    run_attempts,
+)
 from tmo_graph.images import cloud_image
+from tmo_graph.policy.base import LOCAL
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State
-from tmo_graph.turn import run_context
+from tmo_graph.turn import budget_now, run_context
 
 
-def _failed(start: float, exc: Exception) -> CallRecord:
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return CallRecord(
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _failed(start: float, reason: str, attempts: Attempts | None = None) -> CallRecord:
+    call = CallRecord(
         where="cloud",
         latency_s=round(time.perf_counter() - start, 4),
         cost_usd=0.0,
@@ -32,6 +51,15 @@ def _failed(start: float, exc: Exception) -> CallRecord:
         output_tokens=0,
         error=reason,
     )
+    if attempts is not None:
+        call["cloud_attempts"] = attempts.records
+        call["breaker"] = attempts.breaker
+    return call
+
+
+def _answered(reply: AIMessage) -> None:
+    if not message_text(reply).strip():
+        raise EmptyAnswer("the cloud model returned an empty answer")
 
 
 def answer_cloud(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
@@ -57,12 +85,33 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             [(label, image.url) for label, image in zip(labels, sent, strict=True)],
             detail=cfg.image_detail,
         )
-        reply = services.cloud.invoke(messages)
-        text = message_text(reply).strip()
-        if not text:
-            raise RuntimeError("the cloud model returned an empty answer")
-    except Exception as exc:  # any cloud fault: record it; the edge falls back to local
-        return {"calls": [_failed(start, exc)]}
+    except Exception as exc:  # no model, an unreadable image: no attempt is made
+        return {"calls": [_failed(start, _reason(exc))]}
+    cloud = services.cloud
+    assert cloud is not None
+
+    def attempt(timeout: float) -> AIMessage:
+        # ChatOpenAI takes a per-request timeout; other chat models keep their own.
+        if isinstance(cloud, BaseChatOpenAI):
+            return cloud.invoke(messages, timeout=timeout)
+        return cloud.invoke(messages)
+
+    has_local = any(c["where"] == "local" and c["ok"] for c in state.calls)
+    local_share = 0.0 if has_local else services.costs.expected(LOCAL, 0).latency_s
+    time_left = cloud_time_left_s(budget_now(state, ctx)["latency_s"], local_share)
+    attempts = run_attempts(
+        attempt,
+        breaker_for(endpoint_of(cloud), cfg.breaker_failures, cfg.breaker_cooldown_s, cloud),
+        timeout_s=cfg.timeout_s,
+        time_left_s=time_left - (time.perf_counter() - start),
+        max_attempts=cfg.max_attempts,
+        check=_answered,
+        describe=_reason,
+    )
+    if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
+        return {"calls": [_failed(start, attempts.error, attempts)]}
+    reply = attempts.result
+    text = message_text(reply).strip()
     latency = time.perf_counter() - start
     usage = getattr(reply, "usage_metadata", None) or {}
     input_tokens = int(usage.get("input_tokens", 0))
@@ -79,6 +128,8 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         text=text,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        cloud_attempts=attempts.records,
+        breaker=attempts.breaker,
     )
     if reply.id:
         call["message_id"] = reply.id
