@@ -86,6 +86,12 @@ class CloudSettings(_Section):
     image_max_side: int = Field(
         768, gt=0, description="longest side in pixels of an image sent; larger ones are downscaled"
     )
+    max_images_per_call: int = Field(
+        4,
+        gt=0,
+        description="inline images of one message that may go to the cloud; the rest are "
+        "dropped with a warning in the turn record",
+    )
 
 
 class EmbeddingSettings(_Section):
@@ -128,15 +134,16 @@ class PriceEntry(_Section):
 
 
 class RoutingDefaults(_Section):
+    # allow_inf_nan=False: an infinite budget is no budget, and a NaN one blocks the cloud.
     policy: str = "rules"
-    confidence_threshold: float = Field(0.5, ge=0, le=1)
-    latency_budget_s: float = Field(60.0, gt=0)
-    cost_budget_usd: float = Field(0.05, gt=0)
+    confidence_threshold: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
+    latency_budget_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    cost_budget_usd: float = Field(0.05, gt=0, allow_inf_nan=False)
     recent_turns: int = Field(4, ge=1)
     recall_k: int = Field(3, ge=0)
-    min_recall_score: float = Field(0.3, ge=-1, le=1)
-    min_view_score: float = Field(0.3, ge=-1, le=1)
-    context_weight: float = Field(0.8, ge=0, le=1)
+    min_recall_score: float = Field(0.3, ge=-1, le=1, allow_inf_nan=False)
+    min_view_score: float = Field(0.3, ge=-1, le=1, allow_inf_nan=False)
+    context_weight: float = Field(0.8, ge=0, le=1, allow_inf_nan=False)
     policy_file: str | None = None
 
 

@@ -106,6 +106,7 @@ class TurnRecord(TypedDict):
     masked: NotRequired[list[str]]  # actions the budget ruled out this turn
     input_tokens: NotRequired[int]  # over the turn's cloud calls (local prompts are not counted)
     output_tokens: NotRequired[int]  # over all the turn's calls
+    warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
 
 
 def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[CallRecord]:
@@ -149,3 +150,4 @@ class State(InputState):
     confidence: float | None = None
     confidence_parts: dict[str, float] = field(default_factory=dict)
     escalated: bool = False  # at most one escalation per turn: the state says so
+    warnings: list[str] = field(default_factory=list)  # for the turn record's warnings

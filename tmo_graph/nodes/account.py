@@ -28,6 +28,7 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "confidence": None,
     "confidence_parts": {},
     "escalated": False,
+    "warnings": [],
 }
 
 
@@ -67,6 +68,8 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         input_tokens=sum(c["input_tokens"] for c in state.calls),
         output_tokens=sum(c["output_tokens"] for c in state.calls),
     )
+    if state.warnings:
+        record["warnings"] = list(state.warnings)
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
     reply = AIMessage(
         content=answer["text"],
