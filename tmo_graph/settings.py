@@ -75,6 +75,15 @@ class CloudSettings(_Section):
         None, description="model the loopback server serves; default: local.source"
     )
     timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(
+        2, ge=1, le=10, description="attempts per cloud call, each within the latency left"
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="failed attempts in a row that open the endpoint's circuit"
+    )
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, description="seconds an open circuit skips the endpoint before a trial call"
+    )
     max_tokens: int = Field(96, gt=0, le=16384)
     tokens_per_s: float = Field(
         8.0, gt=0, description="expected answer speed, for budget estimates (loopback: slow CPU)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
@@ -84,6 +84,10 @@ class CallRecord(TypedDict):
     output_tokens: int
     error: NotRequired[str]  # why a failed call failed
     message_id: NotRequired[str]  # id of the streamed answer message, reused for the reply
+    # Cloud only: each attempt ({"outcome": "ok" | fault kind, "status"?, "seconds"}) and
+    # the endpoint's circuit breaker after the call (closed / open / half-open).
+    cloud_attempts: NotRequired[list[dict[str, Any]]]
+    breaker: NotRequired[str]
 
 
 class TurnRecord(TypedDict):
@@ -106,6 +110,8 @@ class TurnRecord(TypedDict):
     masked: NotRequired[list[str]]  # actions the budget ruled out this turn
     input_tokens: NotRequired[int]  # over the turn's cloud calls (local prompts are not counted)
     output_tokens: NotRequired[int]  # over all the turn's calls
+    cloud_attempts: NotRequired[list[dict[str, Any]]]  # the turn's cloud attempts, in order
+    breaker: NotRequired[str]  # the cloud endpoint's circuit after the turn's cloud call
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
 
 

@@ -68,6 +68,11 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         input_tokens=sum(c["input_tokens"] for c in state.calls),
         output_tokens=sum(c["output_tokens"] for c in state.calls),
     )
+    cloud_calls = [c for c in state.calls if c["where"] == "cloud"]
+    if cloud_calls:  # the cloud's attempts and faults, and its circuit breaker after them
+        record["cloud_attempts"] = [a for c in cloud_calls for a in c.get("cloud_attempts", [])]
+        if "breaker" in cloud_calls[-1]:
+            record["breaker"] = cloud_calls[-1]["breaker"]
     if state.warnings:
         record["warnings"] = list(state.warnings)
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
