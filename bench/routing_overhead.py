@@ -69,7 +69,10 @@ def main() -> None:
             memory=memory,
         )
         graph = build_graph(services, checkpointer=InMemorySaver())
-        context = Context(policy="rules", user_id="bench", recent_turns=4, recall_k=3)
+        # Recall across the user's dialogues: every turn searches all 10,000 stored turns.
+        context = Context(
+            policy="rules", user_id="bench", recent_turns=4, recall_k=3, recall_scope="user"
+        )
 
         def one_turn(i: int) -> float:
             prompt = f"{PROMPTS[i % len(PROMPTS)]} ({i})"  # new text: no embedding cache hits

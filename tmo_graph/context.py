@@ -108,6 +108,13 @@ class Context:
         default=0.3,
         metadata={"description": "Recall only older turns at least this similar (cosine)."},
     )
+    recall_scope: Literal["thread", "user"] = field(
+        default="thread",
+        metadata={
+            "description": "Where older turns are recalled from: this dialogue only (thread), "
+            "or all of this user's dialogues (user). Never another user's."
+        },
+    )
     min_view_score: float = field(
         default=0.3,
         metadata={"description": "A view is worth sending when its association is at least this."},
@@ -131,6 +138,11 @@ class Context:
         if self.policy not in POLICIES:
             raise TmoGraphError(
                 f"unknown policy {self.policy!r}", f"use one of: {', '.join(POLICIES)}"
+            )
+        if self.recall_scope not in ("thread", "user"):
+            raise TmoGraphError(
+                f"unknown recall_scope {self.recall_scope!r}",
+                "use 'thread' (this dialogue) or 'user' (all of the user's dialogues)",
             )
         if self.policy == "learned" and not self.policy_file:
             raise TmoGraphError(

@@ -195,16 +195,25 @@ class TurnMemory:
         )
 
     def search(
-        self, *, user_id: str, vector: Sequence[float], k: int, min_score: float = -1.0
+        self,
+        *,
+        user_id: str,
+        vector: Sequence[float],
+        k: int,
+        min_score: float = -1.0,
+        thread_id: str | None = None,
     ) -> list[Recalled]:
-        """The ``k`` stored turns of ``user_id`` closest to ``vector`` with cosine >= min_score."""
+        """The ``k`` stored turns of ``user_id`` closest to ``vector`` with cosine >= min_score;
+        only those of ``thread_id`` when it is given (None: all the user's dialogues)."""
         collection = self._collection(user_id)
         if k <= 0 or self._call(collection.count) == 0:
             return []
+        where = {"thread_id": thread_id} if thread_id is not None else None
         result = self._call(
             lambda: collection.query(
                 query_embeddings=[list(map(float, vector))],
                 n_results=k,
+                where=where,
                 include=["documents", "metadatas", "distances"],
             )
         )

@@ -151,6 +151,7 @@ class RoutingDefaults(_Section):
     recent_turns: int = Field(4, ge=1)
     recall_k: int = Field(3, ge=0)
     min_recall_score: float = Field(0.3, ge=-1, le=1, allow_inf_nan=False)
+    recall_scope: Literal["thread", "user"] = "thread"
     min_view_score: float = Field(0.3, ge=-1, le=1, allow_inf_nan=False)
     context_weight: float = Field(0.8, ge=0, le=1, allow_inf_nan=False)
     policy_file: str | None = None

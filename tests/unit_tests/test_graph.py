@@ -182,3 +182,23 @@ def test_old_turns_move_to_memory_and_are_recalled_per_user(tmp_path: Path) -> N
     )
     _run(graph, "What is my code?", bob, thread="b")
     assert all("4711" not in m["content"] for m in local.seen[-1])
+
+
+@pytest.mark.parametrize(("scope", "recalled"), [("thread", False), ("user", True)])
+def test_recall_stays_in_the_dialogue_unless_configured(
+    tmp_path: Path, scope: str, recalled: bool
+) -> None:
+    local = FakeLocal(["ok"])
+    graph = build_graph(fake_services(tmp_path, local, None), checkpointer=InMemorySaver())
+    context = Context(
+        policy="always-local",
+        user_id="alice",
+        recent_turns=1,
+        recall_k=5,
+        min_recall_score=-1,
+        recall_scope=scope,  # type: ignore[arg-type]
+    )
+    for text in ["My card PIN is 4711.", "I like basil.", "The oven is gas."]:
+        _run(graph, text, context, thread="first")  # the PIN turn moves to memory
+    _run(graph, "What do you remember?", context, thread="second")
+    assert ("4711" in local.seen[-1][0]["content"]) is recalled

@@ -64,5 +64,8 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
         vector=services.embed(state.prompt),
         k=ctx.recall_k,
         min_score=ctx.min_recall_score,
+        # By default a dialogue recalls only itself: what a user said in one dialogue does not
+        # reach another (and its cloud calls) unless recall_scope is "user".
+        thread_id=thread_id if ctx.recall_scope == "thread" else None,
     )
     return update
