@@ -79,6 +79,7 @@ def run(
     ] = False,
 ) -> None:
     """Run scripted dialogues and print a row per turn: route, confidence, latency, cost."""
+    from tmo_graph.conversation import finish_interrupted
     from tmo_graph.dialogues import dialogue_context, load_dialogues
     from tmo_graph.report import console, print_dialogue_banner, print_header, print_turn
 
@@ -98,6 +99,10 @@ def run(
                 print_dialogue_banner(dialogue.id, dialogue.user_id, context.policy, screen)
                 print_header(screen)
                 records = []
+                # A resumed thread whose last turn a crash cut short: complete that one first.
+                if resume and (record := finish_interrupted(graph, config_, context)):
+                    records.append(record)
+                    print_turn(record, screen)
                 for number, state_in in enumerate(dialogue.turn_inputs()):
                     try:
                         out = graph.invoke(state_in, config_, context=context)
@@ -147,6 +152,7 @@ def chat(
     db: DbOption = None,
 ) -> None:
     """Talk to the graph; every answer shows where it was made and what it cost."""
+    from tmo_graph.conversation import finish_interrupted
     from tmo_graph.dialogues import cli_views
     from tmo_graph.report import print_turn
 
@@ -158,6 +164,10 @@ def chat(
         thread_id = thread or uuid.uuid4().hex[:8]
         with _graph(settings, db) as (graph, _):
             typer.echo(f"thread {thread_id} (resume with --thread {thread_id}); /quit to leave")
+            run_config = {"configurable": {"thread_id": thread_id}}
+            if record := finish_interrupted(graph, run_config, context):
+                typer.echo("(the last turn was cut short; it is answered first)")
+                print_turn(record, answer_width=10_000, header=True)
             first = True
             for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you> "), None):
                 text = line.strip()
@@ -170,9 +180,7 @@ def chat(
                 if first and views:
                     state_in["views"] = views
                 first = False
-                out = graph.invoke(
-                    state_in, {"configurable": {"thread_id": thread_id}}, context=context
-                )
+                out = graph.invoke(state_in, run_config, context=context)
                 print_turn(out["turns"][-1], answer_width=10_000, header=True)
     except (EOFError, KeyboardInterrupt):
         typer.echo("")

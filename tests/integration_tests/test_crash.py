@@ -56,3 +56,37 @@ def test_a_turn_killed_mid_answer_is_completed_once_on_resume(tmp_path: Path) ->
     # Each question reached the model once, and never together with the other one unanswered.
     assert [seen[-1]["content"] for seen in local.seen] == ["First?", "Second?"]
     assert [m["content"] for m in local.seen[1]][1:] == ["First?", "first answer", "Second?"]
+
+
+def test_the_chat_command_answers_a_cut_short_turn_first(tmp_path: Path) -> None:
+    db, marker = tmp_path / "threads.sqlite", tmp_path / "started"
+    worker = subprocess.Popen([sys.executable, str(WORKER), str(db), str(marker), "First?"])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert worker.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TMO_CLOUD__MODE": "off",  # the real SmolLM2 answers both turns on the device
+        "TMO_MEMORY__PERSIST_DIR": str(tmp_path / "memory"),
+    }
+    cmd = [sys.executable, "-m", "tmo_graph.cli", "chat", "--thread", "t", "--db", str(db)]
+    done = subprocess.run(
+        [*cmd, "--policy", "always-local"],
+        input="Second?\n/quit\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the last turn was cut short; it is answered first" in done.stdout
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        values = saver.get({"configurable": {"thread_id": "t"}})["channel_values"]
+    assert [r["turn"] for r in values["turns"]] == [0, 1]
+    assert [m.type for m in values["messages"]] == ["human", "ai", "human", "ai"]
+    assert [m.content for m in values["messages"] if m.type == "human"] == ["First?", "Second?"]
