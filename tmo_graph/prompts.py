@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
@@ -68,11 +68,14 @@ def cloud_messages(
     prompt: str,
     images: Sequence[tuple[str, str]],
     detail: str = "low",
+    scrub: Callable[[str], str] = str,
 ) -> list[AnyMessage]:
     """Text history, then this turn's prompt with only the chosen images as ``image_url``
-    parts; ``images`` are (label, URL) pairs, the URL already made for sending."""
-    history = as_langchain(text_dialogue(messages[:-1], recalled, system_prompt(messages, persona)))
-    content: list[Any] = [{"type": "text", "text": prompt}]
+    parts; ``images`` are (label, URL) pairs, the URL already made for sending. Every text
+    (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction)."""
+    dialogue = text_dialogue(messages[:-1], recalled, system_prompt(messages, persona))
+    history = as_langchain([{**m, "content": scrub(m["content"])} for m in dialogue])
+    content: list[Any] = [{"type": "text", "text": scrub(prompt)}]
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
         content.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -130,6 +130,17 @@ class ThreadSettings(_Section):
     )
 
 
+PersonalKind = Literal["email", "phone", "card", "iban", "secret", "address"]
+
+
+class PrivacySettings(_Section):
+    redact: list[PersonalKind] = Field(
+        default_factory=lambda: list(get_args(PersonalKind)),
+        description="personal data replaced by placeholders before any cloud call (and put "
+        "back into the answer on the device); [] sends text as typed",
+    )
+
+
 class DeviceSettings(_Section):
     profile: str = Field("Jetson TX2", description="paper device profile for local energy")
     usd_per_kwh: float = Field(0.1668, ge=0)
@@ -188,6 +199,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     threads: ThreadSettings = ThreadSettings()
     device: DeviceSettings = DeviceSettings()
+    privacy: PrivacySettings = PrivacySettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
 

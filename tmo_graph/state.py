@@ -88,6 +88,7 @@ class CallRecord(TypedDict):
     # the endpoint's circuit breaker after the call (closed / open / half-open).
     cloud_attempts: NotRequired[list[dict[str, Any]]]
     breaker: NotRequired[str]
+    redactions: NotRequired[dict[str, int]]  # personal data replaced in the request, by kind
 
 
 class TurnRecord(TypedDict):
@@ -112,6 +113,7 @@ class TurnRecord(TypedDict):
     output_tokens: NotRequired[int]  # over all the turn's calls
     cloud_attempts: NotRequired[list[dict[str, Any]]]  # the turn's cloud attempts, in order
     breaker: NotRequired[str]  # the cloud endpoint's circuit after the turn's cloud call
+    redactions: NotRequired[dict[str, int]]  # personal data kept from the cloud, by kind
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
 
 

@@ -73,6 +73,11 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         record["cloud_attempts"] = [a for c in cloud_calls for a in c.get("cloud_attempts", [])]
         if "breaker" in cloud_calls[-1]:
             record["breaker"] = cloud_calls[-1]["breaker"]
+        redactions: dict[str, int] = {}
+        for call in cloud_calls:
+            for kind, n in call.get("redactions", {}).items():
+                redactions[kind] = redactions.get(kind, 0) + n
+        record["redactions"] = redactions
     if state.warnings:
         record["warnings"] = list(state.warnings)
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.

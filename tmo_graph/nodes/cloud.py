@@ -30,6 +30,7 @@ from tmo_graph.faults import (
 )
 from tmo_graph.images import cloud_image
 from tmo_graph.policy.base import LOCAL
+from tmo_graph.privacy import Redactor
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State
@@ -77,6 +78,9 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             "Attached image" if v["kind"] == "inline" else f"Camera view '{v['name']}'"
             for v in views
         ]
+        # Personal data in any text of the request (persona, recalled memory, history,
+        # prompt) is replaced by placeholders first: it never leaves the device as typed.
+        redactor = Redactor(tuple(services.settings.privacy.redact))
         messages = cloud_messages(
             state.messages,
             state.recalled,
@@ -84,6 +88,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             state.prompt,
             [(label, image.url) for label, image in zip(labels, sent, strict=True)],
             detail=cfg.image_detail,
+            scrub=redactor.redact,
         )
     except Exception as exc:  # no model, an unreadable image: no attempt is made
         return {"calls": [_failed(start, _reason(exc))]}
@@ -109,7 +114,9 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         describe=_reason,
     )
     if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
-        return {"calls": [_failed(start, attempts.error, attempts)]}
+        failed = _failed(start, attempts.error, attempts)
+        failed["redactions"] = dict(redactor.counts)
+        return {"calls": [failed]}
     reply = attempts.result
     text = message_text(reply).strip()
     latency = time.perf_counter() - start
@@ -130,6 +137,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         output_tokens=output_tokens,
         cloud_attempts=attempts.records,
         breaker=attempts.breaker,
+        redactions=dict(redactor.counts),
     )
     if reply.id:
         call["message_id"] = reply.id
