@@ -16,16 +16,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
+from tests.integration_tests.servers import wait_until_answering
 from tests.unit_tests.fakes import FakeCloud, FakeLocal
 from tmo_graph import memory as memory_module
 from tmo_graph.context import Context
@@ -109,16 +108,7 @@ def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, (folder / "log").read_text()
-            assert time.monotonic() < deadline, "chroma run did not answer within 30 s"
-            time.sleep(0.2)
+        wait_until_answering(f"{url}/api/v2/heartbeat", server, folder / "log", "chroma run", 30)
         yield url
     finally:
         server.terminate()

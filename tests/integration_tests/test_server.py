@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from langgraph.checkpoint.memory import InMemorySaver
 from openai import AsyncOpenAI, OpenAI
 
+from tests.integration_tests.servers import wait_until_answering
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
 from tests.unit_tests.test_graph_core import StreamingLocal
 from tmo_graph.graph import build_graph
@@ -543,18 +544,9 @@ def test_the_cli_serves_the_real_local_model(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"tmo-graph serve exited: {(tmp_path / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("tmo-graph serve did not answer /health within 180 s")
-            time.sleep(0.5)
+        wait_until_answering(
+            f"{url}/health", process, tmp_path / "serve.log", "tmo-graph serve", 180
+        )
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         raw = client.chat.completions.with_raw_response.create(
             model="tmo-rules", messages=[{"role": "user", "content": "Say hello."}]

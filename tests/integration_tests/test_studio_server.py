@@ -7,13 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration_tests.servers import wait_until_answering
 from tmo_graph.models.cloud import free_port
 
 pytestmark = pytest.mark.integration
@@ -55,17 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"langgraph dev exited: {(work / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("langgraph dev did not answer /ok within 90 s")
+        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 90)
         yield url
     finally:
         process.terminate()
