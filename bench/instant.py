@@ -33,6 +33,7 @@ class InstantLocal:
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, InstantStats]:
         return "Done.", self.score_answer(messages, "Done.")
 

@@ -170,6 +170,10 @@ class EmptyAnswer(RuntimeError):
     """The endpoint answered with no text."""
 
 
+class BudgetReached(RuntimeError):
+    """Another request would not fit the budget left (no request is made)."""
+
+
 @dataclass(frozen=True)
 class Fault:
     """What went wrong in one attempt."""
@@ -221,6 +225,8 @@ def classify(exc: BaseException) -> Fault:
     """The fault an exception of a cloud call stands for."""
     if isinstance(exc, EmptyAnswer):  # the endpoint works; the same prompt would repeat it
         return Fault("empty answer", retryable=False, endpoint_fault=False)
+    if isinstance(exc, BudgetReached):
+        return Fault("budget reached", retryable=False, endpoint_fault=False)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         response = getattr(exc, "response", None)

@@ -1,5 +1,5 @@
 """What may leave the device: personal data in text is found and replaced by placeholders
-before a cloud call (the cloud's answer keeps the placeholders it uses).
+before a cloud call, and put back into the cloud's answer on the device.
 
 Found offline by tested patterns (no model download): email addresses, phone numbers,
 payment card numbers (Luhn-checked), IBANs (mod-97-checked), secrets written after words
@@ -126,3 +126,9 @@ class Redactor:
             out += [text[last : f.start], self.placeholders[f.value]]
             last = f.end
         return "".join(out) + text[last:]
+
+    def restore(self, text: str) -> str:
+        """``text`` with this request's placeholders put back (the answer, on the device)."""
+        for value, placeholder in self.placeholders.items():
+            text = text.replace(placeholder, value)
+        return text

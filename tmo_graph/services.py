@@ -21,6 +21,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
+from tmo_graph.audit import AuditLog
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import TurnMemory
@@ -28,6 +29,7 @@ from tmo_graph.models.base import GapPredictor, LocalBackend
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.settings import Settings, default_cache_dir
+from tmo_graph.spending import SpendLedger
 
 
 @dataclass
@@ -42,6 +44,11 @@ class Services:
     gap_predictor: GapPredictor | None = None
     # Where images sent as data URLs are kept (by content hash); default <cache>/images.
     image_dir: Path | None = None
+    # One line per cloud request. build_services opens settings.audit_path(); Services made
+    # by hand log only when given one or when settings.audit.path is set explicitly.
+    audit: AuditLog | None = None
+    # Each user's daily cloud spend; opened whenever spending.daily_cost_cap_usd is set.
+    ledger: SpendLedger | None = None
     tasks: TaskClassifier = field(init=False)
     costs: CostModel = field(init=False)
     default_context: Context = field(init=False)  # a run without context= gets this
@@ -53,6 +60,10 @@ class Services:
         if self.image_dir is None:
             self.image_dir = default_cache_dir() / "images"
         self.costs = CostModel.from_settings(self.settings)
+        if self.audit is None and self.settings.audit.enabled and self.settings.audit.path:
+            self.audit = AuditLog(self.settings.audit.path)
+        if self.ledger is None and self.settings.spending.daily_cost_cap_usd is not None:
+            self.ledger = SpendLedger(self.settings.ledger_path())
         self.default_context = Context.from_settings(self.settings)
         self._embed = lru_cache(maxsize=64)(self._embed_uncached)
 
@@ -138,6 +149,7 @@ def build_services(settings: Settings) -> Services:
         embeddings=embeddings,
         memory=memory,
         gap_predictor=gap_predictor,
+        audit=AuditLog(settings.audit_path()) if settings.audit.enabled else None,
     )
 
 

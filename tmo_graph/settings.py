@@ -59,7 +59,12 @@ class LocalModelSettings(_Section):
     )
     cache_dir: Path | None = Field(None, description="converted weights; default <cache>/models")
     max_new_tokens: int = Field(64, gt=0, le=4096)
-    tokens_per_s: float = Field(16.0, gt=0, description="expected speed, for budget estimates")
+    tokens_per_s: float = Field(
+        16.0, gt=0, description="answer tokens a second the device manages at least (budgets)"
+    )
+    prefill_tokens_per_s: float = Field(
+        150.0, gt=0, description="prompt tokens a second the device reads at least (budgets)"
+    )
 
 
 class CloudSettings(_Section):
@@ -139,6 +144,35 @@ class PrivacySettings(_Section):
         description="personal data replaced by placeholders before any cloud call (and put "
         "back into the answer on the device); [] sends text as typed",
     )
+    keep_local: list[PersonalKind] = Field(
+        default_factory=list,
+        description="personal data that keeps the whole turn on the device: a turn whose "
+        "message, history or recalled memory holds one of these kinds is answered locally",
+    )
+
+
+class AuditSettings(_Section):
+    enabled: bool = Field(True, description="write one JSONL line per cloud request")
+    path: Path | None = Field(None, description="the audit log; default <cache>/audit.jsonl")
+
+
+class SpendingSettings(_Section):
+    daily_cost_cap_usd: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="USD one user may spend a day (UTC) across all dialogues; None: no cap",
+    )
+    warn_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="warn (log, callback, turn record) when this share of a budget is spent",
+    )
+    ledger: Path | None = Field(
+        None, description="SQLite file of each user's daily spend; default <cache>/spend.sqlite"
+    )
 
 
 class DeviceSettings(_Section):
@@ -200,6 +234,8 @@ class Settings(BaseSettings):
     threads: ThreadSettings = ThreadSettings()
     device: DeviceSettings = DeviceSettings()
     privacy: PrivacySettings = PrivacySettings()
+    audit: AuditSettings = AuditSettings()
+    spending: SpendingSettings = SpendingSettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
 
@@ -220,6 +256,12 @@ class Settings(BaseSettings):
 
     def memory_dir(self) -> Path:
         return self.memory.persist_dir or default_cache_dir() / "memory"
+
+    def audit_path(self) -> Path:
+        return self.audit.path or default_cache_dir() / "audit.jsonl"
+
+    def ledger_path(self) -> Path:
+        return self.spending.ledger or default_cache_dir() / "spend.sqlite"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

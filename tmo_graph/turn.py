@@ -10,8 +10,8 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
-from tmo_graph.policy.budget import all_actions, build_route_input
-from tmo_graph.prompts import message_text
+from tmo_graph.policy.budget import TOKENS_PER_MESSAGE, all_actions, build_route_input
+from tmo_graph.prompts import message_text, text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
 
@@ -90,3 +90,27 @@ def route_input(
         prompt_chars=prompt_chars(state),
         quality_gap=quality_gap,
     )
+
+
+def local_dialogue(state: State, context: Context) -> list[dict[str, str]]:
+    """What the device model reads this turn: persona, recalled memory and the dialogue."""
+    return text_dialogue(state.messages, state.recalled, context.system_prompt)
+
+
+def local_prompt_tokens(services: Services, dialogue: list[dict[str, str]]) -> int:
+    """The device model's prompt tokens for ``dialogue``: counted by the backend when it can,
+    else one per UTF-8 byte (the most a byte-level tokenizer makes)."""
+    count = getattr(services.local, "prompt_tokens", None)
+    if callable(count):
+        return int(count(dialogue))
+    return sum(len(m["content"].encode("utf-8")) + TOKENS_PER_MESSAGE for m in dialogue)
+
+
+def local_reserve(state: State, context: Context, services: Services) -> Budget:
+    """What a local answer to this turn may need: kept back from a cloud call while the turn
+    has none yet, so that a failed call can still fall back to the device."""
+    if any(c["where"] == "local" and c["ok"] for c in state.calls):
+        return Budget(latency_s=0.0, cost_usd=0.0)
+    tokens = local_prompt_tokens(services, local_dialogue(state, context))
+    seconds = services.costs.local_seconds(tokens, services.settings.local.max_new_tokens)
+    return Budget(latency_s=seconds, cost_usd=services.costs.local_call_usd(seconds))

@@ -25,7 +25,9 @@ class HangingLocal(FakeLocal):
 
     marker: Path = Path()
 
-    def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+    def answer(
+        self, messages: Any, max_new_tokens: Any = None, tags: Any = None, max_time_s: Any = None
+    ) -> Any:
         self.marker.write_text("generating")
         time.sleep(600)
         raise AssertionError("should have been killed")

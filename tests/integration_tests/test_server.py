@@ -66,7 +66,9 @@ class SlowLocal(FakeLocal):
 
     delay: float = 0.3
 
-    def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+    def answer(
+        self, messages: Any, max_new_tokens: Any = None, tags: Any = None, max_time_s: Any = None
+    ) -> Any:
         time.sleep(self.delay)
         return super().answer(messages, max_new_tokens, tags)
 
@@ -505,7 +507,13 @@ def test_models_and_health(fake: Any) -> None:
 
 def test_an_unexpected_failure_is_a_500_without_details(tmp_path: Path) -> None:
     class Broken(FakeLocal):
-        def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+        def answer(
+            self,
+            messages: Any,
+            max_new_tokens: Any = None,
+            tags: Any = None,
+            max_time_s: Any = None,
+        ) -> Any:
             raise RuntimeError("secret internals")
 
     graph, _ = _graph(tmp_path, Broken(["x"]))

@@ -39,6 +39,7 @@ class FakeLocal:
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
         self.seen.append(messages)
         self.tags.append(tags)

@@ -399,6 +399,7 @@ class _CuttingLocal(FakeLocal):
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
         text, stats = super().answer(messages, max_new_tokens, tags)
         stats.warnings = list(self.cut)  # type: ignore[attr-defined]

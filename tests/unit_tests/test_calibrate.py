@@ -26,7 +26,11 @@ class VaryingLocal:
     """A local model whose certainty depends on the prompt (a hash-seeded log-prob)."""
 
     def answer(
-        self, messages: list[dict[str, str]], max_new_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
         rng = random.Random(messages[-1]["content"])
         logprob = -rng.expovariate(1.5)

@@ -50,7 +50,9 @@ def test_the_async_stream_matches(tmp_path: Path) -> None:
 
 
 class SlowLocal(FakeLocal):
-    def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+    def answer(
+        self, messages: Any, max_new_tokens: Any = None, tags: Any = None, max_time_s: Any = None
+    ) -> Any:
         time.sleep(0.3)
         return super().answer(messages, max_new_tokens, tags)
 
@@ -100,7 +102,9 @@ def test_an_empty_thread_id_is_refused(tmp_path: Path) -> None:
 class FailingOnceLocal(FakeLocal):
     """Fails its first answer, as a turn cut short does; answers after that."""
 
-    def answer(self, messages: Any, max_new_tokens: Any = None, tags: Any = None) -> Any:
+    def answer(
+        self, messages: Any, max_new_tokens: Any = None, tags: Any = None, max_time_s: Any = None
+    ) -> Any:
         if self.calls == 0:
             self.calls += 1
             raise RuntimeError("the process died here")

@@ -11,16 +11,20 @@ from tmo_graph.policy.budget import CostModel, all_actions
 from tmo_graph.settings import PriceEntry, Settings
 
 
-def test_expected_local_uses_configured_speed_and_device_energy() -> None:
+def test_expected_local_reads_the_prompt_then_writes_the_answer() -> None:
     settings = Settings()
     model = CostModel.from_settings(settings)
-    seconds = settings.local.max_new_tokens / settings.local.tokens_per_s
+    reading = 25 / settings.local.prefill_tokens_per_s  # 100 characters: about 25 tokens
+    writing = settings.local.max_new_tokens / settings.local.tokens_per_s
     power = costs.device(settings.device.profile).power_w
     cost = model.expected(LOCAL, 100)
-    assert cost.latency_s == pytest.approx(seconds)
-    assert cost.cost_usd == pytest.approx(seconds * power / 3.6e6 * settings.device.usd_per_kwh)
+    assert cost.latency_s == pytest.approx(reading + writing)
+    assert cost.cost_usd == pytest.approx(
+        (reading + writing) * power / 3.6e6 * settings.device.usd_per_kwh
+    )
     half = model.expected(LOCAL, 100, local_tokens=settings.local.max_new_tokens // 2)
-    assert half.latency_s == pytest.approx(seconds / 2)
+    assert half.latency_s == pytest.approx(reading + writing / 2)
+    assert model.expected(LOCAL, 40_000).latency_s > 60  # a long prompt takes time to read
 
 
 def test_expected_cloud_grows_with_views_and_prompt() -> None:

@@ -170,6 +170,7 @@ class StreamingLocal:
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
         model = GenericFakeChatModel(messages=iter([AIMessage(content=self.text)]))
         reply = model.invoke("question", config={"tags": tags or []})

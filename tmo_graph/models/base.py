@@ -17,8 +17,10 @@ class LocalBackend(Protocol):
     """The on-device model: answers with per-token scores; scores any given answer.
 
     ``tags`` go on the model call's run, so a streaming caller can tell its tokens apart
-    (the graph tags a draft that may be replaced ``draft``). A backend may set
-    ``message_id`` on the returned stats: the id of the message it streamed.
+    (the graph tags a draft that may be replaced ``draft``). ``max_time_s``: stop writing
+    once that many seconds have passed. A backend may set ``message_id`` on the returned
+    stats: the id of the message it streamed. A backend that can count its prompt tokens
+    offers ``prompt_tokens(messages) -> int`` (else the graph assumes one per UTF-8 byte).
     """
 
     def answer(
@@ -26,6 +28,7 @@ class LocalBackend(Protocol):
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, TokenStats]: ...
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenStats: ...

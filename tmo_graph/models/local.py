@@ -359,12 +359,14 @@ class LocalModel:
         messages: list[dict[str, str]],
         max_new_tokens: int | None = None,
         tags: list[str] | None = None,
+        max_time_s: float | None = None,
     ) -> tuple[str, TokenScores]:
         """Greedy answer through the LangChain chat model, with its token scores.
 
         The scores are recorded during generation; if the pipeline path did not run the
         recorder (e.g. a streaming call), the answer is scored by a teacher-forced pass.
-        ``tags`` mark the model call's run (streamed tokens carry them).
+        ``tags`` mark the model call's run (streamed tokens carry them). ``max_time_s``
+        stops generating once that many seconds have passed (prompt reading included).
         """
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
         from transformers import LogitsProcessorList
@@ -373,10 +375,13 @@ class LocalModel:
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         chat = [kinds[m["role"]](content=m["content"]) for m in messages]
         recorder = _GreedyStepRecorder()
-        reply = self.chat_model(max_new_tokens).invoke(
-            chat,
-            config={"tags": tags or []},
-            pipeline_kwargs={"logits_processor": LogitsProcessorList([recorder])},
+        generation: dict[str, Any] = {"logits_processor": LogitsProcessorList([recorder])}
+        if max_new_tokens is not None:  # one pipeline serves every length asked for
+            generation["max_new_tokens"] = max_new_tokens
+        if max_time_s is not None:
+            generation["max_time"] = max_time_s
+        reply = self.chat_model().invoke(
+            chat, config={"tags": tags or []}, pipeline_kwargs=generation
         )
         text = str(reply.content).strip()
         if not recorder.chosen:
@@ -390,6 +395,10 @@ class LocalModel:
         return text, TokenScores(
             recorder.logprobs[:n], recorder.entropies[:n], n, reply.id, warnings
         )
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the model reads for ``messages`` (at most its context: longer is cut)."""
+        return min(len(self._prompt_ids(messages)), self.context_tokens())
 
     def context_tokens(self) -> int:
         """Tokens the model reads at most: the tokenizer's ``model_max_length`` or the

@@ -1,4 +1,9 @@
-"""answer_local: the on-device model answers; its token scores are kept for the check.
+"""answer_local: the on-device model answers within what is left; its token scores are kept.
+
+The answer is limited to what the budgets left allow: reading the prompt and writing
+``max_new_tokens`` at the device's configured speeds must fit the seconds and the energy
+cost left, so the answer is shortened to fit, generation stops at that deadline, and when
+not even one token fits the turn gets :data:`BUDGET_REACHED` with no model call.
 
 A local answer that may still be replaced by the cloud (the policy escalates, no cloud call
 has been made yet) is generated with the tag ``draft``, so a chat UI streaming the run can
@@ -14,12 +19,15 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.policy.simple import make_policy
-from tmo_graph.prompts import text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State, TokenTrace
-from tmo_graph.turn import run_context
+from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens, run_context
 
 DRAFT_TAG = "draft"
+BUDGET_REACHED = (
+    "This conversation has used up its time or money budget, so I cannot answer this. "
+    "Please start a new conversation or raise the budget."
+)
 
 
 def answer_local(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
@@ -29,9 +37,31 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
         and make_policy(ctx).escalates
         and not any(c["where"] == "cloud" for c in state.calls)
     )
-    dialogue = text_dialogue(state.messages, state.recalled, ctx.system_prompt)
+    dialogue = local_dialogue(state, ctx)
+    prompt_tokens = local_prompt_tokens(services, dialogue)
+    left = budget_now(state, ctx)
+    n = services.costs.local_tokens_within(
+        left["latency_s"], left["cost_usd"], prompt_tokens, services.settings.local.max_new_tokens
+    )
+    if n < 1:  # not even one token fits: say so, and spend nothing
+        budget = CallRecord(
+            where="local",
+            latency_s=0.0,
+            cost_usd=0.0,
+            ok=True,
+            text=BUDGET_REACHED,
+            input_tokens=0,
+            output_tokens=0,
+            error="budget reached: no model call",
+        )
+        return {"calls": [budget], "warnings": [*state.warnings, "budget reached"]}
     start = time.perf_counter()
-    text, stats = services.local.answer(dialogue, tags=[DRAFT_TAG] if may_be_replaced else None)
+    text, stats = services.local.answer(
+        dialogue,
+        max_new_tokens=n,
+        tags=[DRAFT_TAG] if may_be_replaced else None,
+        max_time_s=services.costs.local_seconds(prompt_tokens, n),
+    )
     latency = time.perf_counter() - start
     call = CallRecord(
         where="local",
@@ -46,6 +76,9 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
         call["message_id"] = message_id
     trace = TokenTrace(logprobs=list(stats.logprobs), entropies=list(stats.entropies))
     update: dict[str, Any] = {"calls": [call], "local_tokens": trace}
-    if warnings := list(getattr(stats, "warnings", None) or []):  # e.g. the prompt was cut
+    warnings = list(getattr(stats, "warnings", None) or [])  # e.g. the prompt was cut
+    if n < services.settings.local.max_new_tokens:
+        warnings.append(f"the local answer was limited to {n} tokens by the budget left")
+    if warnings:
         update["warnings"] = [*state.warnings, *warnings]
     return update

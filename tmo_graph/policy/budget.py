@@ -8,6 +8,7 @@ profiles (:meth:`CostModel.paper`), whose numbers are bit-identical to the publi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,11 @@ if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must
 _TOKENS_PER_CHAR = 0.25
 # Subsets of more views than this are not enumerated (2**X grows fast).
 MAX_VIEWS_PER_CALL = 4
+# Chat formats add a few tokens per message (role and separators) and to prime the reply.
+TOKENS_PER_MESSAGE = 4
+REPLY_PRIMING_TOKENS = 3
+# A cloud answer shorter than this is not worth a call; a local one needs at least a token.
+MIN_CLOUD_ANSWER_TOKENS = 16
 
 
 def all_actions(view_names: Sequence[str]) -> list[Action]:
@@ -60,6 +66,8 @@ class CostModel:
     # downscaling (the largest an image can be, for the expected cost).
     image_detail: str = "low"
     image_max_side: int = 768
+    # Prompt tokens a second the device reads: a long prompt takes time before the answer.
+    local_prefill_tokens_per_s: float = 150.0
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
@@ -96,6 +104,7 @@ class CostModel:
             extra,
             settings.cloud.image_detail,
             settings.cloud.image_max_side,
+            settings.local.prefill_tokens_per_s,
         )
 
     @classmethod
@@ -160,7 +169,7 @@ class CostModel:
             tokens = self.local_max_new_tokens if local_tokens is None else local_tokens
             if tokens < 0:
                 raise TmoGraphError(f"local_tokens must be >= 0, got {tokens}", "count tokens")
-            seconds = tokens / self.local_tokens_per_s
+            seconds = self.local_seconds(int(prompt_chars * _TOKENS_PER_CHAR), tokens)
             return Cost(seconds, self.local_call_usd(seconds))
         k = len(action.views)
         if self.fixed_cloud is not None:
@@ -196,6 +205,63 @@ class CostModel:
                 masked.append(action)
         return allowed, masked
 
+    # ---- Hard limits: what a call may cost at most, and the largest call that fits ----
+
+    def cloud_input_tokens_at_most(
+        self, texts: Sequence[str], image_sizes: Sequence[tuple[int, int]] = ()
+    ) -> int:
+        """The most input tokens a request of ``texts`` (one per message) and images of
+        ``image_sizes`` (as sent) can be billed: a byte-level tokenizer makes at most one
+        token of each UTF-8 byte, plus each message's framing and the reply's priming."""
+        text_tokens = sum(len(t.encode("utf-8")) + TOKENS_PER_MESSAGE for t in texts)
+        images = sum(self.image_tokens(w, h) for w, h in image_sizes)
+        return text_tokens + REPLY_PRIMING_TOKENS + images
+
+    def answer_tokens_within(self, cost_usd: float, input_tokens: int, max_tokens: int) -> int:
+        """The most answer tokens (up to ``max_tokens``) a cloud call with ``input_tokens``
+        can ask for and still cost at most ``cost_usd``; 0 when even the input does not fit."""
+        if max_tokens < 0 or input_tokens < 0:
+            raise TmoGraphError("token counts must be >= 0", "pass counted tokens")
+        if not cost_usd >= self.cloud_call_usd(input_tokens, 0):  # also refuses NaN
+            return 0
+        per_token = self.price.output_per_mtok / 1e6
+        n = max_tokens
+        if per_token > 0:
+            left = cost_usd - self.cloud_call_usd(input_tokens, 0)
+            n = min(max_tokens, math.floor(left / per_token) + 1)
+        while n > 0 and self.cloud_call_usd(input_tokens, n) > cost_usd:  # float rounding
+            n -= 1
+        return n
+
+    def local_seconds(self, prompt_tokens: int, new_tokens: int) -> float:
+        """Seconds the device needs at most to read ``prompt_tokens`` and write ``new_tokens``
+        (at the configured speeds, which the device is expected to reach)."""
+        return (
+            prompt_tokens / self.local_prefill_tokens_per_s + new_tokens / self.local_tokens_per_s
+        )
+
+    def local_tokens_within(
+        self, seconds: float, cost_usd: float, prompt_tokens: int, max_new_tokens: int
+    ) -> int:
+        """The most answer tokens (up to ``max_new_tokens``) the device can write after
+        reading ``prompt_tokens`` within ``seconds`` and ``cost_usd`` of energy; 0: none."""
+        if self.fixed_local is not None:  # the paper's fixed-cost answer: all or nothing
+            fits = self.fixed_local.latency_s <= seconds and self.fixed_local.cost_usd <= cost_usd
+            return max_new_tokens if fits else 0
+        per_second = self.local_call_usd(1.0)
+        if per_second > 0:
+            seconds = min(seconds, cost_usd / per_second)
+        left = seconds - prompt_tokens / self.local_prefill_tokens_per_s
+        if not left > 0:
+            return 0
+        n = min(max_new_tokens, math.floor(left * self.local_tokens_per_s))
+        while n > 0 and (
+            self.local_seconds(prompt_tokens, n) > seconds
+            or self.local_call_usd(self.local_seconds(prompt_tokens, n)) > cost_usd
+        ):
+            n -= 1
+        return max(n, 0)
+
     def cloud_call_usd(self, input_tokens: int, output_tokens: int) -> float:
         """USD for one cloud call from its reported token usage (image tokens are input)."""
         if input_tokens < 0 or output_tokens < 0:
@@ -225,6 +291,7 @@ def _from_values(
     extra_prices: tuple[tuple[str, float, float, int, int], ...],
     image_detail: str,
     image_max_side: int,
+    local_prefill_tokens_per_s: float,
 ) -> CostModel:
     table = dict(costs.PRICES)
     for name, input_per_mtok, output_per_mtok, per_image, per_tile in extra_prices:
@@ -240,6 +307,7 @@ def _from_values(
         price=costs.price_for(price_as, table),
         image_detail=image_detail,
         image_max_side=image_max_side,
+        local_prefill_tokens_per_s=local_prefill_tokens_per_s,
     )
 
 
