@@ -138,11 +138,16 @@ def endpoint_of(model: Any) -> tuple[str, str]:
 
 
 def breaker_for(
-    endpoint: tuple[str, str], failures: int, cooldown_s: float, owner: object | None = None
+    endpoint: tuple[str, str],
+    failures: int,
+    cooldown_s: float,
+    owner: object | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CircuitBreaker:
     """The process's breaker of ``endpoint`` (made on first use; later calls with other
-    thresholds update them). ``owner``: the model an endpoint without a URL stands for
-    (see :func:`endpoint_of`); its breaker is not handed to another object at the same id."""
+    thresholds or clock update them). ``owner``: the model an endpoint without a URL stands
+    for (see :func:`endpoint_of`); its breaker is not handed to another object at the same
+    id. ``clock``: what the cool-down is timed by (a simulation passes its own)."""
     with _BREAKERS_LOCK:
         breaker = _BREAKERS.get(endpoint)
         if owner is not None:
@@ -151,9 +156,13 @@ def breaker_for(
                 breaker = None
         if breaker is None:
             name = f"{endpoint[0]} ({endpoint[1]})" if endpoint[1] else endpoint[0]
-            breaker = _BREAKERS[endpoint] = CircuitBreaker(name, failures, cooldown_s)
+            breaker = _BREAKERS[endpoint] = CircuitBreaker(name, failures, cooldown_s, clock)
             if owner is not None:
                 _OWNERS[endpoint] = weakref.ref(owner)
+        elif breaker._clock is not clock:  # another clock: its times mean nothing here
+            breaker = _BREAKERS[endpoint] = CircuitBreaker(
+                breaker.name, failures, cooldown_s, clock
+            )
         else:
             breaker.failures, breaker.cooldown_s = failures, cooldown_s
         return breaker

@@ -22,6 +22,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
 from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.nodes.account import account
 from tmo_graph.nodes.cloud import after_cloud, answer_cloud
 from tmo_graph.nodes.confidence import after_confidence, check_confidence
@@ -99,5 +100,15 @@ def build_graph(
     Per run, ``context=Context(...)`` chooses the policy, budgets, persona and models; a run
     without it uses the config's ``routing:`` defaults.
     """
+    if services is not None and not isinstance(services, Services):
+        raise TmoGraphError(
+            f"build_graph: services must be Services, got {type(services).__name__}",
+            "pass tmo_graph.services.Services(...) or leave it out",
+        )
+    if settings is not None and not isinstance(settings, Settings):
+        raise TmoGraphError(
+            f"build_graph: settings must be Settings, got {type(settings).__name__}",
+            "pass tmo_graph.settings.load_settings(...); a checkpointer goes in checkpointer=",
+        )
     provider = ServiceProvider(services=services, settings=settings)
     return make_builder(provider).compile(checkpointer=checkpointer, name="tmo-graph")

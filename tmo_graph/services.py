@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,9 @@ class Services:
     audit: AuditLog | None = None
     # Each user's daily cloud spend; opened whenever spending.daily_cost_cap_usd is set.
     ledger: SpendLedger | None = None
+    # How the model nodes measure and wait (a simulation passes its own clock).
+    clock: Callable[[], float] = time.perf_counter
+    sleep: Callable[[float], None] = time.sleep
     tasks: TaskClassifier = field(init=False)
     costs: CostModel = field(init=False)
     default_context: Context = field(init=False)  # a run without context= gets this

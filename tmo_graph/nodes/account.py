@@ -2,19 +2,30 @@
 
 It also closes the turn: the per-turn scratch is cleared, so what the thread stores between
 turns is the dialogue, the views (as references), the budgets and the records.
+
+When a turn takes the dialogue's spend of either budget, or the user's spend of the day
+(with a daily cap), past ``spending.warn_fraction`` (80 %), it warns once: a WARNING on the
+``tmo_graph.budget`` logger, a LangChain custom event :data:`BUDGET_WARNING_EVENT` (callback
+handlers' ``on_custom_event``, ``astream_events``), and a line in the turn record's warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
+from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
-from tmo_graph.turn import budget_now, run_context, spent
+from tmo_graph.turn import budget_before_turn, budget_now, run_context, spent
+
+log = logging.getLogger("tmo_graph.budget")
+BUDGET_WARNING_EVENT = "tmo_budget_warning"
 
 # What account writes to end the turn: the scratch fields back to empty.
 CLEARED_SCRATCH: dict[str, Any] = {
@@ -78,8 +89,9 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
             for kind, n in call.get("redactions", {}).items():
                 redactions[kind] = redactions.get(kind, 0) + n
         record["redactions"] = redactions
-    if state.warnings:
-        record["warnings"] = list(state.warnings)
+    warnings = [*state.warnings, *_budget_warnings(state, ctx, services, left)]
+    if warnings:
+        record["warnings"] = warnings
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
     reply = AIMessage(
         content=answer["text"],
@@ -93,3 +105,34 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         "budget_left": left,
         "turn_count": state.turn_count + 1,
     }
+
+
+def _crossed(total: float, left_before: float, left_after: float, fraction: float) -> bool:
+    return total - left_before < fraction * total <= total - left_after
+
+
+def _budget_warnings(state: State, ctx: Context, services: Services, left: Budget) -> list[str]:
+    """The budgets this turn took past the warning share, each warned about once."""
+    fraction = services.settings.spending.warn_fraction
+    before = budget_before_turn(state, ctx)
+    crossed: list[tuple[str, float, float]] = []  # (what, spent, of)
+    if _crossed(ctx.latency_budget_s, before["latency_s"], left["latency_s"], fraction):
+        crossed.append(("latency", ctx.latency_budget_s - left["latency_s"], ctx.latency_budget_s))
+    if _crossed(ctx.cost_budget_usd, before["cost_usd"], left["cost_usd"], fraction):
+        crossed.append(("cost", ctx.cost_budget_usd - left["cost_usd"], ctx.cost_budget_usd))
+    cap = services.settings.spending.daily_cost_cap_usd
+    if cap is not None and services.ledger is not None:
+        today = services.ledger.spent(ctx.user_id)
+        this_turn = sum(c["cost_usd"] for c in state.calls if c["where"] == "cloud")
+        if _crossed(cap, cap - (today - this_turn), cap - today, fraction):
+            crossed.append(("daily cost", today, cap))
+    out = []
+    for what, used, of in crossed:
+        unit = "s" if what == "latency" else "USD"
+        message = f"{what} budget {used / of:.0%} spent ({used:.4g} of {of:.4g} {unit})"
+        log.warning("user %s: %s", ctx.user_id, message)
+        data = {"budget": what, "spent": used, "of": of, "user_id": ctx.user_id}
+        with contextlib.suppress(RuntimeError):  # outside a run there is no one to tell
+            dispatch_custom_event(BUDGET_WARNING_EVENT, data)
+        out.append(message)
+    return out

@@ -22,7 +22,6 @@ the local answer.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -61,10 +60,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _failed(start: float, reason: str, attempts: Attempts | None = None) -> CallRecord:
+def _failed(seconds: float, reason: str, attempts: Attempts | None = None) -> CallRecord:
     call = CallRecord(
         where="cloud",
-        latency_s=round(time.perf_counter() - start, 4),
+        latency_s=round(seconds, 4),
         cost_usd=0.0,
         ok=False,
         text="",
@@ -88,7 +87,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     ctx = run_context(runtime, services.default_context)
     chosen = set(state.decision["views"])
     views = [c for c in state.candidates if c["name"] in chosen and c["image"]]
-    start = time.perf_counter()
+    start = services.clock()
     try:
         if services.cloud is None:
             raise RuntimeError("no cloud model is configured")
@@ -111,7 +110,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             scrub=redactor.redact,
         )
     except Exception as exc:  # no model, an unreadable image: no attempt is made
-        return {"calls": [_failed(start, _reason(exc))]}
+        return {"calls": [_failed(services.clock() - start, _reason(exc))]}
     cloud = services.cloud
     assert cloud is not None
     costs = services.costs
@@ -170,7 +169,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             held = services.ledger.reserve(ctx.user_id, worst, cap)
             if held is None:
                 raise BudgetReached(f"user {ctx.user_id!r} reached the daily cap of {cap:g} USD")
-        began = time.perf_counter()
+        began = services.clock()
         try:
             reply = _invoke(cloud, messages, timeout, max_tokens)
         except Exception as exc:
@@ -178,7 +177,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             charged.append(worst if fault.kind in _MAYBE_BILLED else 0.0)
             if held is not None:
                 services.ledger.settle(held, charged[-1])  # type: ignore[union-attr]
-            audit(fault.kind, max_tokens, time.perf_counter() - began, (0, 0))
+            audit(fault.kind, max_tokens, services.clock() - began, (0, 0))
             raise
         tokens = _usage(reply)
         if services.settings.cloud.mode == "loopback":
@@ -198,7 +197,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         charged.append(costs.cloud_call_usd(*tokens))
         if held is not None:
             services.ledger.settle(held, charged[-1])  # type: ignore[union-attr]
-        audit("ok", max_tokens, time.perf_counter() - began, tokens)
+        audit("ok", max_tokens, services.clock() - began, tokens)
         reply.usage_metadata = {
             "input_tokens": tokens[0],
             "output_tokens": tokens[1],
@@ -207,21 +206,26 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         return reply
 
     if limits()[0] < MIN_CLOUD_ANSWER_TOKENS:  # no request fits: none is made
-        failed = _failed(start, "budget reached: the money left does not pay for a cloud answer")
+        failed = _failed(
+            services.clock() - start,
+            "budget reached: the money left does not pay for a cloud answer",
+        )
         failed["redactions"] = dict(redactor.counts)
         return {"calls": [failed]}
     time_left = cloud_time_left_s(budget_now(state, ctx)["latency_s"], reserve["latency_s"])
     attempts = run_attempts(
         attempt,
-        breaker_for(endpoint, cfg.breaker_failures, cfg.breaker_cooldown_s, cloud),
+        breaker_for(endpoint, cfg.breaker_failures, cfg.breaker_cooldown_s, cloud, services.clock),
         timeout_s=cfg.timeout_s,
-        time_left_s=time_left - (time.perf_counter() - start),
+        time_left_s=time_left - (services.clock() - start),
         max_attempts=cfg.max_attempts,
         check=_answered,
+        clock=services.clock,
+        sleep=services.sleep,
         describe=_reason,
     )
     if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
-        failed = _failed(start, attempts.error, attempts)
+        failed = _failed(services.clock() - start, attempts.error, attempts)
         failed["cost_usd"] = sum(charged)
         failed["redactions"] = dict(redactor.counts)
         return {"calls": [failed], **_warned(state, usage_warnings)}
@@ -230,7 +234,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     input_tokens, output_tokens = _usage(reply)
     call = CallRecord(
         where="cloud",
-        latency_s=round(time.perf_counter() - start, 4),
+        latency_s=round(services.clock() - start, 4),
         cost_usd=sum(charged),
         ok=True,
         text=text,

@@ -12,7 +12,6 @@ show it as provisional or hold it back.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -55,14 +54,14 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
             error="budget reached: no model call",
         )
         return {"calls": [budget], "warnings": [*state.warnings, "budget reached"]}
-    start = time.perf_counter()
+    start = services.clock()
     text, stats = services.local.answer(
         dialogue,
         max_new_tokens=n,
         tags=[DRAFT_TAG] if may_be_replaced else None,
         max_time_s=services.costs.local_seconds(prompt_tokens, n),
     )
-    latency = time.perf_counter() - start
+    latency = services.clock() - start
     call = CallRecord(
         where="local",
         latency_s=round(latency, 4),

@@ -151,13 +151,19 @@ class CostModel:
         """Input tokens of one image as sent (0 x 0: size unknown, billed as the largest)."""
         return costs.image_tokens(self.price, width, height, self.image_detail)
 
-    def expected(self, action: Action, prompt_chars: int, local_tokens: int | None = None) -> Cost:
+    def expected(
+        self,
+        action: Action,
+        prompt_chars: int,
+        local_tokens: int | None = None,
+        cloud_tokens: int | None = None,
+    ) -> Cost:
         """What ``action`` is expected to cost before it runs.
 
-        Local: ``local_tokens`` (default: the configured maximum) at the configured speed,
-        priced as device energy. Cloud: network latency for the views plus the answer's
-        generation time; the prompt's estimated tokens, the images' tokens and a full answer
-        priced by the table.
+        Local: reading the prompt, then ``local_tokens`` (default: the configured maximum) at
+        the configured speeds, priced as device energy. Cloud: network latency for the views
+        plus the answer's generation time; the prompt's estimated tokens, the images' tokens
+        and an answer of ``cloud_tokens`` (default: the configured maximum) priced by the table.
         """
         if not isinstance(action, Action):
             raise TmoGraphError(f"expected an Action, got {action!r}", "use policy.base.Action")
@@ -180,26 +186,34 @@ class CostModel:
                     "build it with CostModel.paper(..., n_views=<number of views>)",
                 )
             return self.fixed_cloud[k]
-        seconds = (
-            costs.cloud_time_s(self.network, k) + self.cloud_max_tokens / self.cloud_tokens_per_s
-        )
+        answer = self.cloud_max_tokens if cloud_tokens is None else cloud_tokens
+        seconds = costs.cloud_time_s(self.network, k) + answer / self.cloud_tokens_per_s
         # At most image_max_side on the longest side: the largest an image is sent at.
         per_image = self.image_tokens(self.image_max_side, self.image_max_side)
         input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * per_image
-        return Cost(seconds, self.cloud_call_usd(input_tokens, self.cloud_max_tokens))
+        return Cost(seconds, self.cloud_call_usd(input_tokens, answer))
 
     def affordable(
         self, actions: Sequence[Action], budget: Budget, prompt_chars: int
     ) -> tuple[dict[Action, Cost], list[Action]]:
         """Split actions into those whose expected cost fits ``budget`` and those masked.
 
-        The local answer is never masked: it is the last resort when the budget runs out.
+        The local answer is never masked: it is the last resort when the budget runs out
+        (and answers "budget reached" when not even that fits). A live cloud call also fits
+        when a shortened answer does (the cloud node shrinks ``max_tokens`` to what is left).
         """
         allowed: dict[Action, Cost] = {}
         masked: list[Action] = []
         for action in actions:
             cost = self.expected(action, prompt_chars)
-            if action == LOCAL or cost.fits(budget):
+            shortened = (
+                action.route == "cloud"
+                and self.fixed_cloud is None
+                and self.expected(action, prompt_chars, cloud_tokens=MIN_CLOUD_ANSWER_TOKENS).fits(
+                    budget
+                )
+            )
+            if action == LOCAL or cost.fits(budget) or shortened:
                 allowed[action] = cost
             else:
                 masked.append(action)

@@ -1,0 +1,275 @@
+"""Hard budgets on measured values: each call limited to what is left, a daily cap, warnings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.checkpoint.memory import InMemorySaver
+
+from tests.unit_tests.fakes import FakeLocal, Stats, fake_services
+from tmo_graph.context import Context
+from tmo_graph.graph import build_graph
+from tmo_graph.nodes.account import BUDGET_WARNING_EVENT
+from tmo_graph.nodes.local import BUDGET_REACHED
+from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS, CostModel
+from tmo_graph.prompts import message_text
+from tmo_graph.settings import Settings
+from tmo_graph.spending import SpendLedger
+
+
+class LimitedLocal(FakeLocal):
+    """Records the limits the graph gives the device."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__(answers)
+        self.limits: list[tuple[int | None, float | None]] = []
+
+    def answer(
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        tags: list[str] | None = None,
+        max_time_s: float | None = None,
+    ) -> tuple[str, Stats]:
+        self.limits.append((max_new_tokens, max_time_s))
+        return super().answer(messages, max_new_tokens, tags, max_time_s)
+
+
+class BillingCloud(BaseChatModel):
+    """Answers with the usage it is told to report; records the max_tokens it was sent."""
+
+    input_tokens: int = 100
+    output_tokens: int = 20
+    max_tokens_sent: list[int] = []
+    texts_sent: list[list[str]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "billing-cloud"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.max_tokens_sent.append(kwargs["max_tokens"])
+        self.texts_sent.append([message_text(m) for m in messages])
+        usage = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+        reply = AIMessage(content="cloud answer", usage_metadata=usage)  # type: ignore[arg-type]
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def _cloud(**values: Any) -> BillingCloud:
+    cloud = BillingCloud(**values)
+    cloud.max_tokens_sent, cloud.texts_sent = [], []
+    return cloud
+
+
+def _run(graph: Any, text: str, context: Context, thread: str = "t1") -> Any:
+    config = {"configurable": {"thread_id": thread}}
+    return graph.invoke({"messages": [("user", text)]}, config, context=context)
+
+
+# ---- the cost model's limits ----
+
+
+def test_the_most_a_request_can_be_billed_counts_bytes_not_characters() -> None:
+    model = CostModel.from_settings(Settings())
+    ascii_tokens = model.cloud_input_tokens_at_most(["kettle"])
+    assert model.cloud_input_tokens_at_most(["日本語"]) == ascii_tokens - 6 + 9  # 3 bytes each
+    with_image = model.cloud_input_tokens_at_most(["kettle"], [(768, 768)])
+    assert with_image - ascii_tokens == model.image_tokens(768, 768)
+
+
+@pytest.mark.parametrize("money", [0.0, 1e-6, 1.5e-5, 3e-5, 1e-4, 1.0])
+def test_answer_tokens_within_never_lets_the_worst_case_exceed_the_money(money: float) -> None:
+    model = CostModel.from_settings(Settings())
+    n = model.answer_tokens_within(money, 100, 96)
+    assert 0 <= n <= 96
+    if n > 0:
+        assert model.cloud_call_usd(100, n) <= money
+    if n < 96 and money >= model.cloud_call_usd(100, 0):
+        assert model.cloud_call_usd(100, n + 1) > money  # the largest that fits
+    assert model.answer_tokens_within(float("nan"), 100, 96) == 0
+
+
+def test_device_time_grows_with_the_prompt_and_shrinks_the_answer() -> None:
+    model = CostModel.from_settings(Settings())  # 150 prompt tokens/s, 16 answer tokens/s
+    assert model.local_tokens_within(5.0, 1.0, 10, 64) == 64
+    short = model.local_tokens_within(5.0, 1.0, 600, 64)  # 4 s reading: 1 s of writing
+    assert short == 16
+    assert model.local_seconds(600, short) <= 5.0
+    assert model.local_tokens_within(5.0, 1.0, 800, 64) == 0  # reading alone takes 5.3 s
+    assert model.local_tokens_within(5.0, 0.0, 10, 64) == 0  # no money for the energy
+
+
+# ---- the graph ----
+
+
+def test_a_long_prompt_shortens_the_device_answer_to_the_time_left(tmp_path: Path) -> None:
+    local = LimitedLocal(["short answer"])
+    graph = build_graph(fake_services(tmp_path, local), checkpointer=InMemorySaver())
+    prompt = "describe the kitchen " * 120  # about 2,500 bytes: the fallback counts bytes
+    out = _run(graph, prompt, Context(policy="always-local", latency_budget_s=20.0))
+    max_new, max_time = local.limits[0]
+    assert max_new is not None and max_time is not None
+    assert 0 < max_new < 64 and max_time <= 20.0
+    assert out["turns"][-1]["warnings"] == [
+        f"the local answer was limited to {max_new} tokens by the budget left"
+    ]
+
+
+def test_when_nothing_fits_the_turn_says_budget_reached_with_no_model_call(
+    tmp_path: Path,
+) -> None:
+    local = LimitedLocal(["never said"])
+    cloud = _cloud()
+    graph = build_graph(fake_services(tmp_path, local, cloud), checkpointer=InMemorySaver())
+    prompt = "x" * 3000  # reading 3,000 bytes takes 20 s at 150 tokens/s
+    out = _run(graph, prompt, Context(policy="always-cloud", latency_budget_s=5.0))
+    record = out["turns"][-1]
+    assert local.limits == [] and cloud.max_tokens_sent == []  # no model was called
+    assert record["answer"] == BUDGET_REACHED and out["messages"][-1].content == BUDGET_REACHED
+    assert record["cost_usd"] == 0.0 and record["latency_s"] < 0.05  # building, no calling
+    assert "budget reached" in record["warnings"]
+
+
+def test_max_tokens_is_shrunk_so_the_worst_case_bill_fits(tmp_path: Path) -> None:
+    cloud = _cloud(input_tokens=50, output_tokens=10)
+    services = fake_services(tmp_path, FakeLocal(["local"]), cloud)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    context = Context(policy="always-cloud", cost_budget_usd=5e-5)
+    out = _run(graph, "Is the kettle on?", context)
+    record = out["turns"][-1]
+    assert record["route"] == "cloud"
+    costs = services.costs
+    input_cap = costs.cloud_input_tokens_at_most(cloud.texts_sent[0])
+    sent = cloud.max_tokens_sent[0]
+    assert MIN_CLOUD_ANSWER_TOKENS <= sent < services.settings.cloud.max_tokens
+    assert costs.cloud_call_usd(input_cap, sent) <= 5e-5
+    # The largest that fits, but for the device energy a fallback answer would need (< 1e-5).
+    assert costs.cloud_call_usd(input_cap, sent + 1) > 5e-5 - 1e-5
+    assert record["cost_usd"] <= 5e-5
+
+
+def test_no_cloud_request_when_not_even_a_short_answer_fits(tmp_path: Path) -> None:
+    cloud = _cloud()
+    graph = build_graph(
+        fake_services(tmp_path, FakeLocal(["local"]), cloud), checkpointer=InMemorySaver()
+    )
+    # 900 characters the route estimates at 225 tokens (it lets the cloud through), but
+    # 2,700 UTF-8 bytes the endpoint may bill as 2,700 tokens: the node does not send it.
+    out = _run(graph, "日本語" * 300, Context(policy="always-cloud", cost_budget_usd=1.5e-4))
+    record = out["turns"][-1]
+    assert cloud.max_tokens_sent == [] and record["route"] == "local"
+    assert record["fallback"] == "budget reached: the money left does not pay for a cloud answer"
+
+
+def test_usage_above_what_the_request_could_hold_is_flagged(tmp_path: Path) -> None:
+    cloud = _cloud(input_tokens=50_000)
+    graph = build_graph(
+        fake_services(tmp_path, FakeLocal(["local"]), cloud), checkpointer=InMemorySaver()
+    )
+    out = _run(graph, "Is the kettle on?", Context(policy="always-cloud"))
+    (warning,) = out["turns"][-1]["warnings"]
+    assert warning.startswith("the endpoint reported 50000 input / 20 output tokens, more than")
+
+
+def _capped(tmp_path: Path, cap: float) -> Settings:
+    return Settings.model_validate(
+        {"spending": {"daily_cost_cap_usd": cap, "ledger": str(tmp_path / "spend.sqlite")}}
+    )
+
+
+def test_the_daily_cap_spans_a_users_dialogues_and_no_one_elses(tmp_path: Path) -> None:
+    cloud = _cloud(input_tokens=1000, output_tokens=50)  # 0.00018 USD a call
+    services = fake_services(
+        tmp_path, FakeLocal(["local"]), cloud, settings=_capped(tmp_path, 4e-4)
+    )
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    routes = [
+        _run(graph, "Is the kettle on?", Context(policy="always-cloud", user_id="ann"), f"a{i}")[
+            "turns"
+        ][-1]
+        for i in range(4)
+    ]
+    assert [r["route"] for r in routes[:1]] == ["cloud"]
+    refused = [r for r in routes if r["route"] == "local"]
+    assert refused and all("daily cap of 0.0004 USD" in (r["fallback"] or "") for r in refused)
+    assert services.ledger is not None and services.ledger.spent("ann") <= 4e-4
+    bob = _run(graph, "Is the kettle on?", Context(policy="always-cloud", user_id="bob"), "b1")
+    assert bob["turns"][-1]["route"] == "cloud"  # another user's cap is untouched
+
+
+def test_racing_reservations_never_pass_the_cap(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "spend.sqlite")
+    granted: list[int] = []
+
+    def spend() -> None:
+        for _ in range(40):  # 2**-10 USD: sums of it are exact in binary
+            if (held := ledger.reserve("ann", 2**-10, 50 * 2**-10)) is not None:
+                granted.append(held)
+
+    threads = [threading.Thread(target=spend) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 50  # 240 tries, room for exactly 50
+    assert ledger.spent("ann") == 50 * 2**-10
+    ledger.settle(granted[0], 0.0)  # a request that never reached the endpoint
+    assert ledger.spent("ann") == 49 * 2**-10
+
+
+class Events(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: Any = None,
+        metadata: Any = None,
+        **kw: Any,
+    ) -> None:
+        self.events.append((name, data))
+
+
+def test_a_warning_when_80_percent_is_spent_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cloud = _cloud(input_tokens=1000, output_tokens=50)  # 0.00018 USD a call
+    graph = build_graph(
+        fake_services(tmp_path, FakeLocal(["local"]), cloud), checkpointer=InMemorySaver()
+    )
+    context = Context(policy="always-cloud", cost_budget_usd=4e-4)
+    events = Events()
+    config = {"configurable": {"thread_id": "w"}, "callbacks": [events]}
+    records = []
+    with caplog.at_level(logging.WARNING, logger="tmo_graph.budget"):
+        for _ in range(3):
+            out = graph.invoke({"messages": [("user", "Kettle?")]}, config, context=context)
+            records.append(out["turns"][-1])
+    warned = [r for r in records if any("cost budget" in w for w in r.get("warnings", []))]
+    assert len(warned) == 1  # the turn that crossed 80 %, not the ones after
+    assert [name for name, _ in events.events] == [BUDGET_WARNING_EVENT]
+    assert events.events[0][1]["budget"] == "cost" and events.events[0][1]["of"] == 4e-4
+    assert sum("cost budget" in r.message for r in caplog.records) == 1
