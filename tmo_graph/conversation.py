@@ -7,6 +7,11 @@ The graph tags a local draft that the confidence check may still replace ``draft
 answer. Draft tokens are held back: when the check keeps the draft, they are released once
 the turn is decided, so a caller sees only what stays.
 
+A cloud answer streams with the placeholders of the personal data kept from the cloud
+(``[EMAIL_1]``); the route node sends the turn's placeholder map as a ``custom`` stream event
+and the tokens are shown with the values put back (:class:`tmo_graph.privacy.StreamRestorer`:
+a piece that may still become a placeholder is held back until it is complete).
+
 A turn a crash cut short (killed mid-turn: its question is stored, its checkpoint still has
 nodes to run) is completed first, before the next question, so it is answered and recorded
 once and never sent again as a stray message of a later turn.
@@ -24,9 +29,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.messages import BaseMessage
+
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.nodes.local import DRAFT_TAG
+from tmo_graph.privacy import PLACEHOLDERS_EVENT, StreamRestorer, is_private
 from tmo_graph.state import TurnRecord
 
 # Nodes whose model calls stream the answer; anything else (e.g. a summary) is not shown.
@@ -96,24 +104,41 @@ class _Turn:
         self.shown: list[str] = []
         self.drafts: list[str] = []
         self.values: dict[str, Any] = {}
+        self.restorer: StreamRestorer | None = None  # the cloud answer's placeholders
+
+    def _show(self, text: str) -> Token | None:
+        self.shown.append(text)
+        return Token(text) if text else None
+
+    def _flush(self) -> Token | None:
+        """What the restorer still holds (the cloud call is over)."""
+        return self._show(self.restorer.flush()) if self.restorer is not None else None
 
     def on(self, mode: str, payload: Any) -> Token | None:
-        """A streamed event (``messages`` or ``values``); the token to show now, if any."""
+        """A streamed event (``messages``, ``values`` or ``custom``); the token to show now,
+        if any."""
+        if mode == "custom":
+            if isinstance(payload, dict) and PLACEHOLDERS_EVENT in payload:
+                self.restorer = StreamRestorer(payload[PLACEHOLDERS_EVENT])
+            return None
         if mode == "values":
             self.values = payload
-            return None
+            return self._flush()  # a step ended: no placeholder spans two steps
         chunk, meta = payload
         content = getattr(chunk, "content", "")
-        if meta.get("langgraph_node") not in ANSWER_NODES or not isinstance(content, str):
+        node = meta.get("langgraph_node")
+        if node not in ANSWER_NODES or not isinstance(content, str):
             return None
         if DRAFT_TAG in (meta.get("tags") or []):
             self.drafts.append(content)
             return None
-        self.shown.append(content)
-        return Token(content) if content else None
+        if node == "answer_cloud" and self.restorer is not None:
+            content = self.restorer.feed(content)
+        return self._show(content)
 
     def end(self, resumed: TurnRecord | None = None) -> list[Token | Done]:
         """The tokens still to show when the turn ends (a kept draft), then :class:`Done`."""
+        held = self._flush()
         turns = self.values.get("turns") or []
         if not turns:
             raise TmoGraphError("the graph ended without a turn record", "check the graph's nodes")
@@ -123,10 +148,11 @@ class _Turn:
         if "".join(self.shown).strip() != answer:
             # The answer is a kept draft: release its tokens as they were generated.
             rest = self.drafts if "".join(self.drafts).strip() == answer else [answer]
-        return [*(Token(t) for t in rest if t), Done(record, self.values, resumed)]
+        first = [held] if held is not None else []
+        return [*first, *(Token(t) for t in rest if t), Done(record, self.values, resumed)]
 
 
-STREAM_MODES = ["messages", "values"]
+STREAM_MODES = ["messages", "values", "custom"]
 
 
 def _interrupted(graph: Any, config: dict[str, Any]) -> bool:
@@ -155,9 +181,14 @@ async def afinish_interrupted(
     return record
 
 
-def _config(thread_id: str) -> dict[str, Any]:
+def _config(thread_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if not thread_id:
         raise TmoGraphError("thread_id is empty", "pass the id of the conversation's thread")
+    # A malformed private flag fails here, before the thread stores the message.
+    messages = inputs.get("messages") if isinstance(inputs, dict) else None
+    for message in messages or []:
+        if isinstance(message, BaseMessage):
+            is_private(message)
     return {"configurable": {"thread_id": thread_id}}
 
 
@@ -169,7 +200,7 @@ def stream_turn(
     wait_s: float = 30.0,
 ) -> Iterator[Token | Done]:
     """Run one turn: :class:`Token`s of the final answer as they come, then :class:`Done`."""
-    config = _config(thread_id)
+    config = _config(thread_id, inputs)
     lock = _thread_lock(thread_id)
     if not lock.acquire(timeout=wait_s):
         raise _busy(thread_id, wait_s)
@@ -194,7 +225,7 @@ async def astream_turn(
     wait_s: float = 30.0,
 ) -> AsyncIterator[Token | Done]:
     """:func:`stream_turn` for async callers (the event loop is never blocked by the wait)."""
-    config = _config(thread_id)
+    config = _config(thread_id, inputs)
     lock = _thread_lock(thread_id)
     if not await asyncio.to_thread(lock.acquire, True, wait_s):
         raise _busy(thread_id, wait_s)

@@ -4,8 +4,12 @@
 {"id": "kitchen-1", "user_id": "alice",
  "views": {"overhead": {"image": "images/overhead.png", "description": "camera above the stove"}},
  "context": {"policy": "rules", "latency_budget_s": 90},
- "turns": ["Turn on the lights.", {"text": "What fruit is this?", "images": ["images/fruit.png"]}]}
+ "turns": ["Turn on the lights.", {"text": "What fruit is this?", "images": ["images/fruit.png"]},
+           {"text": "My PIN is 4711, remind me later.", "private": true}]}
 ```
+
+A turn marked ``"private": true`` (a JSON boolean) is answered on the device and never sent
+to the cloud, not even as history or recalled memory later (:mod:`tmo_graph.privacy`).
 
 The format is the pydantic models below (unknown fields are refused). Images stay
 references: a relative path is resolved against the JSONL file's folder into an absolute
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_type_hints
 
+from langchain_core.messages import HumanMessage
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +39,7 @@ from pydantic_core import ErrorDetails
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import check_image, is_remote
+from tmo_graph.prompts import PRIVATE
 from tmo_graph.state import ViewSpec
 
 if TYPE_CHECKING:
@@ -56,10 +62,12 @@ def _not_blank(value: str) -> str:
 
 
 class TurnSpec(_Strict):
-    """A user message: its text and inline images (always candidates for a cloud call)."""
+    """A user message: its text, inline images (candidates for a cloud call unless the turn
+    is private) and whether it is private (answered on the device, never sent)."""
 
     text: str
     images: list[str] = Field(default_factory=list)
+    private: bool = False
 
     _text = field_validator("text")(_not_blank)
 
@@ -128,6 +136,7 @@ class DialogueSpec(_Strict):
 class Turn:
     text: str
     images: list[str] = field(default_factory=list)  # absolute paths or URLs, never pixels
+    private: bool = False  # answered on the device; never in a cloud request
 
     def content(self) -> str | list[dict[str, Any]]:
         """The human message content: plain text, or text plus ``image_url`` parts."""
@@ -150,7 +159,11 @@ class Dialogue:
     def turn_inputs(self) -> Iterator[dict[str, Any]]:
         """The graph input of each turn; the views go with the first one."""
         for i, turn in enumerate(self.turns):
-            state_in: dict[str, Any] = {"messages": [("user", turn.content())]}
+            message = HumanMessage(
+                content=turn.content(),  # type: ignore[arg-type]
+                additional_kwargs={PRIVATE: True} if turn.private else {},
+            )
+            state_in: dict[str, Any] = {"messages": [message]}
             if i == 0 and self.views:
                 state_in["views"] = self.views
             yield state_in
@@ -204,7 +217,7 @@ def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:
         images = [
             _checked(p, base, where, f"turns[{i}].images[{j}]") for j, p in enumerate(turn.images)
         ]
-        turns.append(Turn(text=turn.text, images=images))
+        turns.append(Turn(text=turn.text, images=images, private=turn.private))
     views: dict[str, ViewSpec] = {}
     for name, entry in spec.views.items():
         view = ViewSpec(description=entry.description, private=entry.private)
@@ -255,7 +268,7 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
 _ALLOWED = {
     "": "id, user_id, views, context, turns",
     "views": "image, description, private",
-    "turns": 'text, images (or write the turn as a plain string: "...")',
+    "turns": 'text, images, private (or write the turn as a plain string: "...")',
 }
 
 

@@ -1,24 +1,59 @@
 """What may leave the device: personal data in text is found and replaced by placeholders
-before a cloud call, and put back into the cloud's answer on the device.
+before a cloud call, and put back into the cloud's answer on the device; some turns never
+leave it at all.
 
 Found offline by tested patterns (no model download): email addresses, phone numbers,
 payment card numbers (Luhn-checked), IBANs (mod-97-checked), secrets written after words
 such as "password", "PIN" or "api key", and street addresses ("12 Baker Street").
 A placeholder names its kind and number (``[EMAIL_1]``); the same value gets the same
 placeholder everywhere in one request, so the cloud model can still refer to it.
+
+A turn is answered on the device, with no cloud call and no escalation, when
+(:func:`kept_on_device`):
+
+- its message is marked private: ``HumanMessage(content=..., additional_kwargs={"private":
+  True})``. Such a message and the answers that follow it are also left out of every later
+  cloud request, and the turn is never stored in long-term memory (so never recalled);
+- or what a cloud request would carry (the message, the history, the recalled memory, the
+  persona) holds a kind of personal data listed in ``privacy.keep_local``.
+
+A streamed cloud answer shows placeholders; :class:`StreamRestorer` puts the values back as
+the tokens come, holding back a piece such as ``"[EMA"`` until it is complete. The route node
+sends the turn's placeholder map as a ``custom`` stream event (:data:`PLACEHOLDERS_EVENT`):
+the user's own values, streamed to the device-side caller only, never stored in the state.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.prompts import PRIVATE, cloud_texts, is_private
 from tmo_graph.settings import PersonalKind
 
+if TYPE_CHECKING:
+    from tmo_graph.state import State
+
+__all__ = [
+    "KINDS",
+    "PLACEHOLDERS_EVENT",
+    "PRIVATE",
+    "Finding",
+    "Redactor",
+    "StreamRestorer",
+    "find_personal",
+    "is_private",
+    "kept_on_device",
+    "kinds_in",
+    "turn_placeholders",
+]
+
 KINDS: tuple[str, ...] = get_args(PersonalKind)
+# The key of the custom stream event that carries a turn's {placeholder: value} map.
+PLACEHOLDERS_EVENT = "tmo_placeholders"
 # When two finds overlap, the more specific kind wins (an IBAN's digits are no card number,
 # a card number is no phone number).
 _PRIORITY = ("email", "iban", "card", "secret", "address", "phone")
@@ -132,3 +167,138 @@ class Redactor:
         for value, placeholder in self.placeholders.items():
             text = text.replace(placeholder, value)
         return text
+
+    def restorer(self) -> StreamRestorer:
+        """A :class:`StreamRestorer` for an answer to this request."""
+        return StreamRestorer({p: v for v, p in self.placeholders.items()})
+
+
+def _checked_kinds(kinds: Iterable[str], what: str) -> list[str]:
+    if isinstance(kinds, str):
+        raise TmoGraphError(
+            f"{what} must be a list of kinds, not the string {kinds!r}",
+            f"write [{kinds!r}]; kinds are {', '.join(KINDS)}",
+        )
+    kinds = list(kinds)
+    unknown = sorted({str(k) for k in kinds} - set(KINDS))
+    if unknown:
+        raise TmoGraphError(
+            f"{what} names unknown personal-data kind(s) {unknown}",
+            f"use some of: {', '.join(KINDS)}",
+        )
+    return kinds
+
+
+def _checked_texts(texts: Iterable[str], what: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TmoGraphError(f"{what} must be a list of texts, not one string", "pass [text]")
+    texts = list(texts)
+    for bad in texts:
+        if isinstance(bad, str):
+            continue
+        raise TmoGraphError(
+            f"{what} must hold only strings (got {type(bad).__name__} {bad!r:.60})",
+            "pass the message texts, e.g. with tmo_graph.prompts.message_text",
+        )
+    return texts
+
+
+def kinds_in(texts: Iterable[str], kinds: Iterable[str]) -> list[str]:
+    """The kinds of ``kinds`` that occur in any of ``texts`` (in :data:`KINDS` order)."""
+    wanted = _checked_kinds(kinds, "kinds")
+    texts = _checked_texts(texts, "texts")
+    found: set[str] = set()
+    for text in texts:
+        if len(found) == len(set(wanted)):
+            break
+        found.update(f.kind for f in find_personal(text, wanted))
+    return [k for k in KINDS if k in found]
+
+
+def kept_on_device(state: State, persona: str, keep_local: Sequence[str]) -> list[str]:
+    """Why this turn must be answered on the device ([] when it may go to the cloud): its
+    message is private, or a cloud request would carry personal data of a ``keep_local``
+    kind (in the message, the history, the recalled memory or the persona).
+
+    ``persona`` is the run's ``Context.system_prompt``; ``keep_local`` is
+    ``settings.privacy.keep_local``. Each reason reads well after "kept on the device: ".
+    """
+    reasons = []
+    if state.messages and is_private(state.messages[-1]):
+        reasons.append("private message")
+    if _checked_kinds(keep_local, "privacy.keep_local"):
+        kinds = kinds_in(
+            cloud_texts(state.messages, state.recalled, persona, state.prompt), keep_local
+        )
+        if kinds:
+            reasons.append(f"personal data ({', '.join(kinds)})")
+    return reasons
+
+
+def turn_placeholders(state: State, persona: str, redact: Sequence[str]) -> dict[str, str]:
+    """The ``{placeholder: value}`` map the cloud node makes for this turn's request: the same
+    texts (:func:`tmo_graph.prompts.cloud_texts`, in the order the request scrubs them)
+    through the same :class:`Redactor`, so a device-side stream can restore its tokens."""
+    redactor = Redactor(tuple(_checked_kinds(redact, "privacy.redact")))
+    for text in cloud_texts(state.messages, state.recalled, persona, state.prompt):
+        redactor.redact(text)
+    return {p: v for v, p in redactor.placeholders.items()}
+
+
+class StreamRestorer:
+    """Puts placeholders back into an answer as it streams.
+
+    ``feed`` returns what can be shown now: every complete placeholder replaced by its value,
+    and a trailing piece that may still become a placeholder (``"[EMA"``) held back until it
+    is complete or cannot be one; ``flush`` returns what is held back at the end.
+    """
+
+    def __init__(self, placeholders: Mapping[str, str]) -> None:
+        """``placeholders`` maps each placeholder (``"[EMAIL_1]"``) to its value."""
+        if not isinstance(placeholders, Mapping):
+            raise TmoGraphError(
+                f"placeholders must be a mapping, not {type(placeholders).__name__}",
+                'pass {"[EMAIL_1]": "anna@example.org", ...} (Redactor.restorer() makes it)',
+            )
+        for key, value in placeholders.items():
+            if not (isinstance(key, str) and isinstance(value, str) and key.startswith("[")):
+                raise TmoGraphError(
+                    f"placeholders must map '[KIND_n]' strings to strings (got {key!r:.40}: "
+                    f"{value!r:.40})",
+                    'pass {"[EMAIL_1]": "anna@example.org", ...} (Redactor.restorer() makes it)',
+                )
+        self.placeholders = dict(placeholders)
+        longest_first = sorted(self.placeholders, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(re.escape(p) for p in longest_first)) if longest_first else None
+        )
+        self._held = ""  # raw text that may still become a placeholder
+
+    def _restore(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(lambda m: self.placeholders[m.group()], text)
+
+    def feed(self, text: str) -> str:
+        """The restored text that can be shown after this piece of the stream."""
+        if not isinstance(text, str):
+            raise TmoGraphError(
+                f"a streamed piece must be a string (got {type(text).__name__})",
+                "feed the chunks' text content",
+            )
+        raw = self._held + text
+        start = raw.rfind("[")
+        # A placeholder holds one "[", at its start: only the text from the last "[" on can
+        # be an unfinished one.
+        if start != -1 and any(
+            p.startswith(raw[start:]) and p != raw[start:] for p in self.placeholders
+        ):
+            raw, self._held = raw[:start], raw[start:]
+        else:
+            self._held = ""
+        return self._restore(raw)
+
+    def flush(self) -> str:
+        """The text still held back (an unfinished placeholder stays as the cloud wrote it)."""
+        held, self._held = self._held, ""
+        return self._restore(held)

@@ -1,13 +1,21 @@
-"""The messages each model sees: system prompt, recalled memory, recent turns, this turn."""
+"""The messages each model sees: system prompt, recalled memory, recent turns, this turn.
+
+The device model sees the whole dialogue; a cloud request leaves out every private message
+(``additional_kwargs={"private": True}``) and the answers that followed it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.state import Recalled
+
+# The ``additional_kwargs`` key that marks a message private: it never goes to the cloud.
+PRIVATE = "private"
 
 
 def message_text(message: AnyMessage) -> str:
@@ -24,6 +32,41 @@ def message_text(message: AnyMessage) -> str:
         elif isinstance(block, dict):
             parts.append("[image]")
     return " ".join(p for p in parts if p).strip()
+
+
+def is_private(message: BaseMessage) -> bool:
+    """Whether ``message`` is marked private (``additional_kwargs={"private": True}``)."""
+    if not isinstance(message, BaseMessage):
+        raise TmoGraphError(
+            f"expected a LangChain message, got {type(message).__name__}",
+            "pass a HumanMessage / AIMessage (e.g. from the thread's messages)",
+        )
+    flag = message.additional_kwargs.get(PRIVATE, False)
+    if not isinstance(flag, bool):
+        raise TmoGraphError(
+            f"a message's additional_kwargs['private'] must be True or False (got {flag!r:.60})",
+            'mark a private message with HumanMessage(content=..., additional_kwargs={"private": '
+            "True}), a Python bool, not a string",
+        )
+    return flag
+
+
+def shared_messages(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
+    """``messages`` without the private ones and the answers that followed a private user
+    message (up to the next user message): what a cloud request may carry. System messages
+    (the persona) belong to no turn and are kept."""
+    out: list[AnyMessage] = []
+    hidden_turn = False
+    for message in messages:
+        if isinstance(message, SystemMessage):
+            out.append(message)
+        elif isinstance(message, HumanMessage):
+            hidden_turn = is_private(message)
+            if not hidden_turn:
+                out.append(message)
+        elif not hidden_turn and not is_private(message):
+            out.append(message)
+    return out
 
 
 def system_prompt(messages: Sequence[AnyMessage], default: str) -> str:
@@ -72,11 +115,28 @@ def cloud_messages(
 ) -> list[AnyMessage]:
     """Text history, then this turn's prompt with only the chosen images as ``image_url``
     parts; ``images`` are (label, URL) pairs, the URL already made for sending. Every text
-    (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction)."""
-    dialogue = text_dialogue(messages[:-1], recalled, system_prompt(messages, persona))
+    (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction).
+    Private messages and their answers are left out of the history (:func:`shared_messages`)."""
+    history_in = shared_messages(messages[:-1])
+    dialogue = text_dialogue(history_in, recalled, system_prompt(messages, persona))
     history = as_langchain([{**m, "content": scrub(m["content"])} for m in dialogue])
     content: list[Any] = [{"type": "text", "text": scrub(prompt)}]
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
         content.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})
     return [*history, HumanMessage(content=content)]
+
+
+def cloud_texts(
+    messages: Sequence[AnyMessage], recalled: Sequence[Recalled], persona: str, prompt: str
+) -> list[str]:
+    """Every text a cloud request for this turn would carry, in the order
+    :func:`cloud_messages` scrubs them (system text with recalled memory, history, prompt)."""
+    texts: list[str] = []
+
+    def keep(text: str) -> str:
+        texts.append(text)
+        return text
+
+    cloud_messages(messages, recalled, persona, prompt, [], scrub=keep)
+    return texts

@@ -14,6 +14,8 @@ Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models`
   messages become the thread's one persona message, replaced when the client changes it.
 - The user (memory is recalled per user) is the request's ``user`` field, else the header
   ``x-tmo-user``, else ``anonymous``.
+- A user message may carry ``"private": true`` (a JSON boolean): that turn is answered on
+  the device and the message and its answer never reach the cloud (:mod:`tmo_graph.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
   own files for a client. They are checked before the turn starts.
 - ``max_tokens``, ``temperature`` and the other sampling fields are accepted and ignored
@@ -53,13 +55,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import check_image
+from tmo_graph.prompts import PRIVATE
 
 if TYPE_CHECKING:
     from tmo_graph.services import Services
@@ -83,6 +86,16 @@ class ChatMessage(BaseModel):
 
     role: str
     content: str | list[dict[str, Any]] | None = None
+    private: bool = False  # this server's extension: the message never leaves the device
+
+    @field_validator("private", mode="before")
+    @classmethod
+    def _real_boolean(cls, value: Any) -> Any:
+        if not isinstance(value, bool):  # "yes" or "false" must not pass for a flag
+            raise ValueError(
+                f"must be true or false, a JSON boolean without quotes (got {value!r:.40})"
+            )
+        return value
 
 
 class StreamOptions(BaseModel):
@@ -279,12 +292,24 @@ def new_messages(messages: list[ChatMessage], new_thread: bool) -> list[AnyMessa
             "(images may come with it)",
             f"messages[{last_index}].content",
         )
+    for i, message in enumerate(messages):
+        if message.private and message.role != "user":
+            raise _bad(
+                f"messages[{i}] ({message.role}) is marked private, but only user messages "
+                "may be; mark the user message (its answer stays private with it)",
+                f"messages[{i}].private",
+            )
     out: list[AnyMessage] = []
     if any(text.strip() for text in system):
         out.append(SystemMessage(content="\n\n".join(t for t in system if t.strip()), id=SYSTEM_ID))
     for i, message in dialogue:
         if message.role == "user":
-            out.append(HumanMessage(content=_user_content(message.content, i)))  # type: ignore[arg-type]
+            out.append(
+                HumanMessage(
+                    content=_user_content(message.content, i),  # type: ignore[arg-type]
+                    additional_kwargs={PRIVATE: True} if message.private else {},
+                )
+            )
         else:
             out.append(AIMessage(content=_text_of(message.content)))
     return out

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
 from tmo_graph.context import Context
+from tmo_graph.conversation import stream_turn
+from tmo_graph.dialogues import load_dialogues
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.privacy import Redactor, find_personal
+from tmo_graph.privacy import Redactor, find_personal, kinds_in
+from tmo_graph.prompts import cloud_messages, cloud_texts
 from tmo_graph.settings import PrivacySettings, Settings
 
 SECRETS = {
@@ -101,3 +107,227 @@ def test_redaction_can_be_turned_off_per_kind(tmp_path: Path) -> None:
 
 def test_a_valid_iban_with_letters_is_found() -> None:
     assert [f.kind for f in find_personal("Pay GB82 WEST 1234 5698 7654 32 today")] == ["iban"]
+
+
+# --- rules: privacy.keep_local and private messages (issue 10) ------------------------------
+
+CARD = SECRETS["card"]
+
+
+def _cloud_text(cloud: FakeCloud) -> str:
+    return "\n".join(str(m.content) for request in cloud.sent for m in request)
+
+
+def _rules_graph(
+    tmp_path: Path,
+    keep_local: list[str] | None = None,
+    local: FakeLocal | None = None,
+    scores: dict[str, float] | None = None,
+) -> tuple[Any, FakeCloud, Any]:
+    cloud = FakeCloud()
+    cloud.sent = []
+    settings = Settings(privacy=PrivacySettings(keep_local=keep_local or []))
+    services = fake_services(
+        tmp_path, local or FakeLocal(["local answer"]), cloud, scores=scores, settings=settings
+    )
+    return build_graph(services, checkpointer=InMemorySaver()), cloud, services
+
+
+def _turn(graph: Any, message: Any, context: Context, thread: str = "t", **extra: Any) -> Any:
+    config = {"configurable": {"thread_id": thread}}
+    return graph.invoke({"messages": [message], **extra}, config, context=context)["turns"][-1]
+
+
+def test_keep_local_answers_on_the_device_and_masks_every_cloud_action(tmp_path: Path) -> None:
+    graph, cloud, _ = _rules_graph(tmp_path, keep_local=["card"], scores={"cam": 0.9})
+    views = {"cam": {"image": str(_png(tmp_path)), "description": "desk"}}
+    record = _turn(
+        graph, ("user", f"Is {CARD} my card?"), Context(policy="always-cloud"), views=views
+    )
+    assert record["route"] == "local" and record["views_sent"] == []
+    assert record["masked"] == ["cloud+cam", "cloud-text"]
+    assert record["warnings"] == ["kept on the device: personal data (card)"]
+    assert cloud.sent == []
+
+
+def test_keep_local_only_for_the_kinds_listed(tmp_path: Path) -> None:
+    graph, cloud, _ = _rules_graph(tmp_path, keep_local=["iban"])
+    record = _turn(graph, ("user", f"Is {CARD} my card?"), Context(policy="always-cloud"))
+    assert record["route"] == "cloud"
+    assert not any("kept on the device" in w for w in record.get("warnings", []))
+    assert CARD not in _cloud_text(cloud) and "[CARD_1]" in _cloud_text(cloud)
+
+
+def test_keep_local_is_never_escalated(tmp_path: Path) -> None:
+    unsure = FakeLocal(["dunno"], logprob=-5.0)  # the check escalates this one
+    context = Context(policy="cascade", confidence_threshold=0.99)
+    graph, cloud, _ = _rules_graph(tmp_path, keep_local=["card"], local=unsure)
+    assert _turn(graph, ("user", "Hi?"), context, "plain")["escalated"]  # the control
+    cloud.sent.clear()
+    record = _turn(graph, ("user", f"Pay with {CARD}?"), context, "card")
+    assert record["route"] == "local" and not record["escalated"] and record["fallback"] is None
+    assert cloud.sent == []
+
+
+def test_keep_local_holds_while_history_or_memory_carries_the_data(tmp_path: Path) -> None:
+    graph, cloud, services = _rules_graph(tmp_path, keep_local=["card"])
+    context = Context(
+        policy="always-cloud", user_id="u", recent_turns=1, recall_k=5, min_recall_score=-1.0
+    )
+    routes = [
+        _turn(graph, ("user", text), context)
+        for text in [f"My card is {CARD}.", "Thanks.", "What else?"]
+    ]
+    # Turn 1 has the card in its history; by turn 2 it is in memory and recalled.
+    assert [r["route"] for r in routes] == ["local", "local", "local"]
+    assert all(r["warnings"] == ["kept on the device: personal data (card)"] for r in routes)
+    assert services.memory.count("u") == 1
+    assert cloud.sent == []
+
+
+def test_a_private_message_is_answered_locally_and_never_sent(tmp_path: Path) -> None:
+    graph, cloud, services = _rules_graph(tmp_path, local=FakeLocal(["kept 4711 in mind"]))
+    context = Context(
+        policy="always-cloud", user_id="u", recent_turns=1, recall_k=5, min_recall_score=-1.0
+    )
+    private = HumanMessage(content="My door code is 4711.", additional_kwargs={"private": True})
+    first = _turn(graph, private, context)
+    assert first["route"] == "local" and first["warnings"] == [
+        "kept on the device: private message"
+    ]
+    assert cloud.sent == []
+    later = [_turn(graph, ("user", text), context) for text in ["Hello.", "Anything else?"]]
+    assert [r["route"] for r in later] == ["cloud", "cloud"]
+    sent = _cloud_text(cloud)
+    assert len(cloud.sent) == 2 and "4711" not in sent and "door code" not in sent
+    assert "Hello." in sent  # the shared turn still goes as history
+    # The private turn left the window before the last turn and was not stored.
+    assert services.memory.count("u") == 0
+    assert "4711" in str(services.local.seen[0])  # the device model saw it
+
+
+def test_a_private_message_is_never_escalated(tmp_path: Path) -> None:
+    graph, cloud, _ = _rules_graph(tmp_path, local=FakeLocal(["dunno"], logprob=-5.0))
+    private = HumanMessage(content="Hm?", additional_kwargs={"private": True})
+    record = _turn(graph, private, Context(policy="cascade", confidence_threshold=0.99))
+    assert record["route"] == "local" and not record["escalated"]
+    assert cloud.sent == []
+
+
+def test_private_turns_are_not_recalled_into_a_cloud_request(tmp_path: Path) -> None:
+    graph, cloud, services = _rules_graph(tmp_path)
+    context = Context(
+        policy="always-cloud", user_id="u", recent_turns=1, recall_k=5, min_recall_score=-1.0
+    )
+    private = HumanMessage(content="Secret: ring 0815", additional_kwargs={"private": True})
+    for message in [("user", "Shared fact: the oven is new."), private, ("user", "Filler.")]:
+        _turn(graph, message, context)
+    _turn(graph, ("user", "What do you know?"), context)  # the private turn leaves the window
+    last = "\n".join(str(m.content) for m in cloud.sent[-1])
+    assert "the oven is new" in last  # recalled from memory: memory works
+    assert "0815" not in _cloud_text(cloud)
+    assert services.memory.count("u") == 1  # the shared turn only
+
+
+def test_cloud_messages_leave_out_private_messages_and_their_answers() -> None:
+    messages = [
+        SystemMessage(content="Be brief."),
+        HumanMessage(content="one"),
+        AIMessage(content="answer one"),
+        HumanMessage(content="two", additional_kwargs={"private": True}),
+        AIMessage(content="answer two"),
+        AIMessage(content="more on two"),
+        HumanMessage(content="three"),
+        AIMessage(content="answer three", additional_kwargs={"private": True}),
+        HumanMessage(content="now"),
+    ]
+    sent = cloud_messages(messages, [], "persona", "now", [])
+    assert [m.content for m in sent[:-1]] == ["Be brief.", "one", "answer one", "three"]
+    assert cloud_texts(messages, [], "persona", "now") == [
+        "Be brief.",
+        "one",
+        "answer one",
+        "three",
+        "now",
+    ]
+
+
+def test_a_private_flag_must_be_a_real_boolean(tmp_path: Path) -> None:
+    graph, cloud, _ = _rules_graph(tmp_path)
+    message = HumanMessage(content="code 4711", additional_kwargs={"private": "yes"})
+    expected = (
+        "a message's additional_kwargs['private'] must be True or False (got 'yes'). Fix: mark "
+        'a private message with HumanMessage(content=..., additional_kwargs={"private": True}), '
+        "a Python bool, not a string"
+    )
+    with pytest.raises(TmoGraphError) as error:
+        _turn(graph, message, Context(policy="always-cloud"))
+    assert str(error.value) == expected
+    assert cloud.sent == []
+    # stream_turn refuses it before the thread stores the message.
+    with pytest.raises(TmoGraphError, match=r"additional_kwargs\['private'\]"):
+        list(stream_turn(graph, {"messages": [message]}, "fresh"))
+    assert not graph.get_state({"configurable": {"thread_id": "fresh"}}).values
+
+
+def test_kinds_in_and_its_bad_input() -> None:
+    assert kinds_in([f"card {CARD}", f"mail {SECRETS['email']}"], ["email", "card", "iban"]) == [
+        "email",
+        "card",
+    ]
+    assert kinds_in(["nothing here"], ["card"]) == []
+    with pytest.raises(TmoGraphError, match="texts must be a list of texts, not one string"):
+        kinds_in("a text", ["card"])
+    with pytest.raises(TmoGraphError, match=r"unknown personal-data kind\(s\) \['ssn'\]"):
+        kinds_in(["x"], ["ssn"])
+    with pytest.raises(TmoGraphError, match="kinds must be a list of kinds, not the string"):
+        kinds_in(["x"], "card")
+    with pytest.raises(TmoGraphError, match="must hold only strings"):
+        kinds_in([None], ["card"])  # type: ignore[list-item]
+
+
+# --- dialogue files: "private": true ---------------------------------------------------------
+
+
+def test_a_dialogue_turn_may_be_private(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    line = {"turns": ["hi", {"text": "my PIN is 4711", "private": True}, {"text": "ok"}]}
+    path.write_text(json.dumps(line) + "\n")
+    (dialogue,) = load_dialogues(path)
+    assert [t.private for t in dialogue.turns] == [False, True, False]
+    messages = [inputs["messages"][0] for inputs in dialogue.turn_inputs()]
+    assert [m.additional_kwargs for m in messages] == [{}, {"private": True}, {}]
+    assert [m.content for m in messages] == ["hi", "my PIN is 4711", "ok"]
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1])
+def test_a_dialogue_turns_private_must_be_a_real_boolean(tmp_path: Path, value: Any) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"turns": ["hi", {"text": "x", "private": value}]}) + "\n")
+    with pytest.raises(TmoGraphError) as error:
+        load_dialogues(path)
+    assert str(error.value) == (
+        f"d.jsonl:1: field `turns[1].private` must be true or false (got {value!r}). "
+        'Fix: write "private": true or "private": false, without quotes around the value'
+    )
+
+
+def test_a_private_dialogue_turn_runs_on_the_device(tmp_path: Path) -> None:
+    graph, cloud, _ = _rules_graph(tmp_path)
+    path = tmp_path / "d.jsonl"
+    line = {"turns": [{"text": "my PIN is 4711", "private": True}, "and now?"]}
+    path.write_text(json.dumps(line) + "\n")
+    (dialogue,) = load_dialogues(path)
+    config = {"configurable": {"thread_id": dialogue.id}}
+    records = [
+        graph.invoke(inputs, config, context=Context(policy="always-cloud"))["turns"][-1]
+        for inputs in dialogue.turn_inputs()
+    ]
+    assert [r["route"] for r in records] == ["local", "cloud"]
+    assert "4711" not in _cloud_text(cloud)
+
+
+def _png(tmp_path: Path) -> Path:
+    path = tmp_path / "cam.png"
+    path.write_bytes(png_bytes())
+    return path

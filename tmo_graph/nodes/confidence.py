@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
 from tmo_graph.policy.simple import escalation, make_policy
+from tmo_graph.privacy import kept_on_device
 from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
 from tmo_graph.state import State
@@ -31,6 +32,7 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
         and not state.escalated
         and state.decision is not None
         and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
+        and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
     )
     if may_escalate and score < ctx.confidence_threshold:
         assert state.decision is not None

@@ -1,4 +1,9 @@
-"""recall_memory: move turns beyond the recent window to memory; recall relevant old ones."""
+"""recall_memory: move turns beyond the recent window to memory; recall relevant old ones.
+
+A private turn (its user message marked ``additional_kwargs={"private": True}``) leaves the
+window like any other but is not stored: it can never be recalled, into a cloud request or
+anywhere else.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
-from tmo_graph.prompts import message_text
+from tmo_graph.prompts import message_text, shared_messages
 from tmo_graph.services import Services
 from tmo_graph.state import State
 from tmo_graph.turn import run_context
@@ -50,14 +55,18 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
     if overflow > 0:
         old = turns[:overflow]
         first_index = state.turn_count - len(turns)
-        texts = [turn_text(turn) for turn in old]
-        services.memory.add(
-            user_id=ctx.user_id,
-            thread_id=thread_id,
-            turns=[first_index + i for i in range(overflow)],
-            texts=texts,
-            vectors=services.embeddings.embed_documents(texts),
-        )
+        # What may be stored: no private message, no answer to one.
+        shared = [(first_index + i, shared_messages(turn)) for i, turn in enumerate(old)]
+        kept = [(index, turn) for index, turn in shared if turn]
+        texts = [turn_text(turn) for _, turn in kept]
+        if texts:
+            services.memory.add(
+                user_id=ctx.user_id,
+                thread_id=thread_id,
+                turns=[index for index, _ in kept],
+                texts=texts,
+                vectors=services.embeddings.embed_documents(texts),
+            )
         update["messages"] = [RemoveMessage(id=m.id) for turn in old for m in turn if m.id]
     update["recalled"] = services.memory.search(
         user_id=ctx.user_id,

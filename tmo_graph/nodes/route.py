@@ -1,4 +1,11 @@
-"""route: the policy picks local or cloud (and which views), within the budget left."""
+"""route: the policy picks local or cloud (and which views), within the budget left.
+
+Privacy comes first: a turn :func:`tmo_graph.privacy.kept_on_device` names a reason for (a
+private message, personal data of a ``privacy.keep_local`` kind) is answered locally, every
+cloud action is listed as masked, and the turn record warns "kept on the device: ...".
+A turn that may go to the cloud streams its placeholder map as a ``custom`` event, so a
+device-side stream can show the cloud's answer with the values put back.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from langgraph.runtime import Runtime
 from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL
 from tmo_graph.policy.simple import make_policy
+from tmo_graph.privacy import PLACEHOLDERS_EVENT, kept_on_device, turn_placeholders
 from tmo_graph.services import Services
 from tmo_graph.state import Decision, State
 from tmo_graph.turn import (
@@ -35,6 +43,23 @@ def quality_gap(state: State, services: Services) -> float | None:
 def route(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
     ctx = run_context(runtime, services.default_context)
     policy = make_policy(ctx)
+    privacy = services.settings.privacy
+    reasons = kept_on_device(state, ctx.system_prompt, privacy.keep_local)
+    if reasons:  # before the policy: nothing of this turn may leave the device
+        actions = candidate_actions(state, services)
+        decision = Decision(
+            route=LOCAL.route,
+            views=[],
+            policy=policy.name,
+            masked=sorted(a.label for a in actions if a != LOCAL),
+        )
+        warnings = [f"kept on the device: {reason}" for reason in reasons]
+        return {"decision": decision, "warnings": [*state.warnings, *warnings]}
+    if privacy.redact and (
+        placeholders := turn_placeholders(state, ctx.system_prompt, privacy.redact)
+    ):
+        # The user's own values, to the device-side stream only (never into the state).
+        runtime.stream_writer({PLACEHOLDERS_EVENT: placeholders})
     observation = route_input(
         state, services, budget_before_turn(state, ctx), quality_gap(state, services)
     )
