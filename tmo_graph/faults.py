@@ -14,6 +14,7 @@ transition at WARNING, naming the endpoint (without credentials), never a key or
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import logging
 import threading
@@ -181,6 +182,41 @@ class EmptyAnswer(RuntimeError):
 
 class BudgetReached(RuntimeError):
     """Another request would not fit the budget left (no request is made)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The call did not finish within its time (whatever the client's own timeouts)."""
+
+
+def within_deadline(work: Callable[[threading.Event], T], seconds: float) -> T:
+    """``work(stop)`` run in a worker thread, waited for at most ``seconds``.
+
+    A client's timeout bounds each network read, not the whole answer: a stream whose
+    tokens keep trickling in would run past the time left. Here the caller gets
+    :class:`DeadlineExceeded` at the deadline; ``stop`` is set then, and ``work`` should
+    check it between chunks and return (closing its stream). The worker runs in a copy of
+    the caller's context, so LangChain callbacks (streamed tokens) still reach the run.
+    """
+    done = threading.Event()
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work(stop)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), daemon=True, name="cloud-call").start()
+    if not done.wait(max(seconds, 0.0)):
+        stop.set()
+        raise DeadlineExceeded(f"no complete answer within {seconds:.2f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ from tmo_graph.settings import Settings
 
 DIALOGUES = int(os.environ.get("TMO_BUDGET_DIALOGUES", "10000"))
 USERS = 25
-DAILY_CAP_USD = 0.004
+# Users reach the cap about two thirds of the way through (a cap never reached tests nothing).
+DAILY_CAP_USD = 2e-6 * DIALOGUES
 # Records carry seconds to 4 decimals and dollars to 8: what rounding may add, no more.
 SECONDS_ROUNDING = 1e-4 * 8
 USD_ROUNDING = 1e-8 * 8
@@ -176,7 +177,13 @@ def test_no_dialogue_overspends_and_no_user_passes_the_daily_cap(tmp_path: Path)
     )
     counters: dict[str, int] = defaultdict(int)
     costs = CostModel.from_settings(settings)
-    cloud = SimCloud(base_url="http://127.0.0.1:9/v1", api_key="sim", model="sim", max_retries=0)
+    cloud = SimCloud(
+        base_url="http://127.0.0.1:9/v1",
+        api_key="sim",
+        model="sim",
+        max_retries=0,
+        disable_streaming=True,  # _generate is the simulation; never the real _stream
+    )
     cloud.sim = (clock, rng, costs, counters)
     services = fake_services(tmp_path, cloud=cloud, settings=settings)
     services.local = SimDevice(clock, rng, services.costs)
@@ -234,5 +241,6 @@ def test_no_dialogue_overspends_and_no_user_passes_the_daily_cap(tmp_path: Path)
     )
     assert counters["requests"] == len(lines)  # the audit log saw every request
     assert counters["ok"] > DIALOGUES // 10 and counters["500"] > 0 and counters["cut"] > 0
+    assert counters["usage above estimate"] > DIALOGUES // 20
     assert capped > 0 and budget_answers > 0  # the limits were reached, not just approached
     assert overspends == []

@@ -203,7 +203,8 @@ def _settings(**cloud: Any) -> Settings:
     base = {"timeout_s": 1.0, "max_attempts": 2, "breaker_failures": 3, "tokens_per_s": 1000.0}
     return Settings(
         cloud={**base, **cloud, "max_tokens": 16, "mode": "remote"},
-        local={"tokens_per_s": 64.0},
+        # The fake device reads the prompt instantly and writes 64 tokens a second.
+        local={"tokens_per_s": 64.0, "prefill_tokens_per_s": 1e6},
     )
 
 

@@ -22,11 +22,17 @@ the local answer.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    message_chunk_to_message,
+)
 from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
@@ -42,10 +48,11 @@ from tmo_graph.faults import (
     cloud_time_left_s,
     endpoint_of,
     run_attempts,
+    within_deadline,
 )
 from tmo_graph.images import cloud_image, store_image
 from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS
-from tmo_graph.privacy import Redactor
+from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State
@@ -109,6 +116,11 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             detail=cfg.image_detail,
             scrub=redactor.redact,
         )
+        if redactor.placeholders:
+            # The user's own values, to the device-side stream only (never into the state), so
+            # a streaming caller can show the cloud's tokens with the values put back.
+            placeholders = {p: v for v, p in redactor.placeholders.items()}
+            runtime.stream_writer({PLACEHOLDERS_EVENT: placeholders})
     except Exception as exc:  # no model, an unreadable image: no attempt is made
         return {"calls": [_failed(services.clock() - start, _reason(exc))]}
     cloud = services.cloud
@@ -252,13 +264,24 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
 def _invoke(
     cloud: Any, messages: Sequence[BaseMessage], timeout: float, max_tokens: int
 ) -> AIMessage:
-    # ChatOpenAI takes a per-request timeout; other chat models keep their own.
-    if isinstance(cloud, BaseChatOpenAI):
-        reply = cloud.invoke(messages, timeout=timeout, max_tokens=max_tokens)
-    else:
-        reply = cloud.invoke(messages, max_tokens=max_tokens)
-    assert isinstance(reply, AIMessage)
-    return reply
+    """One request, streamed and cut at ``timeout`` seconds whatever the server does."""
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    if isinstance(cloud, BaseChatOpenAI):  # other chat models keep their own timeouts
+        kwargs["timeout"] = timeout
+
+    def consume(stop: threading.Event) -> AIMessage:
+        answer: AIMessageChunk | None = None
+        for chunk in cloud.stream(messages, **kwargs):
+            answer = chunk if answer is None else answer + chunk
+            if stop.is_set():  # the caller gave up: close the stream, stop paying
+                break
+        if answer is None:
+            raise EmptyAnswer("the cloud model sent no answer")
+        reply = message_chunk_to_message(answer)
+        assert isinstance(reply, AIMessage)
+        return reply
+
+    return within_deadline(consume, timeout)
 
 
 def _usage(reply: AIMessage) -> tuple[int, int]:

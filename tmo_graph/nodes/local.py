@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.policy.simple import make_policy
+from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State, TokenTrace
 from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens, run_context
@@ -35,6 +36,7 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
         services.cloud is not None
         and make_policy(ctx).escalates
         and not any(c["where"] == "cloud" for c in state.calls)
+        and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
     )
     dialogue = local_dialogue(state, ctx)
     prompt_tokens = local_prompt_tokens(services, dialogue)

@@ -3,8 +3,6 @@
 Privacy comes first: a turn :func:`tmo_graph.privacy.kept_on_device` names a reason for (a
 private message, personal data of a ``privacy.keep_local`` kind) is answered locally, every
 cloud action is listed as masked, and the turn record warns "kept on the device: ...".
-A turn that may go to the cloud streams its placeholder map as a ``custom`` event, so a
-device-side stream can show the cloud's answer with the values put back.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from langgraph.runtime import Runtime
 from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL
 from tmo_graph.policy.simple import make_policy
-from tmo_graph.privacy import PLACEHOLDERS_EVENT, kept_on_device, turn_placeholders
+from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
 from tmo_graph.state import Decision, State
 from tmo_graph.turn import (
@@ -55,11 +53,6 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
         )
         warnings = [f"kept on the device: {reason}" for reason in reasons]
         return {"decision": decision, "warnings": [*state.warnings, *warnings]}
-    if privacy.redact and (
-        placeholders := turn_placeholders(state, ctx.system_prompt, privacy.redact)
-    ):
-        # The user's own values, to the device-side stream only (never into the state).
-        runtime.stream_writer({PLACEHOLDERS_EVENT: placeholders})
     observation = route_input(
         state, services, budget_before_turn(state, ctx), quality_gap(state, services)
     )
