@@ -205,8 +205,10 @@ class TurnMemory:
     ) -> list[Recalled]:
         """The ``k`` stored turns of ``user_id`` closest to ``vector`` with cosine >= min_score;
         only those of ``thread_id`` when it is given (None: all the user's dialogues)."""
+        if k <= 0:  # nothing asked: no database call
+            return []
         collection = self._collection(user_id)
-        if k <= 0 or self._call(collection.count) == 0:
+        if self._call(collection.count) == 0:
             return []
         where = {"thread_id": thread_id} if thread_id is not None else None
         result = self._call(
