@@ -8,6 +8,9 @@ carried can be checked without the log itself becoming a leak.
 
 Writers in several processes may share one file: each line is written with one ``write``
 under an exclusive ``flock``, so lines never interleave.
+
+:func:`read_audit` reads a log back, every line checked (a bad one is named by file and line
+number), and :func:`summarize` totals it: what ``tmo-graph audit FILE`` prints.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from tmo_graph.errors import TmoGraphError
@@ -72,3 +77,195 @@ class AuditLog:
             os.write(fd, line)
         finally:
             os.close(fd)  # closing releases the lock
+
+
+# --- reading a log back -----------------------------------------------------------------------
+
+_FIX_LINE = "each line must be one JSON object as AuditLog.append writes it; remove or repair it"
+
+
+@cache
+def _entry_adapter() -> TypeAdapter[AuditEntry]:
+    return TypeAdapter(AuditEntry)
+
+
+def _what_is_wrong(error: ValidationError) -> str:
+    """One pydantic error as a short phrase: a missing field, a wrong type, bad JSON."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"])
+    if first["type"] == "json_invalid":
+        return f"not JSON ({message.removeprefix('Invalid JSON: ')})"
+    if first["type"] == "missing":
+        return f"field `{field}` is missing"
+    message = f"{message[:1].lower()}{message[1:]} (got {first.get('input')!r:.60})"
+    return f"field `{field}`: {message}" if field else message
+
+
+def read_audit(path: str | Path) -> list[AuditEntry]:
+    """The entries of the audit log at ``path``, each line checked.
+
+    Raises :class:`TmoGraphError` naming the file and line for a line that is not a valid
+    :class:`AuditEntry`, and for a missing, unreadable or empty file. Blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TmoGraphError(
+            f"audit log {path} does not exist",
+            "pass the file the graph writes (audit.path, default <cache>/audit.jsonl)",
+        )
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise TmoGraphError(
+            f"audit log {path} cannot be read ({exc.strerror or exc})",
+            "pass a readable file",
+        ) from None
+    adapter = _entry_adapter()
+    entries: list[AuditEntry] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry: AuditEntry = adapter.validate_json(raw)
+        except ValidationError as exc:
+            problem = f"audit log {path}:{number}: {_what_is_wrong(exc)}"
+            raise TmoGraphError(problem, _FIX_LINE) from None
+        try:
+            datetime.fromisoformat(entry["time"])
+        except ValueError:
+            raise TmoGraphError(
+                f"audit log {path}:{number}: field `time` is not an ISO 8601 time "
+                f"(got {entry['time']!r:.60})",
+                _FIX_LINE,
+            ) from None
+        entries.append(entry)
+    if not entries:
+        raise TmoGraphError(
+            f"audit log {path} is empty", "it gets a line once the graph makes a cloud request"
+        )
+    return entries
+
+
+class ModelUse(TypedDict):
+    model: str
+    endpoint: str
+    requests: int
+    cost_usd: float
+
+
+class AuditSummary(TypedDict):
+    """What a log holds, in totals: what ``tmo-graph audit`` prints."""
+
+    file: str
+    requests: int
+    first: str  # time of the earliest request
+    last: str  # time of the latest request
+    by_outcome: dict[str, int]
+    by_model: list[ModelUse]  # one per (model, endpoint), most requests first
+    threads: int  # distinct thread ids
+    users: int  # distinct user ids
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    views: dict[str, int]  # view name -> requests that carried it
+    redactions: dict[str, int]  # personal-data kind -> values replaced
+
+
+def _most_first(counts: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def summarize(entries: list[AuditEntry], file: str | Path = "") -> AuditSummary:
+    """Totals over ``entries`` (at least one)."""
+    if not entries:
+        raise TmoGraphError("no audit entries to summarize", "read a log that has lines")
+    outcomes: dict[str, int] = {}
+    models: dict[tuple[str, str], ModelUse] = {}
+    views: dict[str, int] = {}
+    redactions: dict[str, int] = {}
+    for e in entries:
+        outcomes[e["outcome"]] = outcomes.get(e["outcome"], 0) + 1
+        use = models.setdefault(
+            (e["model"], e["endpoint"]),
+            ModelUse(model=e["model"], endpoint=e["endpoint"], requests=0, cost_usd=0.0),
+        )
+        use["requests"] += 1
+        use["cost_usd"] += e["cost_usd"]
+        for view in e["views"]:
+            views[view["name"]] = views.get(view["name"], 0) + 1
+        for kind, count in e["redactions"].items():
+            redactions[kind] = redactions.get(kind, 0) + count
+    for use in models.values():
+        use["cost_usd"] = round(use["cost_usd"], 10)
+    times = sorted(entries, key=lambda e: datetime.fromisoformat(e["time"]))
+    return AuditSummary(
+        file=str(file),
+        requests=len(entries),
+        first=times[0]["time"],
+        last=times[-1]["time"],
+        by_outcome=_most_first(outcomes),
+        by_model=sorted(models.values(), key=lambda u: (-u["requests"], u["model"], u["endpoint"])),
+        threads=len({e["thread_id"] for e in entries}),
+        users=len({e["user_id"] for e in entries}),
+        input_tokens=sum(e["input_tokens"] for e in entries),
+        output_tokens=sum(e["output_tokens"] for e in entries),
+        cost_usd=round(sum(e["cost_usd"] for e in entries), 10),
+        views=_most_first(views),
+        redactions=_most_first(redactions),
+    )
+
+
+def format_summary(summary: AuditSummary) -> str:
+    """The summary as plain-text tables: totals, outcomes, models, views, redactions."""
+    from rich import box
+    from rich.table import Table
+
+    from tmo_graph.plain_text import plain_text
+
+    def table(*columns: str) -> Table:
+        out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for i, name in enumerate(columns):
+            out.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+        return out
+
+    totals = table("total", "value")
+    for name, value in (
+        ("requests", str(summary["requests"])),
+        ("threads", str(summary["threads"])),
+        ("users", str(summary["users"])),
+        ("input tokens", str(summary["input_tokens"])),
+        ("output tokens", str(summary["output_tokens"])),
+        ("cost USD", f"{summary['cost_usd']:.6f}"),
+        ("first request", summary["first"]),
+        ("last request", summary["last"]),
+    ):
+        totals.add_row(name, value)
+    outcomes = table("outcome", "requests")
+    for outcome, count in summary["by_outcome"].items():
+        outcomes.add_row(outcome, str(count))
+    models = table("model", "endpoint", "requests", "cost USD")
+    models.columns[1].justify = "left"
+    for use in summary["by_model"]:
+        models.add_row(
+            use["model"], use["endpoint"], str(use["requests"]), f"{use['cost_usd']:.6f}"
+        )
+    items: list[Any] = [
+        totals,
+        "",
+        outcomes,
+        "",
+        models,
+        "",
+    ]
+    views = table("view sent", "requests")
+    for name, count in summary["views"].items():
+        views.add_row(name, str(count))
+    items += [views if summary["views"] else "no views sent", ""]
+    redactions = table("personal data replaced", "values")
+    for kind, count in summary["redactions"].items():
+        redactions.add_row(kind, str(count))
+    items.append(redactions if summary["redactions"] else "no personal data replaced")
+    # The title is not rendered by rich: a long path stays on one line.
+    title = f"{summary['file'] or 'audit log'}: {summary['requests']} cloud request(s)"
+    return f"{title}\n\n{plain_text(*items, width=120)}"

@@ -455,5 +455,23 @@ def eval_gap(
         )
 
 
+@app.command()
+def audit(
+    log: Annotated[
+        Path, typer.Argument(help="audit log (JSONL), e.g. ~/.cache/tmo-graph/audit.jsonl")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Summarize the audit log: cloud requests by outcome and model, tokens, cost, views sent,
+    personal data replaced."""
+    from tmo_graph.audit import format_summary, read_audit, summarize
+
+    try:
+        summary = summarize(read_audit(log), log)
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(json.dumps(summary, indent=2) if json_out else format_summary(summary))
+
+
 if __name__ == "__main__":
     app()

@@ -153,13 +153,26 @@ class Redactor:
     counts: dict[str, int] = field(default_factory=dict)  # kind -> values replaced
 
     def redact(self, text: str) -> str:
-        out, last = [], 0
+        """``text`` with what the patterns find replaced, and every value found earlier in
+        this request wherever it appears again: a secret is found only after its "password
+        is", but an answer that repeats it ("Noted: hunter2!") must not carry it either."""
+        spans: list[tuple[int, int, str]] = []  # start, end, placeholder
         for f in find_personal(text, self.kinds):
             if f.value not in self.placeholders:
                 self.counts[f.kind] = self.counts.get(f.kind, 0) + 1
                 self.placeholders[f.value] = f"[{f.kind.upper()}_{self.counts[f.kind]}]"
-            out += [text[last : f.start], self.placeholders[f.value]]
-            last = f.end
+            spans.append((f.start, f.end, self.placeholders[f.value]))
+        for value in sorted(self.placeholders, key=len, reverse=True):
+            # a whole value only: "4821" is not replaced inside "48210"
+            left = r"(?<!\w)" if re.match(r"\w", value[0]) else ""
+            right = r"(?!\w)" if re.match(r"\w", value[-1]) else ""
+            for m in re.finditer(left + re.escape(value) + right, text):
+                if all(m.end() <= start or m.start() >= end for start, end, _ in spans):
+                    spans.append((m.start(), m.end(), self.placeholders[value]))
+        out, last = [], 0
+        for start, end, placeholder in sorted(spans):
+            out += [text[last:start], placeholder]
+            last = end
         return "".join(out) + text[last:]
 
     def restore(self, text: str) -> str:
