@@ -18,7 +18,7 @@ A turn is answered on the device, with no cloud call and no escalation, when
   persona) holds a kind of personal data listed in ``privacy.keep_local``.
 
 A streamed cloud answer shows placeholders; :class:`StreamRestorer` puts the values back as
-the tokens come, holding back a piece such as ``"[EMA"`` until it is complete. The route node
+the tokens come, holding back a piece such as ``"[EMA"`` until it is complete. The cloud node
 sends the turn's placeholder map as a ``custom`` stream event (:data:`PLACEHOLDERS_EVENT`):
 the user's own values, streamed to the device-side caller only, never stored in the state.
 """
@@ -48,7 +48,6 @@ __all__ = [
     "is_private",
     "kept_on_device",
     "kinds_in",
-    "turn_placeholders",
 ]
 
 KINDS: tuple[str, ...] = get_args(PersonalKind)
@@ -151,24 +150,32 @@ class Redactor:
     kinds: tuple[str, ...] = KINDS
     placeholders: dict[str, str] = field(default_factory=dict)  # value -> placeholder
     counts: dict[str, int] = field(default_factory=dict)  # kind -> values replaced
+    # Values the thread revealed in turns no longer in the request (value -> kind): a repeat
+    # of one is replaced even without the words that revealed it.
+    known: Mapping[str, str] = field(default_factory=dict)
+
+    def _placeholder(self, value: str, kind: str) -> str:
+        if value not in self.placeholders:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.placeholders[value] = f"[{kind.upper()}_{self.counts[kind]}]"
+        return self.placeholders[value]
 
     def redact(self, text: str) -> str:
         """``text`` with what the patterns find replaced, and every value found earlier in
-        this request wherever it appears again: a secret is found only after its "password
-        is", but an answer that repeats it ("Noted: hunter2!") must not carry it either."""
+        this request or thread wherever it appears again: a secret is found only after its
+        "password is", but an answer that repeats it ("Noted: hunter2!") must not carry it."""
         spans: list[tuple[int, int, str]] = []  # start, end, placeholder
         for f in find_personal(text, self.kinds):
-            if f.value not in self.placeholders:
-                self.counts[f.kind] = self.counts.get(f.kind, 0) + 1
-                self.placeholders[f.value] = f"[{f.kind.upper()}_{self.counts[f.kind]}]"
-            spans.append((f.start, f.end, self.placeholders[f.value]))
-        for value in sorted(self.placeholders, key=len, reverse=True):
+            spans.append((f.start, f.end, self._placeholder(f.value, f.kind)))
+        known = {v: k for v, k in self.known.items() if k in self.kinds and v.strip()}
+        for value in sorted(set(self.placeholders) | set(known), key=len, reverse=True):
             # a whole value only: "4821" is not replaced inside "48210"
             left = r"(?<!\w)" if re.match(r"\w", value[0]) else ""
             right = r"(?!\w)" if re.match(r"\w", value[-1]) else ""
             for m in re.finditer(left + re.escape(value) + right, text):
                 if all(m.end() <= start or m.start() >= end for start, end, _ in spans):
-                    spans.append((m.start(), m.end(), self.placeholders[value]))
+                    kind = known.get(value, "")
+                    spans.append((m.start(), m.end(), self._placeholder(value, kind)))
         out, last = [], 0
         for start, end, placeholder in sorted(spans):
             out += [text[last:start], placeholder]
@@ -246,16 +253,6 @@ def kept_on_device(state: State, persona: str, keep_local: Sequence[str]) -> lis
         if kinds:
             reasons.append(f"personal data ({', '.join(kinds)})")
     return reasons
-
-
-def turn_placeholders(state: State, persona: str, redact: Sequence[str]) -> dict[str, str]:
-    """The ``{placeholder: value}`` map the cloud node makes for this turn's request: the same
-    texts (:func:`tmo_graph.prompts.cloud_texts`, in the order the request scrubs them)
-    through the same :class:`Redactor`, so a device-side stream can restore its tokens."""
-    redactor = Redactor(tuple(_checked_kinds(redact, "privacy.redact")))
-    for text in cloud_texts(state.messages, state.recalled, persona, state.prompt):
-        redactor.redact(text)
-    return {p: v for v, p in redactor.placeholders.items()}
 
 
 class StreamRestorer:

@@ -117,6 +117,11 @@ class TurnRecord(TypedDict):
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
 
 
+def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
+    """Personal values found in the thread accumulate (value -> kind)."""
+    return {**left, **right}
+
+
 def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[CallRecord]:
     """Calls accumulate within a turn; ``None`` (written by ``account``) clears them."""
     return [] if right is None else [*left, *right]
@@ -147,6 +152,10 @@ class State(InputState):
     budget_left: Budget | None = None  # set by the first turn's account from the Context
     turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
     turn_count: int = 0  # turns completed (older ones may live only in memory)
+    # Personal values (value -> kind) of turns that left the recent window: a repeat of one
+    # in a later message or answer is redacted even when what revealed it ("my password is")
+    # is no longer in the request. On the device, like the messages they came from.
+    personal: Annotated[dict[str, str], merge_personal] = field(default_factory=dict)
 
     prompt: str = ""
     task: str = ""

@@ -438,12 +438,6 @@ def server() -> Iterator[CaptureServer]:
     reset_breakers()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real leak (tests/unit_tests/test_privacy_restored.py): a secret put back into a "
-    "cloud answer is stored in the thread as typed and sent in clear by a later request that "
-    "does not also carry the 'password is' it was found after; fix in nodes/cloud.py + state.py",
-)
 def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer) -> None:
     started = time.perf_counter()
     settings = Settings(

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -76,14 +75,6 @@ def test_a_restored_value_is_replaced_while_its_finding_is_in_the_request(tmp_pa
     assert "Noted: [SECRET_1]." in sent[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real leak: a secret put back into a cloud answer (nodes/cloud.py, "
-    "redactor.restore) is stored in the thread as typed; a later request that carries that "
-    "answer but not the 'password is' it was found after sends it in clear. Needs the thread "
-    "to keep the values it redacted and each request's Redactor to start from them "
-    "(nodes/cloud.py + state.py)",
-)
 def test_a_restored_secret_never_reaches_a_later_request(tmp_path: Path) -> None:
     # recall_k=0: turn 3's request holds turn 2 ("Thanks." / "Noted: hunter2x.") only.
     sent = _sent_texts(tmp_path, recall_k=0)

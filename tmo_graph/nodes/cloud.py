@@ -106,7 +106,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         ]
         # Personal data in any text of the request (persona, recalled memory, history,
         # prompt) is replaced by placeholders first: it never leaves the device as typed.
-        redactor = Redactor(tuple(services.settings.privacy.redact))
+        redactor = Redactor(tuple(services.settings.privacy.redact), known=state.personal)
         messages = cloud_messages(
             state.messages,
             state.recalled,

@@ -15,6 +15,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.privacy import find_personal
 from tmo_graph.prompts import message_text, shared_messages
 from tmo_graph.services import Services
 from tmo_graph.state import State
@@ -68,6 +69,16 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
                 vectors=services.embeddings.embed_documents(texts),
             )
         update["messages"] = [RemoveMessage(id=m.id) for turn in old for m in turn if m.id]
+        # What revealed a value leaves the window now: remember the value for redaction.
+        kinds = services.settings.privacy.redact
+        found = {
+            f.value: f.kind
+            for turn in old
+            for message in turn
+            for f in find_personal(message_text(message), kinds)
+        }
+        if found:
+            update["personal"] = found
     update["recalled"] = services.memory.search(
         user_id=ctx.user_id,
         vector=services.embed(state.prompt),
