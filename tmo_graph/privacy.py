@@ -2,9 +2,23 @@
 before a cloud call, and put back into the cloud's answer on the device; some turns never
 leave it at all.
 
-Found offline by tested patterns (no model download): email addresses, phone numbers,
-payment card numbers (Luhn-checked), IBANs (mod-97-checked), secrets written after words
-such as "password", "PIN" or "api key", and street addresses ("12 Baker Street").
+Found offline by tested patterns (no model download):
+
+- email addresses;
+- phone numbers, also with the "(0)" trunk prefix after a country code ("+44 (0)20 7946 0958");
+- payment card numbers (Luhn-checked);
+- IBANs (mod-97-checked), in any letter case ("gb82 west 1234 5698 7654 32");
+- secrets written after "password", "passwd", "pw", "pwd", "passphrase", "passcode",
+  "api key", "token" or "secret" and "is", "was", ":" or "=" ("my pw is hunter2"): a quoted
+  value is the whole quoted text ('password is "correct horse battery staple"'), an unquoted
+  one ends at a space and leaves out the punctuation that ends its clause ("my password is
+  hunter2." gives "hunter2"; "!" and "?" stay when the sentence goes on in lowercase: "hunter2!
+  and ..." gives "hunter2!", as passwords often end with them);
+- PINs: digits after "PIN" or "PIN code", with "is", ":" or nothing between ("PIN 4821";
+  "my pin code is wrong" holds none);
+- street addresses with a capitalized street name ("12 Baker Street", "221B Baker Street"). A
+  lowercase one ("12 baker street") is not found: "at 3 the drive" would be found too.
+
 A placeholder names its kind and number (``[EMAIL_1]``); the same value gets the same
 placeholder everywhere in one request, so the cloud model can still refer to it.
 
@@ -78,21 +92,52 @@ def _iban_ok(raw: str) -> bool:
 
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-# +CC or a leading 0 / (area): at least 8 digits in all, separators allowed.
+# Any letter case: the mod-97 check keeps ordinary words out.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", re.IGNORECASE)
+# +CC (and a trunk "(0)" after it) or a leading 0 / (area): at least 8 digits in all,
+# separators allowed.
 _PHONE = re.compile(
-    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d(?:[ .-]?\d){6,12}\b"
+    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?)?(?:\(\d{2,4}\)[ .-]?)?"
+    r"\d(?:[ .-]?\d){6,12}\b"
     r"(?![ .-]?\d)"  # not the start of a longer number (a card, an account)
 )
+# A quoted value is the whole quoted text (spaces too); an unquoted one ends at a space.
 _SECRET = re.compile(
-    r"\b(?:password|passwd|passcode|pass code|pin|pin code|api[ _-]?key|token|secret)"
-    r"(?:\s+(?:is|was)\s+|\s*[:=]\s*)[\"']?(?P<value>[^\s\"',;]{3,})",
+    r"\b(?:password|passwd|passphrase|pass phrase|passcode|pass code|pw|pwd|api[ _-]?key|token"
+    r"|secret)(?:\s+(?:is|was)\s+|\s*[:=]\s*)"
+    r"(?:\"(?P<dq>[^\"\s](?:[^\"\n]{0,198}[^\"\s])?)\"|'(?P<sq>[^'\s](?:[^'\n]{0,198}[^'\s])?)'"
+    r"|[\"']?(?P<value>[^\s\"',;]{3,}))",
     re.IGNORECASE,
 )
+# A PIN is digits: after "PIN (code)" and "is" / ":", or after a space alone ("PIN 4821").
+_PIN = re.compile(
+    r"\bpin(?:\s+code)?(?:(?:\s+(?:is|was)\s+|\s*[:=]\s*)(?P<pin>\d{3,})|\s+(?P<bare>\d{4,8}))"
+    r"(?!\w|[.,]\d)",
+    re.IGNORECASE,
+)
+# Punctuation that can end the clause an unquoted secret is written in.
+_CLAUSE_END = ".!?:)"
 _ADDRESS = re.compile(
-    r"\b\d{1,5}\s+(?:[A-Z][a-z]+\s){1,3}"
+    r"\b\d{1,5}[A-Za-z]?\s+(?:[A-Z][a-z]+\s){1,3}"
     r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Place|Pl)\b"
 )
+
+
+def _value_end(text: str, start: int, end: int) -> int:
+    """Where the unquoted secret ``text[start:end]`` ends without the punctuation that ends
+    its clause: ".", ":" and ")" (one that closes a "(" of the value stays) always; "!" and
+    "?" at a sentence end only, not when the text goes on in lowercase ("hunter2! and I")."""
+    rest = text[end:].lstrip("\"'")
+    after = rest.lstrip()
+    sentence_end = not after or (rest[:1].isspace() and not after[0].islower())
+    while end > start and text[end - 1] in _CLAUSE_END:
+        mark = text[end - 1]
+        if mark in "!?" and not sentence_end:
+            break
+        if mark == ")" and text.count("(", start, end) >= text.count(")", start, end):
+            break
+        end -= 1
+    return end
 
 
 @dataclass(frozen=True)
@@ -113,15 +158,28 @@ def _matches(kind: str, text: str) -> Iterable[Finding]:
                 yield Finding(kind, m.start(), m.end(), m.group())
     elif kind == "iban":
         for m in _IBAN.finditer(text):
-            if _iban_ok(m.group()):
-                yield Finding(kind, m.start(), m.end(), m.group())
+            # A word after the number can look like one more group ("... 1332 for"): the
+            # IBAN is the longest mod-97-valid part that ends at a space.
+            value = m.group()
+            while not _iban_ok(value) and " " in value[4:]:
+                value = value[: value.rindex(" ")]
+            if _iban_ok(value):
+                yield Finding(kind, m.start(), m.start() + len(value), value)
     elif kind == "phone":
         for m in _PHONE.finditer(text):
             if len(re.sub(r"\D", "", m.group())) >= 8:
                 yield Finding(kind, m.start(), m.end(), m.group())
     elif kind == "secret":
         for m in _SECRET.finditer(text):
-            yield Finding(kind, m.start("value"), m.end("value"), m.group("value"))
+            group = next(g for g in ("dq", "sq", "value") if m.group(g) is not None)
+            start, end = m.span(group)
+            if group == "value":
+                end = _value_end(text, start, end)
+            if end - start >= 3:
+                yield Finding(kind, start, end, text[start:end])
+        for m in _PIN.finditer(text):
+            group = "pin" if m.group("pin") is not None else "bare"
+            yield Finding(kind, m.start(group), m.end(group), m.group(group))
     elif kind == "address":
         yield from (Finding(kind, m.start(), m.end(), m.group()) for m in _ADDRESS.finditer(text))
 

@@ -54,6 +54,72 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
     assert find_personal(text) == []
 
 
+# Gaps the privacy fuzz found: (text, what is found as (kind, value)).
+FUZZ_GAPS = [
+    # 1. sentence punctuation after a secret is not part of it; punctuation inside is
+    ("my password is hunter2.", [("secret", "hunter2")]),
+    ("My password is hunter2! Thanks.", [("secret", "hunter2")]),
+    ("Is it token: abc123?", [("secret", "abc123")]),
+    ("(my password is hunter2) and more", [("secret", "hunter2")]),
+    ("the password is pa.ss; thanks", [("secret", "pa.ss")]),
+    ("the api key is ab(12); thanks", [("secret", "ab(12)")]),
+    ("the password is hunter2: write it down", [("secret", "hunter2")]),
+    ("my password is hunter2! and I live here", [("secret", "hunter2!")]),
+    # 2. a PIN without a colon or "is"
+    ("PIN 4821", [("secret", "4821")]),
+    ("My PIN code 48213377 works.", [("secret", "48213377")]),
+    ("my pin is 4711.", [("secret", "4711")]),
+    # 3. pw, pwd and passphrase
+    ("my pw is hunter2", [("secret", "hunter2")]),
+    ("pwd: s3cr3t!x", [("secret", "s3cr3t!x")]),
+    ("The passphrase is open-sesame.", [("secret", "open-sesame")]),
+    # 4. a quoted value is the whole quoted text
+    (
+        'My password is "correct horse battery staple" now.',
+        [("secret", "correct horse battery staple")],
+    ),
+    ("password: 'correct horse battery staple'.", [("secret", "correct horse battery staple")]),
+    # 5. the "(0)" trunk prefix after a country code
+    ("Call +44 (0)20 7946 0958 tonight.", [("phone", "+44 (0)20 7946 0958")]),
+    ("Call +44(0)20 7946 0958.", [("phone", "+44(0)20 7946 0958")]),
+    # 6. an IBAN in lowercase; a word after it is no part of it
+    ("Pay gb82 west 1234 5698 7654 32 today", [("iban", "gb82 west 1234 5698 7654 32")]),
+    ("IBAN es91 2100 0418 4502 0005 1332 for rent", [("iban", "es91 2100 0418 4502 0005 1332")]),
+    ("IBAN ES9121000418450200051332 OK?", [("iban", "ES9121000418450200051332")]),
+    # 7. a house number with a letter
+    ("I live at 221B Baker Street.", [("address", "221B Baker Street")]),
+    ("Deliver to 12a High Street.", [("address", "12a High Street")]),
+]
+
+
+@pytest.mark.parametrize(("text", "found"), FUZZ_GAPS, ids=[text for text, _ in FUZZ_GAPS])
+def test_fuzz_found_gaps_are_closed(text: str, found: list[tuple[str, str]]) -> None:
+    assert [(f.kind, f.value) for f in find_personal(text)] == found
+    redacted = Redactor().redact(text)
+    assert all(value not in redacted for _, value in found)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I have 3 kids.",
+        "Meet me at 10 Downing",
+        "Call me in 2 minutes",
+        "my pin code is wrong",  # a PIN is digits
+        "My PIN is 4 digits long.",
+        "the token of appreciation",
+        "Flight BA 2490 lands at 14:05",
+        "We met at 3 the drive was long.",
+        "12 baker street",  # a lowercase street name is not found (see the module docstring)
+        "The password is ok.",  # two letters are no secret
+        "pwdump and pw-protected files",
+    ],
+)
+def test_ordinary_sentences_stay_untouched(text: str) -> None:
+    assert find_personal(text) == []
+    assert Redactor().redact(text) == text
+
+
 def test_one_value_one_placeholder_across_the_request() -> None:
     redactor = Redactor()
     first = redactor.redact(f"Write to {SECRETS['email']}.")
