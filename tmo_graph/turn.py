@@ -10,7 +10,12 @@ from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
-from tmo_graph.policy.budget import TOKENS_PER_MESSAGE, all_actions, build_route_input
+from tmo_graph.policy.budget import (
+    CALL_MARGIN_S,
+    TOKENS_PER_MESSAGE,
+    all_actions,
+    build_route_input,
+)
 from tmo_graph.prompts import message_text, text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
@@ -112,5 +117,7 @@ def local_reserve(state: State, context: Context, services: Services) -> Budget:
     if any(c["where"] == "local" and c["ok"] for c in state.calls):
         return Budget(latency_s=0.0, cost_usd=0.0)
     tokens = local_prompt_tokens(services, local_dialogue(state, context))
-    seconds = services.costs.local_seconds(tokens, services.settings.local.max_new_tokens)
-    return Budget(latency_s=seconds, cost_usd=services.costs.local_call_usd(seconds))
+    costs = services.costs
+    seconds = costs.local_seconds(tokens, services.settings.local.max_new_tokens)
+    seconds += CALL_MARGIN_S + 1.0 / costs.local_tokens_per_s  # as answer_local keeps back
+    return Budget(latency_s=seconds, cost_usd=costs.local_call_usd(seconds))

@@ -51,7 +51,7 @@ from tmo_graph.faults import (
     within_deadline,
 )
 from tmo_graph.images import cloud_image, store_image
-from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS
+from tmo_graph.policy.budget import CALL_MARGIN_S, MIN_CLOUD_ANSWER_TOKENS
 from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
@@ -224,7 +224,9 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         )
         failed["redactions"] = dict(redactor.counts)
         return {"calls": [failed]}
-    time_left = cloud_time_left_s(budget_now(state, ctx)["latency_s"], reserve["latency_s"])
+    time_left = (
+        cloud_time_left_s(budget_now(state, ctx)["latency_s"], reserve["latency_s"]) - CALL_MARGIN_S
+    )
     attempts = run_attempts(
         attempt,
         breaker_for(endpoint, cfg.breaker_failures, cfg.breaker_cooldown_s, cloud, services.clock),

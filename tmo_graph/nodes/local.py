@@ -17,6 +17,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.policy.simple import make_policy
 from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
@@ -41,8 +42,11 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     dialogue = local_dialogue(state, ctx)
     prompt_tokens = local_prompt_tokens(services, dialogue)
     left = budget_now(state, ctx)
+    # Generation stops at its deadline only after the token in flight, and the call spends
+    # a little around the model: both are kept out of the time the answer may take.
+    seconds = left["latency_s"] - CALL_MARGIN_S - 1.0 / services.costs.local_tokens_per_s
     n = services.costs.local_tokens_within(
-        left["latency_s"], left["cost_usd"], prompt_tokens, services.settings.local.max_new_tokens
+        seconds, left["cost_usd"], prompt_tokens, services.settings.local.max_new_tokens
     )
     if n < 1:  # not even one token fits: say so, and spend nothing
         budget = CallRecord(
@@ -61,7 +65,7 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
         dialogue,
         max_new_tokens=n,
         tags=[DRAFT_TAG] if may_be_replaced else None,
-        max_time_s=services.costs.local_seconds(prompt_tokens, n),
+        max_time_s=seconds,
     )
     latency = services.clock() - start
     call = CallRecord(

@@ -32,6 +32,9 @@ TOKENS_PER_MESSAGE = 4
 REPLY_PRIMING_TOKENS = 3
 # A cloud answer shorter than this is not worth a call; a local one needs at least a token.
 MIN_CLOUD_ANSWER_TOKENS = 16
+# Seconds a call spends around the model (templating, callbacks, parsing), kept out of its
+# deadline so that the measured call still fits what was left.
+CALL_MARGIN_S = 0.05
 
 
 def all_actions(view_names: Sequence[str]) -> list[Action]:
