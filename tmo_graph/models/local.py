@@ -332,8 +332,9 @@ class LocalModel:
         if gen.pad_token_id is None:  # silences a warning on every generate
             gen.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         self = cls(tokenizer, model, folder, 0.0, max_new_tokens)
-        # The first generate of a cold process is several times slower: pay it here.
-        self.generate_raw([{"role": "user", "content": "Hi"}], max_new_tokens=2)
+        # The first answer of a cold process is several times slower (and the chat pipeline
+        # is built on first use): pay it here, not inside the first turn's deadline.
+        self.answer([{"role": "user", "content": "Hi"}], max_new_tokens=2)
         self.load_seconds = time.perf_counter() - start
         return self
 
