@@ -54,11 +54,15 @@ class FakeLocal:
 
 
 class FakeCloud(BaseChatModel):
-    """Answers every call with ``answer`` and reports token usage; records what it was sent."""
+    """Answers every call with ``answer`` and reports ``input_tokens``/``output_tokens`` of
+    usage; records what it was sent and the limits asked (``max_tokens``)."""
 
     answer: str = "cloud answer"
     fail: bool = False
+    input_tokens: int = 100
+    output_tokens: int = 20
     sent: list[list[BaseMessage]] = []
+    max_tokens_sent: list[int] = []
 
     @property
     def _llm_type(self) -> str:
@@ -72,9 +76,15 @@ class FakeCloud(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         self.sent.append(messages)
+        if "max_tokens" in kwargs:
+            self.max_tokens_sent.append(kwargs["max_tokens"])
         if self.fail:
             raise ConnectionError("connection refused")
-        usage = {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}
+        usage = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
         message = AIMessage(content=self.answer, usage_metadata=usage)  # type: ignore[arg-type]
         return ChatResult(generations=[ChatGeneration(message=message)])
 

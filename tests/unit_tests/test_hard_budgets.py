@@ -9,13 +9,10 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.checkpoint.memory import InMemorySaver
 
-from tests.unit_tests.fakes import FakeLocal, Stats, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
 from tmo_graph.nodes.account import BUDGET_WARNING_EVENT
@@ -44,39 +41,9 @@ class LimitedLocal(FakeLocal):
         return super().answer(messages, max_new_tokens, tags, max_time_s)
 
 
-class BillingCloud(BaseChatModel):
-    """Answers with the usage it is told to report; records the max_tokens it was sent."""
-
-    input_tokens: int = 100
-    output_tokens: int = 20
-    max_tokens_sent: list[int] = []
-    texts_sent: list[list[str]] = []
-
-    @property
-    def _llm_type(self) -> str:
-        return "billing-cloud"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.max_tokens_sent.append(kwargs["max_tokens"])
-        self.texts_sent.append([message_text(m) for m in messages])
-        usage = {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.input_tokens + self.output_tokens,
-        }
-        reply = AIMessage(content="cloud answer", usage_metadata=usage)  # type: ignore[arg-type]
-        return ChatResult(generations=[ChatGeneration(message=reply)])
-
-
-def _cloud(**values: Any) -> BillingCloud:
-    cloud = BillingCloud(**values)
-    cloud.max_tokens_sent, cloud.texts_sent = [], []
+def _cloud(**values: Any) -> FakeCloud:
+    cloud = FakeCloud(**values)
+    cloud.sent, cloud.max_tokens_sent = [], []
     return cloud
 
 
@@ -158,7 +125,7 @@ def test_max_tokens_is_shrunk_so_the_worst_case_bill_fits(tmp_path: Path) -> Non
     record = out["turns"][-1]
     assert record["route"] == "cloud"
     costs = services.costs
-    input_cap = costs.cloud_input_tokens_at_most(cloud.texts_sent[0])
+    input_cap = costs.cloud_input_tokens_at_most([message_text(m) for m in cloud.sent[0]])
     sent = cloud.max_tokens_sent[0]
     assert MIN_CLOUD_ANSWER_TOKENS <= sent < services.settings.cloud.max_tokens
     assert costs.cloud_call_usd(input_cap, sent) <= 5e-5
