@@ -1,7 +1,12 @@
-"""What the overhead benchmarks share: prompts, described views, a model that answers at once."""
+"""What the benchmarks share: prompts, described views, a model that answers at once, turns
+of the routing graph, and how the figures are printed (medians, the machine's load)."""
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +22,7 @@ VIEWS: dict[str, Any] = {
     "overhead": {"description": "overhead camera above the stove"},
     "side": {"description": "side camera facing the fridge"},
 }
+DIALOGUE_TURNS = 8  # turns per dialogue in the routing benchmarks
 
 
 @dataclass
@@ -39,3 +45,49 @@ class InstantLocal:
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> InstantStats:
         return InstantStats([-0.1, -0.2], [0.5, 0.4])
+
+
+def routing_turns(graph: Any, context: Any, turns: int, tag: str) -> list[float]:
+    """Seconds of each of ``turns`` turns through ``graph.invoke`` in 8-turn dialogues; every
+    prompt is new text (tagged), so no embedding cache answers it."""
+    times = []
+    for i in range(turns):
+        prompt = f"{PROMPTS[i % len(PROMPTS)]} ({tag} {i})"
+        start = time.perf_counter()
+        graph.invoke(
+            {"messages": [("user", prompt)], "views": VIEWS},
+            {"configurable": {"thread_id": f"{tag}-{i // DIALOGUE_TURNS}"}},
+            context=context,
+        )
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def ms(values: Sequence[float], q: float = 0.5) -> float:
+    """The ``q`` quantile of ``values`` (seconds) in milliseconds."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return 1000 * (ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def load_average() -> str:
+    """The 1-minute load average of this machine and its cores, for the noise in view."""
+    try:
+        one = os.getloadavg()[0]
+    except OSError:
+        return "load unknown"
+    return f"load {one:.1f} on {os.cpu_count()} cores"
+
+
+def runs_line(label: str, values: Sequence[float], unit: str = "ms") -> str:
+    """``label``, each run's figure and their median."""
+    each = " ".join(f"{v:7.2f}" for v in values)
+    return f"  {label:<44s} median {median(values):7.2f} {unit}   (runs: {each})"

