@@ -14,7 +14,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
 from tmo_graph.context import Context
+from tmo_graph.faults import BudgetReached
 from tmo_graph.graph import build_graph
+from tmo_graph.metering import CloudMeter
 from tmo_graph.nodes.account import BUDGET_WARNING_EVENT
 from tmo_graph.nodes.local import BUDGET_REACHED
 from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS, CostModel
@@ -240,3 +242,47 @@ def test_a_warning_when_80_percent_is_spent_once(
     assert [name for name, _ in events.events] == [BUDGET_WARNING_EVENT]
     assert events.events[0][1]["budget"] == "cost" and events.events[0][1]["of"] == 4e-4
     assert sum("cost budget" in r.message for r in caplog.records) == 1
+
+
+# ---- one call's requests ----
+
+
+def _meter(tmp_path: Path, money: float, cap: float | None = None) -> CloudMeter:
+    return CloudMeter(
+        costs=CostModel.from_settings(Settings()),
+        input_cap=500,
+        max_tokens=96,
+        money_left=lambda: money,
+        user_id="ann",
+        ledger=SpendLedger(tmp_path / "spend.sqlite") if cap is not None else None,
+        daily_cap_usd=cap,
+    )
+
+
+def test_a_request_that_may_have_been_billed_is_charged_its_worst_case(tmp_path: Path) -> None:
+    meter = _meter(tmp_path, money=1.0)
+    timed_out = meter.begin()
+    meter.failed(timed_out, "timeout", 2.0)
+    refused = meter.begin()
+    meter.failed(refused, "connection", 0.0)
+    assert meter.charged == [timed_out.worst_usd, 0.0] and timed_out.worst_usd > 0
+
+
+def test_each_request_fits_what_the_earlier_ones_left(tmp_path: Path) -> None:
+    meter = _meter(tmp_path, money=2e-4)  # 500 input tokens: 7.5e-5 USD; 96 out: 5.8e-5
+    first = meter.begin()
+    assert first.max_tokens == 96
+    meter.failed(first, "stream cut", 1.0)  # charged 1.3e-4: 7e-5 left, not enough
+    assert meter.answer_tokens() < MIN_CLOUD_ANSWER_TOKENS
+    with pytest.raises(BudgetReached, match="does not pay for a 16-token answer"):
+        meter.begin()
+
+
+def test_the_daily_cap_is_reserved_then_settled_at_the_bill(tmp_path: Path) -> None:
+    meter = _meter(tmp_path, money=1.0, cap=2e-4)
+    ticket = meter.begin()
+    assert meter.ledger is not None and meter.ledger.spent("ann") == ticket.worst_usd
+    meter.answered(ticket, (100, 10), 0.5)
+    assert meter.ledger.spent("ann") == pytest.approx(meter.costs.cloud_call_usd(100, 10))
+    meter.answered(meter.begin(), (700, 10), 0.5)  # above the 500 the request could hold
+    assert meter.warnings and "more than the request could hold (500 / 96)" in meter.warnings[0]

@@ -6,11 +6,10 @@ in every text of the request is replaced by placeholders (:mod:`tmo_graph.privac
 are put back into the answer on the device.
 
 Hard budgets: every request may cost at most what is left. Its input is counted at the most
-it can be billed (one token per UTF-8 byte, images at the size sent), its ``max_tokens`` is
-shrunk so the worst-case bill fits the money left (and, with a daily cap, is first reserved
-in the user's ledger), and its timeout is cut to the time left. What a local fall-back would
-need is kept back while the turn has no local answer. A request whose usage is unknown
-(a timeout, a cut stream) is counted at its worst case.
+it can be billed (one token per UTF-8 byte, images at the size sent) and
+:class:`tmo_graph.metering.CloudMeter` sizes, reserves, settles and audits each request; the
+request is streamed and cut at the time left. What a local fall-back would need is kept back
+while the turn has no local answer.
 
 The node makes the attempts itself (the client's retries are off; :mod:`tmo_graph.faults`):
 at most ``cloud.max_attempts``, each through the endpoint's circuit breaker (an open one
@@ -21,7 +20,6 @@ the local answer.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -37,11 +35,10 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from tmo_graph.audit import AuditEntry, SentView, now_iso
+from tmo_graph.audit import SentView
 from tmo_graph.context import Context
 from tmo_graph.faults import (
     Attempts,
-    BudgetReached,
     EmptyAnswer,
     breaker_for,
     classify,
@@ -51,16 +48,13 @@ from tmo_graph.faults import (
     within_deadline,
 )
 from tmo_graph.images import cloud_image, store_image
-from tmo_graph.policy.budget import CALL_MARGIN_S, MIN_CLOUD_ANSWER_TOKENS
+from tmo_graph.metering import CloudMeter
+from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, State
 from tmo_graph.turn import budget_now, local_reserve, run_context
-
-log = logging.getLogger("tmo_graph.budget")
-# Faults after which the endpoint may have generated (and billed) an answer we never saw.
-_MAYBE_BILLED = ("timeout", "stream cut")
 
 
 def _reason(exc: BaseException) -> str:
@@ -124,100 +118,53 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     except Exception as exc:  # no model, an unreadable image: no attempt is made
         return {"calls": [_failed(services.clock() - start, _reason(exc))]}
     cloud = services.cloud
-    assert cloud is not None
-    costs = services.costs
-    cap = services.settings.spending.daily_cost_cap_usd
-    # The most this request's input can be billed, whatever the endpoint's tokenizer.
-    input_cap = costs.cloud_input_tokens_at_most(
-        [message_text(m) for m in messages], [(i.width, i.height) for i in sent]
-    )
-    reserve = local_reserve(state, ctx, services)
-    charged: list[float] = []  # what each attempt cost (its worst case when unknown)
-    usage_warnings: list[str] = []
+    assert cloud is not None and services.image_dir is not None
     endpoint = endpoint_of(cloud)
-    thread_id = str(get_config().get("configurable", {}).get("thread_id", ""))
-    assert services.image_dir is not None
-    sent_views = [  # names and content hashes only: the audit log never holds pixels
-        SentView(name=v["name"], sha256=store_image(str(v["image"]), services.image_dir).sha256)
-        for v in views
-    ]
-
-    def audit(outcome: str, max_tokens: int, seconds: float, tokens: tuple[int, int]) -> None:
-        if services.audit is None:
-            return
-        services.audit.append(
-            AuditEntry(
-                time=now_iso(),
-                thread_id=thread_id,
-                user_id=ctx.user_id,
-                model=endpoint[1],
-                endpoint=urlsplit(endpoint[0]).netloc or endpoint[0].split("@")[0],
-                attempt=len(charged),
-                views=sent_views,
-                redactions=dict(redactor.counts),
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                max_tokens=max_tokens,
-                cost_usd=charged[-1],
-                seconds=round(seconds, 4),
-                outcome=outcome,
-            )
-        )
-
-    def limits() -> tuple[int, float]:
-        """The answer tokens the next request may ask for, and its worst-case cost."""
-        money = budget_now(state, ctx)["cost_usd"] - sum(charged) - reserve["cost_usd"]
-        max_tokens = costs.answer_tokens_within(money, input_cap, cfg.max_tokens)
-        return max_tokens, costs.cloud_call_usd(input_cap, max_tokens)
+    reserve = local_reserve(state, ctx, services)
+    meter = CloudMeter(
+        costs=services.costs,
+        # The most this request's input can be billed, whatever the endpoint's tokenizer.
+        input_cap=services.costs.cloud_input_tokens_at_most(
+            [message_text(m) for m in messages], [(i.width, i.height) for i in sent]
+        ),
+        max_tokens=cfg.max_tokens,
+        money_left=lambda: budget_now(state, ctx)["cost_usd"] - reserve["cost_usd"],
+        user_id=ctx.user_id,
+        ledger=services.ledger,
+        daily_cap_usd=services.settings.spending.daily_cost_cap_usd,
+        audit=services.audit,
+        thread_id=str(get_config().get("configurable", {}).get("thread_id", "")),
+        model=endpoint[1],
+        endpoint=urlsplit(endpoint[0]).netloc or endpoint[0].split("@")[0],
+        views=[  # names and content hashes only: the audit log never holds pixels
+            SentView(name=v["name"], sha256=store_image(str(v["image"]), services.image_dir).sha256)
+            for v in views
+        ],
+        redactions=redactor.counts,
+    )
 
     def attempt(timeout: float) -> AIMessage:
-        max_tokens, worst = limits()
-        if max_tokens < MIN_CLOUD_ANSWER_TOKENS:
-            raise BudgetReached(
-                f"the money left does not pay for a {MIN_CLOUD_ANSWER_TOKENS}-token answer"
-            )
-        held = None
-        if cap is not None and services.ledger is not None:
-            held = services.ledger.reserve(ctx.user_id, worst, cap)
-            if held is None:
-                raise BudgetReached(f"user {ctx.user_id!r} reached the daily cap of {cap:g} USD")
+        ticket = meter.begin()
         began = services.clock()
         try:
-            reply = _invoke(cloud, messages, timeout, max_tokens)
+            reply = _invoke(cloud, messages, timeout, ticket.max_tokens)
         except Exception as exc:
-            fault = classify(exc)
-            charged.append(worst if fault.kind in _MAYBE_BILLED else 0.0)
-            if held is not None:
-                services.ledger.settle(held, charged[-1])  # type: ignore[union-attr]
-            audit(fault.kind, max_tokens, services.clock() - began, (0, 0))
+            meter.failed(ticket, classify(exc).kind, services.clock() - began)
             raise
-        tokens = _usage(reply)
-        if services.settings.cloud.mode == "loopback":
+        input_tokens, output_tokens = _usage(reply)
+        if cfg.mode == "loopback":
             # The loopback stand-in is text-only and drops images unbilled; bill them as the
             # priced model would at the size sent (a real endpoint reports image tokens).
-            tokens = (
-                tokens[0] + sum(costs.image_tokens(i.width, i.height) for i in sent),
-                tokens[1],
-            )
-        if tokens[0] > input_cap or tokens[1] > max_tokens:
-            usage_warnings.append(
-                f"the endpoint reported {tokens[0]} input / {tokens[1]} output tokens, more than "
-                f"the request could hold ({input_cap} / {max_tokens}); the bill may exceed "
-                "the budget"
-            )
-            log.warning("cloud usage above the request's limits: %s", usage_warnings[-1])
-        charged.append(costs.cloud_call_usd(*tokens))
-        if held is not None:
-            services.ledger.settle(held, charged[-1])  # type: ignore[union-attr]
-        audit("ok", max_tokens, services.clock() - began, tokens)
+            input_tokens += sum(services.costs.image_tokens(i.width, i.height) for i in sent)
+        meter.answered(ticket, (input_tokens, output_tokens), services.clock() - began)
         reply.usage_metadata = {
-            "input_tokens": tokens[0],
-            "output_tokens": tokens[1],
-            "total_tokens": sum(tokens),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
         }
         return reply
 
-    if limits()[0] < MIN_CLOUD_ANSWER_TOKENS:  # no request fits: none is made
+    if not meter.affordable():  # no request fits: none is made
         failed = _failed(
             services.clock() - start,
             "budget reached: the money left does not pay for a cloud answer",
@@ -240,16 +187,16 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     )
     if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
         failed = _failed(services.clock() - start, attempts.error, attempts)
-        failed["cost_usd"] = sum(charged)
+        failed["cost_usd"] = sum(meter.charged)
         failed["redactions"] = dict(redactor.counts)
-        return {"calls": [failed], **_warned(state, usage_warnings)}
+        return {"calls": [failed], **_warned(state, meter.warnings)}
     reply = attempts.result
     text = redactor.restore(message_text(reply).strip())
     input_tokens, output_tokens = _usage(reply)
     call = CallRecord(
         where="cloud",
         latency_s=round(services.clock() - start, 4),
-        cost_usd=sum(charged),
+        cost_usd=sum(meter.charged),
         ok=True,
         text=text,
         input_tokens=input_tokens,
@@ -260,7 +207,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     )
     if reply.id:
         call["message_id"] = reply.id
-    return {"calls": [call], **_warned(state, usage_warnings)}
+    return {"calls": [call], **_warned(state, meter.warnings)}
 
 
 def _invoke(
