@@ -47,5 +47,9 @@ bench: $(STAMP)
 	$(PY) bench/routing_overhead.py
 	$(PY) bench/local_throughput.py
 	$(PY) bench/local_model.py
+	$(PY) bench/first_token.py
+	# The first run embeds 100,000 turns (about 8 minutes); reruns use the cached collection.
+	$(PY) bench/recall_scale.py
+	$(PY) bench/cold_start.py
 	$(PY) bench/chat_model_overhead.py
 	$(PY) bench/server_overhead.py

@@ -47,20 +47,31 @@ class InstantLocal:
         return InstantStats([-0.1, -0.2], [0.5, 0.4])
 
 
-def routing_turns(graph: Any, context: Any, turns: int, tag: str) -> list[float]:
-    """Seconds of each of ``turns`` turns through ``graph.invoke`` in 8-turn dialogues; every
-    prompt is new text (tagged), so no embedding cache answers it."""
-    times = []
+@dataclass
+class Timed:
+    """Each turn's wall time and CPU time (seconds). CPU time is the whole process's, all its
+    threads: what a turn costs the machine, which other work on it does not inflate."""
+
+    wall: list[float]
+    cpu: list[float]
+
+
+def routing_turns(graph: Any, context: Any, turns: int, tag: str, **invoke: Any) -> Timed:
+    """``turns`` turns through ``graph.invoke`` in 8-turn dialogues; every prompt is new text
+    (tagged), so no embedding cache answers it."""
+    timed = Timed([], [])
     for i in range(turns):
         prompt = f"{PROMPTS[i % len(PROMPTS)]} ({tag} {i})"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         graph.invoke(
             {"messages": [("user", prompt)], "views": VIEWS},
             {"configurable": {"thread_id": f"{tag}-{i // DIALOGUE_TURNS}"}},
             context=context,
+            **invoke,
         )
-        times.append(time.perf_counter() - start)
-    return times
+        timed.wall.append(time.perf_counter() - start)
+        timed.cpu.append(time.process_time() - cpu)
+    return timed
 
 
 def ms(values: Sequence[float], q: float = 0.5) -> float:

