@@ -10,6 +10,9 @@ Two backends, same vectors (L2-normalised, so cosine similarity = dot product):
   cosine >= 0.9999 to the float32 vectors), and on its own worker thread with its own torch
   thread count (default 1): a short query takes about a third of the time it took through
   ``HuggingFaceEmbeddings``, and on a busy machine it no longer waits for a second core.
+  Why not ``transformers``' own ``BertModel`` (bfloat16, SDPA) under the same pooling: it
+  was measured in one process at 5.8-6.9 ms a short query against 3.2-3.6 ms here (its
+  per-layer Python work dominates a 10-token input), cosine 0.99997 between the two.
   A folder of another kind (not BERT, other pooling) falls back to ``sentence-transformers``.
 - ``sentence-transformers``: LangChain's ``HuggingFaceEmbeddings`` over the folder.
 """
