@@ -184,13 +184,17 @@ class _Table:
             )
         norm = float(np.linalg.norm(query))
         query = query / (norm or 1.0)
-        if thread_id is not None:
-            rows = np.asarray(self.by_thread.get(thread_id, ()), dtype=np.int64)
-        elif self.n <= CANDIDATES:
+        # Sign bits first, then the full vectors of the closest CANDIDATES only.
+        if thread_id is None:
             rows = np.arange(self.n)
+            if self.n > CANDIDATES:
+                distance = _hamming(self.codes[:, : self.n], _sign_bits(query[None, :])[0])
+                rows = np.argpartition(distance, CANDIDATES)[:CANDIDATES]
         else:
-            distance = _hamming(self.codes[:, : self.n], _sign_bits(query[None, :])[0])
-            rows = np.argpartition(distance, CANDIDATES)[:CANDIDATES]
+            rows = np.asarray(self.by_thread.get(thread_id, ()), dtype=np.int64)
+            if len(rows) > CANDIDATES:  # a very long dialogue
+                distance = _hamming(self.codes[:, rows], _sign_bits(query[None, :])[0])
+                rows = rows[np.argpartition(distance, CANDIDATES)[:CANDIDATES]]
         if rows.size == 0:
             return []
         scores = self.vectors[rows].astype(np.float32) @ query

@@ -97,6 +97,10 @@ def test_a_rare_turn_among_many_alike_is_found(tmp_path: Path) -> None:
         question = _unit(fact + rng.normal(0, 0.6 / np.sqrt(dim), dim))  # cosine about 0.85
         found = memory.search(user_id="u", vector=question.tolist(), k=5)
         assert found[0]["turn"] == 3000 + i == int(np.argmax(vectors @ question))
+        # Within its dialogue (301 turns: more than CANDIDATES, so sign bits first there too).
+        thread = f"t{(3000 + i) % 10}"
+        found = memory.search(user_id="u", vector=question.tolist(), k=5, thread_id=thread)
+        assert found[0]["turn"] == 3000 + i and {r["thread_id"] for r in found} == {thread}
 
 
 def test_search_setting_and_bad_queries(tmp_path: Path) -> None:

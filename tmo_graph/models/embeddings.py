@@ -278,7 +278,10 @@ class BertEmbeddings(Embeddings):
             return functional.normalize(pooled, dim=-1)
 
     def _embed(self, texts: Sequence[str]) -> list[list[float]]:
-        rows = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        if len(texts) == 1:  # a query: no batch, so no tokenizer thread pool either
+            rows = [self.tokenizer.encode(texts[0]).ids]
+        else:
+            rows = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
         # Similar lengths together: less padding per batch.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out: list[list[float]] = [[] for _ in rows]
