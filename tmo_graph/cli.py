@@ -105,7 +105,7 @@ def run(
                     print_turn(record, screen)
                 for number, state_in in enumerate(dialogue.turn_inputs()):
                     try:
-                        out = graph.invoke(state_in, config_, context=context)
+                        out = graph.invoke(state_in, config_, context=context, durability="sync")
                     except TmoGraphError as error:
                         where = f"dialogue {dialogue.id}, turn {number}"
                         raise TmoGraphError(f"{where}: {error.problem}", error.fix) from None
@@ -180,7 +180,7 @@ def chat(
                 if first and views:
                     state_in["views"] = views
                 first = False
-                out = graph.invoke(state_in, run_config, context=context)
+                out = graph.invoke(state_in, run_config, context=context, durability="sync")
                 print_turn(out["turns"][-1], answer_width=10_000, header=True)
     except (EOFError, KeyboardInterrupt):
         typer.echo("")

@@ -155,6 +155,14 @@ class _Turn:
 STREAM_MODES = ["messages", "values", "custom"]
 
 
+# Each step's checkpoint is written before the next step runs: a crash mid-turn leaves the
+# question (and what was done) on disk, so the turn is completed on resume, not lost
+# (LangGraph's default writes checkpoints in the background, which a SIGKILL can outrun).
+def _durable(graph: Any) -> dict[str, Any]:
+    # Only with a checkpointer: LangGraph fails on "sync" without one (there is nothing to save).
+    return {"durability": "sync"} if getattr(graph, "checkpointer", None) is not None else {}
+
+
 def _interrupted(graph: Any, config: dict[str, Any]) -> bool:
     """Whether the thread's last turn was cut short: its checkpoint has nodes left to run."""
     return graph.checkpointer is not None and bool(graph.get_state(config).next)
@@ -208,7 +216,7 @@ def stream_turn(
         resumed = finish_interrupted(graph, config, context)
         turn = _Turn()
         for mode, payload in graph.stream(
-            inputs, config, context=context, stream_mode=STREAM_MODES
+            inputs, config, context=context, stream_mode=STREAM_MODES, **_durable(graph)
         ):
             if token := turn.on(mode, payload):
                 yield token
@@ -232,7 +240,9 @@ async def astream_turn(
     try:
         resumed = await afinish_interrupted(graph, config, context)
         turn = _Turn()
-        events = graph.astream(inputs, config, context=context, stream_mode=STREAM_MODES)
+        events = graph.astream(
+            inputs, config, context=context, stream_mode=STREAM_MODES, **_durable(graph)
+        )
         async for mode, payload in events:
             if token := turn.on(mode, payload):
                 yield token

@@ -97,7 +97,9 @@ class _RecordingGraph:
         self.inputs: list[dict[str, Any]] = []
         self.checkpointer = SimpleNamespace(delete_thread=lambda thread_id: None)
 
-    def invoke(self, state: dict[str, Any], config: Any, context: Context) -> dict[str, Any]:
+    def invoke(
+        self, state: dict[str, Any], config: Any, context: Context, durability: str = "async"
+    ) -> dict[str, Any]:
         self.contexts.append(context)
         self.inputs.append(state)
         return {"turns": [_record(len(self.inputs) - 1)]}
