@@ -1,9 +1,12 @@
 """Benchmark the on-device model: GGUF conversion, cold start from the cache, tokens/s.
 
     python bench/local_model.py [--runs 5] [--skip-convert] [--max-new-tokens 64]
+        [--precisions int4 float32]
 
 Cold starts run in fresh subprocesses (interpreter, imports, load, warm-up), so they are what
-a user waits for. Prints medians over the runs; no pass/fail. Offline: HF_HUB_OFFLINE=1.
+a user waits for; each precision (``local.precision``: int4 quantises at load, float32 is
+the converted folder as is) is launched in turn, and generation runs alternate between them.
+Prints medians over the runs; no pass/fail. Offline: HF_HUB_OFFLINE=1.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast, get_args
+
+from tmo_graph.settings import LocalPrecision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +35,7 @@ _COLD_START = """\
 import json, sys, time
 start = time.perf_counter()
 from tmo_graph.models.local import LocalModel
-model = LocalModel.load(sys.argv[1])
+model = LocalModel.load(sys.argv[1], precision=sys.argv[2])
 ready = {"ready_epoch": time.time(), "in_process_s": time.perf_counter() - start}
 print(json.dumps({**ready, "load_s": model.load_seconds}), flush=True)
 """
@@ -76,51 +82,68 @@ def measure_conversion(source: str) -> list[Row]:
     ]
 
 
-def measure_cold_start(folder: Path, runs: int) -> list[Row]:
-    ready, walls, in_process, loads = [], [], [], []
-    for _ in range(runs):
-        result, wall = _subprocess_json(_COLD_START, str(folder))
-        ready.append(result["launch_to_ready_s"])
-        walls.append(wall)
-        in_process.append(result["in_process_s"])
-        loads.append(result["load_s"])
-    return [
-        ("cold start from cache (launch -> ready)", ready, "s"),
-        ("  import + load + warm-up (in process)", in_process, "s"),
-        ("  LocalModel.load (load + warm-up)", loads, "s"),
-        ("  whole process incl. exit (torch teardown)", walls, "s"),
-    ]
+def measure_cold_start(folder: Path, runs: int, precisions: list[str]) -> list[Row]:
+    times: dict[str, dict[str, list[float]]] = {
+        p: {"ready": [], "in_process": [], "load": [], "wall": []} for p in precisions
+    }
+    for run in range(runs):
+        for precision in precisions:
+            print(f"cold start {run + 1}/{runs}, {precision} ...", flush=True)
+            result, wall = _subprocess_json(_COLD_START, str(folder), precision)
+            times[precision]["ready"].append(result["launch_to_ready_s"])
+            times[precision]["wall"].append(wall)
+            times[precision]["in_process"].append(result["in_process_s"])
+            times[precision]["load"].append(result["load_s"])
+    rows: list[Row] = []
+    for precision, t in times.items():
+        rows += [
+            (f"cold start from cache, {precision} (launch -> ready)", t["ready"], "s"),
+            ("  import + load + warm-up (in process)", t["in_process"], "s"),
+            ("  LocalModel.load (load + warm-up)", t["load"], "s"),
+            ("  whole process incl. exit (torch teardown)", t["wall"], "s"),
+        ]
+    return rows
 
 
-def measure_generation(folder: Path, runs: int, max_new_tokens: int) -> list[Row]:
-    from tmo_graph.models.local import LocalModel
-
-    model = LocalModel.load(folder, max_new_tokens)
-    raw_tps, raw_n, pipe_tps, score_ms = [], [], [], []
-    chat = model.chat_model(max_new_tokens)
+def measure_generation(
+    folder: Path, runs: int, max_new_tokens: int, precisions: list[LocalPrecision]
+) -> list[Row]:
     from langchain_core.messages import HumanMessage, SystemMessage
 
+    from tmo_graph.models.local import LocalModel
+
     lc_messages = [SystemMessage(PROMPT[0]["content"]), HumanMessage(PROMPT[1]["content"])]
-    for _ in range(runs):
-        start = time.perf_counter()
-        text, n = model.generate_raw(PROMPT, max_new_tokens)
-        raw_tps.append(n / (time.perf_counter() - start))
-        raw_n.append(float(n))
+    models = {p: LocalModel.load(folder, max_new_tokens, p) for p in precisions}
+    figures: dict[str, dict[str, list[float]]] = {
+        p: {"raw": [], "n": [], "pipe": [], "score": []} for p in precisions
+    }
+    for run in range(runs):
+        print(f"generation round {run + 1}/{runs} ...", flush=True)
+        for precision, model in models.items():
+            f = figures[precision]
+            start = time.perf_counter()
+            text, n = model.generate_raw(PROMPT, max_new_tokens)
+            f["raw"].append(n / (time.perf_counter() - start))
+            f["n"].append(float(n))
 
-        start = time.perf_counter()
-        reply = str(chat.invoke(lc_messages).content)
-        elapsed = time.perf_counter() - start
-        pipe_tps.append(len(model.tokenizer.encode(reply, add_special_tokens=False)) / elapsed)
+            start = time.perf_counter()
+            reply = str(model.chat_model(max_new_tokens).invoke(lc_messages).content)
+            elapsed = time.perf_counter() - start
+            tokens = len(model.tokenizer.encode(reply, add_special_tokens=False))
+            f["pipe"].append(tokens / elapsed)
 
-        start = time.perf_counter()
-        model.score_answer(PROMPT, text)
-        score_ms.append((time.perf_counter() - start) * 1000)
-    return [
-        ("model.generate, greedy", raw_tps, "tok/s"),
-        ("  new tokens per run", raw_n, "tok"),
-        ("ChatHuggingFace pipeline, greedy", pipe_tps, "tok/s"),
-        ("score_answer (prompt + answer, one pass)", score_ms, "ms"),
-    ]
+            start = time.perf_counter()
+            model.score_answer(PROMPT, text)
+            f["score"].append((time.perf_counter() - start) * 1000)
+    rows: list[Row] = []
+    for name, f in figures.items():
+        rows += [
+            (f"model.generate, greedy, {name}", f["raw"], "tok/s"),
+            ("  new tokens per run", f["n"], "tok"),
+            ("  ChatHuggingFace pipeline, greedy", f["pipe"], "tok/s"),
+            ("  score_answer (prompt + answer, one pass)", f["score"], "ms"),
+        ]
+    return rows
 
 
 def print_table(rows: list[Row]) -> None:
@@ -139,6 +162,13 @@ def main() -> None:
     parser.add_argument(
         "--skip-convert", action="store_true", help="do not time a conversion in a temp cache"
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=get_args(LocalPrecision),
+        default=["int4", "float32"],
+        help="local.precision values, each launched in turn",
+    )
     args = parser.parse_args()
 
     from tmo_graph.models.local import resolve_local_model
@@ -151,8 +181,9 @@ def main() -> None:
     rows: list[Row] = []
     if not args.skip_convert:
         rows += measure_conversion(args.source)
-    rows += measure_cold_start(folder, args.runs)
-    rows += measure_generation(folder, args.runs, args.max_new_tokens)
+    rows += measure_cold_start(folder, args.runs, args.precisions)
+    precisions = cast(list[LocalPrecision], args.precisions)
+    rows += measure_generation(folder, args.runs, args.max_new_tokens, precisions)
     print_table(rows)
 
 

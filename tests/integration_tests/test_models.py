@@ -58,7 +58,23 @@ def converted(_offline: None) -> Path:
 
 @pytest.fixture(scope="module")
 def local(converted: Path) -> LocalModel:
+    """The default precision (int4)."""
     return get_local_model(converted, 32)
+
+
+@pytest.fixture(scope="module")
+def local32(converted: Path) -> LocalModel:
+    return get_local_model(converted, 32, precision="float32")
+
+
+# Per-token log-prob / entropy agreement between two ways of scoring the same tokens: exact in
+# float32; int4's matrix products round to bfloat16, which moves a token by up to about 0.06.
+TOLERANCE = {"float32": 1e-3, "int4": 0.1}
+
+
+@pytest.fixture(scope="module", params=list(TOLERANCE))
+def each_precision(request: pytest.FixtureRequest, converted: Path) -> LocalModel:
+    return get_local_model(converted, 32, precision=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +169,11 @@ def test_get_local_model_loads_weights_once(local: LocalModel, converted: Path) 
     assert local.load_seconds > 0
 
 
-def test_score_answer_matches_transition_scores(local: LocalModel) -> None:
+def test_score_answer_matches_transition_scores(each_precision: LocalModel) -> None:
     import torch
 
+    local = each_precision
+    tol = TOLERANCE[local.precision]
     tok, model = local.tokenizer, local.model
     prompt = torch.tensor([local._prompt_ids(MESSAGES)])
     with torch.inference_mode():
@@ -177,31 +195,121 @@ def test_score_answer_matches_transition_scores(local: LocalModel) -> None:
     assert tok.encode(text, add_special_tokens=False) == answer_ids
     assert scores.n_tokens == len(answer_ids) == len(scores.logprobs) == len(scores.entropies)
     expected = transition[0, : scores.n_tokens].tolist()
-    assert scores.logprobs == pytest.approx(expected, abs=1e-3)
+    assert scores.logprobs == pytest.approx(expected, abs=tol)
     entropies = []
     for step in out.scores[: scores.n_tokens]:
         logp = torch.log_softmax(step[0].float(), dim=-1)
         entropies.append(float(-(logp.exp() * logp).sum()))
-    assert scores.entropies == pytest.approx(entropies, abs=1e-3)
+    assert scores.entropies == pytest.approx(entropies, abs=tol)
     assert all(lp <= 0 for lp in scores.logprobs)
     assert all(0 <= h <= math.log(len(tok)) + 1e-3 for h in scores.entropies)
 
 
 def test_answer_scores_recorded_during_generation_match_a_scoring_pass(
-    local: LocalModel,
+    each_precision: LocalModel,
 ) -> None:
+    local = each_precision
+    tol = TOLERANCE[local.precision]
     text, recorded = local.answer(MESSAGES, max_new_tokens=24)
     assert text and recorded.n_tokens == len(recorded.logprobs) > 0
     rescored = local.score_answer(MESSAGES, text)
     # The same tokens, scored once while generating and once teacher-forced.
     assert recorded.n_tokens == rescored.n_tokens
-    assert recorded.logprobs == pytest.approx(rescored.logprobs, abs=1e-3)
-    assert recorded.entropies == pytest.approx(rescored.entropies, abs=1e-3)
+    assert recorded.logprobs == pytest.approx(rescored.logprobs, abs=tol)
+    assert recorded.entropies == pytest.approx(rescored.entropies, abs=tol)
 
 
 def test_score_answer_of_empty_answer(local: LocalModel) -> None:
     scores = local.score_answer(MESSAGES, "")
     assert (scores.logprobs, scores.entropies, scores.n_tokens) == ([], [], 0)
+
+
+PROMPTS = [
+    MESSAGES,
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Give me two tips for keeping herbs fresh."},
+    ],
+    [
+        {"role": "user", "content": "Is the pot on the stove boiling yet?"},
+        {"role": "assistant", "content": "I cannot see the stove."},
+        {"role": "user", "content": "Then how long does pasta take?"},
+    ],
+]
+
+
+def test_default_local_model_is_int4_on_the_ggufs_own_grid(
+    local: LocalModel, local32: LocalModel
+) -> None:
+    from tmo_graph.models.quantize import Int4Linear, Int8Head
+
+    assert local.precision == "int4" and local32.precision == "float32"
+    layers = [m for m in local.model.modules() if isinstance(m, Int4Linear)]
+    assert len(layers) == 7 * local.model.config.num_hidden_layers
+    assert max(layer.max_error for layer in layers) == 0.0  # the Q4_1 weights, not rounded
+    assert isinstance(local.model.lm_head, Int8Head)
+    # A decoding step reads under a fifth of float32's bytes (95 against 538 MB).
+    assert local.weight_bytes_per_token() < 0.2 * local32.weight_bytes_per_token()
+    assert 500e6 < local32.weight_bytes_per_token() < 560e6
+
+
+def test_precisions_load_apart_and_share_weights_across_answer_lengths(
+    converted: Path, local: LocalModel, local32: LocalModel
+) -> None:
+    assert local32.model is not local.model
+    assert get_local_model(converted, 32, precision="float32") is local32
+    assert get_local_model(converted, 48, precision="float32").model is local32.model
+    assert get_local_model(converted, 48).model is local.model
+    assert get_local_model(str(converted), 32, precision="bfloat16").model is not local.model
+
+
+def test_int4_answer_records_a_log_prob_and_entropy_per_answer_token(local: LocalModel) -> None:
+    import math
+
+    for messages in PROMPTS:
+        text, scores = local.answer(messages, max_new_tokens=24)
+        n = len(local.tokenizer.encode(text, add_special_tokens=False))
+        assert text and 0 < n <= 24
+        assert scores.n_tokens == len(scores.logprobs) == len(scores.entropies) == n
+        assert all(lp <= 0 for lp in scores.logprobs)
+        assert all(0 <= h <= math.log(len(local.tokenizer)) + 1e-3 for h in scores.entropies)
+
+
+def test_greedy_answers_are_deterministic(local: LocalModel) -> None:
+    for messages in PROMPTS[:2]:
+        first = local.answer(messages, max_new_tokens=20)
+        second = local.answer(messages, max_new_tokens=20)
+        assert first[0] == second[0]
+        assert first[1].logprobs == second[1].logprobs  # exactly, not approximately
+        assert first[1].entropies == second[1].entropies
+        assert local.generate_raw(messages, 20) == local.generate_raw(messages, 20)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_int4_scores_agree_with_float32(local: LocalModel, local32: LocalModel) -> None:
+    assert local.answer(MESSAGES)[0] == local32.answer(MESSAGES)[0]
+    for messages in PROMPTS:
+        answer = local32.answer(messages, max_new_tokens=32)[0]
+        fast, exact = local.score_answer(messages, answer), local32.score_answer(messages, answer)
+        assert fast.n_tokens == exact.n_tokens
+        # What the confidence check reads: mean log-prob and mean entropy of the answer.
+        assert _mean(fast.logprobs) == pytest.approx(_mean(exact.logprobs), abs=0.03)
+        assert _mean(fast.entropies) == pytest.approx(_mean(exact.entropies), abs=0.03)
+
+
+@pytest.mark.skipif(
+    os.environ.get("TMO_TEST_COMPILE") != "1",
+    reason="torch.compile takes 20-50 s on 2 cores; set TMO_TEST_COMPILE=1 to run it",
+)
+def test_compiled_decoding_gives_the_same_answer(converted: Path, local: LocalModel) -> None:
+    compiled = get_local_model(converted, 32, compile=True)
+    assert compiled.compiled and compiled.model is not local.model
+    text, scores = compiled.answer(MESSAGES, max_new_tokens=16)
+    assert text == local.answer(MESSAGES, max_new_tokens=16)[0]
+    assert scores.n_tokens == len(scores.logprobs) == len(scores.entropies) > 0
 
 
 def test_chat_model_answers(local: LocalModel) -> None:

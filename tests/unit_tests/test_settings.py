@@ -136,3 +136,44 @@ def test_bad_scale_urls_fail_before_connecting(tmp_path: Path) -> None:
     with open_checkpointer(Settings(), tmp_path / "sub" / "t.sqlite") as saver:  # as before
         assert type(saver).__name__ == "SqliteSaver"
     assert (tmp_path / "sub" / "t.sqlite").is_file()
+
+
+def test_local_precision_and_compile_defaults_and_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (Settings().local.precision, Settings().local.compile) == ("int4", False)
+    config = tmp_path / "c.yaml"
+    config.write_text("local: {precision: bfloat16, compile: true}")
+    assert (load_settings(config).local.precision, load_settings(config).local.compile) == (
+        "bfloat16",
+        True,
+    )
+    monkeypatch.setenv("TMO_LOCAL__PRECISION", "float32")
+    assert load_settings(config).local.precision == "float32"  # env over YAML
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("local: {precision: fp8}", "local.precision"),
+        ("local: {precision: INT4}", "local.precision"),
+        ("local: {compile: sometimes}", "local.compile"),
+    ],
+)
+def test_a_bad_local_precision_or_compile_names_the_field(
+    tmp_path: Path, yaml_text: str, field: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(TmoGraphError, match=rf"`{field}`") as info:
+        load_settings(config)
+    assert "\n" not in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_a_bad_local_precision_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TMO_LOCAL__PRECISION", "int3")
+    with pytest.raises(TmoGraphError, match=r"TMO_LOCAL__PRECISION: `local.precision`") as info:
+        load_settings(None)
+    assert "\n" not in str(info.value)

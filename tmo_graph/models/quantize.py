@@ -1,0 +1,134 @@
+"""4-bit weights for the on-device model, read exactly from a Q4_1 GGUF's grid.
+
+The default local model comes from a Q4_1 GGUF: every weight of its linear layers is
+``scale * q + min`` with ``q`` in 0..15 and one ``scale, min`` per group of 32 inputs. Taking
+each group's min and max back out of the dequantised float32 weights finds the same codes, so
+:func:`quantize_int4` stores the GGUF's own 4-bit weights again (a Q4_0 GGUF's grid is found
+the same way; weights on no 4-bit grid are rounded to one, and ``max_error`` says by how much).
+The matrix products then run in PyTorch's int4 weight-only CPU kernel, which reads 0.625
+bytes per weight instead of 4 (decoding one token reads every weight once, so reading is what
+takes the time). Its inputs are bfloat16; everything between the products (residual stream,
+norms, attention, KV cache, softmax) stays float32. The output layer, tied to the input
+embedding and stored as Q8_0 in the GGUF, becomes int8 with one scale per output row, its
+largest logits recomputed in float32 so the confidence check's log-probs stay float32's.
+
+Imported only when the local model loads with ``precision: int4`` (it needs torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GROUP = 32  # inputs sharing one scale and minimum, as in GGUF's Q4_0 / Q4_1 blocks
+REFINE_CHUNK = 128  # output-layer rows refined at a time (bounds the gathered weights)
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer with 4-bit weights in groups of ``GROUP`` inputs."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        w = weight.detach().float()
+        n, k = w.shape
+        groups = w.reshape(n, k // GROUP, GROUP)
+        low, high = torch.aminmax(groups, dim=-1)
+        step = (high - low) / 15
+        step = torch.where(step > 0, step, torch.ones_like(step))  # a constant group
+        scaled = (groups - low[..., None]).div_(step[..., None])  # in 0..15
+        codes = scaled.round()
+        # How far a weight moves: 0.0 when the weights already sat on this 4-bit grid.
+        self.max_error = float((scaled.sub_(codes).abs_().amax(-1) * step).max())
+        self.out_features = n
+        codes_2d = codes.reshape(n, k).to(torch.int32)
+        self.register_buffer(
+            "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_2d, 1)
+        )
+        # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
+        scales_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1)
+        self.register_buffer("scales_zeros", scales_zeros.contiguous().to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Head(nn.Module):
+    """The output layer: int8 weights with one scale per output row (vocabulary entry).
+
+    The int8 product gives bfloat16 logits, whose rounding (0.125 at a logit of 20) would move
+    the log-probs and entropies of the confidence check by up to a few hundredths; so the
+    ``refine`` largest logits of each row are recomputed in float32 from the original float
+    weights (for a tied model, the input embedding: no extra memory), which carry almost all
+    of the probability mass. ``refine=0`` leaves the bfloat16 logits as they are.
+    """
+
+    def __init__(self, weight: torch.Tensor, refine: int = 64) -> None:
+        super().__init__()
+        w = weight.detach()
+        low, high = torch.aminmax(w.float(), dim=-1)
+        scale = (torch.maximum(-low, high) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        scaled = w.float() / scale[:, None]  # in -127..127
+        codes = scaled.round()
+        self.max_error = float((scaled.sub_(codes).abs_().amax(-1) * scale).max())
+        self.out_features = w.shape[0]
+        self.refine = min(refine, self.out_features)
+        self.register_buffer("codes", codes.to(torch.int8))
+        self.register_buffer("scales", scale.to(torch.bfloat16))
+        self.exact = w  # not a buffer: shared with the embedding, read a few rows at a time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        logits = torch.ops.aten._weight_int8pack_mm(
+            flat.to(torch.bfloat16), self.codes, self.scales
+        ).float()
+        if self.refine:
+            for rows in range(0, flat.shape[0], REFINE_CHUNK):
+                part = logits[rows : rows + REFINE_CHUNK]
+                top = part.topk(self.refine, dim=-1).indices  # (rows, refine)
+                weights = self.exact[top].to(torch.float32)  # (rows, refine, hidden)
+                inputs = flat[rows : rows + REFINE_CHUNK].to(torch.float32)
+                part.scatter_(-1, top, torch.bmm(weights, inputs[:, :, None])[:, :, 0])
+        return logits.reshape(*x.shape[:-1], self.out_features)
+
+
+@dataclass
+class QuantizeReport:
+    int4_layers: int
+    kept_layers: int  # linear layers left as they were (inputs not a multiple of GROUP)
+    max_error: float  # largest change of any weight (0.0: the 4-bit grid was found exactly)
+    head_max_error: float
+
+
+def quantize_int4(model: nn.Module) -> QuantizeReport:
+    """Replace, in place, the decoder's linear layers by :class:`Int4Linear` and the output
+    layer by :class:`Int8Head`; the input embedding keeps its float weights."""
+    int4 = kept = 0
+    errors = [0.0]
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.Linear) or child.bias is not None:
+                continue
+            if f"{name}.{child_name}".lstrip(".") == "lm_head":
+                continue
+            if child.in_features % GROUP:
+                kept += 1
+                continue
+            layer = Int4Linear(child.weight)
+            errors.append(layer.max_error)
+            setattr(module, child_name, layer)
+            int4 += 1
+    head_error = 0.0
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear) and head.bias is None:
+        new_head = Int8Head(head.weight)
+        head_error = new_head.max_error
+        model.lm_head = new_head
+        # A tied model would otherwise tie the new head back to the embedding on reload.
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False
+    return QuantizeReport(int4, kept, max(errors), head_error)
