@@ -13,6 +13,8 @@ persona and the question, through the chat template), ``model.generate`` with a
 first word at the same point), from the call to its first piece of text. Short prompts (a
 kitchen question, about 35 tokens with the persona) and long ones (a note of about 250 words
 to summarise, about 310 tokens). Medians of each run's p50, and of the per-run ratios.
+The "before" side, also interleaved: the same raw streamer on the float32 weights (the
+default until ``local.precision: int4``).
 
 python bench/first_token.py [--runs 5] [--turns 4]
 """
@@ -122,7 +124,8 @@ def main() -> None:
     settings = Settings.model_validate({"local": {"max_new_tokens": MAX_NEW_TOKENS}})
     start = time.perf_counter()
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
-    local = get_local_model(folder, MAX_NEW_TOKENS)
+    local = get_local_model(folder, MAX_NEW_TOKENS, precision=settings.local.precision)
+    local32 = get_local_model(folder, MAX_NEW_TOKENS, precision="float32")
     embeddings = local_embeddings()
     print(f"models loaded in {time.perf_counter() - start:.1f} s (not timed below)")
     context = Context(policy="always-local", user_id="bench")
@@ -142,38 +145,49 @@ def main() -> None:
             for make in kinds.values():
                 first_token_of_turn(graph, make(100 + i), f"warm-{i}", context)
                 raw_first_token(local, system, make(100 + i))
+                raw_first_token(local32, system, make(100 + i))
         load_before = load_average()
-        graph_s: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
-        raw_s: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
+        sides = ("graph", "raw", "raw float32")
+        times: dict[str, dict[str, list[list[float]]]] = {
+            side: {kind: [] for kind in kinds} for side in sides
+        }
         for run in range(args.runs):
             for kind, make in kinds.items():
-                g, r = [], []
+                this_run: dict[str, list[float]] = {side: [] for side in sides}
                 for i in range(args.turns):
                     text = make(run * args.turns + i)
-                    if (run + i) % 2 == 0:  # which side goes first alternates
-                        g.append(first_token_of_turn(graph, text, f"{kind}-{run}-{i}", context))
-                        r.append(raw_first_token(local, system, text))
-                    else:
-                        r.append(raw_first_token(local, system, text))
-                        g.append(first_token_of_turn(graph, text, f"{kind}-{run}-{i}", context))
-                graph_s[kind].append(g)
-                raw_s[kind].append(r)
+                    shift = (run + i) % len(sides)  # which side goes first rotates
+                    for side in sides[shift:] + sides[:shift]:
+                        if side == "graph":
+                            thread = f"{kind}-{run}-{i}"
+                            seconds = first_token_of_turn(graph, text, thread, context)
+                        else:
+                            model = local if side == "raw" else local32
+                            seconds = raw_first_token(model, system, text)
+                        this_run[side].append(seconds)
+                for side in sides:
+                    times[side][kind].append(this_run[side])
         load_after = load_average()
 
     print(
         f"\ntime to first token of a local answer (model load excluded), {args.runs} runs x "
         f"{args.turns} turns per prompt kind, interleaved; {load_before} -> {load_after}:"
     )
+    precision = settings.local.precision
     for kind in kinds:
-        graph_p50 = [ms(run) for run in graph_s[kind]]
-        raw_p50 = [ms(run) for run in raw_s[kind]]
+        graph_p50 = [ms(run) for run in times["graph"][kind]]
+        raw_p50 = [ms(run) for run in times["raw"][kind]]
+        raw32_p50 = [ms(run) for run in times["raw float32"][kind]]
         print(f" {kind} prompts (~{sizes[kind]} prompt tokens with the persona):")
-        print(runs_line("graph turn through stream_turn: p50", graph_p50))
-        print(runs_line("raw model.generate + streamer: p50", raw_p50))
+        print(runs_line(f"graph turn through stream_turn ({precision}): p50", graph_p50))
+        print(runs_line(f"raw model.generate + streamer ({precision}): p50", raw_p50))
+        print(runs_line("before: raw, float32 weights: p50", raw32_p50))
         extra = [g - r for g, r in zip(graph_p50, raw_p50, strict=True)]
         print(runs_line("graph - raw (p50 per run)", extra))
         ratios = [g / r for g, r in zip(graph_p50, raw_p50, strict=True)]
         print(runs_line("graph / raw (p50 per run)", ratios, unit="x"))
+        ratios = [g / r for g, r in zip(graph_p50, raw32_p50, strict=True)]
+        print(runs_line("graph / raw float32 (p50 per run)", ratios, unit="x"))
         verdict = "met" if median(graph_p50) <= TARGET_MS else "NOT met"
         print(f"  target: p50 <= {TARGET_MS:g} ms: {verdict}")
 

@@ -130,7 +130,12 @@ def build_services(settings: Settings) -> Services:
 
         gap_predictor = QualityGapPredictor.load(settings.embeddings.gap_predictor)
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
-    local = get_local_model(folder, settings.local.max_new_tokens)
+    local = get_local_model(
+        folder,
+        settings.local.max_new_tokens,
+        precision=settings.local.precision,
+        compile=settings.local.compile,
+    )
     if cfg.mode == "loopback":
         serve_folder = (
             resolve_local_model(cfg.serve_source, settings.model_cache_dir())
@@ -201,7 +206,13 @@ def _local_for(base: Services, source: str | None) -> LocalBackend:
     from tmo_graph.models.local import get_local_model
 
     settings = base.settings
-    return get_local_model(source, settings.local.max_new_tokens, settings.model_cache_dir())
+    return get_local_model(
+        source,
+        settings.local.max_new_tokens,
+        settings.model_cache_dir(),
+        precision=settings.local.precision,
+        compile=settings.local.compile,
+    )
 
 
 def _cloud_for(base: Services, model: str | None, base_url: str | None) -> BaseChatModel | None:

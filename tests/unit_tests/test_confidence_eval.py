@@ -143,3 +143,19 @@ def test_eval_imports_nothing_of_the_graph() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_cache_scored_with_other_weights_is_refused(tmp_path: Path) -> None:
+    turns = synthetic_turns(2)
+    path = tmp_path / "scored.json"
+    save_scored(turns, path, precision="float32")
+    assert load_scored(path, precision="float32") == turns
+    with pytest.raises(TmoGraphError, match="scored with float32 weights, not int4") as info:
+        load_scored(path, precision="int4")
+    assert info.value.fix and "local.precision: float32" in info.value.fix
+    unlabelled = json.loads(path.read_text())
+    del unlabelled["precision"]  # files from before the setting: scored in float32
+    path.write_text(json.dumps(unlabelled))
+    assert load_scored(path, precision="float32") == turns
+    with pytest.raises(TmoGraphError, match="float32 weights"):
+        load_scored(path, precision="int4")

@@ -121,3 +121,16 @@ def test_a_bad_precision_is_refused_before_anything_loads(tmp_path: Path) -> Non
     assert "precision 'fp8'" in message and "\n" not in message
     assert all(p in message for p in PRECISIONS)
     assert info.value.fix
+
+
+def test_long_inputs_take_the_dense_product_with_the_same_weights() -> None:
+    weight = _grid_weight(96, 128, seed=4)
+    layer = quantize.Int4Linear(weight)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(quantize.DENSE_ROWS * 4, 128, generator=gen)
+    dense = layer(x)  # more rows than DENSE_ROWS: the bfloat16 copy
+    packed = torch.cat([layer(part) for part in x.split(quantize.DENSE_ROWS)])  # the int4 kernel
+    assert float((dense - packed).abs().max()) <= 0.01 * float(packed.abs().max())
+    expected = x @ weight.t()
+    assert float((dense - expected).abs().max()) <= 0.01 * float(expected.abs().max())
+    assert layer.dense.dtype == torch.bfloat16 and layer.dense.shape == (96, 128)

@@ -177,3 +177,30 @@ def test_a_bad_local_precision_from_the_environment_names_the_variable(
     with pytest.raises(TmoGraphError, match=r"TMO_LOCAL__PRECISION: `local.precision`") as info:
         load_settings(None)
     assert "\n" not in str(info.value)
+
+
+def test_the_local_precision_and_compile_settings_reach_the_model_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_services`` loads the device model as configured (not the loader's default)."""
+    import tmo_graph.models.local as local_module
+    from tmo_graph.services import build_services
+
+    asked: dict[str, object] = {}
+
+    class Loaded(Exception):
+        pass
+
+    def fake_loader(source: object, max_new_tokens: int, *args: object, **kwargs: object) -> None:
+        asked.update(kwargs, max_new_tokens=max_new_tokens)
+        raise Loaded  # stop before the cloud and embeddings load
+
+    monkeypatch.setenv("TMO_GRAPH_CACHE", str(tmp_path))
+    monkeypatch.setattr(local_module, "resolve_local_model", lambda source, cache: tmp_path)
+    monkeypatch.setattr(local_module, "get_local_model", fake_loader)
+    settings = Settings.model_validate(
+        {"local": {"precision": "bfloat16", "compile": True, "max_new_tokens": 40}}
+    )
+    with pytest.raises(Loaded):
+        build_services(settings)
+    assert asked == {"precision": "bfloat16", "compile": True, "max_new_tokens": 40}

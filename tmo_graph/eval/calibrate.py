@@ -178,7 +178,11 @@ def calibrate(
         raise TmoGraphError(f"cloud quality {cloud_good} is not in [0, 1]", "e.g. 0.835")
     texts = load_prompts(prompts)
     local = get_local_model(
-        settings.local.source, settings.local.max_new_tokens, settings.model_cache_dir()
+        settings.local.source,
+        settings.local.max_new_tokens,
+        settings.model_cache_dir(),
+        precision=settings.local.precision,
+        compile=settings.local.compile,
     )
     values = local_confidences(texts, local, progress, system_prompt)
     if target_quality is None:

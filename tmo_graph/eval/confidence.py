@@ -28,6 +28,7 @@ from tmo_graph.eval import metrics
 from tmo_graph.eval.agreement import Sampler, sampling_agreement
 from tmo_graph.eval.tables import render, table
 from tmo_graph.models.base import LocalBackend
+from tmo_graph.settings import LocalModelSettings
 from tmo_graph.sim.data import Dataset, paper_split
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 # Version of the scored-turns cache: the token scores depend on the system prompt and model.
 CACHE_FORMAT = "tmo-graph/scored-turns"
+DEFAULT_PRECISION = LocalModelSettings().precision
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,13 @@ def add_sampling_agreement(
 
 
 def save_scored(
-    turns: Sequence[ScoredTurn], path: Path, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    turns: Sequence[ScoredTurn],
+    path: Path,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    precision: str = DEFAULT_PRECISION,
 ) -> None:
-    """Keep the slow part (scoring with the model) so estimators can be re-measured cheaply."""
+    """Keep the slow part (scoring with the model) so estimators can be re-measured cheaply;
+    the system prompt and the weights' precision are recorded, as the scores depend on both."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
@@ -137,6 +143,7 @@ def save_scored(
                 {
                     "format": CACHE_FORMAT,
                     "system_prompt": system_prompt,
+                    "precision": precision,
                     "turns": [asdict(t) for t in turns],
                 }
             )
@@ -147,8 +154,11 @@ def save_scored(
         ) from None
 
 
-def load_scored(path: Path, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[ScoredTurn]:
-    """Scored turns saved by :func:`save_scored` under the same system prompt."""
+def load_scored(
+    path: Path, system_prompt: str = DEFAULT_SYSTEM_PROMPT, precision: str = DEFAULT_PRECISION
+) -> list[ScoredTurn]:
+    """Scored turns saved by :func:`save_scored` under the same system prompt and precision
+    (a file without one was scored in float32, before the precision setting existed)."""
     redo = "delete it and let `tmo-graph eval confidence --scored FILE` score the turns again"
     try:
         raw = json.loads(path.read_text())
@@ -165,6 +175,12 @@ def load_scored(path: Path, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[
             f"{path} was scored after the system prompt {raw.get('system_prompt')!r}, "
             f"not {system_prompt!r}: its token scores do not apply",
             redo,
+        )
+    if (scored_in := raw.get("precision", "float32")) != precision:
+        raise TmoGraphError(
+            f"{path} was scored with {scored_in} weights, not {precision}: its token scores "
+            "do not apply",
+            f"{redo}, or set local.precision: {scored_in}",
         )
     try:
         return [ScoredTurn(**row) for row in raw["turns"]]
@@ -275,11 +291,17 @@ def run_confidence_eval(
     from tmo_graph.sim.data import load_m4a1
 
     cache = scored if scored is not None and scored.exists() else None
-    turns = load_scored(cache, system_prompt) if cache is not None else None
+    precision = settings.local.precision
+    turns = load_scored(cache, system_prompt, precision) if cache is not None else None
     if turns is not None and sampling == 0:
         return evaluate_estimators(turns, seed)
     dataset = load_m4a1(data)
-    local = get_local_model(settings.local.source, cache_dir=settings.model_cache_dir())
+    local = get_local_model(
+        settings.local.source,
+        cache_dir=settings.model_cache_dir(),
+        precision=precision,
+        compile=settings.local.compile,
+    )
     if turns is None:
 
         def scored_so_far(done: int, total: int) -> None:
@@ -288,7 +310,7 @@ def run_confidence_eval(
 
         turns = score_local_turns(dataset, local, limit, scored_so_far, system_prompt)
         if scored is not None:
-            save_scored(turns, scored, system_prompt)
+            save_scored(turns, scored, system_prompt, precision)
     if sampling:
         from tmo_graph.models.embeddings import local_embeddings
 
