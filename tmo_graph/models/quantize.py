@@ -10,8 +10,8 @@ bytes per weight instead of 4 (decoding one token reads every weight once, so re
 takes the time). Reading a prompt is different: hundreds of tokens go through each weight at
 once, computing is what takes the time, and there the int4 kernel is 2.6x slower than a dense
 bfloat16 product (308 tokens through a 576 x 1536 layer: 1.66 ms against 0.63 ms; the two meet
-at about 8 tokens). So each layer also keeps its 4-bit weights unpacked as bfloat16 (the same
-values the kernel computes with) for products over more than ``DENSE_ROWS`` tokens: a
+at about 8 tokens). So each layer also keeps its weights as bfloat16 (for a GGUF's 4-bit weights,
+the values the kernel computes with) for products over more than ``DENSE_ROWS`` tokens: a
 308-token prompt is read in 158 ms instead of 300 (float32: 455 ms), for 2 bytes a weight more
 memory. Inputs to the products are bfloat16; everything between them (residual stream, norms,
 attention, KV cache, softmax) stays float32. The output layer, tied to the input
@@ -59,11 +59,10 @@ class Int4Linear(nn.Module):
         scales_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1)
         scales_zeros = scales_zeros.contiguous().to(torch.bfloat16)
         self.register_buffer("scales_zeros", scales_zeros)
-        # The weights the kernel computes with, for long inputs: (q - 8) * scale + zero. Not a
-        # buffer: a decoding step never reads it (weight_bytes_per_token counts buffers).
-        scale, zero = scales_zeros.float().unbind(-1)  # (k / GROUP, n) each
-        dense = (codes - 8) * scale.t()[..., None] + zero.t()[..., None]
-        self.dense = dense.reshape(n, k).to(torch.bfloat16)
+        # For long inputs: the weights in bfloat16 (on a 4-bit grid, the kernel's own values up
+        # to bfloat16's rounding). Not a buffer: a decoding step never reads it, and
+        # weight_bytes_per_token counts buffers.
+        self.dense = w.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
