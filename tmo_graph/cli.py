@@ -422,6 +422,34 @@ def eval_confidence(
         _write_json(fit_out, result["refit"])
 
 
+@eval_app.command("answers")
+def eval_answers(
+    data: DataOption = DEFAULT_DATA,
+    config: ConfigOption = None,
+    limit: Annotated[int | None, typer.Option(help="answer only the first N local turns")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    answers_out: Annotated[
+        Path | None, typer.Option(help="write every generated answer here (JSON), to read them")
+    ] = None,
+) -> None:
+    """Loops, length and confidence of the device model's own answers to M4A1's prompts."""
+    from tmo_graph.eval.answers import format_report, run_answers_eval
+
+    try:
+        result = run_answers_eval(
+            data,
+            load_settings(config),
+            limit,
+            answers_out,
+            lambda line: typer.echo(line, err=True),
+        )
+    except TmoGraphError as error:
+        _fail(error)
+    typer.echo(format_report(result))
+    if json_out:
+        _write_json(json_out, result)
+
+
 @eval_app.command("gap")
 def eval_gap(
     data: DataOption = DEFAULT_DATA,

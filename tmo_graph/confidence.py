@@ -137,6 +137,17 @@ def echo(text: str, earlier_answers: Sequence[str]) -> float:
 ECHO_LIMIT = 0.5
 
 
+def degenerate(parts: Mapping[str, float]) -> bool:
+    """Whether the loop or the echo guard tripped on an answer's estimator values: such an
+    answer is escalated where the policy escalates, and never fed back into later prompts."""
+    return parts.get("repetition", 0.0) > LOOP_REPETITION or parts.get("echo", 0.0) > ECHO_LIMIT
+
+
+def degenerate_text(text: str, earlier_answers: Sequence[str] = ()) -> bool:
+    """:func:`degenerate` from the answer's text alone (the guards need no token scores)."""
+    return degenerate({"repetition": repetition((), (), text), "echo": echo(text, earlier_answers)})
+
+
 def confidence(
     logprobs: Sequence[float],
     entropies: Sequence[float],

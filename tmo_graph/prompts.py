@@ -11,11 +11,16 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
+from tmo_graph.confidence import degenerate_text
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.state import Recalled
 
 # The ``additional_kwargs`` key that marks a message private: it never goes to the cloud.
 PRIVATE = "private"
+
+
+# What later prompts get instead of an answer that looped or repeated an earlier one.
+LEFT_OUT_ANSWER = "(This answer repeated itself and is left out.)"
 
 
 def message_text(message: AnyMessage) -> str:
@@ -86,16 +91,24 @@ def system_text(persona: str, recalled: Sequence[Recalled]) -> str:
 def text_dialogue(
     messages: Sequence[AnyMessage], recalled: Sequence[Recalled], persona: str
 ) -> list[dict[str, str]]:
-    """The dialogue as plain role/content dicts (what the local model and its scorer see).
+    """The dialogue as plain role/content dicts (what the local model, its scorer and the
+    cloud see).
 
     ``persona`` is the system prompt unless the messages carry their own system message.
+    An earlier answer that loops or echoes an answer before it (the confidence check's
+    guards) is replaced by :data:`LEFT_OUT_ANSWER`: a small model that reads its own loop
+    loops again.
     """
     out = [{"role": "system", "content": system_text(system_prompt(messages, persona), recalled)}]
+    answers: list[str] = []
     for message in messages:
         if isinstance(message, HumanMessage):
             out.append({"role": "user", "content": message_text(message)})
         elif isinstance(message, AIMessage):
-            out.append({"role": "assistant", "content": message_text(message)})
+            text = message_text(message)
+            shown = LEFT_OUT_ANSWER if degenerate_text(text, answers) else text
+            answers.append(text)
+            out.append({"role": "assistant", "content": shown})
     return out
 
 

@@ -135,6 +135,7 @@ def build_services(settings: Settings) -> Services:
         settings.local.max_new_tokens,
         precision=settings.local.precision,
         compile=settings.local.compile,
+        decoding=settings.local.decoding(),
     )
     if cfg.mode == "loopback":
         serve_folder = (
@@ -143,8 +144,15 @@ def build_services(settings: Settings) -> Services:
             else folder
         )
         server = get_loopback_server(serve_folder)
+        # The stand-in is the same small model: it gets the same guard against loops.
+        penalty = settings.local.repetition_penalty - 1.0
         cloud = make_cloud_chat_model(
-            server.base_url, server.model_name, None, cfg.timeout_s, cfg.max_tokens
+            server.base_url,
+            server.model_name,
+            None,
+            cfg.timeout_s,
+            cfg.max_tokens,
+            frequency_penalty=penalty or None,
         )
     emb = settings.embeddings
     embeddings = local_embeddings(
@@ -212,6 +220,7 @@ def _local_for(base: Services, source: str | None) -> LocalBackend:
         settings.model_cache_dir(),
         precision=settings.local.precision,
         compile=settings.local.compile,
+        decoding=settings.local.decoding(),
     )
 
 

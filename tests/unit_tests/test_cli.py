@@ -263,3 +263,10 @@ def test_the_m4a1_table_keeps_every_column_and_method() -> None:
         "3/1/2",
     ]
     assert lines[3].split()[0] == "RC-PPO" and len(lines) == 4
+
+
+def test_eval_answers_refuses_bad_input_before_loading_a_model(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "answers", "--limit", "0"])
+    assert result.exit_code == 2 and "--limit 0 is not positive" in result.output
+    result = runner.invoke(app, ["eval", "answers", "--data", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "none.json" in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Settings, load_settings
+from tmo_graph.settings import Decoding, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +199,21 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
     monkeypatch.setattr(local_module, "resolve_local_model", lambda source, cache: tmp_path)
     monkeypatch.setattr(local_module, "get_local_model", fake_loader)
     settings = Settings.model_validate(
-        {"local": {"precision": "bfloat16", "compile": True, "max_new_tokens": 40}}
+        {
+            "local": {
+                "precision": "bfloat16",
+                "compile": True,
+                "max_new_tokens": 40,
+                "repetition_penalty": 1.2,
+                "no_repeat_ngram_size": 4,
+            }
+        }
     )
     with pytest.raises(Loaded):
         build_services(settings)
-    assert asked == {"precision": "bfloat16", "compile": True, "max_new_tokens": 40}
+    assert asked == {
+        "precision": "bfloat16",
+        "compile": True,
+        "max_new_tokens": 40,
+        "decoding": Decoding(1.2, 4),
+    }

@@ -183,6 +183,7 @@ def calibrate(
         settings.model_cache_dir(),
         precision=settings.local.precision,
         compile=settings.local.compile,
+        decoding=settings.local.decoding(),
     )
     values = local_confidences(texts, local, progress, system_prompt)
     if target_quality is None:

@@ -247,11 +247,16 @@ def make_cloud_chat_model(
     api_key: str | None,
     timeout_s: float,
     max_tokens: int,
+    frequency_penalty: float | None = None,
 ) -> ChatOpenAI:
-    """A ChatOpenAI for ``base_url``; token usage is reported, also when streaming."""
+    """A ChatOpenAI for ``base_url``; token usage is reported, also when streaming.
+
+    ``frequency_penalty``: sent with every request (``transformers serve``, the loopback
+    stand-in, reads it as a repetition penalty of 1 + the value)."""
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
+        frequency_penalty=frequency_penalty,
         base_url=base_url,
         model=model,
         # An explicit placeholder: a keyless endpoint must not receive $OPENAI_API_KEY.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import LocalModelSettings, LocalPrecision, default_cache_dir
+from tmo_graph.settings import Decoding, LocalModelSettings, LocalPrecision, default_cache_dir
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -46,6 +46,7 @@ UNSET_MAX_LENGTH = 10**9
 CUT_MARKER = " [...] "  # where the middle of an over-long message was cut out
 PRECISIONS: tuple[LocalPrecision, ...] = ("int4", "bfloat16", "float32")
 DEFAULT_PRECISION: LocalPrecision = LocalModelSettings().precision
+DEFAULT_DECODING: Decoding = LocalModelSettings().decoding()
 
 
 def _missing(exc: ImportError) -> TmoGraphError:
@@ -298,6 +299,46 @@ class _GreedyStepRecorder:
         return scores
 
 
+class _AnswerRepetitionGuard:
+    """A logits processor against loops that looks at the answer only, never the prompt.
+
+    ``penalty`` > 1 lowers every token the answer already holds (as transformers' repetition
+    penalty: positive scores divided, negative multiplied); ``ngram`` > 0 forbids the token
+    that would repeat a run of that many answer tokens. transformers' own processors also
+    count the prompt, so an answer could not repeat the user's words or the persona's.
+    The prompt's length is taken at the first step (the whole prompt is its input then).
+    """
+
+    def __init__(self, penalty: float, ngram: int) -> None:
+        self.penalty = penalty
+        self.ngram = ngram
+        self.start: int | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.start is None:
+            self.start = int(input_ids.shape[1])
+        answer = input_ids[0, self.start :].tolist()
+        if not answer:
+            return scores
+        if self.penalty != 1.0:
+            seen = torch.tensor(sorted(set(answer)), device=scores.device)
+            values = scores[0, seen]
+            scores[0, seen] = torch.where(values > 0, values / self.penalty, values * self.penalty)
+        n = self.ngram
+        if n and len(answer) >= n:
+            prefix = tuple(answer[len(answer) - n + 1 :])
+            banned = {
+                answer[i + n - 1]
+                for i in range(len(answer) - n + 1)
+                if tuple(answer[i : i + n - 1]) == prefix
+            }
+            if banned:
+                scores[0, sorted(banned)] = float("-inf")
+        return scores
+
+
 class LocalModel:
     """Tokenizer and causal LM on the CPU in eval mode, loaded once, in one ``precision``."""
 
@@ -310,6 +351,7 @@ class LocalModel:
         max_new_tokens: int = 64,
         precision: LocalPrecision = "float32",
         compiled: bool = False,
+        decoding: Decoding = DEFAULT_DECODING,
     ) -> None:
         self.tokenizer = tokenizer
         self.model = model
@@ -318,6 +360,7 @@ class LocalModel:
         self.max_new_tokens = max_new_tokens
         self.precision = precision
         self.compiled = compiled
+        self.decoding = decoding
         self._chat_models: dict[int, BaseChatModel] = {}
         self._lock = threading.Lock()
 
@@ -328,6 +371,7 @@ class LocalModel:
         max_new_tokens: int = 64,
         precision: LocalPrecision = DEFAULT_PRECISION,
         compile: bool = False,
+        decoding: Decoding = DEFAULT_DECODING,
     ) -> LocalModel:
         """Load ``folder`` (from :func:`resolve_local_model`) in ``precision`` and warm it up.
 
@@ -371,7 +415,7 @@ class LocalModel:
             config._compile_all_devices = True  # type: ignore[assignment]
             gen.cache_implementation = "static"
             gen.compile_config = config
-        self = cls(tokenizer, model, folder, 0.0, max_new_tokens, precision, compile)
+        self = cls(tokenizer, model, folder, 0.0, max_new_tokens, precision, compile, decoding)
         # The first answer of a cold process is several times slower (and the chat pipeline
         # is built on first use): pay it here, not inside the first turn's deadline.
         self.answer([{"role": "user", "content": "Hi"}], max_new_tokens=2)
@@ -398,8 +442,11 @@ class LocalModel:
             total -= embed.nbytes - embed[0].nbytes
         return int(total)
 
-    def with_max_new_tokens(self, max_new_tokens: int) -> LocalModel:
-        """The same weights with another default answer length (nothing is reloaded)."""
+    def with_max_new_tokens(
+        self, max_new_tokens: int, decoding: Decoding | None = None
+    ) -> LocalModel:
+        """The same weights with another default answer length (and decoding settings):
+        nothing is reloaded."""
         other = LocalModel(
             self.tokenizer,
             self.model,
@@ -408,6 +455,7 @@ class LocalModel:
             max_new_tokens,
             self.precision,
             self.compiled,
+            self.decoding if decoding is None else decoding,
         )
         other._chat_models = self._chat_models
         other._lock = self._lock
@@ -443,7 +491,17 @@ class LocalModel:
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         chat = [kinds[m["role"]](content=m["content"]) for m in messages]
         recorder = _GreedyStepRecorder()
-        generation: dict[str, Any] = {"logits_processor": LogitsProcessorList([recorder])}
+        processors: list[Any] = []
+        if self.decoding.repetition_penalty != 1.0 or self.decoding.no_repeat_ngram_size:
+            processors.append(
+                _AnswerRepetitionGuard(
+                    self.decoding.repetition_penalty, self.decoding.no_repeat_ngram_size
+                )
+            )
+        # The recorder runs last: it keeps the scores the token was chosen from.
+        generation: dict[str, Any] = {
+            "logits_processor": LogitsProcessorList([*processors, recorder])
+        }
         if max_new_tokens is not None:  # one pipeline serves every length asked for
             generation["max_new_tokens"] = max_new_tokens
         if max_time_s is not None:
@@ -637,7 +695,7 @@ class LocalModel:
         ]
 
 
-_models: dict[tuple[Path, LocalPrecision, bool, int], LocalModel] = {}
+_models: dict[tuple[Path, LocalPrecision, bool, int, Decoding], LocalModel] = {}
 _models_lock = threading.Lock()
 
 
@@ -647,18 +705,20 @@ def get_local_model(
     cache_dir: Path | None = None,
     precision: LocalPrecision = DEFAULT_PRECISION,
     compile: bool = False,
+    decoding: Decoding = DEFAULT_DECODING,
 ) -> LocalModel:
     """The process-wide :class:`LocalModel` for ``source``: the weights load once per folder
-    and precision (and compile setting); other answer lengths share them."""
+    and precision (and compile setting); other answer lengths and decoding settings share
+    them."""
     folder = resolve_local_model(str(source), cache_dir).resolve()
     with _models_lock:  # held while loading, so two threads never load the same weights
         variant = (folder, precision, compile)
-        key = (*variant, max_new_tokens)
+        key = (*variant, max_new_tokens, decoding)
         if key not in _models:
             same = next((m for k, m in _models.items() if k[:3] == variant), None)
             _models[key] = (
-                same.with_max_new_tokens(max_new_tokens)
+                same.with_max_new_tokens(max_new_tokens, decoding)
                 if same
-                else LocalModel.load(folder, max_new_tokens, precision, compile)
+                else LocalModel.load(folder, max_new_tokens, precision, compile, decoding)
             )
         return _models[key]

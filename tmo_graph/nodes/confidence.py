@@ -7,7 +7,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from tmo_graph.confidence import confidence
+from tmo_graph.confidence import confidence, degenerate
 from tmo_graph.context import Context
 from tmo_graph.policy.simple import escalation, make_policy
 from tmo_graph.privacy import kept_on_device
@@ -34,7 +34,9 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
         and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
         and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
     )
-    if may_escalate and score < ctx.confidence_threshold:
+    # A looping or echoing answer is escalated whatever its score (the guards scale the
+    # score down, but not always below a low threshold).
+    if may_escalate and (score < ctx.confidence_threshold or degenerate(parts)):
         assert state.decision is not None
         # Only what fits in the budget left after the local call (no quality gap: the
         # escalation rule reads the views' association and costs).

@@ -14,9 +14,10 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveM
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from tmo_graph.confidence import degenerate_text
 from tmo_graph.context import Context
 from tmo_graph.privacy import find_personal
-from tmo_graph.prompts import message_text, shared_messages
+from tmo_graph.prompts import LEFT_OUT_ANSWER, message_text, shared_messages
 from tmo_graph.services import Services
 from tmo_graph.state import State
 from tmo_graph.turn import run_context
@@ -40,10 +41,15 @@ def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
 
 
 def turn_text(turn: Sequence[AnyMessage]) -> str:
+    """A finished turn as stored for recall; a looping answer is stored as a placeholder, as
+    the prompts show it (recalled text goes into later prompts too)."""
     lines = []
     for message in turn:
-        who = "User" if isinstance(message, HumanMessage) else "Assistant"
-        lines.append(f"{who}: {message_text(message)}")
+        if isinstance(message, HumanMessage):
+            lines.append(f"User: {message_text(message)}")
+        else:
+            text = message_text(message)
+            lines.append(f"Assistant: {LEFT_OUT_ANSWER if degenerate_text(text) else text}")
     return "\n".join(lines)
 
 
