@@ -132,6 +132,21 @@ class Context:
         metadata={"description": "Policy trained with `tmo-graph train`, for policy 'learned'."},
     )
     seed: int = field(default=0, metadata={"description": "Seed of the 'random' policy."})
+    daily_cost_cap_usd: float | None = field(
+        default=None,
+        metadata={
+            "description": "USD this run's user may spend a UTC day across all dialogues; "
+            "with the config's spending.daily_cost_cap_usd the lower one applies (the server "
+            "sets it from the API key)."
+        },
+    )
+    api_key_id: str | None = field(
+        default=None,
+        metadata={
+            "description": "Id of the API key the server authenticated this run's request "
+            "with; written to the audit log (never the key itself)."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -177,6 +192,22 @@ class Context:
             )
         if not self.user_id:
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
+        cap = self.daily_cost_cap_usd
+        if cap is not None and (
+            isinstance(cap, bool)
+            or not isinstance(cap, numbers.Real)
+            or not math.isfinite(cap)
+            or cap <= 0
+        ):
+            raise TmoGraphError(
+                f"daily_cost_cap_usd must be a finite number > 0, got {cap!r}",
+                "write e.g. daily_cost_cap_usd: 0.5, or leave it out for the config's cap",
+            )
+
+    def daily_cap(self, configured: float | None) -> float | None:
+        """The daily cap in force: the lower of the config's and this run's (None: none)."""
+        caps = [c for c in (configured, self.daily_cost_cap_usd) if c is not None]
+        return min(caps) if caps else None
 
     def _check_numbers(self) -> None:
         defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
