@@ -41,6 +41,7 @@ pytestmark = pytest.mark.integration
 BOB_SECRETS = ("walrus-nebula-3390", "my bank pin hint is orchid")
 EXAMPLES = 1000
 STATUSES = {200, 400, 401, 403, 404, 409, 413, 429}
+OWN_KEY = "OWN-KEY-SENTINEL"
 
 
 @dataclass
@@ -137,7 +138,9 @@ models = st.one_of(
     st.sampled_from(
         ["tmo-always-local", "tmo-rules", "tmo-cascade-0.4", "tmo-cascade-7", "tmo-learned"]
     ),
-    st.sampled_from(["tmo-always-cloud", "gpt-4o", ""]),
+    # OWN_KEY becomes the request's own key: a client that pastes its key in the wrong field
+    # must not get it back in the error that names the field's value.
+    st.sampled_from(["tmo-always-cloud", "gpt-4o", "", OWN_KEY, f"tmo-{OWN_KEY}"]),
     st.text(max_size=20),
 )
 bodies = st.fixed_dictionaries(
@@ -258,6 +261,8 @@ def test_fuzzed_requests_get_a_completion_or_an_openai_error_and_no_one_elses_da
         headers["authorization"] = "Bearer tmo-this-is-not-a-key-of-the-server"
     elif case["key"] != "none":
         headers["authorization"] = f"Bearer {target.keys.secrets[case['key']]}"
+    own = target.keys.secrets.get(case["key"], "tmo-this-is-not-a-key-of-the-server")
+    body = case["body"].replace(OWN_KEY.encode(), own.encode())
     thread = case["thread"]
     if thread in ("alice", "bob"):
         thread = target.alice_thread if thread == "alice" else target.bob_thread
@@ -267,13 +272,13 @@ def test_fuzzed_requests_get_a_completion_or_an_openai_error_and_no_one_elses_da
         headers["x-tmo-user"] = case["user_header"]
     try:
         raw_headers = {k: v.encode("latin-1") for k, v in headers.items()}
-        reply = target.http.post("/v1/chat/completions", content=case["body"], headers=raw_headers)
+        reply = target.http.post("/v1/chat/completions", content=body, headers=raw_headers)
     except httpx.LocalProtocolError:
         return  # a header httpx itself refuses to send (e.g. a space at its end) is not sent
     target.seen[reply.status_code] = target.seen.get(reply.status_code, 0) + 1
     assert reply.status_code in STATUSES, (reply.status_code, reply.text[:500])
     text = reply.text
-    for secret in (*BOB_SECRETS, *target.keys.secrets.values()):
+    for secret in (*BOB_SECRETS, *target.keys.secrets.values(), own):
         assert secret not in text, (secret, text[:500])
     if reply.status_code == 200:
         if reply.headers["content-type"].startswith("text/event-stream"):
