@@ -40,9 +40,9 @@ The dialogue:
   the device and the message and its answer never reach the cloud (:mod:`tmo_graph.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
   own files for a client. They are checked before the turn starts.
-- ``max_tokens`` (up to the ceiling), ``temperature`` and the other sampling fields are
-  accepted and ignored (the models' limits come from the config); ``n`` other than 1 and
-  ``tools`` are refused.
+- ``max_tokens`` / ``max_completion_tokens`` (up to the ceiling) shorten the answer, local
+  or cloud, below the config's limits; ``temperature`` and the other sampling fields are
+  accepted and ignored; ``n`` other than 1 and ``tools`` are refused.
 - ``usage`` counts the tokens of the turn's model calls (the local model's prompt tokens
   are not counted: the graph records 0 for them); ``tmo`` holds the turn record
   (route, views_sent, confidence, escalated, fallback, latency_s, cost_usd, budget_left,
@@ -900,6 +900,7 @@ def create_app(
             policy=policy,
             confidence_threshold=threshold,
             daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
+            max_answer_tokens=_answer_tokens(body),
             api_key_id=key.id if key else None,
         )
         queue = runner.start({"messages": messages}, thread_id, context)
@@ -923,6 +924,13 @@ def create_app(
         return JSONResponse(completion, headers=tmo_headers(completion["tmo"]))
 
     return app
+
+
+def _answer_tokens(body: ChatRequest) -> int | None:
+    """The answer length a request asks for (checked by :func:`check_request` before)."""
+    extra = body.model_extra or {}
+    asked = [extra.get(name) for name in ("max_tokens", "max_completion_tokens")]
+    return min((n for n in asked if isinstance(n, int)), default=None)
 
 
 def _unstorable_text(data: Any) -> str | None:

@@ -49,6 +49,7 @@ class EchoLocal(FakeLocal):
 
     answers: list[str] = field(default_factory=list)
     logprob: float = -0.01
+    asked: list[int | None] = field(default_factory=list)  # max_new_tokens of each call
 
     def answer(
         self,
@@ -58,6 +59,7 @@ class EchoLocal(FakeLocal):
         max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
         self.seen.append(messages)
+        self.asked.append(max_new_tokens)
         text = " | ".join(str(m.get("content", "")) for m in messages)
         return text, self.score_answer(messages, text)
 
@@ -111,6 +113,7 @@ class Server:
     keys: Keys
     cloud: FakeCloud
     tmp: Path
+    local: EchoLocal
 
     def client(self, name: str | None, **kwargs: Any) -> OpenAI:
         key = self.keys.secrets[name] if name else "sk-not-a-key-of-this-server"
@@ -126,10 +129,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     keys = make_keys(tmp)
     cloud = FakeCloud(answer="from the cloud")
     cloud.sent = []
-    services = fake_services(tmp, EchoLocal(), cloud, settings=access_settings(tmp))
+    local = EchoLocal()
+    services = fake_services(tmp, local, cloud, settings=access_settings(tmp))
     graph = build_graph(services, checkpointer=InMemorySaver())
     served = Served(create_app(graph, services.settings, keys=KeyRing(file=keys.file)))
-    yield Server(served, graph, keys, cloud, tmp)
+    yield Server(served, graph, keys, cloud, tmp, local)
     served.stop()
 
 
@@ -375,6 +379,18 @@ def test_each_size_limit_is_refused_naming_the_limit(
     assert words in error_of(info)["message"]
     # Just inside each limit the request is answered (or refused for another reason).
     assert ask(server.client("alice"), "Hi", max_tokens=256).parse().choices
+
+
+def test_max_tokens_within_the_ceiling_shortens_the_answer(server: Server) -> None:
+    alice = server.client("alice")
+    ask(alice, "Hello there", max_tokens=7)
+    assert server.local.asked[-1] == 7
+    ask(alice, "Hello again")
+    assert server.local.asked[-1] == 64  # the config's local.max_new_tokens
+    ask(alice, "Ask the cloud", model="tmo-always-cloud", max_completion_tokens=40)
+    assert server.cloud.max_tokens_sent[-1] <= 40
+    ask(alice, "Ask the cloud again", model="tmo-always-cloud")
+    assert server.cloud.max_tokens_sent[-1] == 96  # the config's cloud.max_tokens
 
 
 def test_cors_is_off_unless_origins_are_configured(server: Server, tmp_path: Path) -> None:

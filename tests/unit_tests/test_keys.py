@@ -151,12 +151,16 @@ def test_serve_refuses_no_auth_off_loopback_and_a_start_without_keys(tmp_path: P
     assert "loading models" not in missing.output  # refused before any model loads
 
 
-def test_a_keys_daily_cap_only_lowers_the_configured_one() -> None:
+def test_a_runs_daily_cap_and_answer_length_only_lower_the_configured_ones() -> None:
     assert Context(daily_cost_cap_usd=0.5).daily_cap(None) == 0.5
     assert Context(daily_cost_cap_usd=0.5).daily_cap(0.2) == 0.2
     assert Context().daily_cap(0.2) == 0.2 and Context().daily_cap(None) is None
     with pytest.raises(TmoGraphError, match="daily_cost_cap_usd must be a finite number > 0"):
         Context(daily_cost_cap_usd=float("nan"))
+    assert Context(max_answer_tokens=7).answer_tokens(64) == 7
+    assert Context(max_answer_tokens=700).answer_tokens(64) == 64
+    with pytest.raises(TmoGraphError, match="max_answer_tokens must be a whole number >= 1"):
+        Context(max_answer_tokens=0)
 
 
 def test_the_rate_limiter_says_how_long_to_wait() -> None:

@@ -128,7 +128,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         input_cap=services.costs.cloud_input_tokens_at_most(
             [message_text(m) for m in messages], [(i.width, i.height) for i in sent]
         ),
-        max_tokens=cfg.max_tokens,
+        max_tokens=ctx.answer_tokens(cfg.max_tokens),
         money_left=lambda: budget_now(state, ctx)["cost_usd"] - reserve["cost_usd"],
         user_id=ctx.user_id,
         ledger=services.spend_ledger() if daily_cap is not None else None,
