@@ -61,7 +61,10 @@ def launch(extra_env: dict[str, str], timeout_s: float = 300.0) -> tuple[float, 
         with log_path.open("w") as log:
             start = time.perf_counter()
             server = subprocess.Popen(
-                [str(CLI), "serve", "--port", str(port), "--db", str(Path(tmp) / "t.sqlite")],
+                [
+                    *(str(CLI), "serve", "--port", str(port), "--no-auth"),
+                    *("--db", str(Path(tmp) / "t.sqlite")),
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

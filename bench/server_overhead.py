@@ -115,7 +115,10 @@ def main() -> None:
         graph = build_graph(services, checkpointer=InMemorySaver())
         port = free_port()
         config = uvicorn.Config(
-            create_app(graph, services.settings), host="127.0.0.1", port=port, log_level="warning"
+            create_app(graph, services.settings, no_auth=True),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

@@ -1,6 +1,6 @@
 """The audit log: one JSON line per cloud request, appended, never rewritten.
 
-Each line says when, for which thread and user, to which model and endpoint host, which
+Each line says when, for which thread, user and API key id, to which model and endpoint host, which
 views went (name and SHA-256, never pixels), how much personal data was replaced (counts by
 kind, never the values), the tokens and cost reported, and the outcome ("ok" or the fault).
 It never holds the API key, a prompt, an answer or a URL's credentials: what a request
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -41,6 +41,9 @@ class AuditEntry(TypedDict):
     time: str  # ISO 8601, UTC
     thread_id: str
     user_id: str
+    # The id of the server's API key the request came with (None outside the server; lines
+    # written before keys existed have none). Never the key itself.
+    key_id: NotRequired[str | None]
     model: str
     endpoint: str  # the host (and port) only
     attempt: int  # 1 for the first attempt of a call

@@ -132,6 +132,29 @@ class Context:
         metadata={"description": "Policy trained with `tmo-graph train`, for policy 'learned'."},
     )
     seed: int = field(default=0, metadata={"description": "Seed of the 'random' policy."})
+    daily_cost_cap_usd: float | None = field(
+        default=None,
+        metadata={
+            "description": "USD this run's user may spend a UTC day across all dialogues; "
+            "with the config's spending.daily_cost_cap_usd the lower one applies (the server "
+            "sets it from the API key)."
+        },
+    )
+    max_answer_tokens: int | None = field(
+        default=None,
+        metadata={
+            "description": "The most tokens an answer may have, local or cloud; the config's "
+            "local.max_new_tokens / cloud.max_tokens when lower (the server sets it from a "
+            "request's max_tokens)."
+        },
+    )
+    api_key_id: str | None = field(
+        default=None,
+        metadata={
+            "description": "Id of the API key the server authenticated this run's request "
+            "with; written to the audit log (never the key itself)."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -177,6 +200,36 @@ class Context:
             )
         if not self.user_id:
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
+        most = self.max_answer_tokens
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            raise TmoGraphError(
+                f"max_answer_tokens must be a whole number >= 1, got {most!r}",
+                "write e.g. max_answer_tokens: 256, or leave it out for the config's limits",
+            )
+        cap = self.daily_cost_cap_usd
+        if cap is not None and (
+            isinstance(cap, bool)
+            or not isinstance(cap, numbers.Real)
+            or not math.isfinite(cap)
+            or cap <= 0
+        ):
+            raise TmoGraphError(
+                f"daily_cost_cap_usd must be a finite number > 0, got {cap!r}",
+                "write e.g. daily_cost_cap_usd: 0.5, or leave it out for the config's cap",
+            )
+
+    def answer_tokens(self, configured: int) -> int:
+        """The answer-token limit in force: the lower of the config's and this run's."""
+        return (
+            configured
+            if self.max_answer_tokens is None
+            else min(configured, self.max_answer_tokens)
+        )
+
+    def daily_cap(self, configured: float | None) -> float | None:
+        """The daily cap in force: the lower of the config's and this run's (None: none)."""
+        caps = [c for c in (configured, self.daily_cost_cap_usd) if c is not None]
+        return min(caps) if caps else None
 
     def _check_numbers(self) -> None:
         defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}

@@ -46,6 +46,7 @@ class CloudMeter:
     ledger: SpendLedger | None = None
     daily_cap_usd: float | None = None
     audit: AuditLog | None = None
+    key_id: str | None = None  # the API key the request came with (the server's), for audit
     # The audit line's fixed part: thread, model, endpoint host, views sent.
     thread_id: str = ""
     model: str = ""
@@ -110,6 +111,7 @@ class CloudMeter:
                 time=now_iso(),
                 thread_id=self.thread_id,
                 user_id=self.user_id,
+                key_id=self.key_id,
                 model=self.model,
                 endpoint=self.endpoint,
                 attempt=len(self.charged),

@@ -4,6 +4,30 @@ routers), so any OpenAI client or chat UI talks to it unchanged.
 Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
 ``GET /health``.
 
+Who may do what (:mod:`tmo_graph.keys`, :mod:`tmo_graph.owners`):
+
+- Every ``/v1`` request needs an API key, ``Authorization: Bearer <key>`` (the ``openai``
+  client's ``api_key``): none, a wrong one or a revoked one is a 401. The key decides the
+  user (threads, memory and daily cap are the user's); a ``user`` field or ``x-tmo-user``
+  header naming anyone else is a 403, never honoured. A key may be limited to some policies
+  (403 for the others), to a daily cost cap and to a rate (429 with ``Retry-After``).
+  Only a server on 127.0.0.1 may run without keys (``no_auth``); it then trusts the
+  ``user`` field (else the ``x-tmo-user`` header, else ``anonymous``).
+- A thread belongs to the user whose request started it (kept in the thread store, so a
+  restarted server and every worker on the same PostgreSQL know it). Naming a thread that
+  is not the caller's, or that does not exist, is the same 404, so ids cannot be probed;
+  new thread ids are 128 random bits. Without keys a thread no one owns yet is taken by the
+  first user who names it.
+- One request may carry at most ``server.max_body_bytes`` (413), ``server.max_messages``
+  messages, ``server.max_images`` images and ``server.max_audio`` audio parts of at most
+  ``server.max_image_bytes`` / ``server.max_audio_bytes`` each (413), and ask at most
+  ``server.max_tokens`` (:mod:`tmo_graph.request_limits`). CORS headers only for
+  ``server.cors_origins``.
+- Errors never echo the caller's key, another user's data or a stack trace; logs and the
+  audit log name a key by its id.
+
+The dialogue:
+
 - ``model`` names the policy and, optionally, the confidence threshold: ``tmo-cascade``,
   ``tmo-cascade-0.35`` (``confidence_threshold=0.35``), ``tmo-always-local`` ...
 - The dialogue lives in a graph thread. Header ``x-tmo-thread-id`` names it; without it the
@@ -12,40 +36,41 @@ Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models`
   existing thread already holds the dialogue, so it gets only the new messages: the
   trailing user message(s) after the last assistant message. System (or developer)
   messages become the thread's one persona message, replaced when the client changes it.
-- The user (memory is recalled per user) is the request's ``user`` field, else the header
-  ``x-tmo-user``, else ``anonymous``.
 - A user message may carry ``"private": true`` (a JSON boolean): that turn is answered on
   the device and the message and its answer never reach the cloud (:mod:`tmo_graph.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
   own files for a client. They are checked before the turn starts.
-- ``max_tokens``, ``temperature`` and the other sampling fields are accepted and ignored
-  (the models' limits come from the config); ``n`` other than 1 and ``tools`` are refused.
+- ``max_tokens`` / ``max_completion_tokens`` (up to the ceiling) shorten the answer, local
+  or cloud, below the config's limits; ``temperature`` and the other sampling fields are
+  accepted and ignored; ``n`` other than 1 and ``tools`` are refused.
 - ``usage`` counts the tokens of the turn's model calls (the local model's prompt tokens
   are not counted: the graph records 0 for them); ``tmo`` holds the turn record
   (route, views_sent, confidence, escalated, fallback, latency_s, cost_usd, budget_left,
   thread_id ...), also sent as ``x-tmo-*`` headers on plain responses and in the last
   chunk of a stream.
 - Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for
-  input to fix, 404 for an unknown model, 409 when the thread is still answering another
-  turn after ``thread_wait_s``, 503 over ``max_concurrent_turns``, 500 (logged, no details)
-  for anything else.
+  input to fix, 401 / 403 as above, 404 for an unknown model or thread, 409 when the thread
+  is still answering another turn after ``thread_wait_s``, 413 over a size limit, 429 over
+  the key's rate, 503 over ``max_concurrent_turns``, 500 (logged, no details) for anything
+  else.
 
 A turn runs in its own task: a client that disconnects mid-answer does not cut it, so the
 thread never keeps a question without its answer. Several workers may share one thread
 store (PostgreSQL at ``threads.url``) and continue each other's threads; the per-thread lock
 (``tmo_graph.conversation``) is per process, so concurrent turns of one thread belong on one
-worker.
+worker. The rate limit is counted per worker too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +80,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import check_image
+from tmo_graph.keys import ApiKey, KeyFileBroken, KeyRing
+from tmo_graph.owners import MemoryOwners, ThreadOwners
 from tmo_graph.prompts import PRIVATE
+from tmo_graph.request_limits import LimitExceeded, check_request, read_body
 
 if TYPE_CHECKING:
     from tmo_graph.services import Services
@@ -478,7 +506,7 @@ async def _sse(
 def _completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any]:
     record = finished.done.record
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": f"chatcmpl-{secrets.token_hex(16)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -500,27 +528,85 @@ def _completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any
 
 
 def _request_user(request: ChatRequest, header: str | None) -> str:
+    """The user a request names (its ``user`` field or ``x-tmo-user`` header), or
+    ``anonymous``: trusted only without API keys (``no_auth``)."""
     body, header = (request.user or "").strip(), (header or "").strip()
     if body and header and body != header:
         raise _bad(
-            f"the user field ({body!r}) and the x-tmo-user header ({header!r}) differ; "
+            f"the user field ({body!r:.80}) and the x-tmo-user header ({header!r:.80}) differ; "
             "send one of them",
             "user",
         )
     return body or header or DEFAULT_USER
 
 
-def _thread_id(header: str | None) -> tuple[str, bool]:
-    """The thread id and whether the thread is new (no header: the server names one)."""
+def _thread_header(header: str | None) -> str | None:
+    """The thread id a request names, checked; None when it starts a new thread."""
     if header is None or not header.strip():
-        return uuid.uuid4().hex, True
+        return None
     thread_id = header.strip()
     if not THREAD_ID.match(thread_id):
         raise _bad(
             "the x-tmo-thread-id header must be 1-128 letters, digits or . _ : -; "
-            "leave it out to start a new thread"
+            "leave it out to start a new thread",
+            "x-tmo-thread-id",
         )
-    return thread_id, False
+    return thread_id
+
+
+def new_thread_id() -> str:
+    """A thread id no one can guess: 128 bits from the operating system's CSPRNG."""
+    return secrets.token_hex(16)
+
+
+def _no_thread(thread_id: str) -> ApiError:
+    # The same answer for a thread that does not exist and one of another user: a caller
+    # cannot tell them apart, so ids cannot be probed.
+    return ApiError(
+        404,
+        f"no thread {thread_id!r} for this caller; leave the x-tmo-thread-id header out to "
+        "start a new thread (its id comes back in that header)",
+        "not_found_error",
+        param="x-tmo-thread-id",
+        code="thread_not_found",
+    )
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the user, and the API key that proved it (None without keys)."""
+
+    user: str
+    key: ApiKey | None
+
+
+def _bearer(request: Request) -> str | None:
+    """The key in ``Authorization: Bearer <key>`` ('' when the header is malformed)."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _unauthorized(message: str, code: str) -> ApiError:
+    return ApiError(
+        401,
+        message,
+        param=None,
+        code=code,
+        headers={"www-authenticate": 'Bearer realm="tmo-graph"'},
+    )
+
+
+def _is_remote_peer(request: Request) -> bool:
+    """Whether the peer is a known address other than loopback (a test client or a unix
+    socket has no such address)."""
+    host = request.client.host if request.client else None
+    try:
+        return host is not None and not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(
@@ -531,6 +617,9 @@ def create_app(
     db: Path | None = None,
     max_concurrent_turns: int = 32,
     thread_wait_s: float = 30.0,
+    keys: KeyRing | None = None,
+    no_auth: bool = False,
+    owners: ThreadOwners | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -539,51 +628,207 @@ def create_app(
     ``services`` (else real ones from ``settings``) and the async checkpointer the settings
     name: PostgreSQL at ``threads.url`` (several workers share it), else a SQLite file
     ``db`` (default ``<cache>/threads.sqlite``, the file ``run`` and ``chat`` use).
-    ``settings`` give the defaults of each turn's Context (``routing:``).
+    ``settings`` give the defaults of each turn's Context (``routing:``) and the server's
+    keys and limits (``server:``).
+
+    Every ``/v1`` request needs an API key (``Authorization: Bearer``): ``keys``, else the
+    ones ``server.keys`` / ``server.keys_file`` name. ``no_auth=True`` drops keys for a
+    server on 127.0.0.1 only (the CLI refuses it on any other address; the app refuses peers
+    with another address): the request's ``user`` field is then trusted. Thread owners are
+    kept in ``owners``; default: the thread store's table when the app opens the store,
+    else this process's memory (a passed ``graph``).
     """
+    from tmo_graph.ratelimit import RateLimiter
+    from tmo_graph.settings import load_settings
+
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
-    state: dict[str, Any] = {}
+    cfg = settings or (services.settings if services else None) or load_settings()
+    ring: KeyRing | None = None
+    if no_auth:
+        if keys is not None:
+            raise TmoGraphError(
+                "both API keys and no_auth were given", "pass keys, or no_auth=True, not both"
+            )
+    elif keys is not None:
+        ring = keys
+    elif cfg.server.keys or cfg.server.keys_file is not None:
+        ring = KeyRing(cfg.server.keys, cfg.server.keys_file)
+    else:
+        raise TmoGraphError(
+            "the server has no API keys, so it would refuse every request",
+            "make one with `tmo-graph keys add --user NAME --file keys.yaml` and pass "
+            "--keys keys.yaml (or set server.keys_file / TMO_SERVER__KEYS); on 127.0.0.1 "
+            "only, --no-auth serves without keys",
+        )
+    limiter = RateLimiter() if ring is not None else None
+    state: dict[str, Any] = {"settings": cfg}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from tmo_graph.settings import load_settings
-
         async with AsyncExitStack() as stack:
-            cfg = settings or (services.settings if services else None) or load_settings()
             compiled = graph
+            thread_owners = owners
             if compiled is None:
-                compiled = await stack.enter_async_context(_default_graph(cfg, services, db))
-            state["settings"] = cfg
+                compiled, opened = await stack.enter_async_context(
+                    _default_graph(cfg, services, db)
+                )
+                thread_owners = thread_owners or opened
+            state["owners"] = thread_owners or MemoryOwners()
             state["runner"] = runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s)
             yield
             await runner.drain()
 
     app = FastAPI(title="tmo-graph", lifespan=lifespan)
+    if cfg.server.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.server.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-tmo-thread-id", "x-tmo-user"],
+            expose_headers=["x-tmo-thread-id", "retry-after"],
+        )
+
+    def scrubbed(request: Request, error: ApiError) -> JSONResponse:
+        """The error's response, with the request's own key never echoed back."""
+        token = _bearer(request)
+        if token and len(token) >= 8 and token in error.message:
+            error.message = error.message.replace(token, "[API key]")
+        return error.response()
 
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return scrubbed(request, exc)
 
     @app.exception_handler(TmoGraphError)
     async def _on_tmo_error(request: Request, exc: TmoGraphError) -> JSONResponse:
-        return _api_error(exc).response()
+        return scrubbed(request, _api_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
-        )
-        return _bad(f"invalid request: {problems}").response()
+        return scrubbed(request, _invalid(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, str(exc.detail), kind).response()
+        return scrubbed(request, ApiError(exc.status_code, str(exc.detail), kind))
 
     @app.exception_handler(Exception)
     async def _on_anything(request: Request, exc: Exception) -> JSONResponse:
-        return _api_error(exc).response()
+        return scrubbed(request, _api_error(exc))
+
+    def authenticate(request: Request) -> Caller:
+        """The caller's key (401 without a valid one) within its rate (429)."""
+        if ring is None:
+            if _is_remote_peer(request):
+                raise ApiError(
+                    403,
+                    "this server runs without API keys and answers only on 127.0.0.1",
+                    "permission_error",
+                    code="loopback_only",
+                )
+            return Caller(DEFAULT_USER, None)
+        token = _bearer(request)
+        if token is None:
+            raise _unauthorized(
+                "no API key: send it as 'Authorization: Bearer <key>' (the openai client's "
+                "api_key); `tmo-graph keys add` makes one",
+                "missing_api_key",
+            )
+        try:
+            key = ring.find(token) if token else None
+        except KeyFileBroken:
+            raise ApiError(
+                503,
+                "the server cannot read its API key file; its operator must fix it "
+                "(the server log says what is wrong)",
+                "server_error",
+                code="keys_unavailable",
+            ) from None
+        if key is None:
+            log.info("refused a request with an unknown API key")
+            raise _unauthorized(
+                "the API key is not valid; check it, or ask the server's operator for one",
+                "invalid_api_key",
+            )
+        if key.revoked:
+            log.info("refused a request with revoked API key %s", key.id)
+            raise _unauthorized(
+                "the API key was revoked; ask the server's operator for a new one",
+                "revoked_api_key",
+            )
+        assert limiter is not None
+        rate = key.rate or cfg.server.rate
+        wait = limiter.hit(key.id, rate)
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"this API key is over its rate of {rate}; retry in {wait} s "
+                "(the Retry-After header), or ask for a higher rate",
+                "rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(wait)},
+            )
+        return Caller(key.user, key)
+
+    def allowed_policies(caller: Caller) -> tuple[str, ...]:
+        # 'learned' needs a trained policy file in the config; without one it cannot run.
+        usable = [p for p in POLICIES if p != "learned" or cfg.routing.policy_file]
+        if caller.key is not None and caller.key.policies is not None:
+            usable = [p for p in usable if p in caller.key.policies]
+        return tuple(usable)
+
+    async def read_request(request: Request) -> ChatRequest:
+        """The body, within its size limit, as a chat request (400 naming what is wrong)."""
+        try:
+            raw = await read_body(
+                request.stream(),
+                request.headers.get("content-length"),
+                cfg.server.max_body_bytes,
+            )
+        except LimitExceeded as exc:
+            code = "request_too_large" if exc.status == 413 else None
+            raise ApiError(exc.status, exc.message, param=exc.param, code=code) from None
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise _bad("the body is nested too deeply; send the chat API's JSON shape") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = getattr(exc, "pos", getattr(exc, "start", 0))
+            raise _bad(
+                f"the body is not JSON (error at byte {where}); send a JSON object as the "
+                "OpenAI chat API takes it"
+            ) from None
+        if not isinstance(data, dict):
+            raise _bad(
+                f"the body is JSON {type(data).__name__}, not an object; send "
+                '{"model": ..., "messages": [...]}'
+            )
+        if bad := _unstorable_text(data):
+            raise _bad(f"the body holds {bad}, which no thread can store; send plain Unicode text")
+        try:
+            return ChatRequest.model_validate(data)
+        except ValidationError as exc:
+            raise _invalid(exc.errors()) from None
+
+    async def thread_of(header: str | None, caller: Caller) -> tuple[str, bool]:
+        """The turn's thread and whether it is new; 404 for a thread not the caller's."""
+        thread_owners: ThreadOwners = state["owners"]
+        thread_id = _thread_header(header)
+        if thread_id is None:
+            thread_id = new_thread_id()
+            await thread_owners.claim(thread_id, caller.user)
+            return thread_id, True
+        owner = await thread_owners.owner(thread_id)
+        if owner is None and caller.key is None:
+            # Without keys the caller is trusted (loopback): a thread no one owns yet, e.g.
+            # one `tmo-graph chat` started, is taken by the first user who names it.
+            owner = await thread_owners.claim(thread_id, caller.user)
+        if owner != caller.user:
+            raise _no_thread(thread_id)
+        return thread_id, False
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -595,34 +840,68 @@ def create_app(
         }
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        cfg: Settings = state["settings"]
-        # 'learned' needs a trained policy file in the config; without one it cannot run.
-        usable = [p for p in POLICIES if p != "learned" or cfg.routing.policy_file]
+    async def models(request: Request) -> dict[str, Any]:
+        caller = authenticate(request)
         return {
             "object": "list",
             "data": [
                 {"id": f"{MODEL_PREFIX}{p}", "object": "model", "created": 0, "owned_by": "tmo"}
-                for p in usable
+                for p in allowed_policies(caller)
             ],
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatRequest, request: Request
-    ) -> JSONResponse | StreamingResponse:
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        caller = authenticate(request)  # before the body is read: strangers cost nothing
+        body = await read_request(request)
         runner: TurnRunner = state["runner"]
+        try:
+            check_request(body.messages, body.model_extra or {}, cfg.server)
+        except LimitExceeded as exc:
+            code = "request_too_large" if exc.status == 413 else "limit_exceeded"
+            raise ApiError(exc.status, exc.message, param=exc.param, code=code) from None
+        named_user = request.headers.get("x-tmo-user")
+        if caller.key is None:
+            caller = Caller(_request_user(body, named_user), None)
+        else:
+            for named, where in ((body.user, "the user field"), (named_user, "x-tmo-user")):
+                if named is not None and named.strip() and named.strip() != caller.user:
+                    raise ApiError(
+                        403,
+                        f"{where} names another user than this API key's ({caller.user!r}); "
+                        "the key decides the user: leave it out",
+                        "permission_error",
+                        param="user",
+                        code="user_mismatch",
+                    )
         policy, threshold = parse_model(body.model)
+        key = caller.key
+        if key is not None and key.policies is not None and policy not in key.policies:
+            names = ", ".join(f"{MODEL_PREFIX}{p}" for p in allowed_policies(caller))
+            raise ApiError(
+                403,
+                f"this API key may not use the model {body.model!r:.80}; it may use: {names}",
+                "permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
         if body.n not in (None, 1):
             raise _bad("n must be 1: a turn has one answer", "n")
         if body.tools:
             raise _bad("tools are not supported by this server; leave them out", "tools")
-        thread_id, new_thread = _thread_id(request.headers.get("x-tmo-thread-id"))
-        user = _request_user(body, request.headers.get("x-tmo-user"))
+        header = request.headers.get("x-tmo-thread-id")
+        new_thread = _thread_header(header) is None  # a malformed header: 400 right here
         # Decoding inline images is CPU work: off the event loop.
         messages = await asyncio.to_thread(new_messages, body.messages, new_thread)
+        thread_id, _ = await thread_of(header, caller)
         context = Context.from_settings(
-            state["settings"], user_id=user, policy=policy, confidence_threshold=threshold
+            cfg,
+            user_id=caller.user,
+            policy=policy,
+            confidence_threshold=threshold,
+            daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
+            max_answer_tokens=_answer_tokens(body),
+            api_key_id=key.id if key else None,
         )
         queue = runner.start({"messages": messages}, thread_id, context)
         first = await queue.get()
@@ -630,7 +909,7 @@ def create_app(
             raise _api_error(first)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+            completion_id = f"chatcmpl-{secrets.token_hex(16)}"
             return StreamingResponse(
                 _sse(queue, first, completion_id, body.model, thread_id, include_usage),
                 media_type="text/event-stream",
@@ -647,17 +926,60 @@ def create_app(
     return app
 
 
+def _answer_tokens(body: ChatRequest) -> int | None:
+    """The answer length a request asks for (checked by :func:`check_request` before)."""
+    extra = body.model_extra or {}
+    asked = [extra.get(name) for name in ("max_tokens", "max_completion_tokens")]
+    return min((n for n in asked if isinstance(n, int)), default=None)
+
+
+def _unstorable_text(data: Any) -> str | None:
+    """What in a parsed JSON body no store takes ('\\u0000' in PostgreSQL, a lone UTF-16
+    surrogate such as '\\ud800' in any UTF-8 store), or None. Walked without recursion."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        texts: list[str] = []
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, dict):
+            texts = [k for k in value if isinstance(k, str)]
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        for text in texts:
+            if "\x00" in text:
+                return "a NUL character (\\u0000)"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a lone UTF-16 surrogate (an escape such as \\ud800 without its pair)"
+    return None
+
+
+def _invalid(errors: Sequence[Any]) -> ApiError:
+    """A request that does not have the chat API's shape: each problem by its field."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors[:5]
+    )
+    return _bad(f"invalid request: {problems}")
+
+
 @asynccontextmanager
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[Any]:
-    """The real graph on an async checkpointer (a sync one cannot serve astream)."""
+) -> AsyncIterator[tuple[Any, ThreadOwners]]:
+    """The real graph on an async checkpointer (a sync one cannot serve astream), and the
+    thread owners kept in the same store."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
-    from tmo_graph.threads import open_async_checkpointer
+    from tmo_graph.threads import open_async_checkpointer, open_async_owners
 
     # The thread store first: an unreachable database fails before the models load.
-    async with open_async_checkpointer(settings, db) as saver:
+    async with (
+        open_async_checkpointer(settings, db) as saver,
+        open_async_owners(settings, db) as owners,
+    ):
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield build_graph(services, checkpointer=saver)
+        yield build_graph(services, checkpointer=saver), owners

@@ -32,6 +32,8 @@ from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociation
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.spending import SpendLedger
 
+_LEDGER_LOCK = threading.Lock()
+
 
 @dataclass
 class Services:
@@ -70,6 +72,14 @@ class Services:
             self.ledger = SpendLedger(self.settings.ledger_path())
         self.default_context = Context.from_settings(self.settings)
         self._embed = lru_cache(maxsize=64)(self._embed_uncached)
+
+    def spend_ledger(self) -> SpendLedger:
+        """The daily spend ledger, opened at ``settings.ledger_path()`` the first time a cap
+        needs it (a run's own cap, e.g. an API key's, may need it without a config cap)."""
+        with _LEDGER_LOCK:
+            if self.ledger is None:
+                self.ledger = SpendLedger(self.settings.ledger_path())
+            return self.ledger
 
     def with_models(self, local: LocalBackend, cloud: BaseChatModel | None) -> Services:
         """The same services with other models (embeddings, memory and caches shared)."""

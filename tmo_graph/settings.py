@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.keys import ApiKey, check_rate
 
 ENV_PREFIX = "TMO_"
 ENV_DELIMITER = "__"
@@ -238,6 +239,48 @@ class SpendingSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    """`tmo-graph serve`: who may call it and how much one request may carry."""
+
+    keys_file: Path | None = Field(
+        None,
+        description="YAML/JSON file of API keys (hashes only; `tmo-graph keys add` writes "
+        "it), read again when it changes",
+    )
+    keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="API keys given in the settings (e.g. TMO_SERVER__KEYS as a JSON list), "
+        "in the key file's format",
+    )
+    rate: str = Field(
+        "60/minute", description="requests a key may make when its entry names no rate"
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="largest request body (413 above it)"
+    )
+    max_messages: int = Field(256, gt=0, description="messages one request may carry")
+    max_images: int = Field(8, ge=0, description="image parts one request may carry")
+    max_image_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="largest inline image (decoded data URL)"
+    )
+    max_audio: int = Field(2, ge=0, description="audio parts one request may carry")
+    max_audio_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="largest inline audio clip (decoded)"
+    )
+    max_tokens: int = Field(
+        4096, gt=0, description="the highest max_tokens / max_completion_tokens a request may ask"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the API (CORS); [] sends no CORS headers",
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        return check_rate(value)
+
+
 class DeviceSettings(_Section):
     profile: str = Field("Jetson TX2", description="paper device profile for local energy")
     usd_per_kwh: float = Field(0.1668, ge=0)
@@ -299,6 +342,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     audit: AuditSettings = AuditSettings()
     spending: SpendingSettings = SpendingSettings()
+    server: ServerSettings = ServerSettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
 
@@ -345,7 +389,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         err = exc.errors()[0]
         loc = tuple(str(p) for p in err["loc"])
         where = ".".join(loc)
-        problem = f"`{where}` {err['msg'].lower()} (got {err.get('input')!r})"
+        shown = "" if "sha256" in loc else f" (got {err.get('input')!r})"  # may be a key
+        problem = f"`{where}` {err['msg'].lower()}{shown}"
         variable = _env_var_at(loc)
         if variable:
             raise TmoGraphError(
@@ -403,6 +448,9 @@ def _env_var_at(loc: tuple[str, ...]) -> str | None:
     """The variable that supplied the value at ``loc``, if the environment supplied it."""
     value: Any = EnvSettingsSource(Settings)()
     for part in loc:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]  # an entry of a list given as JSON (server.keys)
+            continue
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]

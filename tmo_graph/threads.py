@@ -2,6 +2,7 @@
 
 Each turn's state is saved under its thread id, so any process holding a checkpointer to
 the same store can continue a thread another one started (``threads.url`` in the settings).
+The server keeps each thread's owner in the same store (:func:`open_async_owners`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.owners import PostgresOwners, SqliteOwners, ThreadOwners
 from tmo_graph.settings import Settings, default_cache_dir
 
 # Seconds a worker waits for PostgreSQL before saying it is unreachable (libpq waits forever).
@@ -103,6 +105,31 @@ async def open_async_checkpointer(
         except psycopg.Error as exc:
             raise _refused(url, exc) from None
         yield pg_saver
+
+
+@asynccontextmanager
+async def open_async_owners(
+    settings: Settings, db_path: Path | None = None
+) -> AsyncIterator[ThreadOwners]:
+    """Who owns each thread, in the same store as :func:`open_async_checkpointer`'s threads
+    (a table beside the checkpoints), so owners outlive the process and are shared by the
+    workers that share the threads."""
+    url, db = _store(settings, db_path)
+    owners: ThreadOwners
+    if url is None:
+        owners = SqliteOwners(db)
+    else:
+        psycopg = _psycopg()
+        try:
+            owners = await PostgresOwners.connect(_with_connect_timeout(url, psycopg))
+        except psycopg.OperationalError as exc:
+            raise _unreachable(url, exc) from None
+        except psycopg.Error as exc:
+            raise _refused(url, exc) from None
+    try:
+        yield owners
+    finally:
+        await owners.aclose()
 
 
 @contextmanager

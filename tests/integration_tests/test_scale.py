@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
@@ -288,7 +289,7 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     for name in ("A", "B"):
         monkeypatch.setattr(memory_module, "_CLIENTS", {})  # each worker its own client
         services, local = _services(settings, name, tmp_path)
-        workers.append(Served(create_app(settings=settings, services=services)))
+        workers.append(Served(create_app(settings=settings, services=services, no_auth=True)))
         locals_.append(local)
     try:
         thread = None
@@ -306,6 +307,26 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
             )
             thread = raw.headers["x-tmo-thread-id"]
             assert raw.parse().choices[0].message.content == f"answer from {'AB'[i % 2]}"
+        # The owner is shared through PostgreSQL too: a thread alice starts on worker A is
+        # refused (404) to bob on worker B, which never saw it.
+        fresh = (
+            workers[0]
+            .client()
+            .chat.completions.with_raw_response.create(
+                model="tmo-always-local",
+                user="alice",
+                messages=[{"role": "user", "content": "A new dialogue."}],
+            )
+            .headers["x-tmo-thread-id"]
+        )
+        for named in (fresh, thread):
+            with pytest.raises(openai.NotFoundError):
+                workers[1].client().chat.completions.create(
+                    model="tmo-always-local",
+                    user="bob",
+                    messages=[{"role": "user", "content": "Whose thread is this?"}],
+                    extra_headers={"x-tmo-thread-id": named},
+                )
     finally:
         for worker in workers:
             worker.stop()
@@ -313,5 +334,5 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     with open_checkpointer(settings) as saver:
         values = saver.get({"configurable": {"thread_id": thread}})["channel_values"]
     assert [r["turn"] for r in values["turns"]] == list(range(len(TEXTS)))
-    assert [seen[-1]["content"] for seen in locals_[0].seen] == TEXTS[0::2]
-    assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]
+    assert [seen[-1]["content"] for seen in locals_[0].seen] == [*TEXTS[0::2], "A new dialogue."]
+    assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]  # bob never got in

@@ -84,7 +84,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Any
     cloud = FakeCloud(answer="The pot is boiling.")
     cloud.sent = []  # the class default list is shared between instances
     graph, _ = _graph(tmp_path_factory.mktemp("server"), StreamingLocal("sure thing", -0.05), cloud)
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
     yield served, graph, cloud
     served.stop()
 
@@ -191,7 +191,7 @@ def test_an_escalated_stream_never_shows_the_draft(tmp_path: Path) -> None:
     cloud = FakeCloud(answer="induction heats the pan itself")
     cloud.sent = []
     graph, _ = _graph(tmp_path, StreamingLocal("meh dunno", -3.0), cloud)
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
     try:
         chunks = list(
             served.client().chat.completions.create(
@@ -262,7 +262,7 @@ def test_twenty_users_at_once_are_all_answered_on_their_own_threads(tmp_path: Pa
     local = SlowLocal(["ok"])
     local.delay = 0.5
     graph, _ = _graph(tmp_path, local)
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
 
     async def ask(client: AsyncOpenAI, i: int) -> tuple[str, str]:
         raw = await client.chat.completions.with_raw_response.create(
@@ -304,7 +304,7 @@ def test_twenty_users_at_once_are_all_answered_on_their_own_threads(tmp_path: Pa
 
 def test_two_turns_at_once_on_one_thread_are_both_answered_and_kept(tmp_path: Path) -> None:
     graph, _ = _graph(tmp_path, SlowLocal(["ok"]))
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
     answers: list[Any] = []
 
     def ask(text: str) -> None:
@@ -337,7 +337,7 @@ def test_a_turn_that_cannot_wait_for_its_thread_gets_409_and_is_not_lost(tmp_pat
     local = SlowLocal(["ok"])
     local.delay = 1.0
     graph, _ = _graph(tmp_path, local)
-    served = Served(create_app(graph, thread_wait_s=0.05))
+    served = Served(create_app(graph, thread_wait_s=0.05, no_auth=True))
     first = threading.Thread(
         target=lambda: served.client().chat.completions.create(
             model="tmo-always-local",
@@ -366,7 +366,7 @@ def test_a_client_that_leaves_mid_turn_does_not_cut_the_turn(tmp_path: Path) -> 
     local = SlowLocal(["ok"])
     local.delay = 0.8
     graph, _ = _graph(tmp_path, local)
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
@@ -389,7 +389,7 @@ def test_over_the_turn_limit_the_server_answers_503(tmp_path: Path) -> None:
     local = SlowLocal(["ok"])
     local.delay = 1.0
     graph, _ = _graph(tmp_path, local)
-    served = Served(create_app(graph, max_concurrent_turns=1))
+    served = Served(create_app(graph, max_concurrent_turns=1, no_auth=True))
     first = threading.Thread(
         target=lambda: served.client().chat.completions.create(
             model="tmo-always-local", messages=[{"role": "user", "content": "one"}]
@@ -517,7 +517,7 @@ def test_an_unexpected_failure_is_a_500_without_details(tmp_path: Path) -> None:
             raise RuntimeError("secret internals")
 
     graph, _ = _graph(tmp_path, Broken(["x"]))
-    served = Served(create_app(graph))
+    served = Served(create_app(graph, no_auth=True))
     try:
         with pytest.raises(openai.InternalServerError) as info:
             served.client().chat.completions.create(
@@ -544,7 +544,15 @@ def test_the_cli_serves_the_real_local_model(tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "tmo-graph"
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
-        [str(cli), "serve", "--port", str(port), "--db", str(tmp_path / "threads.sqlite")],
+        [
+            str(cli),
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "threads.sqlite"),
+            "--no-auth",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -40,7 +40,9 @@ def test_the_private_turn_stays_on_the_device_through_the_api(tmp_path: Path) ->
     cloud = FakeCloud()
     cloud.sent = []
     services = fake_services(tmp_path, FakeLocal(["kept"]), cloud)
-    app = create_app(build_graph(services, checkpointer=InMemorySaver()), services.settings)
+    app = create_app(
+        build_graph(services, checkpointer=InMemorySaver()), services.settings, no_auth=True
+    )
     with TestClient(app) as client:
         first = client.post(
             "/v1/chat/completions",

@@ -120,9 +120,9 @@ def _budget_warnings(state: State, ctx: Context, services: Services, left: Budge
         crossed.append(("latency", ctx.latency_budget_s - left["latency_s"], ctx.latency_budget_s))
     if _crossed(ctx.cost_budget_usd, before["cost_usd"], left["cost_usd"], fraction):
         crossed.append(("cost", ctx.cost_budget_usd - left["cost_usd"], ctx.cost_budget_usd))
-    cap = services.settings.spending.daily_cost_cap_usd
-    if cap is not None and services.ledger is not None:
-        today = services.ledger.spent(ctx.user_id)
+    cap = ctx.daily_cap(services.settings.spending.daily_cost_cap_usd)
+    if cap is not None:
+        today = services.spend_ledger().spent(ctx.user_id)
         this_turn = sum(c["cost_usd"] for c in state.calls if c["where"] == "cloud")
         if _crossed(cap, cap - (today - this_turn), cap - today, fraction):
             crossed.append(("daily cost", today, cap))

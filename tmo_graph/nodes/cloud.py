@@ -121,18 +121,20 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     assert cloud is not None and services.image_dir is not None
     endpoint = endpoint_of(cloud)
     reserve = local_reserve(state, ctx, services)
+    daily_cap = ctx.daily_cap(services.settings.spending.daily_cost_cap_usd)
     meter = CloudMeter(
         costs=services.costs,
         # The most this request's input can be billed, whatever the endpoint's tokenizer.
         input_cap=services.costs.cloud_input_tokens_at_most(
             [message_text(m) for m in messages], [(i.width, i.height) for i in sent]
         ),
-        max_tokens=cfg.max_tokens,
+        max_tokens=ctx.answer_tokens(cfg.max_tokens),
         money_left=lambda: budget_now(state, ctx)["cost_usd"] - reserve["cost_usd"],
         user_id=ctx.user_id,
-        ledger=services.ledger,
-        daily_cap_usd=services.settings.spending.daily_cost_cap_usd,
+        ledger=services.spend_ledger() if daily_cap is not None else None,
+        daily_cap_usd=daily_cap,
         audit=services.audit,
+        key_id=ctx.api_key_id,
         thread_id=str(get_config().get("configurable", {}).get("thread_id", "")),
         model=endpoint[1],
         endpoint=urlsplit(endpoint[0]).netloc or endpoint[0].split("@")[0],

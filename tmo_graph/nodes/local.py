@@ -45,9 +45,8 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     # Generation stops at its deadline only after the token in flight, and the call spends
     # a little around the model: both are kept out of the time the answer may take.
     seconds = left["latency_s"] - CALL_MARGIN_S - 1.0 / services.costs.local_tokens_per_s
-    n = services.costs.local_tokens_within(
-        seconds, left["cost_usd"], prompt_tokens, services.settings.local.max_new_tokens
-    )
+    most = ctx.answer_tokens(services.settings.local.max_new_tokens)
+    n = services.costs.local_tokens_within(seconds, left["cost_usd"], prompt_tokens, most)
     if n < 1:  # not even one token fits: say so, and spend nothing
         budget = CallRecord(
             where="local",
@@ -82,7 +81,7 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     trace = TokenTrace(logprobs=list(stats.logprobs), entropies=list(stats.entropies))
     update: dict[str, Any] = {"calls": [call], "local_tokens": trace}
     warnings = list(getattr(stats, "warnings", None) or [])  # e.g. the prompt was cut
-    if n < services.settings.local.max_new_tokens:
+    if n < most:
         warnings.append(f"the local answer was limited to {n} tokens by the budget left")
     if warnings:
         update["warnings"] = [*state.warnings, *warnings]
