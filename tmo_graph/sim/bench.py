@@ -149,6 +149,7 @@ def run_benchmark(
         for method in methods:
             name = METHOD_NAMES[method]
             start = time.perf_counter()
+            info: dict[str, Any] = {}
             # Each run re-seeds and re-splits, as each published run does.
             train, test = paper_split(dataset.episodes, seed)
             if name in BASELINES:
@@ -175,25 +176,21 @@ def run_benchmark(
 
                 constrained = method.startswith("rc-") or method == "own"
                 run_spec = budget_spec if constrained else spec
-                # Under the held-out and judges protocols, the planner knows only how many
-                # dialogues its judge is fit on (never which), and plans for such a judge.
+                # The own planner is told nothing about the judge, under every protocol.
                 trained = train_policy(
-                    method.removeprefix("rc-"),
-                    train,
-                    run_spec,
-                    settings,
-                    steps,
-                    seed,
-                    response,
-                    judge_dialogues=len(test) if protocol != "paper" else None,
+                    method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
                 )
                 train_s = time.perf_counter() - start
+                if method == "own":
+                    info = trained.model.info
                 world = World(run_spec, settings, response)
                 results = evaluate_judged(world, test, trained, episode_judges)
             seconds = round(time.perf_counter() - start, 2)
             for judge_name, result in results.items():
                 result["train_seconds"] = round(train_s, 2)
                 result["seconds"] = seconds
+                if info:  # own: the knob it chose, and the CV scores it chose it by
+                    result["planner"] = info
                 per_method[judge_name][name][str(seed)] = result
             rewards = ", ".join(f"{r['reward']:.4f}" for r in results.values())
             progress(f"{name:<8} seed {seed}: reward {rewards} ({seconds} s)")
