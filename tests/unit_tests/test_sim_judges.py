@@ -213,3 +213,8 @@ def test_cli_battery_table_and_json(tmp_path: Path) -> None:
     assert set(data["battery_mean"]) == {"Local", "Cloud"}
     bad = CliRunner().invoke(app, [*args, "--judge", "knn:k=-1"])
     assert bad.exit_code == 2 and "k=-1 is not a whole number >= 1" in bad.stderr
+    plot = CliRunner().invoke(app, [*args, "--plot", str(tmp_path / "x.png")])
+    assert plot.exit_code == 2 and "--plot draws one judge's table" in plot.stderr
+    paper = ["bench", "m4a1", "--data", str(dataset_file), "--seeds", "1", "--methods", "local"]
+    stray = CliRunner().invoke(app, [*paper, "--judge", "loo"])
+    assert stray.exit_code == 2 and "add --protocol judges" in stray.stderr
