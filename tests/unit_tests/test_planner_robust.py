@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit_tests.test_sim_data import generated_dialogues
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse
+from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse, stacking_weights
 from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, view_subsets
 from tmo_graph.policy.planner import LookaheadPlanner
@@ -98,6 +98,41 @@ def test_robust_score_is_the_mean_less_risk_times_the_spread_against_local(
         KnnEnsemble(spec, train, fractions=((1.5, 1),))
 
 
+def test_the_centre_full_data_members_or_stacked_and_the_spread_of_all(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path)
+    train, _ = paper_split(dataset.episodes, 1)
+    spec = ObservationSpec(3, dataset.task_names)
+    ensemble = KnnEnsemble(spec, train)
+    full = ensemble.full_members()
+    assert len(full) == len(ensemble.ks)  # one all-dialogue subset, one member per k
+    assert all(ensemble.masks[i % len(ensemble.masks)].all() for i in full)
+    state = _states(spec, 1, seed=3)[0]
+    index, scores = ensemble.member_scores(state)
+    local_column, column = index[(0.0, 0.0, 0.0, 0.0)], index[(1.0, 1.0, 0.0, 1.0)]
+    spread = (scores[:, column] - scores[:, local_column]).std()
+    cloud = TurnFeatures(1, (0, 2))
+    best = RobustResponse(ensemble, 1.0, centre="full")
+    assert best.score(state, cloud) == pytest.approx(scores[full, column].mean() - spread)
+    assert best.with_risk(0.0).score(state, TurnFeatures(0)) == pytest.approx(
+        scores[full, local_column].mean()
+    )
+    # Stacking: weights >= 0 summing to 1, one per member, fit on the training dialogues.
+    weights = stacking_weights(spec, train, folds=4)
+    assert weights.shape == (ensemble.size,) and (weights >= 0).all()
+    assert weights.sum() == pytest.approx(1.0)
+    stacked = RobustResponse(ensemble, 0.5, centre="stacked", weights=weights)
+    assert stacked.score(state, cloud) == pytest.approx(weights @ scores[:, column] - 0.5 * spread)
+    assert stacked.with_risk(0.0).weights is weights
+    with pytest.raises(TmoGraphError, match="stacking weights"):
+        RobustResponse(ensemble, 0.0, centre="stacked")
+    with pytest.raises(TmoGraphError, match="stacking weights"):
+        RobustResponse(ensemble, 0.0, weights=weights)
+    with pytest.raises(TmoGraphError, match="unknown centre"):
+        RobustResponse(ensemble, 0.0, centre="median")
+    with pytest.raises(TmoGraphError, match="stacking folds"):
+        stacking_weights(spec, train[:3], folds=4)
+
+
 def _tight(dataset: Dataset) -> tuple[ObservationSpec, SimSettings]:
     # 12 s and 2 cents for up to four turns: two or three cloud calls at most.
     settings = SimSettings(latency_budget_s=12.0, usage_budget_usd=0.02)
@@ -155,3 +190,5 @@ def test_the_risk_is_chosen_on_training_dialogues_only(
         )
     with pytest.raises(TmoGraphError, match="folds"):
         robust.choose_risk(train[:5], spec, settings, folds=4)
+    with pytest.raises(TmoGraphError, match="unknown CV rule"):
+        robust.choose_risk(train, spec, settings, rule="worst")

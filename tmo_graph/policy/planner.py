@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse
+from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse, stacking_weights
 from tmo_graph.policy.knn import (
     RecordedDialogue,
     ResponseModel,
@@ -128,15 +128,24 @@ class LookaheadPlanner:
         risk: float = 0.0,
         depth: int = 1,
         seed: int = 0,
+        centre: str = "all",
     ) -> LookaheadPlanner:
         """Fit for a judge it is told nothing about: it plans with :class:`RobustResponse`
         over a :class:`KnnEnsemble` of its own ``episodes`` (``risk``: see there; the
-        simulator's training picks it by cross-validation inside the training split)."""
+        simulator's training picks it by cross-validation inside the training split; ``centre``:
+        which members give the expected score)."""
         knn_spec = ObservationSpec(spec.n_views, spec.task_names, spec.time_span, False)
-        response = RobustResponse(KnnEnsemble(knn_spec, episodes, seed=seed), risk)
+        ensemble = KnnEnsemble(knn_spec, episodes, seed=seed)
+        weights = stacking_weights(knn_spec, episodes, seed=seed) if centre == "stacked" else None
+        response = RobustResponse(ensemble, risk, centre, weights)
         world = World(spec, settings, response)
         planner = cls(world, DialogueModel.fit(episodes, spec, world), depth)
-        planner.info = {"response": "robust", "risk": risk, "members": response.ensemble.size}
+        planner.info = {
+            "response": "robust",
+            "risk": risk,
+            "centre": centre,
+            "members": response.ensemble.size,
+        }
         return planner
 
     def with_risk(self, risk: float) -> LookaheadPlanner:
