@@ -6,8 +6,9 @@ A planner that trusts one model of its own ends up predicting that model. This o
 many: inverse-distance KNN models (several k) fit on random subsets of several sizes of its
 training dialogues, all of them included. Their spread on an action, relative to answering
 on the device, is the planner's uncertainty about that action; :class:`RobustResponse`
-scores an action by the members' mean minus ``risk`` times that spread, so a cloud call is
-chosen where the models agree it pays, not where one of them happens to say so.
+scores an action by a centre (the members' mean, the mean of those fit on every dialogue,
+or a stacked blend) minus ``risk`` times that spread, so a cloud call is chosen where the
+models agree it pays, not where one of them happens to say so.
 
 The members are scored together with numpy (all actions of a state in one pass, cached per
 state): a planner asks about the same few states many times.
@@ -153,7 +154,7 @@ def stacking_weights(
 
 
 class RobustResponse:
-    """An action's score: the ensemble's mean minus ``risk`` x its spread relative to local.
+    """An action's score: the ensemble's centre minus ``risk`` x its spread relative to local.
 
     The spread is the standard deviation over members of (score of the action - score of
     answering locally), so local itself carries none: with ``risk`` > 0 a cloud call has to
