@@ -394,8 +394,20 @@ def bench_m4a1(
     ] = ALL_METHODS,
     steps: Annotated[int, typer.Option(help="training steps per RL policy")] = 30_000,
     protocol: Annotated[
-        str, typer.Option(help="paper: judged by the training-split KNN; heldout: test-split KNN")
+        str,
+        typer.Option(
+            help="paper: judged by the training-split KNN; heldout: test-split KNN; "
+            "judges: a battery of test-split judges (see --judge)"
+        ),
     ] = "paper",
+    judge: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--protocol judges: a judge spec, repeatable: knn:k=K[,weights=uniform], "
+            "cross:folds=F,repeats=R, loo, sklearn:MODULE.CLASS (default: knn:k=3, knn:k=5, "
+            "knn:k=10, cross:folds=2,repeats=10, loo)"
+        ),
+    ] = None,
     network: NetworkOption = "Wired",
     device: DeviceOption = "Jetson TX2",
     latency_budget: Annotated[float, typer.Option(help="seconds per dialogue")] = 30.0,
@@ -420,10 +432,15 @@ def bench_m4a1(
     """The paper's M4A1 table: every method on the same seeded 80/20 splits."""
     from tmo_graph.sim.bench import parse_methods, parse_seeds, run_benchmark
     from tmo_graph.sim.data import load_m4a1
-    from tmo_graph.sim.report import format_table, plot_reward_usage
+    from tmo_graph.sim.report import format_judges_table, format_table, plot_reward_usage
     from tmo_graph.sim.world import SimSettings
 
     try:
+        if plot and protocol == "judges":
+            raise TmoGraphError(
+                "--plot draws one judge's table, --protocol judges has several",
+                "drop --plot, or plot a --protocol paper or heldout run",
+            )
         settings = SimSettings(
             device=device,
             network=network,
@@ -441,10 +458,11 @@ def bench_m4a1(
             scored=scored,
             confidence_threshold=confidence_threshold,
             min_view_score=min_view_score,
+            judges=judge,
         )
     except TmoGraphError as error:
         _fail(error)
-    typer.echo(format_table(result))
+    typer.echo(format_judges_table(result) if protocol == "judges" else format_table(result))
     if json_out:
         _write_json(json_out, result)
     if plot:

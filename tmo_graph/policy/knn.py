@@ -66,33 +66,58 @@ class ResponseScorer(Protocol):
     def score(self, state: Sequence[float], action: TurnFeatures) -> float: ...
 
 
+def response_rows(
+    spec: ObservationSpec, episodes: Sequence[RecordedDialogue]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every recorded turn as a ``(window state + action one-hot)`` row and its label.
+
+    Rows come in the published code's ``numpy.lexsort`` order (last column the primary key):
+    among equidistant rows that order decides which neighbours a KNN keeps.
+    """
+    rows, labels = [], []
+    for episode in episodes:
+        features = recorded_features(episode)
+        tasks = [spec.task_id(turn.task) for turn in episode.turns]
+        for t, turn in enumerate(episode.turns):
+            state = window_state(spec, features[:t], tasks[: t + 1])
+            rows.append(state + one_hot(features[t], spec.n_views))
+            labels.append(turn.label)
+    if not rows:
+        raise TmoGraphError(
+            "the response model needs recorded turns to learn from; the split has none",
+            "use a dataset with more dialogues (the test split takes 20 %)",
+        )
+    pairs = np.asarray(rows, dtype=np.float64)
+    order = np.lexsort(pairs.T)
+    return pairs[order], np.asarray(labels, dtype=np.float64)[order]
+
+
+KNN_WEIGHTS = ("distance", "uniform")
+
+
 class ResponseModel:
-    """Scores an action in a window state by the labels of the 5 nearest recorded pairs."""
+    """Scores an action in a window state by the labels of the ``k`` nearest recorded pairs.
+
+    ``weights``: "distance" (the published 1 / (distance + 1e-6)) or "uniform" (plain mean).
+    """
 
     def __init__(
-        self, spec: ObservationSpec, episodes: Sequence[RecordedDialogue], k: int = 5
+        self,
+        spec: ObservationSpec,
+        episodes: Sequence[RecordedDialogue],
+        k: int = 5,
+        weights: str = "distance",
     ) -> None:
         from sklearn.neighbors import NearestNeighbors
 
+        if k < 1:
+            raise TmoGraphError(f"a KNN needs k >= 1 neighbours, got {k}", "use e.g. k=5")
+        if weights not in KNN_WEIGHTS:
+            raise TmoGraphError(f"unknown KNN weights {weights!r}", "use distance or uniform")
         self.spec = spec
-        rows, labels = [], []
-        for episode in episodes:
-            features = recorded_features(episode)
-            tasks = [spec.task_id(turn.task) for turn in episode.turns]
-            for t, turn in enumerate(episode.turns):
-                state = window_state(spec, features[:t], tasks[: t + 1])
-                rows.append(state + one_hot(features[t], spec.n_views))
-                labels.append(turn.label)
-        if not rows:
-            raise TmoGraphError(
-                "the response model needs recorded turns to learn from; the split has none",
-                "use a dataset with more dialogues (the test split takes 20 %)",
-            )
-        pairs = np.asarray(rows, dtype=np.float64)
-        order = np.lexsort(pairs.T)
-        self.pairs = pairs[order]
-        self.labels = np.asarray(labels, dtype=np.float64)[order]
+        self.pairs, self.labels = response_rows(spec, episodes)
         self.k = min(k, len(self.pairs))
+        self.weights = weights
         self._nn = NearestNeighbors(algorithm="kd_tree", n_neighbors=self.k, metric="euclidean")
         self._nn.fit(self.pairs)
         self._cache: dict[tuple[float, ...], float] = {}
@@ -101,8 +126,12 @@ class ResponseModel:
         key = (*state, *one_hot(action, self.spec.n_views))
         if key not in self._cache:
             distances, indices = self._nn.kneighbors([list(key)])
-            weights = 1.0 / (distances + 1e-6)
-            self._cache[key] = float(np.average(self.labels[indices], weights=weights))
+            # getattr: planner files pickled before ``weights`` existed are distance-weighted.
+            if getattr(self, "weights", "distance") == "uniform":
+                self._cache[key] = float(np.mean(self.labels[indices]))
+            else:
+                weights = 1.0 / (distances + 1e-6)
+                self._cache[key] = float(np.average(self.labels[indices], weights=weights))
         return self._cache[key]
 
 

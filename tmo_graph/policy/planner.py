@@ -13,6 +13,12 @@ the next turns are judged in, which one-step greed ignores. Actions whose cost, 
 the cheapest possible remaining turns, would overdraw either budget are never taken, so no
 dialogue goes over budget.
 
+Which response model it plans with: :meth:`LookaheadPlanner.fit_robust` (what the simulator
+trains as ``own``) is told nothing about its judge and plans against an ensemble of models
+of its training dialogues, risk-adjusted (:mod:`tmo_graph.policy.ensemble`);
+:meth:`LookaheadPlanner.fit` plans with one model, the judge's own under the paper's
+protocol or, given the judge's size, subset models of that size (issue 8's planner).
+
 It lives in policy/ with its world models (:mod:`tmo_graph.policy.world`,
 :mod:`tmo_graph.policy.knn`): a saved planner is these objects, and the live graph loads it
 without the simulator. Fitting reads recorded dialogues through a protocol, not sim's types.
@@ -23,9 +29,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse, stacking_weights
 from tmo_graph.policy.knn import (
     RecordedDialogue,
     ResponseModel,
@@ -83,6 +92,7 @@ class LookaheadPlanner:
     depth: int = 1  # 2 gains nothing measurable on M4A1 and costs 25x the time
     name: str = "own"
     _memo: dict[tuple[tuple[float, ...], int, int], float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # how it was fit (knobs, CV scores)
 
     @classmethod
     def fit(
@@ -108,6 +118,45 @@ class LookaheadPlanner:
             response = SubsampleEnsemble(knn_spec, episodes, judge_dialogues)
         world = World(spec, settings, response)
         return cls(world, DialogueModel.fit(episodes, spec, world), depth)
+
+    @classmethod
+    def fit_robust(
+        cls,
+        episodes: Sequence[RecordedDialogue],
+        spec: ObservationSpec,
+        settings: SimSettings,
+        risk: float = 0.0,
+        depth: int = 1,
+        seed: int = 0,
+        centre: str = "all",
+    ) -> LookaheadPlanner:
+        """Fit for a judge it is told nothing about: it plans with :class:`RobustResponse`
+        over a :class:`KnnEnsemble` of its own ``episodes`` (``risk``: see there; the
+        simulator's training picks it by cross-validation inside the training split; ``centre``:
+        which members give the expected score)."""
+        knn_spec = ObservationSpec(spec.n_views, spec.task_names, spec.time_span, False)
+        ensemble = KnnEnsemble(knn_spec, episodes, seed=seed)
+        weights = stacking_weights(knn_spec, episodes, seed=seed) if centre == "stacked" else None
+        response = RobustResponse(ensemble, risk, centre, weights)
+        world = World(spec, settings, response)
+        planner = cls(world, DialogueModel.fit(episodes, spec, world), depth)
+        planner.info = {
+            "response": "robust",
+            "risk": risk,
+            "centre": centre,
+            "members": response.ensemble.size,
+        }
+        return planner
+
+    def with_risk(self, risk: float) -> LookaheadPlanner:
+        """This robust planner at another risk (same models, fresh plans)."""
+        response = self.world.response
+        if not isinstance(response, RobustResponse):
+            raise TmoGraphError(
+                "only a robust planner has a risk to change", "fit it with fit_robust"
+            )
+        world = World(self.world.spec, self.world.settings, response.with_risk(risk))
+        return LookaheadPlanner(world, self.dialogues, self.depth, info={**self.info, "risk": risk})
 
     def _reward(self, state: Sequence[float], action: int, association_norm: float) -> float:
         s = self.world.settings

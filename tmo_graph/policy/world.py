@@ -108,8 +108,12 @@ class World:
         action: int,
         scores: Sequence[float],
         after_local: bool = False,
+        response: ResponseScorer | None = None,
     ) -> StepOutcome:
         """The judged outcome of ``action`` in the window ``state``.
+
+        ``response``: the judge scoring the answer (default: the world's own response model);
+        a benchmark judging one rollout with several judges passes each in turn.
 
         ``after_local``: the cloud action escalates a local answer already made (a cascade).
         The turn is judged as the cloud action (its answer is the one kept) and pays both
@@ -121,7 +125,7 @@ class World:
                 "only a cloud action can escalate a local answer", "pass a cloud action"
             )
         features = TurnFeatures.from_action(action, self.spec.n_views)
-        response = self.response.score(state, features)
+        score = (response or self.response).score(state, features)
         assoc = self.association(scores)
         norm_index = 0 if action == 0 else 1 + len(self.subsets[action - 1])
         s = self.settings
@@ -132,12 +136,12 @@ class World:
             norm_s = _scale(latency, [self.local_s, *self.cloud_s])
             norm_usd = _scale(usage, [self.local_usd, *self.cloud_usd])
         reward = (
-            s.alpha * response
+            s.alpha * score
             + s.beta_association * min_max(assoc)[action]
             - s.beta_latency * norm_s
             - s.beta_usage * norm_usd
         )
-        return StepOutcome(response, assoc[action], latency, usage, reward)
+        return StepOutcome(score, assoc[action], latency, usage, reward)
 
     def budget_range(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """(min, max) latency and usage over a window: all local vs all max-cloud."""

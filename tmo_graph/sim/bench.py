@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import Policy
 from tmo_graph.policy.knn import ResponseModel
@@ -17,7 +19,14 @@ from tmo_graph.policy.simple import Cascade, Rules
 from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.settings import RoutingDefaults
 from tmo_graph.sim.data import Dataset, Episode, paper_split
-from tmo_graph.sim.evaluate import BASELINES, aggregate, evaluate, evaluate_route_policy
+from tmo_graph.sim.evaluate import (
+    BASELINES,
+    EpisodeJudge,
+    aggregate,
+    evaluate_judged,
+    evaluate_route_policy_judged,
+)
+from tmo_graph.sim.judges import build_judge, constant_judge, paired_difference, parse_judges
 from tmo_graph.sim.routing import RecordedConfidence, RoutePolicyRunner
 
 REFERENCE_SEEDS = (9139, 1355, 7826)
@@ -37,7 +46,7 @@ METHOD_NAMES = {
 }
 # Hand-written policies of the live graph (tmo_graph.policy.simple), run on RouteInputs.
 ROUTE_METHODS = ("rules", "cascade")
-PROTOCOLS = ("paper", "heldout")
+PROTOCOLS = ("paper", "heldout", "judges")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -86,11 +95,17 @@ def run_benchmark(
     scored: Path | None = None,
     confidence_threshold: float | None = None,
     min_view_score: float | None = None,
+    judges: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Every method on every seed's split; learned methods train on its 80 % only.
 
     ``protocol``: "paper" judges with the response model fit on the training split (the one
-    a planning policy also queries); "heldout" judges with one fit on the test split only.
+    a planning policy also queries); "heldout" judges with one fit on the test split only;
+    "judges" judges every method with each judge of a battery fit on the test split
+    (``judges``: specs of :mod:`tmo_graph.sim.judges`, default its ``DEFAULT_BATTERY``).
+    Each method is trained and rolled out once per seed and the rollout scored by every
+    judge (its actions never depend on the judge). Always-local is always run under
+    "judges": it is the reference of the paired differences.
 
     Hand-written methods (rules, cascade) see each turn's ``RouteInput``
     (:mod:`tmo_graph.sim.routing`). Their confidence check: ``scored`` (token scores from
@@ -101,7 +116,14 @@ def run_benchmark(
     threshold of 0.3 on another scale).
     """
     if protocol not in PROTOCOLS:
-        raise TmoGraphError(f"unknown protocol {protocol!r}", "use paper or heldout")
+        raise TmoGraphError(f"unknown protocol {protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
+    if judges and protocol != "judges":
+        raise TmoGraphError(
+            "--judge is for the judge battery", "add --protocol judges, or drop --judge"
+        )
+    battery = parse_judges(judges) if protocol == "judges" else []
+    if protocol == "judges" and "local" not in methods:
+        methods = ["local", *methods]
     threshold = (
         RoutingDefaults().confidence_threshold
         if confidence_threshold is None
@@ -111,67 +133,102 @@ def run_benchmark(
         n_views=dataset.n_views, task_names=dataset.task_names, time_span=settings.time_span
     )
     budget_spec = replace(spec, with_budgets=True)
-    per_method: dict[str, dict[str, Any]] = {METHOD_NAMES[m]: {} for m in methods}
+    names = [j.text for j in battery] or [""]
+    per_method: dict[str, dict[str, dict[str, Any]]] = {
+        judge: {METHOD_NAMES[m]: {} for m in methods} for judge in names
+    }
     for seed in seeds:
         train, test = paper_split(dataset.episodes, seed)
         response = ResponseModel(spec, train)  # what learners may use
-        judge = response if protocol == "paper" else ResponseModel(spec, test)
+        episode_judges: dict[str, EpisodeJudge]
+        if protocol == "judges":
+            episode_judges = {j.text: build_judge(j, spec, test, seed) for j in battery}
+        else:
+            judge = response if protocol == "paper" else ResponseModel(spec, test)
+            episode_judges = {"": constant_judge(judge)}
         for method in methods:
             name = METHOD_NAMES[method]
             start = time.perf_counter()
+            info: dict[str, Any] = {}
             # Each run re-seeds and re-splits, as each published run does.
             train, test = paper_split(dataset.episodes, seed)
             if name in BASELINES:
-                world = World(spec, settings, judge)
-                result = evaluate(world, test, BASELINES[name](world))
+                world = World(spec, settings, response)
+                results = evaluate_judged(world, test, BASELINES[name](world), episode_judges)
                 train_s = 0.0
             elif method in ROUTE_METHODS:
-                world = World(spec, settings, judge)
+                world = World(spec, settings, response)
                 min_score = median_view_score(train) if min_view_score is None else min_view_score
                 policy: Policy = Rules(min_score=min_score) if method == "rules" else Cascade()
                 # Confidences of the recorded local answers; priors from the training split.
                 confidence = RecordedConfidence.fit(dataset.episodes, train, scored)
                 runner = RoutePolicyRunner(world, policy, confidence, threshold, min_score)
-                result = evaluate_route_policy(world, test, runner)
-                result["route_settings"] = {
-                    "confidence": confidence.source,
-                    "confidence_threshold": threshold,
-                    "min_view_score": min_score,
-                }
+                results = evaluate_route_policy_judged(world, test, runner, episode_judges)
+                for result in results.values():
+                    result["route_settings"] = {
+                        "confidence": confidence.source,
+                        "confidence_threshold": threshold,
+                        "min_view_score": min_score,
+                    }
                 train_s = 0.0
             else:
                 from tmo_graph.sim.train import train_policy
 
                 constrained = method.startswith("rc-") or method == "own"
                 run_spec = budget_spec if constrained else spec
-                # Under the held-out protocol, the planner knows only how many dialogues its
-                # judge is fit on (never which), and plans for such a judge.
+                # The own planner is told nothing about the judge, under every protocol.
                 trained = train_policy(
-                    method.removeprefix("rc-"),
-                    train,
-                    run_spec,
-                    settings,
-                    steps,
-                    seed,
-                    response,
-                    judge_dialogues=len(test) if protocol == "heldout" else None,
+                    method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
                 )
                 train_s = time.perf_counter() - start
-                result = evaluate(World(run_spec, settings, judge), test, trained)
-            result["train_seconds"] = round(train_s, 2)
-            result["seconds"] = round(time.perf_counter() - start, 2)
-            per_method[name][str(seed)] = result
-            progress(
-                f"{name:<8} seed {seed}: reward {result['reward']:.4f} ({result['seconds']} s)"
-            )
-    return {
-        "settings": {
-            **settings.to_dict(),
-            "seeds": list(seeds),
-            "protocol": protocol,
-            "steps": steps,
-            "n_views": dataset.n_views,
-            "tasks": list(dataset.task_names),
-        },
-        "methods": {name: aggregate(runs) for name, runs in per_method.items()},
+                if method == "own":
+                    info = trained.model.info
+                world = World(run_spec, settings, response)
+                results = evaluate_judged(world, test, trained, episode_judges)
+            seconds = round(time.perf_counter() - start, 2)
+            for judge_name, result in results.items():
+                result["train_seconds"] = round(train_s, 2)
+                result["seconds"] = seconds
+                if info:  # own: the knob it chose, and the CV scores it chose it by
+                    result["planner"] = info
+                per_method[judge_name][name][str(seed)] = result
+            rewards = ", ".join(f"{r['reward']:.4f}" for r in results.values())
+            progress(f"{name:<8} seed {seed}: reward {rewards} ({seconds} s)")
+    run_settings = {
+        **settings.to_dict(),
+        "seeds": list(seeds),
+        "protocol": protocol,
+        "steps": steps,
+        "n_views": dataset.n_views,
+        "tasks": list(dataset.task_names),
     }
+    if protocol != "judges":
+        methods_out = {name: aggregate(runs) for name, runs in per_method[""].items()}
+        return {"settings": run_settings, "methods": methods_out}
+    by_judge = {}
+    for judge_name, runs in per_method.items():
+        rows = {name: aggregate(by_seed) for name, by_seed in runs.items()}
+        for row in rows.values():
+            row["vs_local"] = paired_difference(
+                _dialogue_rewards(row), _dialogue_rewards(rows["Local"])
+            )
+        by_judge[judge_name] = {
+            "settings": {**run_settings, "judge": judge_name},
+            "methods": rows,
+        }
+    battery_mean = {
+        METHOD_NAMES[m]: float(
+            np.mean([by_judge[j]["methods"][METHOD_NAMES[m]]["mean"]["reward"] for j in names])
+        )
+        for m in methods
+    }
+    return {
+        "settings": {**run_settings, "judges": names},
+        "judges": by_judge,
+        "battery_mean": battery_mean,
+    }
+
+
+def _dialogue_rewards(row: dict[str, Any]) -> list[float]:
+    """Every seed's per-dialogue rewards, seeds in order (pairs methods dialogue by dialogue)."""
+    return [r for run in row["per_seed"].values() for r in run["dialogue_rewards"]]

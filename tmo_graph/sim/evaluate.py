@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.knn import ResponseScorer
 from tmo_graph.policy.observation import TurnFeatures, build_observation, n_actions, window_state
 from tmo_graph.policy.world import StepOutcome, World
 from tmo_graph.sim.data import Episode
@@ -138,28 +140,84 @@ class _Tally:
             "overshoot_latency_s": _paper_overshoot(self.over_latency),
             "overshoot_usage_usd": _paper_overshoot(self.over_usage),
             "over_budget_share": sum(over_any) / len(over_any),
-            "actions": self.mix,
+            "actions": dict(self.mix),
+            # Per test dialogue, in order: what paired comparisons between methods need.
+            "dialogue_rewards": list(self.rewards),
         }
+
+
+# Which judge scores test episode ``i`` (a cross-judge or leave-one-out judge scores each
+# dialogue with a model fit without it).
+EpisodeJudge = Callable[[int], ResponseScorer]
+
+
+class _Judged:
+    """One tally per judge over the same rollout: a policy's actions (and so its costs and
+    budget left) never depend on the judge, so a rollout is made once and judged by each."""
+
+    def __init__(self, world: World, judges: Mapping[str, EpisodeJudge]) -> None:
+        if not judges:
+            raise TmoGraphError("no judge to score the rollout with", "give at least one judge")
+        self.world = world
+        self.judges = judges
+        self.tallies = {name: _Tally(world) for name in judges}
+
+    def start(self, index: int) -> None:
+        self.scorers = {name: judge(index) for name, judge in self.judges.items()}
+        for tally in self.tallies.values():
+            tally.start()
+
+    def add(
+        self, state: Sequence[float], action: int, scores: Sequence[float], after_local: bool
+    ) -> tuple[TurnFeatures, StepOutcome]:
+        outcome: StepOutcome | None = None
+        features = TurnFeatures(0)
+        for name, tally in self.tallies.items():
+            outcome = self.world.outcome(
+                state, action, scores, after_local=after_local, response=self.scorers[name]
+            )
+            features = tally.add(action, outcome)
+        assert outcome is not None  # at least one judge (checked in __init__)
+        return features, outcome
+
+    def finish(self) -> None:
+        for tally in self.tallies.values():
+            tally.finish()
 
 
 def evaluate(world: World, episodes: Sequence[Episode], policy: Policy) -> dict[str, Any]:
     """Roll ``policy`` over ``episodes`` in order; the paper's metrics and the action mix."""
+    judges: dict[str, EpisodeJudge] = {"": lambda i: world.response}
+    return evaluate_judged(world, episodes, policy, judges)[""]
+
+
+def evaluate_judged(
+    world: World,
+    episodes: Sequence[Episode],
+    policy: Policy,
+    judges: Mapping[str, EpisodeJudge],
+) -> dict[str, dict[str, Any]]:
+    """As :func:`evaluate`, one rollout scored by every judge: ``{judge name: result}``.
+
+    ``world`` gives the observations' spec, the costs and the budgets; ``judges[name](i)``
+    scores the answers of ``episodes[i]``.
+    """
     spec, settings = world.spec, world.settings
-    tally = _Tally(world)
-    for episode in episodes:
+    judged = _Judged(world, judges)
+    for index, episode in enumerate(episodes):
         tasks = [spec.task_id(turn.task) for turn in episode.turns]
         history: list[TurnFeatures] = []
         left = (settings.latency_budget_s, settings.usage_budget_usd)
-        tally.start()
+        judged.start(index)
         for t in range(len(tasks)):
             obs = build_observation(spec, history, tasks[: t + 1], left)
             state = list(obs[: spec.per_step * spec.time_span])
             action = int(policy(obs, episode.association[t]))
-            outcome = world.outcome(state, action, episode.association[t])
+            features, outcome = judged.add(state, action, episode.association[t], False)
             left = (left[0] - outcome.latency_s, left[1] - outcome.usage_usd)
-            history.append(tally.add(action, outcome))
-        tally.finish()
-    return tally.result()
+            history.append(features)
+        judged.finish()
+    return {name: tally.result() for name, tally in judged.tallies.items()}
 
 
 def evaluate_route_policy(
@@ -171,10 +229,21 @@ def evaluate_route_policy(
     counts as its cloud action). The action mix adds ``escalated``: turns answered locally,
     checked unsure and escalated (each also counted under its cloud action).
     """
+    judges: dict[str, EpisodeJudge] = {"": lambda i: world.response}
+    return evaluate_route_policy_judged(world, episodes, runner, judges)[""]
+
+
+def evaluate_route_policy_judged(
+    world: World,
+    episodes: Sequence[Episode],
+    runner: RoutePolicyRunner,
+    judges: Mapping[str, EpisodeJudge],
+) -> dict[str, dict[str, Any]]:
+    """As :func:`evaluate_route_policy`, one rollout scored by every judge."""
     spec, settings = world.spec, world.settings
-    tally = _Tally(world)
+    judged = _Judged(world, judges)
     escalated = 0
-    for episode in episodes:
+    for index, episode in enumerate(episodes):
         tasks = [spec.task_id(turn.task) for turn in episode.turns]
         history: list[TurnFeatures] = []
         records: list[TurnRecord] = []
@@ -182,26 +251,27 @@ def evaluate_route_policy(
             "latency_s": settings.latency_budget_s,
             "cost_usd": settings.usage_budget_usd,
         }
-        tally.start()
+        judged.start(index)
         for t in range(len(tasks)):
             state = window_state(spec, history, tasks[: t + 1])
             decision = runner.decide(episode, t, records, left)
-            outcome = world.outcome(
-                state, decision.action, episode.association[t], after_local=decision.escalated
+            features, outcome = judged.add(
+                state, decision.action, episode.association[t], decision.escalated
             )
             escalated += decision.escalated
             left = {
                 "latency_s": left["latency_s"] - outcome.latency_s,
                 "cost_usd": left["cost_usd"] - outcome.usage_usd,
             }
-            history.append(tally.add(decision.action, outcome))
+            history.append(features)
             records.append(
                 runner.record(episode, t, decision, outcome.latency_s, outcome.usage_usd, left)
             )
-        tally.finish()
-    result = tally.result()
-    result["actions"] = {**result["actions"], "escalated": escalated}
-    return result
+        judged.finish()
+    results = {name: tally.result() for name, tally in judged.tallies.items()}
+    for result in results.values():
+        result["actions"] = {**result["actions"], "escalated": escalated}
+    return results
 
 
 def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -51,6 +51,43 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join([title, plain_text(table, width=1000)])
 
 
+def format_judges_table(result: dict[str, Any]) -> str:
+    """The judge battery as plain text: per judge and method the mean reward over seeds,
+    each seed's, the paired difference to always-local per dialogue with its standard error
+    and the share of episodes over budget; then each method's mean over the battery."""
+    from rich.table import Table
+
+    s = result["settings"]
+    title = (
+        f"M4A1, seeds {s['seeds']}, {s['device']} / {s['network']}, budgets "
+        f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol judges "
+        "(every judge fit on the test split; '- Local': mean paired difference per "
+        "dialogue +- its standard error)"
+    )
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    table.add_column("judge", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("reward", justify="right", no_wrap=True)
+    table.add_column("per seed", no_wrap=True)
+    table.add_column("- Local", justify="right", no_wrap=True)
+    table.add_column("% over", justify="right", no_wrap=True)
+    for judge, block in result["judges"].items():
+        for i, (name, row) in enumerate(block["methods"].items()):
+            seeds = " ".join(f"{run['reward']:.4f}" for run in row["per_seed"].values())
+            diff = row["vs_local"]
+            table.add_row(
+                judge if i == 0 else "",
+                name,
+                f"{row['mean']['reward']:.4f}",
+                seeds,
+                f"{diff['mean']:+.4f}+-{diff['se']:.4f}",
+                f"{100 * row['mean']['over_budget_share']:.1f}",
+            )
+    for i, (name, reward) in enumerate(result["battery_mean"].items()):
+        table.add_row("battery mean" if i == 0 else "", name, f"{reward:.4f}", "", "", "")
+    return "\n".join([title, plain_text(table, width=1000)])
+
+
 def plot_reward_usage(result: dict[str, Any], path: Path) -> None:
     """Reward against usage per method (error bars over seeds), with the action mix."""
     import matplotlib

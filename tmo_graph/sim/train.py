@@ -49,13 +49,21 @@ def train_policy(
 ) -> TrainedPolicy:
     """Train ``algorithm`` on ``episodes``; constrained when the spec includes budgets.
 
-    ``judge_dialogues`` (own planner only): the size of the held-out set its actions will be
-    scored on, when that is not ``episodes`` itself (see ``LookaheadPlanner.fit``).
+    The own planner is told nothing about its judge: it plans against an ensemble of
+    response models, its one knob chosen by cross-validation inside ``episodes``
+    (:mod:`tmo_graph.sim.robust`; ``seed`` draws the ensemble's subsets and the folds).
+    ``judge_dialogues`` instead fits the planner of issue 8, told how many dialogues its
+    judge is fit on (``LookaheadPlanner.fit``), kept for comparison.
     """
-    if algorithm == "own":  # fitting the planner's models takes a second or two
+    if algorithm == "own":  # seconds: the models and the cross-validated risk
         from tmo_graph.policy.planner import LookaheadPlanner
+        from tmo_graph.sim.robust import fit_own_planner
 
-        planner = LookaheadPlanner.fit(episodes, spec, settings, judge_dialogues=judge_dialogues)
+        planner = (
+            fit_own_planner(episodes, spec, settings, seed=seed or 0)
+            if judge_dialogues is None
+            else LookaheadPlanner.fit(episodes, spec, settings, judge_dialogues=judge_dialogues)
+        )
         return TrainedPolicy(planner, spec, "own", settings)
     import torch
 
