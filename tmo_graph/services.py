@@ -126,7 +126,11 @@ def _checked_cloud(
 
 def build_services(settings: Settings) -> Services:
     """Real resources from settings: local model, cloud endpoint, embeddings, Chroma."""
-    from tmo_graph.models.cloud import get_loopback_server, make_cloud_chat_model
+    from tmo_graph.models.cloud import (
+        get_loopback_server,
+        loopback_generation_config,
+        make_cloud_chat_model,
+    )
     from tmo_graph.models.embeddings import local_embeddings
     from tmo_graph.models.local import get_local_model, resolve_local_model
 
@@ -155,14 +159,13 @@ def build_services(settings: Settings) -> Services:
         )
         server = get_loopback_server(serve_folder)
         # The stand-in is the same small model: it gets the same guard against loops.
-        penalty = settings.local.repetition_penalty - 1.0
         cloud = make_cloud_chat_model(
             server.base_url,
             server.model_name,
             None,
             cfg.timeout_s,
             cfg.max_tokens,
-            frequency_penalty=penalty or None,
+            extra_body=loopback_generation_config(serve_folder, settings.local.decoding()),
         )
     emb = settings.embeddings
     embeddings = local_embeddings(

@@ -97,7 +97,7 @@ class LocalModelSettings(_Section):
         "none; the prompt's tokens are not penalised); against the small model's loops",
     )
     no_repeat_ngram_size: int = Field(
-        0,
+        4,
         ge=0,
         le=16,
         description="never repeat a run of this many tokens within the prompt and answer (0: off)",

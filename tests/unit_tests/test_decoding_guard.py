@@ -34,3 +34,38 @@ def test_a_run_of_answer_tokens_is_never_repeated() -> None:
     guard = _AnswerRepetitionGuard(penalty=1.0, ngram=3)
     _step(guard, [9, 9, 9])
     assert _step(guard, [9, 9, 9, 4, 9, 9])[9] == 2.0
+
+
+def test_forbidden_tokens_leave_the_recorded_entropy_finite() -> None:
+    import math
+
+    from tmo_graph.models.local import _GreedyStepRecorder
+
+    recorder = _GreedyStepRecorder()
+    scores = torch.tensor([[1.0, 2.0, float("-inf"), 0.5]])
+    recorder(torch.tensor([[3]]), scores)
+    p = torch.softmax(torch.tensor([1.0, 2.0, 0.5]), dim=-1)
+    assert math.isfinite(recorder.entropies[0])
+    assert recorder.entropies[0] == pytest.approx(float(-(p * p.log()).sum()), abs=1e-6)
+    assert recorder.chosen == [1]
+
+
+def test_the_loopback_stand_in_gets_the_same_guard(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tmo_graph.models.cloud import loopback_generation_config
+    from tmo_graph.settings import Decoding
+
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "eos_token_id": 2, "pad_token_id": 2})
+    )
+    assert loopback_generation_config(tmp_path, Decoding(1.0, 0)) is None  # guard off
+    sent = loopback_generation_config(tmp_path, Decoding(1.1, 4))
+    assert sent is not None
+    # transformers serve replaces the model's config whole: its own fields travel along.
+    assert json.loads(sent["generation_config"]) == {
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "no_repeat_ngram_size": 4,
+        "repetition_penalty": 1.1,
+    }

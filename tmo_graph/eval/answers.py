@@ -178,19 +178,24 @@ def run_answers_eval(
     answers = generate_answers(
         dataset, local, settings.local.max_new_tokens, limit, generated, system_prompt
     )
-    result = {"decoding": decoding_of(settings), **summarize(answers)}
+    decoding = decoding_of(settings)
+    if answers_out is not None:  # the slow part is kept before anything else can fail
+        _write_answers(answers_out, {"decoding": decoding}, answers)
+    result = {"decoding": decoding, **summarize(answers)}
     if answers_out is not None:
-        try:
-            answers_out.parent.mkdir(parents=True, exist_ok=True)
-            answers_out.write_text(
-                json.dumps({**result, "answers": [asdict(a) for a in answers]}, indent=1)
-            )
-        except OSError as exc:
-            raise TmoGraphError(
-                f"cannot write the answers to {answers_out} ({exc.strerror})",
-                "pass a writable --answers-out",
-            ) from None
+        _write_answers(answers_out, result, answers)
     return result
+
+
+def _write_answers(path: Path, result: dict[str, Any], answers: Sequence[GeneratedAnswer]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**result, "answers": [asdict(a) for a in answers]}, indent=1))
+    except OSError as exc:
+        raise TmoGraphError(
+            f"cannot write the answers to {path} ({exc.strerror})",
+            "pass a writable --answers-out",
+        ) from None
 
 
 def format_report(result: dict[str, Any]) -> str:

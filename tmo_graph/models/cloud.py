@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -20,11 +21,12 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import Decoding
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
@@ -241,22 +243,44 @@ def get_loopback_server(folder: Path, startup_timeout_s: float = 120.0) -> Loopb
         return server
 
 
+def loopback_generation_config(folder: Path, decoding: Decoding) -> dict[str, Any] | None:
+    """The request field that gives ``transformers serve`` the device model's guard against
+    loops: the served folder's own generation config (it replaces it whole) plus
+    ``no_repeat_ngram_size`` / ``repetition_penalty``. transformers counts the prompt's
+    tokens too, unlike the device model's answer-only guard. None when the guard is off."""
+    if not decoding.no_repeat_ngram_size and decoding.repetition_penalty == 1.0:
+        return None
+    path = Path(folder) / "generation_config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TmoGraphError(
+            f"cannot read {path} ({exc})", "convert the model again (delete its cache folder)"
+        ) from None
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if decoding.no_repeat_ngram_size:
+        config["no_repeat_ngram_size"] = decoding.no_repeat_ngram_size
+    if decoding.repetition_penalty != 1.0:
+        config["repetition_penalty"] = decoding.repetition_penalty
+    return {"generation_config": json.dumps(config)}
+
+
 def make_cloud_chat_model(
     base_url: str,
     model: str,
     api_key: str | None,
     timeout_s: float,
     max_tokens: int,
-    frequency_penalty: float | None = None,
+    extra_body: dict[str, Any] | None = None,
 ) -> ChatOpenAI:
     """A ChatOpenAI for ``base_url``; token usage is reported, also when streaming.
 
-    ``frequency_penalty``: sent with every request (``transformers serve``, the loopback
-    stand-in, reads it as a repetition penalty of 1 + the value)."""
+    ``extra_body``: fields sent with every request beside OpenAI's (the loopback stand-in's
+    ``generation_config``, :func:`loopback_generation_config`)."""
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
-        frequency_penalty=frequency_penalty,
+        extra_body=extra_body,
         base_url=base_url,
         model=model,
         # An explicit placeholder: a keyless endpoint must not receive $OPENAI_API_KEY.

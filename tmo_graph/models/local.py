@@ -295,7 +295,8 @@ class _GreedyStepRecorder:
         best = int(torch.argmax(logp))
         self.chosen.append(best)
         self.logprobs.append(float(logp[best]))
-        self.entropies.append(float(-(logp.exp() * logp).sum()))
+        # entr(0) = 0: tokens a processor forbade (score -inf) add nothing (0 * -inf is NaN).
+        self.entropies.append(float(torch.special.entr(logp.exp()).sum()))
         return scores
 
 
