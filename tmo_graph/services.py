@@ -132,7 +132,7 @@ def build_services(settings: Settings) -> Services:
         make_cloud_chat_model,
     )
     from tmo_graph.models.embeddings import local_embeddings
-    from tmo_graph.models.local import get_local_model, resolve_local_model
+    from tmo_graph.models.local import configured_local_model, resolve_local_model
 
     cfg = settings.cloud
     # Cheap checks first: a bad endpoint or memory server should fail before a model loads.
@@ -144,13 +144,7 @@ def build_services(settings: Settings) -> Services:
 
         gap_predictor = QualityGapPredictor.load(settings.embeddings.gap_predictor)
     folder = resolve_local_model(settings.local.source, settings.model_cache_dir())
-    local = get_local_model(
-        folder,
-        settings.local.max_new_tokens,
-        precision=settings.local.precision,
-        compile=settings.local.compile,
-        decoding=settings.local.decoding(),
-    )
+    local = configured_local_model(settings, folder)
     if cfg.mode == "loopback":
         serve_folder = (
             resolve_local_model(cfg.serve_source, settings.model_cache_dir())
@@ -224,17 +218,9 @@ class ServiceProvider:
 def _local_for(base: Services, source: str | None) -> LocalBackend:
     if source is None:
         return base.local
-    from tmo_graph.models.local import get_local_model
+    from tmo_graph.models.local import configured_local_model
 
-    settings = base.settings
-    return get_local_model(
-        source,
-        settings.local.max_new_tokens,
-        settings.model_cache_dir(),
-        precision=settings.local.precision,
-        compile=settings.local.compile,
-        decoding=settings.local.decoding(),
-    )
+    return configured_local_model(base.settings, source)
 
 
 def _cloud_for(base: Services, model: str | None, base_url: str | None) -> BaseChatModel | None:

@@ -156,20 +156,13 @@ def run_answers_eval(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
 ) -> dict[str, Any]:
     """Generate, summarize, and (with ``answers_out``) keep every answer for reading."""
-    from tmo_graph.models.local import get_local_model
+    from tmo_graph.models.local import configured_local_model
     from tmo_graph.sim.data import load_m4a1
 
     if limit is not None and limit < 1:  # before the model loads, not after
         raise TmoGraphError(f"--limit {limit} is not positive", "leave it out, or e.g. 20")
     dataset = load_m4a1(data)
-    local = get_local_model(
-        settings.local.source,
-        settings.local.max_new_tokens,
-        settings.model_cache_dir(),
-        precision=settings.local.precision,
-        compile=settings.local.compile,
-        decoding=settings.local.decoding(),
-    )
+    local = configured_local_model(settings)
 
     def generated(done: int, total: int) -> None:
         if done % 20 == 0 or done == total:

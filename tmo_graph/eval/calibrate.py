@@ -168,7 +168,7 @@ def calibrate(
 ) -> Calibration:
     """``tmo-graph calibrate``: answer the prompts locally and pick the threshold for a
     target cloud rate or, with ``target_quality``, for a target expected quality."""
-    from tmo_graph.models.local import get_local_model
+    from tmo_graph.models.local import configured_local_model
 
     if target_quality is None and not 0.0 <= target_cloud_rate <= 1.0:  # before the model loads
         raise TmoGraphError(f"target cloud rate {target_cloud_rate} is not in [0, 1]", "e.g. 0.3")
@@ -177,14 +177,7 @@ def calibrate(
     if not 0.0 <= cloud_good <= 1.0:
         raise TmoGraphError(f"cloud quality {cloud_good} is not in [0, 1]", "e.g. 0.835")
     texts = load_prompts(prompts)
-    local = get_local_model(
-        settings.local.source,
-        settings.local.max_new_tokens,
-        settings.model_cache_dir(),
-        precision=settings.local.precision,
-        compile=settings.local.compile,
-        decoding=settings.local.decoding(),
-    )
+    local = configured_local_model(settings)
     values = local_confidences(texts, local, progress, system_prompt)
     if target_quality is None:
         threshold = threshold_for_cloud_rate(values, target_cloud_rate)

@@ -287,7 +287,7 @@ def run_confidence_eval(
     ``sampling`` answers per held-out turn, and evaluate every estimator."""
     if sampling < 0:  # before minutes of scoring, not after
         raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
-    from tmo_graph.models.local import get_local_model
+    from tmo_graph.models.local import configured_local_model
     from tmo_graph.sim.data import load_m4a1
 
     cache = scored if scored is not None and scored.exists() else None
@@ -296,12 +296,7 @@ def run_confidence_eval(
     if turns is not None and sampling == 0:
         return evaluate_estimators(turns, seed)
     dataset = load_m4a1(data)
-    local = get_local_model(
-        settings.local.source,
-        cache_dir=settings.model_cache_dir(),
-        precision=precision,
-        compile=settings.local.compile,
-    )
+    local = configured_local_model(settings)
     if turns is None:
 
         def scored_so_far(done: int, total: int) -> None:

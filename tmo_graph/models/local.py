@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Decoding, LocalModelSettings, LocalPrecision, default_cache_dir
+from tmo_graph.settings import (
+    Decoding,
+    LocalModelSettings,
+    LocalPrecision,
+    Settings,
+    default_cache_dir,
+)
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -723,3 +729,17 @@ def get_local_model(
                 else LocalModel.load(folder, max_new_tokens, precision, compile, decoding)
             )
         return _models[key]
+
+
+def configured_local_model(settings: Settings, source: str | Path | None = None) -> LocalModel:
+    """The process-wide local model as ``settings.local`` configures it: its source (or
+    ``source``), answer length, precision, compilation and decoding."""
+    local = settings.local
+    return get_local_model(
+        local.source if source is None else source,
+        local.max_new_tokens,
+        settings.model_cache_dir(),
+        precision=local.precision,
+        compile=local.compile,
+        decoding=local.decoding(),
+    )
