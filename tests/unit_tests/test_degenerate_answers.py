@@ -80,3 +80,13 @@ def test_a_looping_answer_is_escalated_even_when_its_scores_are_sure(tmp_path: P
     assert record["escalated"] and record["route"] == "cloud"
     assert record["answer"] == "It is a peach." and record["local_answer"] == LOOP
     assert len(cloud.sent) == 1
+
+
+def test_a_threshold_of_zero_keeps_even_a_looping_answer(tmp_path: Path) -> None:
+    cloud = FakeCloud(answer="It is a peach.")
+    cloud.sent = []
+    local = FakeLocal([LOOP], logprob=-0.05)
+    graph = build_graph(fake_services(tmp_path, local, cloud), checkpointer=InMemorySaver())
+    context = Context(policy="cascade", confidence_threshold=0.0)  # "never escalate"
+    record = _run(graph, "What fruit is this?", context)["turns"][-1]
+    assert record["route"] == "local" and not record["escalated"] and cloud.sent == []

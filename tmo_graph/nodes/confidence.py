@@ -35,8 +35,9 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
         and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
     )
     # A looping or echoing answer is escalated whatever its score (the guards scale the
-    # score down, but not always below a low threshold).
-    if may_escalate and (score < ctx.confidence_threshold or degenerate(parts)):
+    # score down, but not always below a low threshold); a threshold of 0 keeps every answer.
+    threshold = ctx.confidence_threshold
+    if may_escalate and (score < threshold or (threshold > 0 and degenerate(parts))):
         assert state.decision is not None
         # Only what fits in the budget left after the local call (no quality gap: the
         # escalation rule reads the views' association and costs).
