@@ -108,7 +108,30 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
             "user message (the thread keeps the rest)",
             "messages",
         )
-    images = audio = 0
+    # Per kind of media part: (count, bytes) limits and how the messages name them.
+    media = {
+        "image": (IMAGE_PARTS, limits.max_images, limits.max_image_bytes),
+        "audio": (AUDIO_PARTS, limits.max_audio, limits.max_audio_bytes),
+    }
+    words = {  # plural, setting, size phrase, setting, fix
+        "image": (
+            "images",
+            "max_images",
+            "the image is",
+            "image",
+            "max_image_bytes",
+            "send it smaller (768 px on the longest side is plenty)",
+        ),
+        "audio": (
+            "audio clips",
+            "max_audio",
+            "the audio clip is",
+            "clip",
+            "max_audio_bytes",
+            "send a shorter clip",
+        ),
+    }
+    counts = dict.fromkeys(media, 0)
     for i, message in enumerate(messages):
         content = getattr(message, "content", None)
         if not isinstance(content, list):
@@ -116,39 +139,24 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
         for k, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             where = f"messages[{i}].content[{k}]"
-            if kind in IMAGE_PARTS:
-                images += 1
-                if images > limits.max_images:
-                    raise LimitExceeded(
-                        400,
-                        f"the request carries more than {limits.max_images} images, this "
-                        "server's limit (server.max_images); send fewer images",
-                        where,
-                    )
-                size = _inline_size(part, kind)
-                if size is not None and size > limits.max_image_bytes:
-                    raise LimitExceeded(
-                        413,
-                        f"{where}: the image is {_mib(size)}, over this server's limit of "
-                        f"{_mib(limits.max_image_bytes)} per image (server.max_image_bytes); "
-                        "send it smaller (768 px on the longest side is plenty)",
-                        where,
-                    )
-            elif kind in AUDIO_PARTS:
-                audio += 1
-                if audio > limits.max_audio:
-                    raise LimitExceeded(
-                        400,
-                        f"the request carries more than {limits.max_audio} audio clips, this "
-                        "server's limit (server.max_audio); send fewer clips",
-                        where,
-                    )
-                size = _inline_size(part, kind)
-                if size is not None and size > limits.max_audio_bytes:
-                    raise LimitExceeded(
-                        413,
-                        f"{where}: the audio clip is {_mib(size)}, over this server's limit "
-                        f"of {_mib(limits.max_audio_bytes)} per clip (server.max_audio_bytes); "
-                        "send a shorter clip",
-                        where,
-                    )
+            media_kind = next((m for m, (types, _, _) in media.items() if kind in types), None)
+            if media_kind is None or kind is None:
+                continue
+            _, most, most_bytes = media[media_kind]
+            plural, count_field, is_phrase, per, bytes_field, fix = words[media_kind]
+            counts[media_kind] += 1
+            if counts[media_kind] > most:
+                raise LimitExceeded(
+                    400,
+                    f"the request carries more than {most} {plural}, this "
+                    f"server's limit (server.{count_field}); send fewer {plural.split()[-1]}",
+                    where,
+                )
+            size = _inline_size(part, kind)
+            if size is not None and size > most_bytes:
+                raise LimitExceeded(
+                    413,
+                    f"{where}: {is_phrase} {_mib(size)}, over this server's limit of "
+                    f"{_mib(most_bytes)} per {per} (server.{bytes_field}); {fix}",
+                    where,
+                )
