@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tmo_graph import costs
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
@@ -371,7 +372,12 @@ def train(
             raise TmoGraphError(f"unknown --algo {algo!r}", f"use one of: {', '.join(ALGORITHMS)}")
         dataset = load_m4a1(data)
         settings = SimSettings(device=device, network=network)
-        spec = ObservationSpec(dataset.n_views, dataset.task_names, with_budgets=constrained)
+        spec = ObservationSpec(
+            dataset.n_views,
+            dataset.task_names,
+            with_budgets=constrained,
+            modality_kinds=dataset.kinds,
+        )
         train_split, _ = paper_split(dataset.episodes, seed)
         policy = train_policy(algo, train_split, spec, settings, steps, seed, progress_bar=True)
         policy.save(output)
@@ -412,6 +418,9 @@ def bench_m4a1(
     device: DeviceOption = "Jetson TX2",
     latency_budget: Annotated[float, typer.Option(help="seconds per dialogue")] = 30.0,
     usage_budget: Annotated[float, typer.Option(help="USD per dialogue")] = 0.05,
+    audio_seconds: Annotated[
+        float, typer.Option(help="length of each audio clip sent (files with audio modalities)")
+    ] = costs.AUDIO_CLIP_S,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write reward vs usage plot (PNG)")] = None,
     scored: Annotated[
@@ -446,6 +455,7 @@ def bench_m4a1(
             network=network,
             latency_budget_s=latency_budget,
             usage_budget_usd=usage_budget,
+            audio_clip_s=audio_seconds,
         )
         result = run_benchmark(
             load_m4a1(data),
@@ -468,6 +478,32 @@ def bench_m4a1(
     if plot:
         plot_reward_usage(result, plot)
         typer.echo(f"wrote {plot}")
+
+
+@bench_app.command("generate")
+def bench_generate(
+    out: Annotated[Path, typer.Option(help="the generated M4A1-format JSON file to write")],
+    data: DataOption = DEFAULT_DATA,
+    dialogues: Annotated[int, typer.Option(help="dialogues to generate")] = 100,
+    views: Annotated[
+        int | None, typer.Option(help="camera views kept from the source (default: all)")
+    ] = None,
+    audio: Annotated[int, typer.Option(help="audio clip modalities to add (mic, mic2, ...)")] = 1,
+    seed: Annotated[int, typer.Option(help="seed of the draws")] = 0,
+) -> None:
+    """M4A1-shaped dialogues with audio clips, from the source's turns (run them with
+    `tmo-graph bench m4a1 --data OUT`; the model is in tmo_graph/sim/generate.py)."""
+    from tmo_graph.sim.data import load_m4a1
+    from tmo_graph.sim.generate import generate_dialogues, write_dialogues
+
+    try:
+        episodes = generate_dialogues(load_m4a1(data), dialogues, views, audio, seed)
+        write_dialogues(out, episodes, source=data)
+    except TmoGraphError as error:
+        _fail(error)
+    turns = sum(len(e["interactions"]) for e in episodes)
+    names = ", ".join(m["name"] for m in episodes[0]["modalities"])
+    typer.echo(f"wrote {out}: {len(episodes)} dialogues, {turns} turns, modalities {names}")
 
 
 @app.command()

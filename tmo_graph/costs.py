@@ -194,3 +194,42 @@ def cloud_time_s(profile: NetworkProfile, k_views: int) -> float:
 def cloud_cost_usd(k_views: int) -> float:
     """Price of a cloud call uploading ``k_views`` views (0: text only), any network."""
     return _by_views(CLOUD_COST_USD_BY_VIEWS, k_views)
+
+
+# ---- Audio clips as a modality (issue 13; the simulator's assumption, not the paper's) ----
+#
+# The paper measured camera views only. A cloud call that also sends an audio clip is priced
+# here as the same call without the clip (the tables above, by its number of images) plus
+# the clip's own upload time and audio tokens:
+# - the clip is what the live graph sends: trimmed, mono 16 kHz 16-bit PCM WAV, so
+#   32,000 bytes a second; a voice note or workshop recording of AUDIO_CLIP_S seconds;
+# - upload time = its bytes at an assumed uplink rate per network profile (typical uplink
+#   rates, not measured here); the model's extra time to read ~100 audio tokens is left out;
+# - money = its audio input tokens (OpenAI bills audio input at about one token per 100 ms,
+#   i.e. 10 tokens a second) at gpt-4o-audio-preview's audio input list price, 40 USD per
+#   million tokens (platform pricing page): a 10 s clip costs 0.004 USD, close to the
+#   paper's price of one more image (0.0042-0.0045 USD).
+AUDIO_CLIP_S = 10.0
+AUDIO_BYTES_PER_S = 32_000
+AUDIO_TOKENS_PER_S = 10.0
+AUDIO_USD_PER_MTOK = 40.0
+UPLINK_MBPS: dict[str, float] = {"Wired": 100.0, "WiFi": 20.0, "5G": 10.0, "4G": 2.0}
+
+
+def audio_clip_time_s(profile: NetworkProfile, seconds: float = AUDIO_CLIP_S) -> float:
+    """Upload time of an audio clip of ``seconds`` over ``profile`` (added to the call's)."""
+    if not seconds > 0:  # also refuses NaN
+        raise TmoGraphError(f"an audio clip lasts > 0 s, got {seconds!r}", "e.g. 10.0")
+    if profile.name not in UPLINK_MBPS:
+        raise TmoGraphError(
+            f"no uplink rate for network profile {profile.name!r}",
+            f"add it to costs.UPLINK_MBPS (known: {', '.join(UPLINK_MBPS)})",
+        )
+    return seconds * AUDIO_BYTES_PER_S * 8 / (UPLINK_MBPS[profile.name] * 1e6)
+
+
+def audio_clip_cost_usd(seconds: float = AUDIO_CLIP_S) -> float:
+    """Price of the audio input tokens of a clip of ``seconds`` (added to the call's)."""
+    if not seconds > 0:
+        raise TmoGraphError(f"an audio clip lasts > 0 s, got {seconds!r}", "e.g. 10.0")
+    return seconds * AUDIO_TOKENS_PER_S * AUDIO_USD_PER_MTOK / 1e6

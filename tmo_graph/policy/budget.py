@@ -74,6 +74,9 @@ class CostModel:
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
+    # Issue 13, simulator: the audio clips among the modalities, by name, each with what it
+    # adds to a cloud call that sends it (upload time, audio tokens); images are fixed_cloud's.
+    fixed_audio: tuple[tuple[str, Cost], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CostModel:
@@ -117,11 +120,15 @@ class CostModel:
         network: str,
         n_views: int,
         settings: Settings | None = None,
+        audio: Sequence[tuple[str, float]] = (),
     ) -> CostModel:
         """The simulator's cost model: the published code's per-call latency and price.
 
         ``settings`` (default: built-in) supplies only what the paper's tables do not use
-        (prices of the live model, for :meth:`cloud_call_usd`).
+        (prices of the live model, for :meth:`cloud_call_usd`). ``n_views``: the camera
+        views; ``audio``: (name, seconds) of each audio clip modality, priced by
+        :func:`tmo_graph.costs.audio_clip_time_s` and :func:`~tmo_graph.costs.audio_clip_cost_usd`
+        on top of the call's image count.
         """
         if n_views < 0:
             raise TmoGraphError(f"n_views must be >= 0, got {n_views}", "count the views")
@@ -143,6 +150,10 @@ class CostModel:
             price=base.price,
             fixed_local=fixed_local,
             fixed_cloud=fixed_cloud,
+            fixed_audio=tuple(
+                (name, Cost(costs.audio_clip_time_s(net, sec), costs.audio_clip_cost_usd(sec)))
+                for name, sec in audio
+            ),
         )
 
     @property
@@ -182,13 +193,21 @@ class CostModel:
             return Cost(seconds, self.local_call_usd(seconds))
         k = len(action.views)
         if self.fixed_cloud is not None:
+            clips = dict(self.fixed_audio)
+            sent = [clips[v] for v in action.views if v in clips]
+            k -= len(sent)  # the tables price images; each audio clip adds its own cost
             if k >= len(self.fixed_cloud):
                 raise TmoGraphError(
                     f"action {action.label} sends {k} views; this cost model knows "
                     f"{len(self.fixed_cloud) - 1}",
                     "build it with CostModel.paper(..., n_views=<number of views>)",
                 )
-            return self.fixed_cloud[k]
+            if not sent:
+                return self.fixed_cloud[k]
+            return Cost(
+                self.fixed_cloud[k].latency_s + sum(c.latency_s for c in sent),
+                self.fixed_cloud[k].cost_usd + sum(c.cost_usd for c in sent),
+            )
         answer = self.cloud_max_tokens if cloud_tokens is None else cloud_tokens
         seconds = costs.cloud_time_s(self.network, k) + answer / self.cloud_tokens_per_s
         # At most image_max_side on the longest side: the largest an image is sent at.

@@ -17,6 +17,21 @@ import numpy as np
 
 from tmo_graph.errors import TmoGraphError
 
+# Issue 13: what a modality can be. Audio clips are modalities like views: one flag each in
+# the state, and every subset of images and clips is a cloud action (1 + 2**X actions).
+MODALITY_KINDS = ("image", "audio")
+
+
+def modality_names(kinds: Sequence[str]) -> list[str]:
+    """Names of unnamed modalities (the simulator's): ``view{i}`` images, ``audio{i}`` clips,
+    ``i`` the modality's index among all of them (M4A1's views stay view0 .. view2)."""
+    unknown = sorted(set(kinds) - set(MODALITY_KINDS))
+    if unknown:
+        raise TmoGraphError(
+            f"unknown modality kind(s) {unknown}", f"use one of: {', '.join(MODALITY_KINDS)}"
+        )
+    return [f"{'view' if kind == 'image' else 'audio'}{i}" for i, kind in enumerate(kinds)]
+
 
 def n_actions(n_views: int) -> int:
     """Local, plus the cloud with each of the ``2**n_views`` view subsets."""
@@ -73,6 +88,10 @@ class ObservationSpec:
     task_names: tuple[str, ...]
     time_span: int = 5
     with_budgets: bool = False
+    # Issue 13: the kind of each modality ("image" or "audio"), in the dataset's order; empty
+    # means every modality is a camera view (the paper's, and every spec saved before audio).
+    # ``n_views`` counts all modalities: an audio clip is one more flag and doubles the actions.
+    modality_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_views < 0 or self.time_span < 1 or not self.task_names:
@@ -81,6 +100,19 @@ class ObservationSpec:
                 f"tasks {list(self.task_names)}",
                 "use n_views >= 0, time_span >= 1 and at least one task",
             )
+        kinds = tuple(self.modality_kinds)
+        if kinds and (len(kinds) != self.n_views or set(kinds) - set(MODALITY_KINDS)):
+            raise TmoGraphError(
+                f"bad observation spec: modality kinds {list(kinds)} for {self.n_views} modalities",
+                f"give one kind per modality, each one of: {', '.join(MODALITY_KINDS)}",
+            )
+        # All images is the paper's case: stored as () so it equals specs saved before audio.
+        object.__setattr__(self, "modality_kinds", () if set(kinds) <= {"image"} else kinds)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kind of every modality (all "image" when none was declared)."""
+        return self.modality_kinds or ("image",) * self.n_views
 
     @property
     def n_tasks(self) -> int:
@@ -104,7 +136,10 @@ class ObservationSpec:
         return self.task_names.index(task)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.modality_kinds:  # images only: the spec file stays as before audio
+            del out["modality_kinds"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ObservationSpec:
@@ -115,6 +150,7 @@ class ObservationSpec:
                 task_names=tuple(str(name) for name in raw["task_names"]),
                 time_span=int(raw["time_span"]),
                 with_budgets=bool(raw["with_budgets"]),
+                modality_kinds=tuple(str(kind) for kind in raw.get("modality_kinds", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TmoGraphError(

@@ -161,12 +161,11 @@ class LookaheadPlanner:
     def _reward(self, state: Sequence[float], action: int, association_norm: float) -> float:
         s = self.world.settings
         features = TurnFeatures.from_action(action, self.world.spec.n_views)
-        index = 0 if action == 0 else 1 + len(features.views_used)
         return (
             s.alpha * self.world.response.score(state, features)
             + s.beta_association * association_norm
-            - s.beta_latency * self.world.norm_s[index]
-            - s.beta_usage * self.world.norm_usd[index]
+            - s.beta_latency * self.world.norm_s[action]  # per action: clips cost apart
+            - s.beta_usage * self.world.norm_usd[action]
         )
 
     def _next_state(self, state: Sequence[float], action: int, task: int) -> tuple[float, ...]:

@@ -14,10 +14,15 @@ from typing import Any, Literal
 
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.policy.base import LOCAL
+from tmo_graph.policy.base import LOCAL, Action
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.policy.knn import ResponseScorer
-from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, view_subsets
+from tmo_graph.policy.observation import (
+    ObservationSpec,
+    TurnFeatures,
+    modality_names,
+    view_subsets,
+)
 
 BudgetDistribution = Literal["normal", "uniform", "extreme_aware"]
 
@@ -36,10 +41,16 @@ class SimSettings:
     usage_budget_usd: float = 0.05
     time_span: int = 5
     budget_distribution: BudgetDistribution = "normal"
+    # Issue 13: seconds of every audio clip a cloud call sends (prices its upload and tokens).
+    audio_clip_s: float = costs.AUDIO_CLIP_S
 
     def __post_init__(self) -> None:
         costs.device(self.device)
         costs.network(self.network)
+        if not self.audio_clip_s > 0:
+            raise TmoGraphError(
+                f"audio clips must last > 0 s, got {self.audio_clip_s!r}", "e.g. 10.0"
+            )
         if self.latency_budget_s <= 0 or self.usage_budget_usd <= 0:
             raise TmoGraphError("budgets must be > 0", "pass positive --latency/usage-budget")
         if self.time_span < 1:
@@ -79,24 +90,46 @@ class World:
         self.spec = spec
         self.settings = settings
         self.response = response
-        x = spec.n_views
-        self.cost_model = CostModel.paper(settings.device, settings.network, x)
+        self._price_actions()
+
+    def _price_actions(self) -> None:
+        spec, settings = self.spec, self.settings
+        kinds = spec.kinds
+        names = modality_names(kinds)
+        clip_s = getattr(settings, "audio_clip_s", costs.AUDIO_CLIP_S)  # older pickles
+        audio = [(name, clip_s) for name, kind in zip(names, kinds, strict=True) if kind == "audio"]
+        self.cost_model = CostModel.paper(
+            settings.device, settings.network, kinds.count("image"), audio=audio
+        )
         local = self.cost_model.expected(LOCAL, 0)
         cloud = self.cost_model.fixed_cloud or ()  # always set by CostModel.paper
         self.local_s, self.local_usd = local.latency_s, local.cost_usd
+        # By number of images sent (k = 0..images), the paper's table.
         self.cloud_s = [c.latency_s for c in cloud]
         self.cloud_usd = [c.cost_usd for c in cloud]
-        # Normalised over [local, cloud k=0..X], as the paper does.
-        self.norm_s = min_max([self.local_s, *self.cloud_s])
-        self.norm_usd = min_max([self.local_usd, *self.cloud_usd])
-        self.subsets = view_subsets(x)
+        self.subsets = view_subsets(spec.n_views)
+        # Per action id: an audio clip costs differently from an image (costs.audio_clip_*).
+        priced = [local] + [
+            self.cost_model.expected(Action("cloud", tuple(names[v] for v in subset)), 0)
+            for subset in self.subsets
+        ]
+        self.action_s = [c.latency_s for c in priced]
+        self.action_usd = [c.cost_usd for c in priced]
+        # Normalised over every action's cost, per action id. With images only the values
+        # are the paper's [local, cloud k=0..X] (every k occurs), so min and max, and every
+        # normalised number, are the published code's bit for bit.
+        self.norm_s = min_max(self.action_s)
+        self.norm_usd = min_max(self.action_usd)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A planner saved before audio pickled a World without per-action prices.
+        self.__dict__.update(state)
+        if "action_s" not in state:
+            self._price_actions()
 
     def cost(self, action: int) -> tuple[float, float]:
         """(latency s, usage USD) of one action."""
-        if action == 0:
-            return self.local_s, self.local_usd
-        k = len(self.subsets[action - 1])
-        return self.cloud_s[k], self.cloud_usd[k]
+        return self.action_s[action], self.action_usd[action]
 
     def association(self, scores: Sequence[float]) -> list[float]:
         """Per action: the summed view scores it uploads (0 for local and text only)."""
@@ -127,14 +160,13 @@ class World:
         features = TurnFeatures.from_action(action, self.spec.n_views)
         score = (response or self.response).score(state, features)
         assoc = self.association(scores)
-        norm_index = 0 if action == 0 else 1 + len(self.subsets[action - 1])
         s = self.settings
-        norm_s, norm_usd = self.norm_s[norm_index], self.norm_usd[norm_index]
+        norm_s, norm_usd = self.norm_s[action], self.norm_usd[action]
         latency, usage = self.cost(action)
         if after_local:
             latency, usage = latency + self.local_s, usage + self.local_usd
-            norm_s = _scale(latency, [self.local_s, *self.cloud_s])
-            norm_usd = _scale(usage, [self.local_usd, *self.cloud_usd])
+            norm_s = _scale(latency, self.action_s)
+            norm_usd = _scale(usage, self.action_usd)
         reward = (
             s.alpha * score
             + s.beta_association * min_max(assoc)[action]
@@ -144,10 +176,10 @@ class World:
         return StepOutcome(score, assoc[action], latency, usage, reward)
 
     def budget_range(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """(min, max) latency and usage over a window: all local vs all max-cloud."""
+        """(min, max) latency and usage over a window: all local vs all max-cloud (the
+        action sending every modality, the last one; with images only the paper's k = X)."""
         span = self.settings.time_span
-        x = self.spec.n_views
         return (
-            (self.local_s * span, self.cloud_s[x] * span),
-            (self.local_usd * span, self.cloud_usd[x] * span),
+            (self.local_s * span, self.action_s[-1] * span),
+            (self.local_usd * span, self.action_usd[-1] * span),
         )

@@ -130,7 +130,10 @@ def run_benchmark(
         else confidence_threshold
     )
     spec = ObservationSpec(
-        n_views=dataset.n_views, task_names=dataset.task_names, time_span=settings.time_span
+        n_views=dataset.n_views,
+        task_names=dataset.task_names,
+        time_span=settings.time_span,
+        modality_kinds=dataset.kinds,  # audio clips are priced apart from images (issue 13)
     )
     budget_spec = replace(spec, with_budgets=True)
     names = [j.text for j in battery] or [""]
@@ -200,6 +203,9 @@ def run_benchmark(
         "protocol": protocol,
         "steps": steps,
         "n_views": dataset.n_views,
+        "modalities": [
+            {"name": m.name, "kind": m.kind} for m in dataset.modalities
+        ],  # empty: n_views camera views
         "tasks": list(dataset.task_names),
     }
     if protocol != "judges":

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.observation import MODALITY_KINDS
 
 # An answer with any of these earns 0, whatever its score (the published code's test).
 REFUSAL_KEYWORDS = ("sorry", "I don't have", "can't")
@@ -42,10 +43,27 @@ class Episode:
 
 
 @dataclass(frozen=True)
+class Modality:
+    """A device modality of the dataset: a camera view or an audio clip (issue 13)."""
+
+    name: str
+    kind: str  # "image" or "audio" (tmo_graph.policy.observation.MODALITY_KINDS)
+
+
+@dataclass(frozen=True)
 class Dataset:
     episodes: tuple[Episode, ...]
-    n_views: int
+    n_views: int  # every modality, images and audio clips (the association table's width)
     task_names: tuple[str, ...]  # sorted, as the published code orders them
+    # As declared by the file (issue 13); empty: n_views camera views (every M4A1 file).
+    modalities: tuple[Modality, ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kind of every modality, in the association table's column order."""
+        if not self.modalities:
+            return ("image",) * self.n_views
+        return tuple(m.kind for m in self.modalities)
 
 
 # --- the file format: types by pydantic, cross-field shape checks in parse_episode ------------
@@ -76,12 +94,33 @@ class InteractionSpec(_Recorded):
         return value
 
 
+class ModalitySpec(_Recorded):
+    """One declared modality: ``{"name": "mic", "kind": "audio"}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # a typo must not pass unseen
+    name: str = Field(min_length=1)
+    kind: str
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in MODALITY_KINDS:
+            raise ValueError(f"must be one of {', '.join(MODALITY_KINDS)}, got {value!r}")
+        return value
+
+
 class EpisodeSpec(_Recorded):
-    """One M4A1 episode (dialogue): its turns and the turns x views association table."""
+    """One M4A1 episode (dialogue): its turns and the turns x views association table.
+
+    ``modalities`` (optional, issue 13): the name and kind of each column of the association
+    table (and of the ids in ``image_index``, which may then name audio clips too). Every
+    episode of a file declares the same list, or none does: then all are camera views.
+    """
 
     id: str | int | None = None
     interactions: list[InteractionSpec] = Field(min_length=1)
     association_score: list[list[float]]
+    modalities: list[ModalitySpec] | None = None
 
 
 def _fail(where: str, field: str, problem: str) -> TmoGraphError:
@@ -134,6 +173,16 @@ def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
             raise _fail(where, "(episode)", "must be an object") from None
         raise _fail(where, _dotted(tuple(err["loc"])), _problem(err)) from None
     association = spec.association_score
+    if spec.modalities is not None:
+        names = [m.name for m in spec.modalities]
+        if not names or len(set(names)) != len(names):
+            raise _fail(where, "modalities", f"must list distinct names, got {names}")
+        if n_views is None and association and len(association[0]) != len(names):
+            raise _fail(
+                where,
+                "association_score[0]",
+                f"must list {len(names)} scores, one per declared modality ({', '.join(names)})",
+            )
     if len(association) != len(spec.interactions):
         raise _fail(
             where,
@@ -171,6 +220,12 @@ def parse_episode(raw: Any, index: int, n_views: int | None) -> Episode:
     )
 
 
+def _declared(raw: Any) -> tuple[Modality, ...]:
+    """The ``modalities`` an already-checked episode declares (empty: none)."""
+    items = raw.get("modalities") if isinstance(raw, dict) else None
+    return tuple(Modality(str(m["name"]), str(m["kind"])) for m in items or ())
+
+
 def load_m4a1(path: str | Path) -> Dataset:
     """Load and check an M4A1-format file (any number of views, tasks and turns)."""
     path = Path(path)
@@ -197,8 +252,19 @@ def load_m4a1(path: str | Path) -> Dataset:
     first = parse_episode(raw[0], 0, None)
     n_views = len(first.association[0])
     episodes = [first] + [parse_episode(e, i, n_views) for i, e in enumerate(raw[1:], start=1)]
+    modalities = _declared(raw[0])
+    for i, item in enumerate(raw[1:], start=1):
+        if _declared(item) != modalities:
+            shown = [f"{m.name}:{m.kind}" for m in modalities] or "none"
+            raise TmoGraphError(
+                f"episode {i} (id {item.get('id', '?')}): field `modalities` differs from "
+                f"episode 0's ({shown})",
+                "declare the same modalities in every episode, or in none (all camera views)",
+            )
     tasks = tuple(sorted({turn.task for episode in episodes for turn in episode.turns}))
-    return Dataset(episodes=tuple(episodes), n_views=n_views, task_names=tasks)
+    return Dataset(
+        episodes=tuple(episodes), n_views=n_views, task_names=tasks, modalities=modalities
+    )
 
 
 T = TypeVar("T")

@@ -93,6 +93,12 @@ class _Tally:
         self.over_latency: list[float | None] = []
         self.over_usage: list[float | None] = []
         self.mix = {"local": 0, "cloud_text": 0, "cloud_views": 0}
+        # Issue 13: with audio modalities, also the cloud calls sending a clip (each also
+        # counted under cloud_views, which counts calls sending any modality).
+        kinds = world.spec.kinds
+        self.audio = {i for i, kind in enumerate(kinds) if kind == "audio"}
+        if self.audio:
+            self.mix["audio"] = 0
 
     def start(self) -> None:
         self.ep_reward: list[float] = []
@@ -104,6 +110,8 @@ class _Tally:
         features = TurnFeatures.from_action(action, self.world.spec.n_views)
         key = "local" if action == 0 else "cloud_views" if features.views_used else "cloud_text"
         self.mix[key] += 1
+        if self.audio & set(features.views_used):
+            self.mix["audio"] += 1
         self.ep_reward.append(outcome.reward)
         self.ep_response.append(outcome.response)
         self.ep_assoc.append(outcome.association)

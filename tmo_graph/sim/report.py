@@ -32,11 +32,16 @@ def format_table(result: dict[str, Any]) -> str:
         f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol {s['protocol']} "
         "(mean +- std over seeds)"
     )
+    if s.get("modalities"):  # a file declaring its modalities (issue 13): say which
+        shown = ", ".join(f"{m['name']} ({m['kind']})" for m in s["modalities"])
+        title += f"\nmodalities: {shown}; audio clips of {s['audio_clip_s']} s"
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
     table.add_column("method", no_wrap=True)
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("actions local/text/views", no_wrap=True)
+    # Issue 13: with audio modalities, a fourth count, the cloud calls that sent a clip.
+    audio = any("audio" in row["mean"]["actions"] for row in result["methods"].values())
+    table.add_column(f"actions local/text/views{'/audio' if audio else ''}", no_wrap=True)
     for name, row in result["methods"].items():
         cells = []
         for key, _, digits in COLUMNS:
@@ -46,6 +51,8 @@ def format_table(result: dict[str, Any]) -> str:
             cells.append(f"{mean:.{digits}f}+-{std:.{digits}f}")
         mix = row["mean"]["actions"]
         actions = f"{mix['local']:.0f}/{mix['cloud_text']:.0f}/{mix['cloud_views']:.0f}"
+        if audio:
+            actions += f"/{mix.get('audio', 0):.0f}"
         table.add_row(name, *cells, actions)
     # Wide enough never to wrap: the columns size to their content, whatever the terminal.
     return "\n".join([title, plain_text(table, width=1000)])

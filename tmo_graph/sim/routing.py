@@ -28,7 +28,7 @@ from tmo_graph.confidence import ECHO_LIMIT, LOOP_REPETITION, confidence, echo, 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Policy, RouteInput
 from tmo_graph.policy.budget import all_actions, build_route_input
-from tmo_graph.policy.observation import n_actions
+from tmo_graph.policy.observation import modality_names, n_actions
 from tmo_graph.policy.simple import escalation
 from tmo_graph.policy.world import World
 from tmo_graph.sim.data import Episode
@@ -43,8 +43,11 @@ def view_names(n_views: int) -> list[str]:
 
 
 def sim_actions(world: World) -> list[Action]:
-    """Every action of the world as a live Action; index i is the simulator's action id i."""
-    actions = all_actions(view_names(world.spec.n_views))
+    """Every action of the world as a live Action; index i is the simulator's action id i.
+
+    Audio clips are candidates like views (``audio{i}``, :func:`modality_names`), so the
+    world's cost model prices them as clips."""
+    actions = all_actions(modality_names(world.spec.kinds))
     if len(actions) != n_actions(world.spec.n_views):
         raise TmoGraphError(
             f"{world.spec.n_views} views are more than a live policy enumerates",
@@ -53,11 +56,13 @@ def sim_actions(world: World) -> list[Action]:
     return actions
 
 
-def candidates(scores: Sequence[float]) -> list[Candidate]:
-    """The turn's views as the route node's device candidates (no image: nothing is sent)."""
+def candidates(scores: Sequence[float], kinds: Sequence[str] | None = None) -> list[Candidate]:
+    """The turn's views (and audio clips, by ``kinds``) as the route node's device
+    candidates (no image: nothing is sent)."""
+    names = view_names(len(scores)) if kinds is None else modality_names(kinds)
     out: list[Candidate] = [
         {"name": name, "kind": "device", "score": float(score), "image": None}
-        for name, score in zip(view_names(len(scores)), scores, strict=True)
+        for name, score in zip(names, scores, strict=True)
     ]
     return out
 
@@ -206,7 +211,7 @@ class RoutePolicyRunner:
             prompt=turn.question,
             task=turn.task,
             turn=t,
-            candidates=candidates(episode.association[t]),
+            candidates=candidates(episode.association[t], self.world.spec.kinds),
             history=tuple(history),  # a snapshot: the caller's list grows
             budget_left=left,
             actions=self.actions,
@@ -248,7 +253,7 @@ class RoutePolicyRunner:
     ) -> TurnRecord:
         """The turn record the live graph would append (no answer text: none is generated)."""
         action = self.actions[decision.action]
-        names = view_names(self.world.spec.n_views)
+        names = modality_names(self.world.spec.kinds)
         record: TurnRecord = {
             "turn": t,
             "task": episode.turns[t].task,
