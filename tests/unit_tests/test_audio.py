@@ -230,9 +230,7 @@ def _audio_parts(request: list[Any]) -> list[dict[str, Any]]:
     """The clips of a request's last message: LangChain reads an OpenAI ``input_audio`` part
     into its own ``audio`` block (ChatOpenAI writes it back as input_audio on the wire)."""
     content = request[-1].content
-    return [
-        p for p in content if isinstance(p, dict) and p.get("type") in ("input_audio", "audio")
-    ]
+    return [p for p in content if isinstance(p, dict) and p.get("type") in ("input_audio", "audio")]
 
 
 def _is_wav(part: dict[str, Any]) -> bool:
