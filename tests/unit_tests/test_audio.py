@@ -436,3 +436,95 @@ def test_bad_audio_in_a_dialogue_file_names_the_field(
     (tmp_path / "bad.wav").write_text("not audio at all")
     with pytest.raises(TmoGraphError, match=words):
         parse_dialogue(raw, tmp_path, "d.jsonl:1")
+
+
+# ---- surfaces: the OpenAI-compatible server and the chat model ----------------------------
+
+
+def _server(tmp_path: Path) -> tuple[Any, FakeCloud]:
+    from fastapi.testclient import TestClient
+
+    from tmo_graph.server import create_app
+
+    cloud = FakeCloud()
+    cloud.sent = []
+    settings = Settings(cloud=CloudSettings(mode="remote", price_as=HEARING))
+    services = fake_services(tmp_path, FakeLocal(["kept"]), cloud, settings=settings)
+    services.recogniser = Ears(PHRASES)
+    app = create_app(
+        build_graph(services, checkpointer=InMemorySaver()), services.settings, no_auth=True
+    )
+    return TestClient(app), cloud
+
+
+def test_the_server_accepts_an_openai_input_audio_part(tmp_path: Path) -> None:
+    client, cloud = _server(tmp_path)
+    with client:
+        reply = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tmo-always-cloud",
+                "messages": [{"role": "user", "content": [_voice_note(2.0)]}],  # voice only
+            },
+        )
+        assert reply.status_code == 200, reply.text
+        tmo = reply.json()["tmo"]
+        assert tmo["audio_sent"] == ["voice_note_1"] and tmo["transcripts"]["voice_note_1"]
+        assert len(_audio_parts(cloud.sent[-1])) == 1
+        private = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tmo-always-cloud",
+                "messages": [{"role": "user", "content": [_voice_note(1.5)], "private": True}],
+            },
+        )
+        assert private.json()["tmo"]["route"] == "local" and len(cloud.sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("part", "words"),
+    [
+        (
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"x" * 64).decode()}},
+            "is not audio",
+        ),
+        ({"type": "input_audio", "input_audio": {"format": "wav"}}, "must be the clip as base64"),
+        (
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "aiff"}},
+            "format must be one of wav, flac, mp3, ogg",
+        ),
+        ({"type": "audio", "url": "/etc/hostname"}, "reads no URLs or files for a client"),
+    ],
+)
+def test_the_server_refuses_bad_audio_parts(
+    tmp_path: Path, part: dict[str, Any], words: str
+) -> None:
+    client, cloud = _server(tmp_path)
+    with client:
+        reply = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tmo-always-cloud",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}],
+            },
+        )
+    assert reply.status_code == 400 and words in reply.json()["error"]["message"]
+    assert not cloud.sent
+
+
+def test_the_chat_model_takes_a_langchain_audio_block_and_audio_views(tmp_path: Path) -> None:
+    from tmo_graph.chat_model import TMOChatModel
+
+    graph, cloud, _, _ = _graph(tmp_path)
+    model = TMOChatModel(graph=graph, context=Context(policy="always-cloud"))
+    note = base64.b64encode(wav(2.0, freq=500)).decode()
+    message = HumanMessage(
+        content=[
+            {"type": "text", "text": "What is wrong?"},
+            {"type": "audio", "base64": note, "mime_type": "audio/wav"},
+        ]
+    )
+    reply = model.invoke([message], views=_views(tmp_path))
+    assert reply.response_metadata["audio_sent"] == ["voice_note_1", "mic"]
+    assert reply.response_metadata["transcripts"]["voice_note_1"] == "how hot"
+    assert len(_audio_parts(cloud.sent[-1])) == 2 and "locker" not in _all_text(cloud)
