@@ -110,8 +110,14 @@ def audio_input_tokens(price: ModelPrice, seconds: float) -> int:
         raise TmoGraphError(f"seconds must be >= 0, got {seconds}", "pass a clip length")
     if price.input_audio_per_mtok is None or seconds == 0:
         return 0
-    audio_tokens = math.ceil(seconds * price.audio_tokens_per_s)
-    if price.input_per_mtok <= 0:  # free text: count the audio tokens themselves
+    return audio_as_input_tokens(price, math.ceil(seconds * price.audio_tokens_per_s))
+
+
+def audio_as_input_tokens(price: ModelPrice, audio_tokens: int) -> int:
+    """``audio_tokens`` as input tokens at the text input price (rounded up)."""
+    if price.input_audio_per_mtok is None or audio_tokens <= 0:
+        return 0
+    if price.input_per_mtok <= 0:  # free text input: the audio cannot be priced through it
         return audio_tokens
     return math.ceil(audio_tokens * price.input_audio_per_mtok / price.input_per_mtok)
 

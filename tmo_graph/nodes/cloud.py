@@ -45,6 +45,7 @@ from langgraph.runtime import Runtime
 from tmo_graph.audio import cloud_audio, store_audio
 from tmo_graph.audit import SentView
 from tmo_graph.context import Context
+from tmo_graph.costs import audio_as_input_tokens
 from tmo_graph.faults import (
     Attempts,
     EmptyAnswer,
@@ -181,6 +182,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             meter.failed(ticket, classify(exc).kind, services.clock() - began)
             raise
         input_tokens, output_tokens = _usage(reply)
+        input_tokens = _audio_billed(reply, input_tokens, services, [a.seconds for a in sent_audio])
         if cfg.mode == "loopback":
             # The loopback stand-in is text-only and drops images unbilled; bill them as the
             # priced model would at the size sent (a real endpoint reports image tokens).
@@ -262,8 +264,25 @@ class _AudioNotes:
 
 def _clip_label(clip: Candidate) -> str:
     if clip["kind"] == "inline":
-        return f"Voice note ({clip['name'].replace('_', ' ')})"
+        return clip["name"].replace("_", " ").capitalize()  # "Voice note 1"
     return f"Audio from '{clip['name']}'"
+
+
+def _audio_billed(
+    reply: AIMessage, input_tokens: int, services: Services, seconds: list[float]
+) -> int:
+    """The reply's input tokens with its audio priced at the audio rate (as text-price
+    tokens). An endpoint that reports its audio tokens (OpenAI's
+    ``prompt_tokens_details.audio_tokens``) has them re-priced; one that does not is billed
+    the clips sent on top, by their length (never less than the audio may have cost)."""
+    if not seconds:
+        return input_tokens
+    details = (reply.usage_metadata or {}).get("input_token_details") or {}
+    reported = int(details.get("audio", 0) or 0)
+    if reported:
+        audio = min(reported, input_tokens)
+        return input_tokens - audio + audio_as_input_tokens(services.costs.price, audio)
+    return input_tokens + sum(services.costs.audio_tokens(s) for s in seconds)
 
 
 def _audio_plan(
