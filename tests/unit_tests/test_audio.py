@@ -528,3 +528,41 @@ def test_the_chat_model_takes_a_langchain_audio_block_and_audio_views(tmp_path: 
     assert reply.response_metadata["audio_sent"] == ["voice_note_1", "mic"]
     assert reply.response_metadata["transcripts"]["voice_note_1"] == "how hot"
     assert len(_audio_parts(cloud.sent[-1])) == 2 and "locker" not in _all_text(cloud)
+
+
+# ---- the recogniser setting ----------------------------------------------------------------
+
+
+def test_faster_whisper_needs_its_folder_and_package(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tmo_graph.models.speech import recogniser_for
+
+    with pytest.raises(TmoGraphError, match="audio.model_dir is not set"):
+        recogniser_for(AudioSettings(recogniser="faster-whisper"))
+    with pytest.raises(TmoGraphError, match="not a faster-whisper model folder"):
+        recogniser_for(AudioSettings(recogniser="faster-whisper", model_dir=tmp_path / "none"))
+    if importlib.util.find_spec("faster_whisper") is None:  # it is never installed by us
+        (tmp_path / "model.bin").write_bytes(b"")
+        with pytest.raises(TmoGraphError, match="pip install faster-whisper"):
+            recogniser_for(AudioSettings(recogniser="faster-whisper", model_dir=tmp_path))
+    assert recogniser_for(AudioSettings(recogniser="none")) is None
+
+
+def test_without_a_recogniser_clips_still_route_on_their_descriptions(tmp_path: Path) -> None:
+    cloud = FakeCloud()
+    cloud.sent = []
+    settings = Settings(
+        cloud=CloudSettings(mode="remote", price_as=HEARING),
+        audio=AudioSettings(recogniser="none"),
+    )
+    services = fake_services(tmp_path, FakeLocal(["ok"]), cloud, {"mic": 0.9}, settings)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    record = _run(
+        graph,
+        ("user", "What is that noise?"),
+        Context(policy="always-cloud"),
+        views=_views(tmp_path),
+    )
+    assert record["transcripts"] == {"mic": "", "desk_mic": ""}
+    assert record["audio_sent"] == ["mic"] and len(_audio_parts(cloud.sent[-1])) == 1
