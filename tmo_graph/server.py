@@ -429,6 +429,8 @@ def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
         "x-tmo-cost-usd": f"{info['cost_usd']:.8f}",
         "x-tmo-budget-left-usd": f"{left['cost_usd']:.8f}",
         "x-tmo-budget-left-s": f"{left['latency_s']:.4f}",
+        # Clips whose audio went to the cloud this turn (empty: none, or no clips).
+        "x-tmo-audio-sent": ",".join(info.get("audio_sent", [])),
     }
 
 

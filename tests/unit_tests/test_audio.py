@@ -471,6 +471,7 @@ def test_the_server_accepts_an_openai_input_audio_part(tmp_path: Path) -> None:
         tmo = reply.json()["tmo"]
         assert tmo["audio_sent"] == ["voice_note_1"] and tmo["transcripts"]["voice_note_1"]
         assert len(_audio_parts(cloud.sent[-1])) == 1
+        assert reply.headers["x-tmo-audio-sent"] == "voice_note_1"
         private = client.post(
             "/v1/chat/completions",
             json={
@@ -566,3 +567,20 @@ def test_without_a_recogniser_clips_still_route_on_their_descriptions(tmp_path: 
     )
     assert record["transcripts"] == {"mic": "", "desk_mic": ""}
     assert record["audio_sent"] == ["mic"] and len(_audio_parts(cloud.sent[-1])) == 1
+
+
+def test_the_audit_log_names_the_clips_sent_by_hash(tmp_path: Path) -> None:
+    from tmo_graph.audit import AuditLog, read_audit
+
+    cloud = FakeCloud()
+    cloud.sent = []
+    settings = Settings(cloud=CloudSettings(mode="remote", price_as=HEARING))
+    services = fake_services(tmp_path, FakeLocal(["ok"]), cloud, {"mic": 0.9}, settings)
+    services.recogniser = Ears(PHRASES)
+    services.audit = AuditLog(tmp_path / "audit.jsonl")
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    views = _views(tmp_path)
+    _run(graph, ("user", "What is that noise?"), Context(policy="always-cloud"), views=views)
+    (entry,) = read_audit(tmp_path / "audit.jsonl")
+    mic = store_audio(views["mic"]["audio"], tmp_path, 120)
+    assert entry["views"] == [{"name": "mic", "sha256": mic.sha256}]  # never desk_mic
