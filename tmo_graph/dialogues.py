@@ -219,10 +219,19 @@ def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, Vie
             f"--caption names unknown view(s) {sorted(unknown)}",
             f"caption only views given with --view ({', '.join(images) or 'none'})",
         )
-    return {
-        name: ViewSpec(image=resolve_image(path, Path.cwd()), description=captions.get(name, ""))
-        for name, path in images.items()
-    }
+    views: dict[str, ViewSpec] = {}
+    for name, path in images.items():
+        view = ViewSpec(description=captions.get(name, ""))
+        if Path(path).suffix.lower().lstrip(".") in AUDIO_SUFFIXES:  # an audio source
+            view["audio"] = _checked_clip(path, Path.cwd(), "command line", f"--view {name}")
+        else:
+            view["image"] = resolve_image(path, Path.cwd())
+        views[name] = view
+    return views
+
+
+# File endings taken as audio sources by ``--view NAME=PATH`` (issue 13).
+AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "oga")
 
 
 def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:

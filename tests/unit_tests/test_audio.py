@@ -584,3 +584,33 @@ def test_the_audit_log_names_the_clips_sent_by_hash(tmp_path: Path) -> None:
     (entry,) = read_audit(tmp_path / "audit.jsonl")
     mic = store_audio(views["mic"]["audio"], tmp_path, 120)
     assert entry["views"] == [{"name": "mic", "sha256": mic.sha256}]  # never desk_mic
+
+
+def test_a_view_on_the_command_line_may_be_a_clip(tmp_path: Path) -> None:
+    from tmo_graph.dialogues import cli_views
+
+    clip = _clip(tmp_path, "mic", 1.0)
+    views = cli_views({"mic": clip, "cam": str(_png(tmp_path))}, {"mic": "bench microphone"})
+    assert views["mic"] == {"description": "bench microphone", "audio": clip}
+    assert "image" in views["cam"] and "audio" not in views["cam"]
+    (tmp_path / "bad.wav").write_text("no audio here")
+    with pytest.raises(TmoGraphError, match="`--view bad`: .*is not audio"):
+        cli_views({"bad": str(tmp_path / "bad.wav")}, {})
+
+
+def test_reported_audio_tokens_are_repriced_at_the_audio_rate(tmp_path: Path) -> None:
+    from langchain_core.messages import AIMessage
+
+    from tmo_graph.nodes.cloud import _audio_billed
+
+    settings = Settings(cloud=CloudSettings(mode="remote", price_as=HEARING))
+    services = fake_services(tmp_path, settings=settings)
+    usage: Any = {"input_tokens": 120, "output_tokens": 5, "total_tokens": 125}
+    # OpenAI counts the clip's audio tokens in prompt_tokens and says how many they were.
+    told = AIMessage(content="x", usage_metadata={**usage, "input_token_details": {"audio": 20}})
+    # 100 text tokens + 20 audio tokens at $10/M = 1334 tokens at the $0.15/M text price.
+    assert _audio_billed(told, 120, services, [2.0]) == 100 + 1334
+    # An endpoint that does not say: the clip sent is billed on top, by its length.
+    silent = AIMessage(content="x", usage_metadata=usage)
+    assert _audio_billed(silent, 120, services, [2.0]) == 120 + services.costs.audio_tokens(2.0)
+    assert _audio_billed(silent, 120, services, []) == 120  # no clip sent, nothing added

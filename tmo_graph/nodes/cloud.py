@@ -277,7 +277,8 @@ def _audio_billed(
     the clips sent on top, by their length (never less than the audio may have cost)."""
     if not seconds:
         return input_tokens
-    details = (reply.usage_metadata or {}).get("input_token_details") or {}
+    usage = reply.usage_metadata
+    details: dict[str, Any] = dict(usage.get("input_token_details") or {}) if usage else {}
     reported = int(details.get("audio", 0) or 0)
     if reported:
         audio = min(reported, input_tokens)
