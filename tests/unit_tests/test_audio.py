@@ -614,3 +614,35 @@ def test_reported_audio_tokens_are_repriced_at_the_audio_rate(tmp_path: Path) ->
     silent = AIMessage(content="x", usage_metadata=usage)
     assert _audio_billed(silent, 120, services, [2.0]) == 120 + services.costs.audio_tokens(2.0)
     assert _audio_billed(silent, 120, services, []) == 120  # no clip sent, nothing added
+
+
+class SeenCaptions:
+    """An association scorer that keeps the captions it was asked to score."""
+
+    def __init__(self) -> None:
+        self.captions: list[dict[str, str]] = []
+
+    def score(self, prompt_vector: Any, captions: Any) -> dict[str, float]:
+        self.captions.append(dict(captions))
+        return dict.fromkeys(captions, 0.5)
+
+
+def test_transcripts_feed_the_classifier_and_the_association(tmp_path: Path) -> None:
+    services = fake_services(tmp_path)
+    services.recogniser = Ears(PHRASES)
+    seen = SeenCaptions()
+    services.association = seen
+    classified: list[list[float]] = []
+    classify = services.tasks.classify_vector
+
+    def spy(vector: Any) -> str:
+        classified.append(list(vector))
+        return classify(vector)
+
+    services.tasks.classify_vector = spy  # type: ignore[method-assign]
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    _run(graph, HumanMessage(content=[_voice_note(2.0)]), Context(), views=_views(tmp_path))
+    # The voice note's words are the prompt the task is classified from.
+    assert classified == [list(services.embed('[voice note: "how hot"]'))]
+    # A source is scored on its description and what it heard; a private one not at all.
+    assert seen.captions[-1] == {"mic": "workshop microphone. Heard: the lathe is squeaking"}
