@@ -23,8 +23,22 @@ PRIVATE = "private"
 LEFT_OUT_ANSWER = "(This answer repeated itself and is left out.)"
 
 
-def message_text(message: AnyMessage) -> str:
-    """The text of a message; image parts become a short placeholder."""
+# Content blocks that carry an audio clip (LangChain's, OpenAI's).
+AUDIO_BLOCKS = ("audio", "input_audio")
+# Where the graph keeps a stored clip's device transcript in its content block.
+TRANSCRIPT_KEY = "transcript"
+
+
+def voice_note_text(block: dict[str, Any]) -> str:
+    """How a voice note reads as text: its device transcript, quoted, when it has one."""
+    extras = block.get("extras")
+    words = extras.get(TRANSCRIPT_KEY) if isinstance(extras, dict) else None
+    return f'[voice note: "{words}"]' if words else "[voice note]"
+
+
+def message_text(message: AnyMessage, voice_notes: bool = True) -> str:
+    """The text of a message; image parts become a short placeholder, voice notes their
+    transcript (:func:`voice_note_text`; left out with ``voice_notes=False``)."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -34,6 +48,9 @@ def message_text(message: AnyMessage) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in AUDIO_BLOCKS:
+            if voice_notes:
+                parts.append(voice_note_text(block))
         elif isinstance(block, dict):
             parts.append("[image]")
     return " ".join(p for p in parts if p).strip()
@@ -125,11 +142,13 @@ def cloud_messages(
     images: Sequence[tuple[str, str]],
     detail: str = "low",
     scrub: Callable[[str], str] = str,
+    audio: Sequence[tuple[str, str]] = (),
 ) -> list[AnyMessage]:
     """Text history, then this turn's prompt with only the chosen images as ``image_url``
     parts; ``images`` are (label, URL) pairs, the URL already made for sending. Every text
     (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction).
-    Private messages and their answers are left out of the history (:func:`shared_messages`)."""
+    Private messages and their answers are left out of the history (:func:`shared_messages`).
+    ``audio``: (label, base64 WAV) pairs, each sent as an OpenAI ``input_audio`` part."""
     history_in = shared_messages(messages[:-1])
     dialogue = text_dialogue(history_in, recalled, system_prompt(messages, persona))
     history = as_langchain([{**m, "content": scrub(m["content"])} for m in dialogue])
@@ -137,6 +156,9 @@ def cloud_messages(
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
         content.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})
+    for label, data in audio:
+        content.append({"type": "text", "text": f"{label}:"})
+        content.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
     return [*history, HumanMessage(content=content)]
 
 

@@ -27,6 +27,7 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import TurnMemory
 from tmo_graph.models.base import GapPredictor, LocalBackend
+from tmo_graph.models.speech import Recogniser
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.settings import Settings, default_cache_dir
@@ -55,6 +56,8 @@ class Services:
     # How the model nodes measure and wait (a simulation passes its own clock).
     clock: Callable[[], float] = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
+    # Speech to text for audio clips (issue 13); None: the one audio.recogniser names.
+    recogniser: Recogniser | None = None
     tasks: TaskClassifier = field(init=False)
     costs: CostModel = field(init=False)
     default_context: Context = field(init=False)  # a run without context= gets this

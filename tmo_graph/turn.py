@@ -72,10 +72,16 @@ def budget_now(state: State, context: Context) -> Budget:
 
 
 def candidate_actions(state: State, services: Services) -> list[Action]:
-    """Local, and the cloud with every subset of the views that have an image to send."""
+    """Local, and the cloud with every subset of the modalities that have an image or an
+    audio clip to send (``1 + 2**X`` actions over all of them, as in the paper)."""
     if services.cloud is None:
         return [LOCAL]
-    return all_actions([c["name"] for c in state.candidates if c["image"]])
+    return all_actions([c["name"] for c in state.candidates if c["image"] or c.get("audio")])
+
+
+def clip_seconds(state: State) -> dict[str, float]:
+    """The length of each audio candidate, by name (what sending it costs)."""
+    return {c["name"]: c.get("seconds", 0.0) for c in state.candidates if c.get("audio")}
 
 
 def route_input(
@@ -94,12 +100,28 @@ def route_input(
         cost_model=services.costs,
         prompt_chars=prompt_chars(state),
         quality_gap=quality_gap,
+        audio_s=clip_seconds(state),
     )
 
 
 def local_dialogue(state: State, context: Context) -> list[dict[str, str]]:
-    """What the device model reads this turn: persona, recalled memory and the dialogue."""
-    return text_dialogue(state.messages, state.recalled, context.system_prompt)
+    """What the device model reads this turn: persona, recalled memory and the dialogue,
+    with what the device's audio sources said (their transcripts) after the question."""
+    dialogue = text_dialogue(state.messages, state.recalled, context.system_prompt)
+    heard = heard_text(state)
+    if heard and dialogue[-1]["role"] == "user":
+        dialogue[-1] = {**dialogue[-1], "content": f"{dialogue[-1]['content']}\n\n{heard}"}
+    return dialogue
+
+
+def heard_text(state: State) -> str:
+    """The named audio sources' transcripts as prompt lines (voice notes are in the message)."""
+    lines = [
+        f'[{name}, speech recognised on the device, may be inaccurate: "{words}"]'
+        for name, words in state.transcripts.items()
+        if words and state.views.get(name, {}).get("audio")
+    ]
+    return "\n".join(lines)
 
 
 def local_prompt_tokens(services: Services, dialogue: list[dict[str, str]]) -> int:

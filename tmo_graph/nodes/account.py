@@ -40,6 +40,7 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "confidence_parts": {},
     "escalated": False,
     "warnings": [],
+    "transcripts": {},
 }
 
 
@@ -89,6 +90,11 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
             for kind, n in call.get("redactions", {}).items():
                 redactions[kind] = redactions.get(kind, 0) + n
         record["redactions"] = redactions
+    if state.transcripts:  # the turn had clips: which left as audio, and what was heard
+        record["audio_sent"] = list(
+            dict.fromkeys(n for c in cloud_calls for n in c.get("audio_sent", []))
+        )
+        record["transcripts"] = dict(state.transcripts)
     warnings = [*state.warnings, *_budget_warnings(state, ctx, services, left)]
     if warnings:
         record["warnings"] = warnings

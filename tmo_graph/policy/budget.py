@@ -9,11 +9,11 @@ profiles (:meth:`CostModel.paper`), whose numbers are bit-identical to the publi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
@@ -83,17 +83,9 @@ class CostModel:
                 f"CostModel.from_settings needs Settings, got {type(settings).__name__}",
                 "pass tmo_graph.settings.load_settings(...) or Settings()",
             )
+        # Every field of each row, by name (the audio ones too): (name, ((field, value), ...)).
         extra = tuple(
-            sorted(
-                (
-                    name,
-                    row.input_per_mtok,
-                    row.output_per_mtok,
-                    row.tokens_per_image,
-                    row.tokens_per_tile,
-                )
-                for name, row in settings.prices.items()
-            )
+            sorted((name, tuple(row.model_dump().items())) for name, row in settings.prices.items())
         )
         return _from_values(
             settings.local.tokens_per_s,
@@ -150,6 +142,16 @@ class CostModel:
         """Input tokens billed per low-detail image by the priced cloud model."""
         return self.price.tokens_per_image
 
+    @property
+    def hears(self) -> bool:
+        """Whether the priced cloud model takes audio input (its row has an audio price)."""
+        return self.price.input_audio_per_mtok is not None
+
+    def audio_tokens(self, seconds: float) -> int:
+        """Input tokens (at the text input price) of a clip of ``seconds`` as sent; 0 when
+        the priced model takes no audio (the clip then goes as its transcript, in the text)."""
+        return costs.audio_input_tokens(self.price, seconds)
+
     def image_tokens(self, width: int, height: int) -> int:
         """Input tokens of one image as sent (0 x 0: size unknown, billed as the largest)."""
         return costs.image_tokens(self.price, width, height, self.image_detail)
@@ -160,6 +162,7 @@ class CostModel:
         prompt_chars: int,
         local_tokens: int | None = None,
         cloud_tokens: int | None = None,
+        audio_s: Mapping[str, float] | None = None,
     ) -> Cost:
         """What ``action`` is expected to cost before it runs.
 
@@ -167,6 +170,8 @@ class CostModel:
         the configured speeds, priced as device energy. Cloud: network latency for the views
         plus the answer's generation time; the prompt's estimated tokens, the images' tokens
         and an answer of ``cloud_tokens`` (default: the configured maximum) priced by the table.
+        ``audio_s``: the seconds of each audio clip among the modalities (by name); a clip the
+        action sends is priced as audio input (:meth:`audio_tokens`), not as an image.
         """
         if not isinstance(action, Action):
             raise TmoGraphError(f"expected an Action, got {action!r}", "use policy.base.Action")
@@ -193,11 +198,20 @@ class CostModel:
         seconds = costs.cloud_time_s(self.network, k) + answer / self.cloud_tokens_per_s
         # At most image_max_side on the longest side: the largest an image is sent at.
         per_image = self.image_tokens(self.image_max_side, self.image_max_side)
-        input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * per_image
+        clips = [audio_s[v] for v in action.views if v in audio_s] if audio_s else []
+        input_tokens = (
+            int(prompt_chars * _TOKENS_PER_CHAR)
+            + (k - len(clips)) * per_image
+            + sum(self.audio_tokens(s) for s in clips)
+        )
         return Cost(seconds, self.cloud_call_usd(input_tokens, answer))
 
     def affordable(
-        self, actions: Sequence[Action], budget: Budget, prompt_chars: int
+        self,
+        actions: Sequence[Action],
+        budget: Budget,
+        prompt_chars: int,
+        audio_s: Mapping[str, float] | None = None,
     ) -> tuple[dict[Action, Cost], list[Action]]:
         """Split actions into those whose expected cost fits ``budget`` and those masked.
 
@@ -208,13 +222,13 @@ class CostModel:
         allowed: dict[Action, Cost] = {}
         masked: list[Action] = []
         for action in actions:
-            cost = self.expected(action, prompt_chars)
+            cost = self.expected(action, prompt_chars, audio_s=audio_s)
             shortened = (
                 action.route == "cloud"
                 and self.fixed_cloud is None
-                and self.expected(action, prompt_chars, cloud_tokens=MIN_CLOUD_ANSWER_TOKENS).fits(
-                    budget
-                )
+                and self.expected(
+                    action, prompt_chars, cloud_tokens=MIN_CLOUD_ANSWER_TOKENS, audio_s=audio_s
+                ).fits(budget)
             )
             if action == LOCAL or cost.fits(budget) or shortened:
                 allowed[action] = cost
@@ -225,14 +239,19 @@ class CostModel:
     # ---- Hard limits: what a call may cost at most, and the largest call that fits ----
 
     def cloud_input_tokens_at_most(
-        self, texts: Sequence[str], image_sizes: Sequence[tuple[int, int]] = ()
+        self,
+        texts: Sequence[str],
+        image_sizes: Sequence[tuple[int, int]] = (),
+        audio_seconds: Sequence[float] = (),
     ) -> int:
-        """The most input tokens a request of ``texts`` (one per message) and images of
-        ``image_sizes`` (as sent) can be billed: a byte-level tokenizer makes at most one
-        token of each UTF-8 byte, plus each message's framing and the reply's priming."""
+        """The most input tokens a request of ``texts`` (one per message), images of
+        ``image_sizes`` and clips of ``audio_seconds`` (as sent) can be billed: a byte-level
+        tokenizer makes at most one token of each UTF-8 byte, plus each message's framing
+        and the reply's priming; clips at :meth:`audio_tokens` each."""
         text_tokens = sum(len(t.encode("utf-8")) + TOKENS_PER_MESSAGE for t in texts)
         images = sum(self.image_tokens(w, h) for w, h in image_sizes)
-        return text_tokens + REPLY_PRIMING_TOKENS + images
+        clips = sum(self.audio_tokens(s) for s in audio_seconds)
+        return text_tokens + REPLY_PRIMING_TOKENS + images + clips
 
     def answer_tokens_within(self, cost_usd: float, input_tokens: int, max_tokens: int) -> int:
         """The most answer tokens (up to ``max_tokens``) a cloud call with ``input_tokens``
@@ -305,14 +324,14 @@ def _from_values(
     cloud_max_tokens: int,
     cloud_tokens_per_s: float,
     price_as: str,
-    extra_prices: tuple[tuple[str, float, float, int, int], ...],
+    extra_prices: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
     image_detail: str,
     image_max_side: int,
     local_prefill_tokens_per_s: float,
 ) -> CostModel:
     table = dict(costs.PRICES)
-    for name, input_per_mtok, output_per_mtok, per_image, per_tile in extra_prices:
-        table[name] = costs.ModelPrice(input_per_mtok, output_per_mtok, per_image, per_tile)
+    for name, row in extra_prices:
+        table[name] = costs.ModelPrice(**dict(row))
     return CostModel(
         local_tokens_per_s=local_tokens_per_s,
         local_max_new_tokens=local_max_new_tokens,
@@ -340,12 +359,13 @@ def build_route_input(
     cost_model: CostModel,
     prompt_chars: int,
     quality_gap: float | None = None,
+    audio_s: Mapping[str, float] | None = None,
 ) -> RouteInput:
     """The policy's view of one turn, with the budget mask: the one builder for the route
     node, the confidence check and the simulator (``tmo_graph.sim.routing``)."""
     if turn < 0:
         raise TmoGraphError(f"turn must be >= 0, got {turn}", "count turns from 0")
-    allowed, _ = cost_model.affordable(actions, budget_left, prompt_chars)
+    allowed, _ = cost_model.affordable(actions, budget_left, prompt_chars, audio_s)
     return RouteInput(
         prompt=prompt,
         task=task,
