@@ -21,6 +21,8 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
 from typing_extensions import TypedDict
 
+from tmo_graph.device import DeviceReading
+
 
 class ViewSpec(TypedDict, total=False):
     """A named device modality (camera view) available to the dialogue.
@@ -115,6 +117,11 @@ class TurnRecord(TypedDict):
     breaker: NotRequired[str]  # the cloud endpoint's circuit after the turn's cloud call
     redactions: NotRequired[dict[str, int]]  # personal data kept from the cloud, by kind
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
+    # The device as the route saw it: CPU load (all processes, and all but this one) since
+    # the previous turn, free memory (MB), battery (null: none), and the measured speeds the
+    # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
+    # (measured / expected), cloud failure rate (tmo_graph.device.DeviceReading).
+    device: NotRequired[DeviceReading]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
@@ -168,3 +175,4 @@ class State(InputState):
     confidence_parts: dict[str, float] = field(default_factory=dict)
     escalated: bool = False  # at most one escalation per turn: the state says so
     warnings: list[str] = field(default_factory=list)  # for the turn record's warnings
+    device: DeviceReading | None = None  # read by route, for the policy and the turn record
