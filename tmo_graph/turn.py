@@ -127,11 +127,13 @@ def local_reserve(state: State, context: Context, services: Services) -> Budget:
     seconds += CALL_MARGIN_S + 1.0 / costs.local_tokens_per_s  # as answer_local keeps back
     left = budget_now(state, context)["latency_s"]
     if seconds > left:
-        # A busy device whose full answer does not fit (the route sent the turn to the
-        # cloud for it): keep back only what leaves the cloud its shortest answer, and at
-        # least the prompt's reading and a few words for a shortened fall-back.
+        # A busy device whose whole answer does not fit (the route sends such a turn to the
+        # cloud): keep back a short fall-back (the prompt's reading and a few words) when it
+        # fits beside the cloud's shortest answer; else all of it, as before (no cloud call
+        # is made that the device could not stand in for).
         views = len(state.decision["views"]) if state.decision else 0
         cloud = costs.cloud_time_factor * costs.cloud_seconds(views, MIN_CLOUD_ANSWER_TOKENS)
         least = costs.local_seconds(tokens, MIN_FALLBACK_TOKENS) + CALL_MARGIN_S
-        seconds = min(seconds, max(left - cloud, least))
+        if least + cloud <= left:
+            seconds = least
     return Budget(latency_s=seconds, cost_usd=costs.local_call_usd(seconds))
