@@ -21,7 +21,9 @@ one endpoint: a file written for another starts that part from the configured va
 The weight of a new measurement, ``device.ewma_weight`` (0.5 by default), is chosen so a
 slowdown shows within three turns: after ``n`` calls at a new speed the estimate has moved
 ``1 - (1 - w)**n`` of the way, 87.5 % after three calls with w = 0.5, while one odd call
-moves it only half way (the estimate averages about the last three calls).
+moves it only half way (the estimate averages about the last three calls). An estimate
+below the configured speed that no call refreshes drifts back toward it
+(``device.recover_half_life_s``), so a device once seen busy is tried again.
 
 :meth:`LiveResources.reading` reads the machine each turn through psutil: the share of the
 CPUs busy since the previous reading (all processes, and all but this one), the available
@@ -37,6 +39,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +93,7 @@ class _LocalEstimate(BaseModel):
     tokens_per_s: float = Field(gt=0, allow_inf_nan=False)
     prefill_tokens_per_s: float = Field(gt=0, allow_inf_nan=False)
     calls: int = Field(0, ge=0)
+    measured_at: float = 0.0  # Unix time of the last measurement (0: never)
 
 
 class _CloudEstimate(BaseModel):
@@ -157,6 +161,8 @@ class LiveResources:
         path: Path | None = None,
         weight: float = 0.5,
         live: bool = True,
+        recover_half_life_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(priors, Priors):
             raise TmoGraphError(
@@ -172,6 +178,13 @@ class LiveResources:
         self.path = Path(path).expanduser() if path is not None else None
         self.weight = float(weight)
         self.live = live
+        if not (isinstance(recover_half_life_s, int | float) and recover_half_life_s > 0):
+            raise TmoGraphError(
+                f"the recovery half-life must be > 0 seconds, got {recover_half_life_s!r}",
+                "set device.recover_half_life_s to e.g. 600",
+            )
+        self.recover_half_life_s = float(recover_half_life_s)
+        self._clock = clock
         self._lock = threading.Lock()
         self._state = self._load()
         self._cpu_last: tuple[float, float, float] | None = None  # (busy, total, own) seconds
@@ -181,8 +194,13 @@ class LiveResources:
     @classmethod
     def from_settings(cls, settings: Settings, path: Path | None = None) -> LiveResources:
         """Estimates starting from ``settings``' speeds, kept in ``path`` (None: in memory)."""
+        device = settings.device
         return cls(
-            Priors.from_settings(settings), path, settings.device.ewma_weight, settings.device.live
+            Priors.from_settings(settings),
+            path,
+            device.ewma_weight,
+            device.live,
+            device.recover_half_life_s,
         )
 
     # ---------------------------------------------------------------- the file
@@ -259,7 +277,10 @@ class LiveResources:
                 speed = self._bounded(decode_tokens / decode_s, local.tokens_per_s)
                 local.tokens_per_s = _ewma(local.tokens_per_s, speed, self.weight)
             local.calls += 1
-            self._state = self._state.model_copy(update={"local": local, "updated": time.time()})
+            local.measured_at = self._clock()
+            self._state = self._state.model_copy(
+                update={"local": local, "updated": local.measured_at}
+            )
             state = self._state
         self._save(state)
 
@@ -281,7 +302,7 @@ class LiveResources:
                 cloud.time_factor = _ewma(cloud.time_factor, ratio, self.weight)
             cloud.failure_rate = _ewma(cloud.failure_rate, 0.0, self.weight)
             cloud.calls += 1
-            self._state = self._state.model_copy(update={"cloud": cloud, "updated": time.time()})
+            self._state = self._state.model_copy(update={"cloud": cloud, "updated": self._clock()})
             state = self._state
         self._save(state)
 
@@ -291,7 +312,7 @@ class LiveResources:
             cloud = self._state.cloud.model_copy()
             cloud.failure_rate = _ewma(cloud.failure_rate, 1.0, self.weight)
             cloud.calls += 1
-            self._state = self._state.model_copy(update={"cloud": cloud, "updated": time.time()})
+            self._state = self._state.model_copy(update={"cloud": cloud, "updated": self._clock()})
             state = self._state
         self._save(state)
 
@@ -301,15 +322,33 @@ class LiveResources:
 
     # ---------------------------------------------------------------- what is used
 
+    def _local_now(self) -> tuple[float, float]:
+        """(decode, prefill) tokens/s expected now. An estimate below the configured speed
+        that no call has refreshed drifts back toward it (half-way every
+        ``recover_half_life_s``): a device once seen busy is never measured again while its
+        turns go to the cloud, so it is tried again after a while. Call with the lock held."""
+        local = self._state.local
+        age = max(self._clock() - local.measured_at, 0.0) if local.measured_at else 0.0
+        keep = 0.5 ** (age / self.recover_half_life_s)
+        speeds = []
+        for value, prior in (
+            (local.tokens_per_s, self.priors.tokens_per_s),
+            (local.prefill_tokens_per_s, self.priors.prefill_tokens_per_s),
+        ):
+            speeds.append(prior + (value - prior) * keep if value < prior else value)
+        return speeds[0], speeds[1]
+
     @property
     def local_tokens_per_s(self) -> float:
+        """The answer tokens/s expected of the local model now."""
         with self._lock:
-            return self._state.local.tokens_per_s
+            return self._local_now()[0]
 
     @property
     def local_prefill_tokens_per_s(self) -> float:
+        """The prompt tokens/s expected of the local model now."""
         with self._lock:
-            return self._state.local.prefill_tokens_per_s
+            return self._local_now()[1]
 
     def snapshot(self) -> DeviceFile:
         """The estimates now (a copy)."""
@@ -322,26 +361,28 @@ class LiveResources:
         if not self.live or base.fixed_local is not None:
             return base
         with self._lock:
-            local, cloud = self._state.local, self._state.cloud
+            decode, prefill = self._local_now()
             return replace(
                 base,
-                local_tokens_per_s=local.tokens_per_s,
-                local_prefill_tokens_per_s=local.prefill_tokens_per_s,
-                cloud_time_factor=cloud.time_factor,
+                local_tokens_per_s=decode,
+                local_prefill_tokens_per_s=prefill,
+                cloud_time_factor=self._state.cloud.time_factor,
             )
 
     def reading(self) -> DeviceReading:
         """The machine now (CPU since the previous reading, memory, battery) and the
         estimates."""
         cpu, others, memory, battery = _read_machine(self)
-        state = self.snapshot()
+        with self._lock:
+            state = self._state
+            decode, prefill = self._local_now()
         return DeviceReading(
             cpu_load=cpu,
             cpu_load_others=others,
             free_memory_mb=memory,
             battery=battery,
-            local_tokens_per_s=round(state.local.tokens_per_s, 3),
-            local_prefill_tokens_per_s=round(state.local.prefill_tokens_per_s, 3),
+            local_tokens_per_s=round(decode, 3),
+            local_prefill_tokens_per_s=round(prefill, 3),
             cloud_latency_s=None
             if state.cloud.latency_s is None
             else round(state.cloud.latency_s, 4),
@@ -397,7 +438,7 @@ def _read_machine(
     return cpu, others, memory, battery
 
 
-_shared: dict[tuple[Path | None, Priors, float, bool], LiveResources] = {}
+_shared: dict[tuple[Path | None, Priors, float, bool, float], LiveResources] = {}
 _shared_lock = threading.Lock()
 
 
@@ -409,6 +450,7 @@ def live_resources(settings: Settings, path: Path | None) -> LiveResources:
         Priors.from_settings(settings),
         settings.device.ewma_weight,
         settings.device.live,
+        settings.device.recover_half_life_s,
     )
     with _shared_lock:
         if key not in _shared:

@@ -297,6 +297,13 @@ class DeviceSettings(_Section):
         description="weight of the newest measurement in the speed estimates: 0.5 moves "
         "87.5 % of the way to a new speed within three calls",
     )
+    recover_half_life_s: float = Field(
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a local speed estimate below the configured one that no call refreshes "
+        "moves half-way back to it in this many seconds (a busy device is tried again)",
+    )
     state_path: Path | None = Field(
         None,
         description="the measured speeds, kept across runs; default <cache>/device.json",

@@ -114,7 +114,7 @@ def test_which_cloud_attempts_count_against_the_endpoint() -> None:
 
 def test_the_cost_model_takes_the_measured_speeds() -> None:
     base = CostModel.from_settings(Settings())
-    live = LiveResources(_priors(), weight=1.0)
+    live = LiveResources(_priors(), weight=1.0, clock=lambda: 1000.0)  # no drift: time stands
     live.observe_local(100, 1.0, 8, 2.0)  # 100 prompt tokens/s, 4 answer tokens/s
     live.observe_cloud(3.0, 1.5)
     model = live.cost_model(base)
@@ -291,6 +291,7 @@ def _services(
             cloud_key="fake-cloud",
         ),
         weight=0.5,
+        clock=lambda: 1000.0,  # time stands: no drift back to the configured speed
     )
     return services
 
@@ -435,3 +436,22 @@ def test_a_learned_policy_observing_the_device_reads_the_turns_reading() -> None
         learned.decide(no_reading)
     with pytest.raises(TmoGraphError, match="lacks"):
         device_features({"cpu_load_others": 0.1})
+
+
+def test_a_busy_estimate_drifts_back_to_the_configured_speed_unmeasured() -> None:
+    now = [1000.0]
+    live = LiveResources(_priors(), weight=1.0, recover_half_life_s=60.0, clock=lambda: now[0])
+    live.observe_local(100, 10.0, 40, 20.0)  # 10 prompt and 2 answer tokens/s: busy
+    assert (live.local_tokens_per_s, live.local_prefill_tokens_per_s) == (2.0, 10.0)
+    now[0] += 60.0  # one half-life without a local call
+    assert live.local_tokens_per_s == pytest.approx(9.0)
+    assert live.reading()["local_tokens_per_s"] == pytest.approx(9.0)
+    assert live.cost_model(CostModel.from_settings(Settings())).local_tokens_per_s == 9.0
+    now[0] += 6000.0
+    assert live.local_tokens_per_s == pytest.approx(16.0, abs=1e-6)
+    # A speed measured above the configured one is kept: it is what the device does.
+    live.observe_local(100, 0.1, 40, 0.5)
+    now[0] += 6000.0
+    assert live.local_tokens_per_s == 80.0
+    with pytest.raises(TmoGraphError, match="recover_half_life_s"):
+        LiveResources(_priors(), recover_half_life_s=0.0)
