@@ -455,3 +455,25 @@ def test_a_busy_estimate_drifts_back_to_the_configured_speed_unmeasured() -> Non
     assert live.local_tokens_per_s == 80.0
     with pytest.raises(TmoGraphError, match="recover_half_life_s"):
         LiveResources(_priors(), recover_half_life_s=0.0)
+
+
+def test_local_is_masked_only_when_a_whole_cloud_answer_fits_instead() -> None:
+    from dataclasses import replace
+
+    base = replace(CostModel.from_settings(Settings()), cloud_tokens_per_s=1000.0)
+    slow = replace(base, local_tokens_per_s=2.0)  # 64 tokens: 32 s
+    actions = [LOCAL, Action("cloud")]
+    tight = {"latency_s": 10.0, "cost_usd": 1.0}
+    allowed, masked = slow.affordable(actions, tight, 100)
+    assert LOCAL not in allowed and masked == [LOCAL] and Action("cloud") in allowed
+    # At the configured speed the local answer fits: nothing is masked.
+    assert LOCAL in base.affordable(actions, tight, 100)[0]
+    # No cloud answer fits whole either: the local one stays, the last resort (shortened).
+    too_tight = {"latency_s": 0.3, "cost_usd": 1.0}
+    assert LOCAL in slow.affordable(actions, too_tight, 100)[0]
+    assert LOCAL in slow.affordable([LOCAL], tight, 100)[0]  # no cloud at all
+    # The simulator's fixed costs never mask the local answer.
+    paper = CostModel.paper("Raspberry Pi-4B", "WiFi", 0)
+    paper_tight = {"latency_s": 1.0, "cost_usd": 1.0}
+    assert paper.expected(LOCAL, 0).latency_s > 1.0 >= paper.expected(Action("cloud"), 0).latency_s
+    assert LOCAL in paper.affordable(actions, paper_tight, 100)[0]
