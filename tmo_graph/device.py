@@ -141,6 +141,8 @@ class Priors:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Priors:
+        """The configured speeds, and the local model and endpoint they are for."""
+        _check_settings(settings, "Priors.from_settings")
         local, cloud = settings.local, settings.cloud
         endpoint = cloud.base_url if cloud.mode == "remote" else (cloud.serve_source or "")
         return cls(
@@ -194,6 +196,7 @@ class LiveResources:
     @classmethod
     def from_settings(cls, settings: Settings, path: Path | None = None) -> LiveResources:
         """Estimates starting from ``settings``' speeds, kept in ``path`` (None: in memory)."""
+        _check_settings(settings, "LiveResources.from_settings")
         device = settings.device
         return cls(
             Priors.from_settings(settings),
@@ -358,6 +361,13 @@ class LiveResources:
     def cost_model(self, base: CostModel) -> CostModel:
         """``base`` with the measured speeds (``base`` itself when estimates are off or it
         is the simulator's fixed-cost model)."""
+        from tmo_graph.policy.budget import CostModel
+
+        if not isinstance(base, CostModel):
+            raise TmoGraphError(
+                f"cost_model needs a CostModel, got {type(base).__name__}",
+                "pass CostModel.from_settings(settings)",
+            )
         if not self.live or base.fixed_local is not None:
             return base
         with self._lock:
@@ -395,6 +405,11 @@ def cloud_attempt_failed(record: dict[str, Any]) -> bool | None:
     """Whether a cloud attempt record (``{"outcome", "status"?, "seconds"}``) says the
     endpoint failed (True), answered (False), or nothing about it (None: the request's own
     problem, the budget, an empty answer)."""
+    if not isinstance(record, dict) or "outcome" not in record:
+        raise TmoGraphError(
+            f"not a cloud attempt record: {record!r}",
+            "pass an entry of a call's cloud_attempts ({'outcome': ..., 'seconds': ...})",
+        )
     outcome = record.get("outcome")
     if outcome == "ok":
         return False
@@ -403,6 +418,16 @@ def cloud_attempt_failed(record: dict[str, Any]) -> bool | None:
     if outcome == "http error":
         return True if record.get("status") in _ENDPOINT_HTTP_STATUSES else None
     return True
+
+
+def _check_settings(settings: object, where: str) -> None:
+    from tmo_graph.settings import Settings
+
+    if not isinstance(settings, Settings):
+        raise TmoGraphError(
+            f"{where} needs Settings, got {type(settings).__name__}",
+            "pass tmo_graph.settings.load_settings(...) or Settings()",
+        )
 
 
 def _read_machine(
@@ -445,6 +470,7 @@ _shared_lock = threading.Lock()
 def live_resources(settings: Settings, path: Path | None) -> LiveResources:
     """The process-wide estimates for ``settings`` kept in ``path``: one object (and one
     writer of the file) however many graphs the process builds."""
+    _check_settings(settings, "live_resources")
     key = (
         None if path is None else Path(path).expanduser().resolve(),
         Priors.from_settings(settings),

@@ -477,3 +477,19 @@ def test_local_is_masked_only_when_a_whole_cloud_answer_fits_instead() -> None:
     paper_tight = {"latency_s": 1.0, "cost_usd": 1.0}
     assert paper.expected(LOCAL, 0).latency_s > 1.0 >= paper.expected(Action("cloud"), 0).latency_s
     assert LOCAL in paper.affordable(actions, paper_tight, 100)[0]
+
+
+def test_public_functions_refuse_bad_input_with_a_fix() -> None:
+    live = LiveResources(_priors())
+    with pytest.raises(TmoGraphError, match="CostModel.from_settings"):
+        live.cost_model("fast")  # type: ignore[arg-type]
+    with pytest.raises(TmoGraphError, match="cloud_attempts"):
+        cloud_attempt_failed({"seconds": 1.0})
+    with pytest.raises(TmoGraphError, match="Settings"):
+        live_resources({"device": {}}, None)  # type: ignore[arg-type]
+    with pytest.raises(TmoGraphError, match="Settings"):
+        Priors.from_settings(None)  # type: ignore[arg-type]
+    with pytest.raises(TmoGraphError, match="finite"):
+        live.observe_cloud(float("inf"), 1.0)
+    with pytest.raises(TmoGraphError, match=">= 0"):
+        CostModel.from_settings(Settings()).cloud_seconds(-1, 10)
