@@ -190,7 +190,6 @@ class LiveResources:
         self._lock = threading.Lock()
         self._state = self._load()
         self._cpu_last: tuple[float, float, float] | None = None  # (busy, total, own) seconds
-        self._cpu_count = os.cpu_count() or 1
         self.reading()  # the first CPU reading only sets the baseline of the next
 
     @classmethod
