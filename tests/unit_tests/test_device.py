@@ -493,3 +493,21 @@ def test_public_functions_refuse_bad_input_with_a_fix() -> None:
         live.observe_cloud(float("inf"), 1.0)
     with pytest.raises(TmoGraphError, match=">= 0"):
         CostModel.from_settings(Settings()).cloud_seconds(-1, 10)
+
+
+def test_the_training_environment_fills_the_device_features_from_its_profile(
+    tmp_path: Path,
+) -> None:
+    from tests.unit_tests.test_sim_env import TASKS, _episodes
+    from tmo_graph.sim.gym_env import M4A1Env
+    from tmo_graph.sim.knn import ResponseModel
+    from tmo_graph.sim.world import SimSettings, World
+
+    episodes = _episodes(tmp_path)
+    spec = ObservationSpec(n_views=4, task_names=TASKS, with_budgets=True, with_device=True)
+    knn_spec = ObservationSpec(n_views=4, task_names=TASKS)
+    world = World(spec, SimSettings(device="Jetson Nano"), ResponseModel(knn_spec, episodes))
+    obs, _ = M4A1Env(world, episodes).reset()
+    assert obs.shape == (spec.size,)
+    expected = profile_device_features(costs.device("Jetson Nano"))
+    assert list(obs[-3:]) == pytest.approx(list(expected), rel=1e-6)
