@@ -284,6 +284,30 @@ class ServerSettings(_Section):
 class DeviceSettings(_Section):
     profile: str = Field("Jetson TX2", description="paper device profile for local energy")
     usd_per_kwh: float = Field(0.1668, ge=0)
+    live: bool = Field(
+        True,
+        description="budgets use the measured speeds of the local model and the cloud "
+        "(tmo_graph.device); false: the configured local.tokens_per_s etc. only",
+    )
+    ewma_weight: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="weight of the newest measurement in the speed estimates: 0.5 moves "
+        "87.5 % of the way to a new speed within three calls",
+    )
+    recover_half_life_s: float = Field(
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a local speed estimate below the configured one that no call refreshes "
+        "moves half-way back to it in this many seconds (a busy device is tried again)",
+    )
+    state_path: Path | None = Field(
+        None,
+        description="the measured speeds, kept across runs; default <cache>/device.json",
+    )
 
 
 class PriceEntry(_Section):
@@ -406,6 +430,9 @@ class Settings(BaseSettings):
 
     def ledger_path(self) -> Path:
         return self.spending.ledger or default_cache_dir() / "spend.sqlite"
+
+    def device_state_path(self) -> Path:
+        return self.device.state_path or default_cache_dir() / "device.json"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -21,6 +21,8 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
 from typing_extensions import TypedDict
 
+from tmo_graph.device import DeviceReading
+
 
 class ViewSpec(TypedDict, total=False):
     """A named device modality (camera view) available to the dialogue.
@@ -127,6 +129,11 @@ class TurnRecord(TypedDict):
     # cloud (also named in views_sent), and every clip's device transcript by name.
     audio_sent: NotRequired[list[str]]
     transcripts: NotRequired[dict[str, str]]
+    # The device as the route saw it: CPU load (all processes, and all but this one) since
+    # the previous turn, free memory (MB), battery (null: none), and the measured speeds the
+    # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
+    # (measured / expected), cloud failure rate (tmo_graph.device.DeviceReading).
+    device: NotRequired[DeviceReading]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
@@ -183,3 +190,4 @@ class State(InputState):
     # Every clip's device transcript this turn (private sources too: the local prompt reads
     # them), by modality name.
     transcripts: dict[str, str] = field(default_factory=dict)
+    device: DeviceReading | None = None  # read by route, for the policy and the turn record

@@ -12,6 +12,7 @@ from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.budget import (
     CALL_MARGIN_S,
+    MIN_CLOUD_ANSWER_TOKENS,
     TOKENS_PER_MESSAGE,
     all_actions,
     build_route_input,
@@ -19,6 +20,9 @@ from tmo_graph.policy.budget import (
 from tmo_graph.prompts import message_text, text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
+
+# A fall-back local answer shorter than this says too little to keep time back for.
+MIN_FALLBACK_TOKENS = 8
 
 
 def run_context(runtime: Runtime[Context], default: Context) -> Context:
@@ -87,8 +91,8 @@ def clip_seconds(state: State) -> dict[str, float]:
 def route_input(
     state: State, services: Services, budget: Budget, quality_gap: float | None = None
 ) -> RouteInput:
-    """The policy's view of the turn, with the actions ``budget`` allows (the same builder
-    the simulator uses)."""
+    """The policy's view of the turn, with the actions ``budget`` allows at the speeds
+    measured now (the same builder the simulator uses)."""
     return build_route_input(
         prompt=state.prompt,
         task=state.task,
@@ -101,6 +105,7 @@ def route_input(
         prompt_chars=prompt_chars(state),
         quality_gap=quality_gap,
         audio_s=clip_seconds(state),
+        device=state.device,
     )
 
 
@@ -142,4 +147,15 @@ def local_reserve(state: State, context: Context, services: Services) -> Budget:
     costs = services.costs
     seconds = costs.local_seconds(tokens, services.settings.local.max_new_tokens)
     seconds += CALL_MARGIN_S + 1.0 / costs.local_tokens_per_s  # as answer_local keeps back
+    left = budget_now(state, context)["latency_s"]
+    if seconds > left:
+        # A busy device whose whole answer does not fit (the route sends such a turn to the
+        # cloud): keep back a short fall-back (the prompt's reading and a few words) when it
+        # fits beside the cloud's shortest answer; else all of it, as before (no cloud call
+        # is made that the device could not stand in for).
+        views = len(state.decision["views"]) if state.decision else 0
+        cloud = costs.cloud_time_factor * costs.cloud_seconds(views, MIN_CLOUD_ANSWER_TOKENS)
+        least = costs.local_seconds(tokens, MIN_FALLBACK_TOKENS) + CALL_MARGIN_S
+        if least + cloud <= left:
+            seconds = least
     return Budget(latency_s=seconds, cost_usd=costs.local_call_usd(seconds))

@@ -52,7 +52,8 @@ class CostModel:
     Two ways to build one:
     - :meth:`from_settings` (the live graph): local time from the configured generation speed,
       cloud latency from the network profile plus the answer's generation time, cloud money
-      from the price table and an estimate of the prompt's tokens;
+      from the price table and an estimate of the prompt's tokens; the graph's services
+      replace the speeds by what the device measures now (:mod:`tmo_graph.device`);
     - :meth:`paper` (the simulator): the paper's fixed per-call profiles, where a local answer
       and a cloud call with k views cost the same whatever the prompt (``fixed_*`` set).
     """
@@ -74,6 +75,8 @@ class CostModel:
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
+    # Measured over expected cloud seconds (tmo_graph.device): the endpoint as it is now.
+    cloud_time_factor: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CostModel:
@@ -195,7 +198,7 @@ class CostModel:
                 )
             return self.fixed_cloud[k]
         answer = self.cloud_max_tokens if cloud_tokens is None else cloud_tokens
-        seconds = costs.cloud_time_s(self.network, k) + answer / self.cloud_tokens_per_s
+        seconds = self.cloud_time_factor * self.cloud_seconds(k, answer)
         # At most image_max_side on the longest side: the largest an image is sent at.
         per_image = self.image_tokens(self.image_max_side, self.image_max_side)
         clips = [audio_s[v] for v in action.views if v in audio_s] if audio_s else []
@@ -206,6 +209,17 @@ class CostModel:
         )
         return Cost(seconds, self.cloud_call_usd(input_tokens, answer))
 
+    def cloud_seconds(self, k_views: int, answer_tokens: int) -> float:
+        """What the network profile and the configured answer speed expect a cloud call
+        with ``k_views`` views and ``answer_tokens`` answer tokens to take (before the
+        measured :attr:`cloud_time_factor`)."""
+        if k_views < 0 or answer_tokens < 0:
+            raise TmoGraphError(
+                f"views and answer tokens must be >= 0, got {k_views} / {answer_tokens}",
+                "count the views sent and the answer's tokens",
+            )
+        return costs.cloud_time_s(self.network, k_views) + answer_tokens / self.cloud_tokens_per_s
+
     def affordable(
         self,
         actions: Sequence[Action],
@@ -215,9 +229,11 @@ class CostModel:
     ) -> tuple[dict[Action, Cost], list[Action]]:
         """Split actions into those whose expected cost fits ``budget`` and those masked.
 
-        The local answer is never masked: it is the last resort when the budget runs out
-        (and answers "budget reached" when not even that fits). A live cloud call also fits
-        when a shortened answer does (the cloud node shrinks ``max_tokens`` to what is left).
+        The local answer is the last resort when the budget runs out (and answers "budget
+        reached" when not even that fits): it is masked only in the live graph, when its full
+        answer does not fit while a whole cloud answer does (a busy device goes to the cloud
+        rather than overrun or answer in a few words). A live cloud call also fits when a
+        shortened answer does (the cloud node shrinks ``max_tokens`` to what is left).
         """
         allowed: dict[Action, Cost] = {}
         masked: list[Action] = []
@@ -234,6 +250,15 @@ class CostModel:
                 allowed[action] = cost
             else:
                 masked.append(action)
+        local = allowed.get(LOCAL)
+        if (
+            local is not None
+            and self.fixed_local is None
+            and not local.fits(budget)
+            and any(a.route == "cloud" and c.fits(budget) for a, c in allowed.items())
+        ):
+            del allowed[LOCAL]
+            masked.insert(0, LOCAL)
         return allowed, masked
 
     # ---- Hard limits: what a call may cost at most, and the largest call that fits ----
@@ -360,6 +385,7 @@ def build_route_input(
     prompt_chars: int,
     quality_gap: float | None = None,
     audio_s: Mapping[str, float] | None = None,
+    device: Mapping[str, Any] | None = None,
 ) -> RouteInput:
     """The policy's view of one turn, with the budget mask: the one builder for the route
     node, the confidence check and the simulator (``tmo_graph.sim.routing``)."""
@@ -375,4 +401,5 @@ def build_route_input(
         budget_left=budget_left,
         allowed=allowed,
         quality_gap=quality_gap,
+        device=device,
     )

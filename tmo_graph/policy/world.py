@@ -17,7 +17,12 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.policy.knn import ResponseScorer
-from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, view_subsets
+from tmo_graph.policy.observation import (
+    ObservationSpec,
+    TurnFeatures,
+    profile_device_features,
+    view_subsets,
+)
 
 BudgetDistribution = Literal["normal", "uniform", "extreme_aware"]
 
@@ -90,6 +95,12 @@ class World:
         self.norm_s = min_max([self.local_s, *self.cloud_s])
         self.norm_usd = min_max([self.local_usd, *self.cloud_usd])
         self.subsets = view_subsets(x)
+
+    @property
+    def device_features(self) -> tuple[float, float, float]:
+        """What a policy observing the device sees here: the profile's idle device (a
+        property, so worlds pickled in older planner files have it too)."""
+        return profile_device_features(costs.device(self.settings.device))
 
     def cost(self, action: int) -> tuple[float, float]:
         """(latency s, usage USD) of one action."""
