@@ -129,6 +129,7 @@ class TurnRecord(TypedDict):
     # cloud (also named in views_sent), and every clip's device transcript by name.
     audio_sent: NotRequired[list[str]]
     transcripts: NotRequired[dict[str, str]]
+    transcription_s: NotRequired[float]  # of latency_s: the device reading the turn's clips
     # The device as the route saw it: CPU load (all processes, and all but this one) since
     # the previous turn, free memory (MB), battery (null: none), and the measured speeds the
     # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
@@ -190,4 +191,7 @@ class State(InputState):
     # Every clip's device transcript this turn (private sources too: the local prompt reads
     # them), by modality name.
     transcripts: dict[str, str] = field(default_factory=dict)
+    # Seconds the device spent reading this turn's clips (decoding, speech recognition): the
+    # turn's latency and the budget count them like a model call's.
+    transcription_s: float = 0.0
     device: DeviceReading | None = None  # read by route, for the policy and the turn record

@@ -52,10 +52,12 @@ def prompt_chars(state: State) -> int:
     return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
 
 
-def spent(calls: Sequence[CallRecord]) -> Budget:
-    """Seconds and dollars the turn's calls took so far."""
+def spent(calls: Sequence[CallRecord], device_s: float = 0.0) -> Budget:
+    """Seconds and dollars the turn's calls took so far, plus ``device_s``: the device's
+    own work on the turn's inputs (reading its audio clips)."""
     return Budget(
-        latency_s=sum(c["latency_s"] for c in calls), cost_usd=sum(c["cost_usd"] for c in calls)
+        latency_s=device_s + sum(c["latency_s"] for c in calls),
+        cost_usd=sum(c["cost_usd"] for c in calls),
     )
 
 
@@ -68,7 +70,7 @@ def budget_before_turn(state: State, context: Context) -> Budget:
 
 def budget_now(state: State, context: Context) -> Budget:
     """What is left now, the turn's calls so far included."""
-    before, used = budget_before_turn(state, context), spent(state.calls)
+    before, used = budget_before_turn(state, context), spent(state.calls, state.transcription_s)
     return Budget(
         latency_s=before["latency_s"] - used["latency_s"],
         cost_usd=before["cost_usd"] - used["cost_usd"],

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,7 @@ def _graph(
     mode: str = "remote",
     scores: dict[str, float] | None = None,
     phrases: dict[float, str] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[Any, FakeCloud, FakeLocal, Ears]:
     cloud = FakeCloud()
     cloud.sent = []
@@ -211,6 +212,8 @@ def _graph(
     )
     ears = Ears(PHRASES if phrases is None else phrases)
     services.recogniser = ears
+    if clock is not None:
+        services.clock = clock
     return build_graph(services, checkpointer=InMemorySaver()), cloud, local, ears
 
 
@@ -277,6 +280,28 @@ def test_the_transcripts_are_in_the_local_prompt(tmp_path: Path) -> None:
     assert 'What is wrong? [voice note: "how hot"]' in prompt
     assert "the lathe is squeaking" in prompt  # the named source
     assert "my locker code is under the desk" in prompt  # private: on the device it is read
+
+
+def test_the_time_spent_hearing_clips_counts_in_the_turn_and_the_budget(tmp_path: Path) -> None:
+    now = [100.0]  # a clock that moves only while the device reads a clip
+    graph, _, _, ears = _graph(tmp_path, clock=lambda: now[0])
+    hear = ears.transcribe
+
+    def slow_ears(samples: np.ndarray) -> str:
+        now[0] += 2.0  # each clip takes the device 2 s to read
+        return hear(samples)
+
+    ears.transcribe = slow_ears  # type: ignore[method-assign]
+    message = HumanMessage(content=[{"type": "text", "text": "What is wrong?"}, _voice_note(2.0)])
+    context = Context(policy="always-local", latency_budget_s=60.0)
+    record = _run(graph, message, context, views=_views(tmp_path))
+    # Three clips heard (the voice note, the shared and the private microphone): 6 s.
+    assert record["transcription_s"] == pytest.approx(6.0)
+    assert record["latency_s"] >= 6.0
+    assert record["budget_left"]["latency_s"] == pytest.approx(60.0 - record["latency_s"], abs=1e-3)
+    # The next turn hears the same clips from the cache: no time, and no field to report.
+    again = _run(graph, ("user", "And now?"), context)
+    assert "transcription_s" not in again or again["transcription_s"] == 0.0
 
 
 def test_a_voice_note_alone_is_a_question(tmp_path: Path) -> None:

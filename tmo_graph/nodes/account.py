@@ -42,6 +42,7 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "escalated": False,
     "warnings": [],
     "transcripts": {},
+    "transcription_s": 0.0,
     "device": None,
 }
 
@@ -58,7 +59,7 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
     assert state.decision is not None and state.calls
     ctx = run_context(runtime, services.default_context)
     answer = final_call(state.calls)
-    used, now = spent(state.calls), budget_now(state, ctx)
+    used, now = spent(state.calls, state.transcription_s), budget_now(state, ctx)
     left = Budget(latency_s=round(now["latency_s"], 4), cost_usd=round(now["cost_usd"], 8))
     failed_cloud = [c for c in state.calls if c["where"] == "cloud" and not c["ok"]]
     record = TurnRecord(
@@ -97,6 +98,7 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
             dict.fromkeys(n for c in cloud_calls for n in c.get("audio_sent", []))
         )
         record["transcripts"] = dict(state.transcripts)
+        record["transcription_s"] = round(state.transcription_s, 4)
     if state.device is not None:
         record["device"] = state.device
     _measure_cloud(state, services)

@@ -309,7 +309,9 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
     if views is not None:
         update["views"] = views
     views = views or state.views
+    began = services.clock()  # the device's time reading clips counts in the turn's latency
     clips, with_clips = inline_audio(message, services.image_dir, services)
+    reading_s = services.clock() - began
     message = with_clips or message
     inline, rewritten = inline_images(message, services.image_dir)
     rewritten = rewritten or with_clips
@@ -336,11 +338,13 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
 
     # Every named audio source is transcribed (a private one too: the local model reads it).
     sources = {n: v for n, v in views.items() if v.get("audio")}
+    began_sources = services.clock()
     source_refs = {
         n: store_audio(str(v["audio"]), services.image_dir, audio_cfg.max_clip_seconds)
         for n, v in sources.items()
     }
     words = {n: heard(ref, services) for n, ref in source_refs.items()}
+    reading_s += services.clock() - began_sources
     notes = {f"voice_note_{i + 1}": clip for i, clip in enumerate(clips)}
     transcripts = {**{n: w for n, (_, w) in notes.items()}, **words}
 
@@ -393,4 +397,5 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
         "task": services.tasks.classify_vector(services.embed(prompt)),
         "candidates": candidates,
         "transcripts": transcripts,
+        "transcription_s": reading_s if transcripts else 0.0,
     }
