@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
-from tmo_graph.confidence import degenerate_text
+from tmo_graph.confidence import LEFT_OUT_ANSWER, degenerate_text
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.state import Recalled
 
@@ -19,8 +19,7 @@ from tmo_graph.state import Recalled
 PRIVATE = "private"
 
 
-# What later prompts get instead of an answer that looped or repeated an earlier one.
-LEFT_OUT_ANSWER = "(This answer repeated itself and is left out.)"
+__all__ = ["LEFT_OUT_ANSWER"]  # kept in confidence.py, whose echo guard also knows it
 
 
 # Content blocks that carry an audio clip (LangChain's, OpenAI's).
