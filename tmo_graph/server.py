@@ -269,7 +269,8 @@ def _audio_part(part: dict[str, Any], where: str) -> dict[str, Any]:
         # Length is checked by the graph against audio.max_clip_seconds (400 with the fix).
         decode(audio_bytes(data), f"{where} (audio)")
     except TmoGraphError as exc:
-        raise _bad(f"{where}: {exc}", where) from None
+        text = str(exc)
+        raise _bad(text if text.startswith(where) else f"{where}: {text}", where) from None
     return out
 
 
