@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.media import store_once
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,13 +197,7 @@ def store_audio_bytes(data: bytes, folder: Path, max_seconds: float) -> AudioRef
     """Store encoded clip bytes once in ``folder`` (named by their hash); checked first."""
     fmt = _check_format(data, "an inline clip")
     seconds = decode(data, "an inline clip", max_seconds).size / SAMPLE_RATE
-    digest = hashlib.sha256(data).hexdigest()
-    path = Path(folder).expanduser().resolve() / f"{digest}.{fmt}"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: a reader never sees half a file
+    path, digest = store_once(data, folder, fmt)
     return AudioRef(str(path), digest, seconds, fmt)
 
 

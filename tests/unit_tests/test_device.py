@@ -260,7 +260,6 @@ class TimedLocal(FakeLocal):
     def __init__(self, answers: list[str], tokens_per_s: float) -> None:
         super().__init__(answers)
         self.tokens_per_s = tokens_per_s
-        self.limits: list[tuple[int | None, float | None]] = []
 
     def answer(
         self,
@@ -269,7 +268,6 @@ class TimedLocal(FakeLocal):
         tags: list[str] | None = None,
         max_time_s: float | None = None,
     ) -> tuple[str, TimedStats]:
-        self.limits.append((max_new_tokens, max_time_s))
         text, stats = super().answer(messages, max_new_tokens, tags, max_time_s)
         n = 20
         timed = TimedStats(
