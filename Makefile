@@ -53,3 +53,4 @@ bench: $(STAMP)
 	$(PY) bench/cold_start.py
 	$(PY) bench/chat_model_overhead.py
 	$(PY) bench/server_overhead.py
+	$(PY) bench/judge_frontier.py

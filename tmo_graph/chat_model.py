@@ -103,7 +103,8 @@ def check_views(views: Mapping[str, Any]) -> dict[str, ViewSpec]:
         if not isinstance(view, Mapping):
             raise TmoGraphError(
                 f"view {name!r} is a {type(view).__name__}, not a view spec",
-                "give {'image': PATH or URL, 'description': TEXT, 'private': False}",
+                "give {'image': PATH or URL (or 'audio': CLIP), 'description': TEXT, "
+                "'private': False}",
             )
         unknown = sorted(set(view) - VIEW_FIELDS)
         if unknown:
@@ -111,10 +112,10 @@ def check_views(views: Mapping[str, Any]) -> dict[str, ViewSpec]:
                 f"view {name!r} has unknown field(s) {', '.join(map(repr, unknown))}",
                 f"use only {', '.join(sorted(VIEW_FIELDS))}",
             )
-        if not (view.get("image") or view.get("description")):
+        if not (view.get("image") or view.get("audio") or view.get("description")):
             raise TmoGraphError(
-                f"view {name!r} has neither an image nor a description",
-                "give each view {'image': PATH, 'description': TEXT}",
+                f"view {name!r} has neither an image, an audio clip nor a description",
+                "give each view {'image': PATH, 'description': TEXT} (or 'audio': CLIP)",
             )
         if not isinstance(view.get("private", False), bool):
             raise TmoGraphError(f"view {name!r}: 'private' must be true or false", "fix it")

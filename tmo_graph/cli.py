@@ -146,7 +146,10 @@ def chat(
     user: Annotated[
         str, typer.Option(help="owner of the dialogue (memory is per user)")
     ] = "default",
-    view: Annotated[list[str], typer.Option(help="a camera view: NAME=IMAGE_PATH")] = [],  # noqa: B006
+    view: Annotated[
+        list[str],
+        typer.Option(help="a camera view or microphone: NAME=IMAGE_PATH or NAME=CLIP.wav"),
+    ] = [],  # noqa: B006
     caption: Annotated[list[str], typer.Option(help="a view's description: NAME=TEXT")] = [],  # noqa: B006
     config: ConfigOption = None,
     policy: PolicyOption = None,

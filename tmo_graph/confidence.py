@@ -30,6 +30,11 @@ REFUSAL_MARKERS = (
 )
 
 
+# What later prompts get instead of an answer that looped or repeated an earlier one. A small
+# model that copies it from the history has echoed it: the check counts it as an earlier answer.
+LEFT_OUT_ANSWER = "(This answer repeated itself and is left out.)"
+
+
 def mean_logprob(logprobs: Sequence[float], entropies: Sequence[float], text: str) -> float:
     return sum(logprobs) / len(logprobs) if logprobs else float("-inf")
 

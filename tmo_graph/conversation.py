@@ -69,7 +69,7 @@ _locks_guard = threading.Lock()
 def turn_summary(record: TurnRecord, thread_id: str) -> dict[str, Any]:
     """What a surface reports about a finished turn (the chat model's response_metadata, the
     server's ``tmo`` field)."""
-    return {
+    summary = {
         "thread_id": thread_id,
         "turn": record["turn"],
         "policy": record["policy"],
@@ -83,6 +83,10 @@ def turn_summary(record: TurnRecord, thread_id: str) -> dict[str, Any]:
         "cost_usd": record["cost_usd"],
         "budget_left": dict(record["budget_left"]),
     }
+    if "audio_sent" in record:  # a turn with audio clips (issue 13)
+        summary["audio_sent"] = list(record["audio_sent"])
+        summary["transcripts"] = dict(record.get("transcripts", {}))
+    return summary
 
 
 def _thread_lock(thread_id: str) -> threading.Lock:

@@ -25,6 +25,13 @@ class ModelPrice:
     tokens_per_image: int
     # Tokens per 512 px tile of a detail="high" image, on top of the base.
     tokens_per_tile: int = 0
+    # ---- audio input (issue 13) ----
+    # USD per million audio input tokens; None: the model takes no audio (clips go to it as
+    # their device transcripts instead).
+    input_audio_per_mtok: float | None = None
+    # Audio input tokens per second of clip. OpenAI's Realtime docs count user audio at one
+    # token per 100 ms; its chat audio models are assumed to count alike.
+    audio_tokens_per_s: float = 10.0
 
 
 # OpenAI list prices (platform pricing page). gpt-4o-mini bills low-detail images at
@@ -35,6 +42,24 @@ PRICES: dict[str, ModelPrice] = {
     ),
     "gpt-4o-mini": ModelPrice(
         input_per_mtok=0.15, output_per_mtok=0.60, tokens_per_image=2833, tokens_per_tile=5667
+    ),
+    # Audio-input models (OpenAI list prices: gpt-4o-audio-preview $40 and
+    # gpt-4o-mini-audio-preview $10 per million audio input tokens; text as their base
+    # models). They take no images here: tokens_per_image is the base model's, kept so an
+    # image sent anyway is still priced, never free.
+    "gpt-4o-audio-preview": ModelPrice(
+        input_per_mtok=2.50,
+        output_per_mtok=10.00,
+        tokens_per_image=85,
+        tokens_per_tile=170,
+        input_audio_per_mtok=40.00,
+    ),
+    "gpt-4o-mini-audio-preview": ModelPrice(
+        input_per_mtok=0.15,
+        output_per_mtok=0.60,
+        tokens_per_image=2833,
+        tokens_per_tile=5667,
+        input_audio_per_mtok=10.00,
     ),
 }
 
@@ -74,6 +99,27 @@ def image_tokens(price: ModelPrice, width: int, height: int, detail: str) -> int
     w, h = w * scale, h * scale
     tiles = math.ceil(w / 512) * math.ceil(h / 512)
     return price.tokens_per_image + tiles * price.tokens_per_tile
+
+
+def audio_input_tokens(price: ModelPrice, seconds: float) -> int:
+    """Input tokens a clip of ``seconds`` costs, counted at the model's *text* input price,
+    so that one input-token count prices text, images and audio alike: the clip's audio
+    tokens (``audio_tokens_per_s`` a second, rounded up) times the audio-to-text price
+    ratio, rounded up (never under-billed). 0 for a model that takes no audio."""
+    if seconds < 0:
+        raise TmoGraphError(f"seconds must be >= 0, got {seconds}", "pass a clip length")
+    if price.input_audio_per_mtok is None or seconds == 0:
+        return 0
+    return audio_as_input_tokens(price, math.ceil(seconds * price.audio_tokens_per_s))
+
+
+def audio_as_input_tokens(price: ModelPrice, audio_tokens: int) -> int:
+    """``audio_tokens`` as input tokens at the text input price (rounded up)."""
+    if price.input_audio_per_mtok is None or audio_tokens <= 0:
+        return 0
+    if price.input_per_mtok <= 0:  # free text input: the audio cannot be priced through it
+        return audio_tokens
+    return math.ceil(audio_tokens * price.input_audio_per_mtok / price.input_per_mtok)
 
 
 def local_energy_cost_usd(seconds: float, power_w: float, usd_per_kwh: float) -> float:
@@ -205,14 +251,13 @@ def cloud_cost_usd(k_views: int) -> float:
 #   32,000 bytes a second; a voice note or workshop recording of AUDIO_CLIP_S seconds;
 # - upload time = its bytes at an assumed uplink rate per network profile (typical uplink
 #   rates, not measured here); the model's extra time to read ~100 audio tokens is left out;
-# - money = its audio input tokens (OpenAI bills audio input at about one token per 100 ms,
-#   i.e. 10 tokens a second) at gpt-4o-audio-preview's audio input list price, 40 USD per
-#   million tokens (platform pricing page): a 10 s clip costs 0.004 USD, close to the
-#   paper's price of one more image (0.0042-0.0045 USD).
+# - money = its audio input tokens by the price row of SIM_AUDIO_PRICE_AS (the live graph's
+#   row: audio_tokens_per_s 10, OpenAI's one token per 100 ms; gpt-4o-audio-preview's audio
+#   input list price, 40 USD per million tokens), unrounded: a 10 s clip costs 0.004 USD,
+#   close to the paper's price of one more image (0.0042-0.0045 USD).
 AUDIO_CLIP_S = 10.0
 AUDIO_BYTES_PER_S = 32_000
-AUDIO_TOKENS_PER_S = 10.0
-AUDIO_USD_PER_MTOK = 40.0
+SIM_AUDIO_PRICE_AS = "gpt-4o-audio-preview"
 UPLINK_MBPS: dict[str, float] = {"Wired": 100.0, "WiFi": 20.0, "5G": 10.0, "4G": 2.0}
 
 
@@ -232,4 +277,6 @@ def audio_clip_cost_usd(seconds: float = AUDIO_CLIP_S) -> float:
     """Price of the audio input tokens of a clip of ``seconds`` (added to the call's)."""
     if not seconds > 0:
         raise TmoGraphError(f"an audio clip lasts > 0 s, got {seconds!r}", "e.g. 10.0")
-    return seconds * AUDIO_TOKENS_PER_S * AUDIO_USD_PER_MTOK / 1e6
+    row = PRICES[SIM_AUDIO_PRICE_AS]
+    assert row.input_audio_per_mtok is not None  # an audio model's row (tested)
+    return seconds * row.audio_tokens_per_s * row.input_audio_per_mtok / 1e6

@@ -8,6 +8,11 @@
            {"text": "My PIN is 4711, remind me later.", "private": true}]}
 ```
 
+Audio (issue 13): a view may be a named audio source, ``"mic": {"audio": "clips/bench.wav",
+"description": "microphone at the workbench"}``, and a turn may carry voice notes,
+``{"text": "What is that noise?", "audio": ["clips/note.ogg"]}`` (WAV, FLAC, MP3 or OGG
+Vorbis; a turn with a voice note may leave ``text`` out).
+
 A turn marked ``"private": true`` (a JSON boolean) is answered on the device and never sent
 to the cloud, not even as history or recalled memory later (:mod:`tmo_graph.privacy`).
 
@@ -20,6 +25,7 @@ pixels are read into the dialogue (the graph makes data URLs only for what it se
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,9 +39,11 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 
+from tmo_graph.audio import check_audio
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import check_image, is_remote
@@ -65,16 +73,22 @@ class TurnSpec(_Strict):
     """A user message: its text, inline images (candidates for a cloud call unless the turn
     is private) and whether it is private (answered on the device, never sent)."""
 
-    text: str
+    text: str = ""
     images: list[str] = Field(default_factory=list)
     private: bool = False
+    audio: list[str] = Field(default_factory=list)  # voice notes (issue 13)
 
-    _text = field_validator("text")(_not_blank)
-
-    @field_validator("images")
+    @field_validator("images", "audio")
     @classmethod
     def _images_not_blank(cls, value: list[str]) -> list[str]:
         return [_not_blank(v) for v in value]
+
+    @model_validator(mode="after")
+    def _words_or_voice(self) -> TurnSpec:
+        # A voice note may stand for the words; otherwise the turn needs text.
+        if not self.text.strip() and not self.audio:
+            raise ValueError("the message is empty")
+        return self
 
 
 class ViewEntry(_Strict):
@@ -83,8 +97,9 @@ class ViewEntry(_Strict):
     image: str | None = None
     description: str = ""
     private: bool = False
+    audio: str | None = None  # a named audio source instead of an image (issue 13)
 
-    @field_validator("image")
+    @field_validator("image", "audio")
     @classmethod
     def _image_not_blank(cls, value: str | None) -> str | None:
         return None if value is None else _not_blank(value)
@@ -137,14 +152,18 @@ class Turn:
     text: str
     images: list[str] = field(default_factory=list)  # absolute paths or URLs, never pixels
     private: bool = False  # answered on the device; never in a cloud request
+    audio: list[str] = field(default_factory=list)  # voice notes: absolute paths, never samples
 
     def content(self) -> str | list[dict[str, Any]]:
-        """The human message content: plain text, or text plus ``image_url`` parts."""
-        if not self.images:
+        """The human message content: plain text, or text plus ``image_url`` parts and
+        LangChain ``audio`` blocks (a clip's path as its url; the graph stores it)."""
+        if not self.images and not self.audio:
             return self.text
+        text = [{"type": "text", "text": self.text}] if self.text.strip() else []
         return [
-            {"type": "text", "text": self.text},
+            *text,
             *({"type": "image_url", "image_url": {"url": url}} for url in self.images),
+            *({"type": "audio", "url": path} for path in self.audio),
         ]
 
 
@@ -200,10 +219,19 @@ def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, Vie
             f"--caption names unknown view(s) {sorted(unknown)}",
             f"caption only views given with --view ({', '.join(images) or 'none'})",
         )
-    return {
-        name: ViewSpec(image=resolve_image(path, Path.cwd()), description=captions.get(name, ""))
-        for name, path in images.items()
-    }
+    views: dict[str, ViewSpec] = {}
+    for name, path in images.items():
+        view = ViewSpec(description=captions.get(name, ""))
+        if Path(path).suffix.lower().lstrip(".") in AUDIO_SUFFIXES:  # an audio source
+            view["audio"] = _checked_clip(path, Path.cwd(), "command line", f"--view {name}")
+        else:
+            view["image"] = resolve_image(path, Path.cwd())
+        views[name] = view
+    return views
+
+
+# File endings taken as audio sources by ``--view NAME=PATH`` (issue 13).
+AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "oga")
 
 
 def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:
@@ -217,12 +245,23 @@ def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:
         images = [
             _checked(p, base, where, f"turns[{i}].images[{j}]") for j, p in enumerate(turn.images)
         ]
-        turns.append(Turn(text=turn.text, images=images, private=turn.private))
+        clips = [
+            _checked_clip(p, base, where, f"turns[{i}].audio[{j}]")
+            for j, p in enumerate(turn.audio)
+        ]
+        turns.append(Turn(text=turn.text, images=images, private=turn.private, audio=clips))
     views: dict[str, ViewSpec] = {}
     for name, entry in spec.views.items():
         view = ViewSpec(description=entry.description, private=entry.private)
+        if entry.image is not None and entry.audio is not None:
+            raise TmoGraphError(
+                f"{where}: view `{name}` has both an image and an audio clip",
+                'make them two views, e.g. "bench_cam": {"image": ...} and "mic": {"audio": ...}',
+            )
         if entry.image is not None:
             view["image"] = _checked(entry.image, base, where, f"views.{name}.image")
+        if entry.audio is not None:
+            view["audio"] = _checked_clip(entry.audio, base, where, f"views.{name}.audio")
         views[name] = view
     return Dialogue(
         id=where if spec.id is None else str(spec.id),
@@ -267,9 +306,20 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
 
 _ALLOWED = {
     "": "id, user_id, views, context, turns",
-    "views": "image, description, private",
-    "turns": 'text, images, private (or write the turn as a plain string: "...")',
+    "views": "image, audio, description, private",
+    "turns": 'text, images, audio, private (or write the turn as a plain string: "...")',
 }
+
+
+def _checked_clip(clip: str, base: Path, where: str, loc: str) -> str:
+    """The clip's absolute path (relative to ``base``), checked to be readable audio. Its
+    length is checked by the graph against the config's audio.max_clip_seconds."""
+    path = clip if clip.startswith("data:") else str((base / Path(clip).expanduser()).resolve())
+    try:
+        check_audio(path, math.inf)
+    except TmoGraphError as error:
+        raise TmoGraphError(f"{where}: field `{loc}`: {error.problem}", error.fix) from None
+    return path
 
 
 def _checked(image: str, base: Path, where: str, loc: str) -> str:
@@ -327,6 +377,11 @@ def _schema_error(err: ErrorDetails, where: str) -> TmoGraphError:
         return TmoGraphError(
             f"{where}: field `{field_name}`: a turn must be a string or an object (got {got!r})",
             'write "..." or {"text": "...", "images": ["photo.png"]}',
+        )
+    if len(loc) == 2 and loc[0] == "turns" and kind == "value_error":  # no text, no voice
+        return TmoGraphError(
+            f"{where}: field `{field_name}.text`: the message is empty",
+            'give each turn text: "...", or a voice note: {"audio": ["note.wav"]}',
         )
     if len(loc) == 3 and loc[0] == "turns" and loc[2] == "text":
         problem = "the message is empty" if kind in ("value_error", "missing") else err["msg"]

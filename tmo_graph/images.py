@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.media import store_once
 
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp"}
 
@@ -66,13 +67,7 @@ def store_image(image: str, folder: Path) -> ImageRef:
     if image.startswith("data:"):
         data = _decode_data_url(image)
         fmt = _image_format(data, "an inline image")
-        digest = hashlib.sha256(data).hexdigest()
-        path = Path(folder).expanduser().resolve() / f"{digest}.{_EXTENSIONS.get(fmt, 'img')}"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".part")
-            tmp.write_bytes(data)
-            tmp.replace(path)  # atomic: a reader never sees half a file
+        path, digest = store_once(data, folder, _EXTENSIONS.get(fmt, "img"))
         return ImageRef(str(path), digest)
     path = Path(image.removeprefix("file://")).expanduser().resolve()
     if not path.is_file():

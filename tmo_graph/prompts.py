@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
-from tmo_graph.confidence import degenerate_text
+from tmo_graph.confidence import LEFT_OUT_ANSWER, degenerate_text
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.state import Recalled
 
@@ -19,12 +19,25 @@ from tmo_graph.state import Recalled
 PRIVATE = "private"
 
 
-# What later prompts get instead of an answer that looped or repeated an earlier one.
-LEFT_OUT_ANSWER = "(This answer repeated itself and is left out.)"
+__all__ = ["LEFT_OUT_ANSWER"]  # kept in confidence.py, whose echo guard also knows it
 
 
-def message_text(message: AnyMessage) -> str:
-    """The text of a message; image parts become a short placeholder."""
+# Content blocks that carry an audio clip (LangChain's, OpenAI's).
+AUDIO_BLOCKS = ("audio", "input_audio")
+# Where the graph keeps a stored clip's device transcript in its content block.
+TRANSCRIPT_KEY = "transcript"
+
+
+def voice_note_text(block: dict[str, Any]) -> str:
+    """How a voice note reads as text: its device transcript, quoted, when it has one."""
+    extras = block.get("extras")
+    words = extras.get(TRANSCRIPT_KEY) if isinstance(extras, dict) else None
+    return f'[voice note: "{words}"]' if words else "[voice note]"
+
+
+def message_text(message: AnyMessage, voice_notes: bool = True) -> str:
+    """The text of a message; image parts become a short placeholder, voice notes their
+    transcript (:func:`voice_note_text`; left out with ``voice_notes=False``)."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -34,6 +47,9 @@ def message_text(message: AnyMessage) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in AUDIO_BLOCKS:
+            if voice_notes:
+                parts.append(voice_note_text(block))
         elif isinstance(block, dict):
             parts.append("[image]")
     return " ".join(p for p in parts if p).strip()
@@ -125,11 +141,13 @@ def cloud_messages(
     images: Sequence[tuple[str, str]],
     detail: str = "low",
     scrub: Callable[[str], str] = str,
+    audio: Sequence[tuple[str, str]] = (),
 ) -> list[AnyMessage]:
     """Text history, then this turn's prompt with only the chosen images as ``image_url``
     parts; ``images`` are (label, URL) pairs, the URL already made for sending. Every text
     (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction).
-    Private messages and their answers are left out of the history (:func:`shared_messages`)."""
+    Private messages and their answers are left out of the history (:func:`shared_messages`).
+    ``audio``: (label, base64 WAV) pairs, each sent as an OpenAI ``input_audio`` part."""
     history_in = shared_messages(messages[:-1])
     dialogue = text_dialogue(history_in, recalled, system_prompt(messages, persona))
     history = as_langchain([{**m, "content": scrub(m["content"])} for m in dialogue])
@@ -137,6 +155,9 @@ def cloud_messages(
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
         content.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})
+    for label, data in audio:
+        content.append({"type": "text", "text": f"{label}:"})
+        content.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
     return [*history, HumanMessage(content=content)]
 
 

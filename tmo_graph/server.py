@@ -40,6 +40,11 @@ The dialogue:
   the device and the message and its answer never reach the cloud (:mod:`tmo_graph.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
   own files for a client. They are checked before the turn starts.
+- Audio parts (issue 13): OpenAI ``input_audio`` (``{"data": base64, "format": "wav"}``)
+  or a LangChain ``audio`` block with ``base64`` data (never a URL or a file on this
+  machine), in WAV, FLAC, MP3 or OGG Vorbis, checked before the turn starts. A message may
+  be a voice note alone. The clip is transcribed on the device and goes to the cloud only
+  when the route sends it (``tmo.audio_sent``).
 - ``max_tokens`` / ``max_completion_tokens`` (up to the ceiling) shorten the answer, local
   or cloud, below the config's limits; ``temperature`` and the other sampling fields are
   accepted and ignored; ``n`` other than 1 and ``tools`` are refused.
@@ -83,6 +88,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tmo_graph.audio import FORMATS, audio_bytes, decode
 from tmo_graph.context import POLICIES, Context
 from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
@@ -239,6 +245,41 @@ def parse_model(model: str) -> tuple[str, float | None]:
 # --------------------------------------------------------------------------- messages
 
 
+def _audio_part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """An audio part, checked to carry decodable audio inline (OpenAI's or LangChain's)."""
+    if part.get("type") == "input_audio":
+        clip = part.get("input_audio")
+        data = clip.get("data") if isinstance(clip, dict) else None
+        fmt = clip.get("format", "wav") if isinstance(clip, dict) else None
+        if not isinstance(data, str) or not data:
+            raise _bad(f"{where}.input_audio.data must be the clip as base64", where)
+        if fmt not in FORMATS:
+            raise _bad(f"{where}.input_audio.format must be one of {', '.join(FORMATS)}", where)
+        out = {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+    else:
+        data = part.get("base64") or part.get("data")
+        if not isinstance(data, str) or not data:
+            raise _bad(
+                f"{where} must carry the clip as base64 ('base64' or 'data'); this server reads "
+                "no URLs or files for a client",
+                where,
+            )
+        out = {"type": "audio", "base64": data, "mime_type": str(part.get("mime_type", ""))}
+    try:
+        # Length is checked by the graph against audio.max_clip_seconds (400 with the fix).
+        decode(audio_bytes(data), f"{where} (audio)")
+    except TmoGraphError as exc:
+        text = str(exc)
+        raise _bad(text if text.startswith(where) else f"{where}: {text}", where) from None
+    return out
+
+
+def _has_audio(content: str | list[dict[str, Any]] | None) -> bool:
+    return isinstance(content, list) and any(
+        p.get("type") in ("input_audio", "audio") for p in content
+    )
+
+
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
     if isinstance(content, str):
         return content
@@ -273,9 +314,12 @@ def _user_content(
             except TmoGraphError as exc:
                 raise _bad(f"{where}[{k}]: {exc}", f"{where}[{k}]") from None
             parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind in ("input_audio", "audio"):
+            parts.append(_audio_part(part, f"{where}[{k}]"))
         else:
             raise _bad(
-                f"{where}[{k}] has type {kind!r}; this server takes 'text' and 'image_url' parts",
+                f"{where}[{k}] has type {kind!r}; this server takes 'text', 'image_url', "
+                "'input_audio' and 'audio' parts",
                 f"{where}[{k}]",
             )
     return parts
@@ -314,7 +358,7 @@ def new_messages(messages: list[ChatMessage], new_thread: bool) -> list[AnyMessa
             start -= 1
         dialogue = dialogue[start:]
     last_index, last = dialogue[-1]
-    if not _text_of(last.content).strip():
+    if not _text_of(last.content).strip() and not _has_audio(last.content):
         raise _bad(
             f"messages[{last_index}] has no text; ask the question in words "
             "(images may come with it)",
@@ -386,6 +430,8 @@ def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
         "x-tmo-cost-usd": f"{info['cost_usd']:.8f}",
         "x-tmo-budget-left-usd": f"{left['cost_usd']:.8f}",
         "x-tmo-budget-left-s": f"{left['latency_s']:.4f}",
+        # Clips whose audio went to the cloud this turn (empty: none, or no clips).
+        "x-tmo-audio-sent": ",".join(info.get("audio_sent", [])),
     }
 
 

@@ -24,9 +24,11 @@ from langchain_core.language_models import BaseChatModel
 
 from tmo_graph.audit import AuditLog
 from tmo_graph.context import Context
+from tmo_graph.device import LiveResources, live_resources
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import TurnMemory
 from tmo_graph.models.base import GapPredictor, LocalBackend
+from tmo_graph.models.speech import Recogniser
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.settings import Settings, default_cache_dir
@@ -55,8 +57,15 @@ class Services:
     # How the model nodes measure and wait (a simulation passes its own clock).
     clock: Callable[[], float] = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
+    # Speech to text for audio clips (issue 13); None: the one audio.recogniser names.
+    recogniser: Recogniser | None = None
+    # The device's measured speeds and its reading each turn. build_services shares the
+    # process's estimates kept in settings.device_state_path(); Services made by hand keep
+    # their own in memory unless settings.device.state_path is set explicitly.
+    device: LiveResources | None = None
     tasks: TaskClassifier = field(init=False)
-    costs: CostModel = field(init=False)
+    # The configured cost model; :attr:`costs` is it with the measured speeds.
+    base_costs: CostModel = field(init=False)
     default_context: Context = field(init=False)  # a run without context= gets this
 
     def __post_init__(self) -> None:
@@ -65,13 +74,27 @@ class Services:
             self.association = TextAssociationScorer(self.embeddings)
         if self.image_dir is None:
             self.image_dir = default_cache_dir() / "images"
-        self.costs = CostModel.from_settings(self.settings)
+        self.base_costs = CostModel.from_settings(self.settings)
+        if self.device is None:
+            path = self.settings.device.state_path
+            self.device = (
+                LiveResources.from_settings(self.settings)
+                if path is None
+                else live_resources(self.settings, path)
+            )
         if self.audit is None and self.settings.audit.enabled and self.settings.audit.path:
             self.audit = AuditLog(self.settings.audit.path)
         if self.ledger is None and self.settings.spending.daily_cost_cap_usd is not None:
             self.ledger = SpendLedger(self.settings.ledger_path())
         self.default_context = Context.from_settings(self.settings)
         self._embed = lru_cache(maxsize=64)(self._embed_uncached)
+
+    @property
+    def costs(self) -> CostModel:
+        """The cost model with the speeds the device and the cloud show now (the budget mask
+        and the local answer's length use it); read it once per decision."""
+        assert self.device is not None  # set in __post_init__
+        return self.device.cost_model(self.base_costs)
 
     def spend_ledger(self) -> SpendLedger:
         """The daily spend ledger, opened at ``settings.ledger_path()`` the first time a cap
@@ -177,6 +200,7 @@ def build_services(settings: Settings) -> Services:
         memory=memory,
         gap_predictor=gap_predictor,
         audit=AuditLog(settings.audit_path()) if settings.audit.enabled else None,
+        device=live_resources(settings, settings.device_state_path()),
     )
 
 

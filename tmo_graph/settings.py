@@ -284,6 +284,30 @@ class ServerSettings(_Section):
 class DeviceSettings(_Section):
     profile: str = Field("Jetson TX2", description="paper device profile for local energy")
     usd_per_kwh: float = Field(0.1668, ge=0)
+    live: bool = Field(
+        True,
+        description="budgets use the measured speeds of the local model and the cloud "
+        "(tmo_graph.device); false: the configured local.tokens_per_s etc. only",
+    )
+    ewma_weight: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="weight of the newest measurement in the speed estimates: 0.5 moves "
+        "87.5 % of the way to a new speed within three calls",
+    )
+    recover_half_life_s: float = Field(
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a local speed estimate below the configured one that no call refreshes "
+        "moves half-way back to it in this many seconds (a busy device is tried again)",
+    )
+    state_path: Path | None = Field(
+        None,
+        description="the measured speeds, kept across runs; default <cache>/device.json",
+    )
 
 
 class PriceEntry(_Section):
@@ -291,6 +315,42 @@ class PriceEntry(_Section):
     output_per_mtok: float = Field(ge=0)
     tokens_per_image: int = Field(ge=0, description="tokens of a low-detail image")
     tokens_per_tile: int = Field(0, ge=0, description="tokens per 512 px tile, high detail")
+    # Audio input (issue 13): None means the model takes no audio (clips go as transcripts).
+    input_audio_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million audio input tokens; null: the model hears none"
+    )
+    audio_tokens_per_s: float = Field(
+        10.0, gt=0, description="audio input tokens per second of clip (OpenAI: 1 per 100 ms)"
+    )
+
+
+# ---- audio (issue 13) -------------------------------------------------------------------
+
+
+class AudioSettings(_Section):
+    """Audio clips: how the device transcribes them and how long they may be."""
+
+    recogniser: Literal["pocketsphinx", "faster-whisper", "none"] = Field(
+        "pocketsphinx",
+        description="speech recogniser on the device: pocketsphinx (ships its English model, "
+        "nothing to download, low accuracy), faster-whisper (needs model_dir), none",
+    )
+    model_dir: Path | None = Field(
+        None, description="faster-whisper: a CTranslate2 Whisper model folder you already have"
+    )
+    language: str = Field("en", description="faster-whisper: the language spoken")
+    max_clip_seconds: float = Field(
+        120.0, gt=0, allow_inf_nan=False, description="longer clips are refused on arrival"
+    )
+    cloud_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a clip sent to the cloud is cut to this length (mono 16 kHz WAV)",
+    )
+    max_clips_per_call: int = Field(
+        2, gt=0, description="inline clips of one message that may go to the cloud"
+    )
 
 
 class RoutingDefaults(_Section):
@@ -343,6 +403,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     spending: SpendingSettings = SpendingSettings()
     server: ServerSettings = ServerSettings()
+    audio: AudioSettings = AudioSettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
 
@@ -369,6 +430,9 @@ class Settings(BaseSettings):
 
     def ledger_path(self) -> Path:
         return self.spending.ledger or default_cache_dir() / "spend.sqlite"
+
+    def device_state_path(self) -> Path:
+        return self.device.state_path or default_cache_dir() / "device.json"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -21,6 +21,8 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
 from typing_extensions import TypedDict
 
+from tmo_graph.device import DeviceReading
+
 
 class ViewSpec(TypedDict, total=False):
     """A named device modality (camera view) available to the dialogue.
@@ -35,6 +37,9 @@ class ViewSpec(TypedDict, total=False):
     sha256: str
     description: str
     private: bool
+    # A named audio source (issue 13), e.g. a workshop microphone: a clip's file path or
+    # data URL instead of an image (stored like images; ``sha256`` is the clip's hash).
+    audio: str
 
 
 class Budget(TypedDict):
@@ -49,6 +54,10 @@ class Candidate(TypedDict):
     kind: Literal["device", "inline"]
     score: float
     image: str | None  # path or http(s) URL of the image; None: a description only
+    # An audio clip (issue 13): its stored path, length and the device's transcript.
+    audio: NotRequired[str]
+    seconds: NotRequired[float]
+    transcript: NotRequired[str]
 
 
 class Recalled(TypedDict):
@@ -89,6 +98,7 @@ class CallRecord(TypedDict):
     cloud_attempts: NotRequired[list[dict[str, Any]]]
     breaker: NotRequired[str]
     redactions: NotRequired[dict[str, int]]  # personal data replaced in the request, by kind
+    audio_sent: NotRequired[list[str]]  # clips whose audio the request carried (issue 13)
 
 
 class TurnRecord(TypedDict):
@@ -115,6 +125,16 @@ class TurnRecord(TypedDict):
     breaker: NotRequired[str]  # the cloud endpoint's circuit after the turn's cloud call
     redactions: NotRequired[dict[str, int]]  # personal data kept from the cloud, by kind
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
+    # Audio (issue 13), present when the turn had clips: the clips whose content went to the
+    # cloud (also named in views_sent), and every clip's device transcript by name.
+    audio_sent: NotRequired[list[str]]
+    transcripts: NotRequired[dict[str, str]]
+    transcription_s: NotRequired[float]  # of latency_s: the device reading the turn's clips
+    # The device as the route saw it: CPU load (all processes, and all but this one) since
+    # the previous turn, free memory (MB), battery (null: none), and the measured speeds the
+    # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
+    # (measured / expected), cloud failure rate (tmo_graph.device.DeviceReading).
+    device: NotRequired[DeviceReading]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
@@ -168,3 +188,10 @@ class State(InputState):
     confidence_parts: dict[str, float] = field(default_factory=dict)
     escalated: bool = False  # at most one escalation per turn: the state says so
     warnings: list[str] = field(default_factory=list)  # for the turn record's warnings
+    # Every clip's device transcript this turn (private sources too: the local prompt reads
+    # them), by modality name.
+    transcripts: dict[str, str] = field(default_factory=dict)
+    # Seconds the device spent reading this turn's clips (decoding, speech recognition): the
+    # turn's latency and the budget count them like a model call's.
+    transcription_s: float = 0.0
+    device: DeviceReading | None = None  # read by route, for the policy and the turn record

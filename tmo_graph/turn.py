@@ -12,6 +12,7 @@ from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.budget import (
     CALL_MARGIN_S,
+    MIN_CLOUD_ANSWER_TOKENS,
     TOKENS_PER_MESSAGE,
     all_actions,
     build_route_input,
@@ -19,6 +20,9 @@ from tmo_graph.policy.budget import (
 from tmo_graph.prompts import message_text, text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
+
+# A fall-back local answer shorter than this says too little to keep time back for.
+MIN_FALLBACK_TOKENS = 8
 
 
 def run_context(runtime: Runtime[Context], default: Context) -> Context:
@@ -48,10 +52,12 @@ def prompt_chars(state: State) -> int:
     return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
 
 
-def spent(calls: Sequence[CallRecord]) -> Budget:
-    """Seconds and dollars the turn's calls took so far."""
+def spent(calls: Sequence[CallRecord], device_s: float = 0.0) -> Budget:
+    """Seconds and dollars the turn's calls took so far, plus ``device_s``: the device's
+    own work on the turn's inputs (reading its audio clips)."""
     return Budget(
-        latency_s=sum(c["latency_s"] for c in calls), cost_usd=sum(c["cost_usd"] for c in calls)
+        latency_s=device_s + sum(c["latency_s"] for c in calls),
+        cost_usd=sum(c["cost_usd"] for c in calls),
     )
 
 
@@ -64,7 +70,7 @@ def budget_before_turn(state: State, context: Context) -> Budget:
 
 def budget_now(state: State, context: Context) -> Budget:
     """What is left now, the turn's calls so far included."""
-    before, used = budget_before_turn(state, context), spent(state.calls)
+    before, used = budget_before_turn(state, context), spent(state.calls, state.transcription_s)
     return Budget(
         latency_s=before["latency_s"] - used["latency_s"],
         cost_usd=before["cost_usd"] - used["cost_usd"],
@@ -72,17 +78,23 @@ def budget_now(state: State, context: Context) -> Budget:
 
 
 def candidate_actions(state: State, services: Services) -> list[Action]:
-    """Local, and the cloud with every subset of the views that have an image to send."""
+    """Local, and the cloud with every subset of the modalities that have an image or an
+    audio clip to send (``1 + 2**X`` actions over all of them, as in the paper)."""
     if services.cloud is None:
         return [LOCAL]
-    return all_actions([c["name"] for c in state.candidates if c["image"]])
+    return all_actions([c["name"] for c in state.candidates if c["image"] or c.get("audio")])
+
+
+def clip_seconds(state: State) -> dict[str, float]:
+    """The length of each audio candidate, by name (what sending it costs)."""
+    return {c["name"]: c.get("seconds", 0.0) for c in state.candidates if c.get("audio")}
 
 
 def route_input(
     state: State, services: Services, budget: Budget, quality_gap: float | None = None
 ) -> RouteInput:
-    """The policy's view of the turn, with the actions ``budget`` allows (the same builder
-    the simulator uses)."""
+    """The policy's view of the turn, with the actions ``budget`` allows at the speeds
+    measured now (the same builder the simulator uses)."""
     return build_route_input(
         prompt=state.prompt,
         task=state.task,
@@ -94,12 +106,29 @@ def route_input(
         cost_model=services.costs,
         prompt_chars=prompt_chars(state),
         quality_gap=quality_gap,
+        audio_s=clip_seconds(state),
+        device=state.device,
     )
 
 
 def local_dialogue(state: State, context: Context) -> list[dict[str, str]]:
-    """What the device model reads this turn: persona, recalled memory and the dialogue."""
-    return text_dialogue(state.messages, state.recalled, context.system_prompt)
+    """What the device model reads this turn: persona, recalled memory and the dialogue,
+    with what the device's audio sources said (their transcripts) after the question."""
+    dialogue = text_dialogue(state.messages, state.recalled, context.system_prompt)
+    heard = heard_text(state)
+    if heard and dialogue[-1]["role"] == "user":
+        dialogue[-1] = {**dialogue[-1], "content": f"{dialogue[-1]['content']}\n\n{heard}"}
+    return dialogue
+
+
+def heard_text(state: State) -> str:
+    """The named audio sources' transcripts as prompt lines (voice notes are in the message)."""
+    lines = [
+        f'[{name}, speech recognised on the device, may be inaccurate: "{words}"]'
+        for name, words in state.transcripts.items()
+        if words and state.views.get(name, {}).get("audio")
+    ]
+    return "\n".join(lines)
 
 
 def local_prompt_tokens(services: Services, dialogue: list[dict[str, str]]) -> int:
@@ -120,4 +149,15 @@ def local_reserve(state: State, context: Context, services: Services) -> Budget:
     costs = services.costs
     seconds = costs.local_seconds(tokens, services.settings.local.max_new_tokens)
     seconds += CALL_MARGIN_S + 1.0 / costs.local_tokens_per_s  # as answer_local keeps back
+    left = budget_now(state, context)["latency_s"]
+    if seconds > left:
+        # A busy device whose whole answer does not fit (the route sends such a turn to the
+        # cloud): keep back a short fall-back (the prompt's reading and a few words) when it
+        # fits beside the cloud's shortest answer; else all of it, as before (no cloud call
+        # is made that the device could not stand in for).
+        views = len(state.decision["views"]) if state.decision else 0
+        cloud = costs.cloud_time_factor * costs.cloud_seconds(views, MIN_CLOUD_ANSWER_TOKENS)
+        least = costs.local_seconds(tokens, MIN_FALLBACK_TOKENS) + CALL_MARGIN_S
+        if least + cloud <= left:
+            seconds = least
     return Budget(latency_s=seconds, cost_usd=costs.local_call_usd(seconds))

@@ -33,6 +33,8 @@ class FakeLocal:
     calls: int = 0
     seen: list[Any] = field(default_factory=list)
     tags: list[list[str] | None] = field(default_factory=list)
+    # The limits the graph gave each call: (max_new_tokens, max_time_s).
+    limits: list[tuple[int | None, float | None]] = field(default_factory=list)
 
     def answer(
         self,
@@ -43,6 +45,7 @@ class FakeLocal:
     ) -> tuple[str, Stats]:
         self.seen.append(messages)
         self.tags.append(tags)
+        self.limits.append((max_new_tokens, max_time_s))
         text = self.answers[self.calls % len(self.answers)]
         self.calls += 1
         return text, self.score_answer(messages, text)

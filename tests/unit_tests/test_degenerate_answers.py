@@ -90,3 +90,16 @@ def test_a_threshold_of_zero_keeps_even_a_looping_answer(tmp_path: Path) -> None
     context = Context(policy="cascade", confidence_threshold=0.0)  # "never escalate"
     record = _run(graph, "What fruit is this?", context)["turns"][-1]
     assert record["route"] == "local" and not record["escalated"] and cloud.sent == []
+
+
+def test_an_answer_that_copies_the_left_out_placeholder_is_escalated(tmp_path: Path) -> None:
+    """Seen in the audio example: after a left-out answer the small model wrote the history's
+    placeholder as its own answer, fluently, and the user got it."""
+    cloud = FakeCloud(answer="The saw blade comes off with the 5 mm key.")
+    cloud.sent = []
+    local = FakeLocal([LOOP, LEFT_OUT_ANSWER], logprob=-0.05)
+    graph = build_graph(fake_services(tmp_path, local, cloud), checkpointer=InMemorySaver())
+    context = Context(policy="cascade", confidence_threshold=0.05)
+    _run(graph, "What fruit is this?", context)
+    record = _run(graph, "How do I change the saw blade?", context)["turns"][-1]
+    assert record["escalated"] and record["answer"] == "The saw blade comes off with the 5 mm key."

@@ -12,7 +12,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.checkpoint.memory import InMemorySaver
 
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.context import Context
 from tmo_graph.faults import BudgetReached
 from tmo_graph.graph import build_graph
@@ -23,24 +23,6 @@ from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS, CostModel
 from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings
 from tmo_graph.spending import SpendLedger
-
-
-class LimitedLocal(FakeLocal):
-    """Records the limits the graph gives the device."""
-
-    def __init__(self, answers: list[str]) -> None:
-        super().__init__(answers)
-        self.limits: list[tuple[int | None, float | None]] = []
-
-    def answer(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int | None = None,
-        tags: list[str] | None = None,
-        max_time_s: float | None = None,
-    ) -> tuple[str, Stats]:
-        self.limits.append((max_new_tokens, max_time_s))
-        return super().answer(messages, max_new_tokens, tags, max_time_s)
 
 
 def _cloud(**values: Any) -> FakeCloud:
@@ -91,7 +73,7 @@ def test_device_time_grows_with_the_prompt_and_shrinks_the_answer() -> None:
 
 
 def test_a_long_prompt_shortens_the_device_answer_to_the_time_left(tmp_path: Path) -> None:
-    local = LimitedLocal(["short answer"])
+    local = FakeLocal(["short answer"])
     graph = build_graph(fake_services(tmp_path, local), checkpointer=InMemorySaver())
     prompt = "describe the kitchen " * 120  # about 2,500 bytes: the fallback counts bytes
     out = _run(graph, prompt, Context(policy="always-local", latency_budget_s=20.0))
@@ -106,7 +88,7 @@ def test_a_long_prompt_shortens_the_device_answer_to_the_time_left(tmp_path: Pat
 def test_when_nothing_fits_the_turn_says_budget_reached_with_no_model_call(
     tmp_path: Path,
 ) -> None:
-    local = LimitedLocal(["never said"])
+    local = FakeLocal(["never said"])
     cloud = _cloud()
     graph = build_graph(fake_services(tmp_path, local, cloud), checkpointer=InMemorySaver())
     prompt = "x" * 3000  # reading 3,000 bytes takes 20 s at 150 tokens/s

@@ -175,7 +175,7 @@ POLICY_NAMES = r"use one of: always-local, always-cloud, random, rules, cascade,
         ),
         (
             json.dumps({"turns": ["hi"], "views": {"top": {"caption": "x"}}}),
-            r"unknown field `views.top.caption`. Fix: use image, description, private",
+            r"unknown field `views.top.caption`. Fix: use image, audio, description, private",
         ),
         (
             json.dumps({"turns": ["hi"], "views": {"top": {"image": "nope.png"}}}),

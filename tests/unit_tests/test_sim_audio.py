@@ -68,15 +68,17 @@ def test_an_audio_clip_is_priced_by_its_upload_and_its_audio_tokens() -> None:
 
 
 def test_the_paper_cost_model_adds_each_clip_to_the_calls_image_count() -> None:
-    model = CostModel.paper("Jetson TX2", "Wired", 3, audio=[("audio3", 10.0)])
-    images_only = CostModel.paper("Jetson TX2", "Wired", 3)
+    model = CostModel.paper("Jetson TX2", "Wired", 3)
+    clips = {"audio3": 10.0}
     one_view = Action("cloud", ("view0",))
-    assert model.expected(one_view, 0) == images_only.expected(one_view, 0)  # same object values
-    with_mic = model.expected(Action("cloud", ("view0", "audio3")), 0)
+    assert model.expected(one_view, 0, audio_s=clips) == model.expected(one_view, 0)
+    with_mic = model.expected(Action("cloud", ("view0", "audio3")), 0, audio_s=clips)
     assert with_mic.latency_s == pytest.approx(costs.cloud_time_s(WIRED, 1) + 0.0256)
     assert with_mic.cost_usd == pytest.approx(costs.cloud_cost_usd(1) + 0.004)
-    mic_only = model.expected(Action("cloud", ("audio3",)), 0)
-    assert mic_only.cost_usd == pytest.approx(costs.cloud_cost_usd(0) + 0.004)
+    mic_only = model.expected(Action("cloud", ("audio3",)), 0, audio_s={"audio3": 20.0})
+    assert mic_only.cost_usd == pytest.approx(costs.cloud_cost_usd(0) + 0.008)
+    # The price row the simulator's clips use is an audio model's (the live graph's table).
+    assert costs.PRICES[costs.SIM_AUDIO_PRICE_AS].input_audio_per_mtok == 40.0
 
 
 # ---- the observation spec ---------------------------------------------------------------------

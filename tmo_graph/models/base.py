@@ -21,6 +21,9 @@ class LocalBackend(Protocol):
     once that many seconds have passed. A backend may set ``message_id`` on the returned
     stats: the id of the message it streamed. A backend that can count its prompt tokens
     offers ``prompt_tokens(messages) -> int`` (else the graph assumes one per UTF-8 byte).
+    A backend that times its calls sets ``prompt_tokens``, ``prefill_s``, ``decode_tokens``
+    and ``decode_s`` on the stats (see :class:`tmo_graph.models.local.TokenScores`): the
+    device's speed estimates learn from them; without them the estimates stay as they are.
     """
 
     def answer(

@@ -280,6 +280,13 @@ class TokenScores:
     n_tokens: int
     message_id: str | None = None  # id of the chat message the answer was streamed as
     warnings: list[str] = field(default_factory=list)  # e.g. the prompt was cut to fit
+    # How the call went, for the device's speed estimates (tmo_graph.device): the prompt's
+    # tokens read in prefill_s (call start to the first answer token), then decode_tokens
+    # more forward steps in decode_s. None / 0 when the answer was not generated here.
+    prompt_tokens: int = 0
+    prefill_s: float | None = None
+    decode_tokens: int = 0
+    decode_s: float | None = None
 
 
 class _GreedyStepRecorder:
@@ -293,10 +300,17 @@ class _GreedyStepRecorder:
         self.logprobs: list[float] = []
         self.entropies: list[float] = []
         self.chosen: list[int] = []
+        # When each step's scores arrived: the first after the prompt was read, each later
+        # one after one more forward step (the device's measured speeds).
+        self.times: list[float] = []
+        self.prompt_tokens = 0
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        self.times.append(time.perf_counter())
+        if not self.prompt_tokens:
+            self.prompt_tokens = int(input_ids.shape[1])
         logp = torch.log_softmax(scores[0].float(), dim=-1)
         best = int(torch.argmax(logp))
         self.chosen.append(best)
@@ -515,6 +529,7 @@ class LocalModel:
             generation["max_time"] = max_time_s
         # The pipeline decodes under no_grad; inference mode also skips autograd's per-op
         # bookkeeping, about 8 % of a step once the matrix products are int4.
+        start = time.perf_counter()
         with torch.inference_mode():
             reply = self.chat_model().invoke(
                 chat, config={"tags": tags or []}, pipeline_kwargs=generation
@@ -528,8 +543,17 @@ class LocalModel:
         n = len(recorder.chosen)
         if recorder.chosen[-1] == self.tokenizer.eos_token_id:  # the end token is no answer
             n -= 1
+        times = recorder.times
         return text, TokenScores(
-            recorder.logprobs[:n], recorder.entropies[:n], n, reply.id, warnings
+            recorder.logprobs[:n],
+            recorder.entropies[:n],
+            n,
+            reply.id,
+            warnings,
+            prompt_tokens=recorder.prompt_tokens,
+            prefill_s=times[0] - start,
+            decode_tokens=len(times) - 1,
+            decode_s=times[-1] - times[0],
         )
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:

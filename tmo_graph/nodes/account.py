@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.device import cloud_attempt_failed
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
 from tmo_graph.turn import budget_before_turn, budget_now, run_context, spent
@@ -40,6 +41,9 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "confidence_parts": {},
     "escalated": False,
     "warnings": [],
+    "transcripts": {},
+    "transcription_s": 0.0,
+    "device": None,
 }
 
 
@@ -55,7 +59,7 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
     assert state.decision is not None and state.calls
     ctx = run_context(runtime, services.default_context)
     answer = final_call(state.calls)
-    used, now = spent(state.calls), budget_now(state, ctx)
+    used, now = spent(state.calls, state.transcription_s), budget_now(state, ctx)
     left = Budget(latency_s=round(now["latency_s"], 4), cost_usd=round(now["cost_usd"], 8))
     failed_cloud = [c for c in state.calls if c["where"] == "cloud" and not c["ok"]]
     record = TurnRecord(
@@ -89,6 +93,15 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
             for kind, n in call.get("redactions", {}).items():
                 redactions[kind] = redactions.get(kind, 0) + n
         record["redactions"] = redactions
+    if state.transcripts:  # the turn had clips: which left as audio, and what was heard
+        record["audio_sent"] = list(
+            dict.fromkeys(n for c in cloud_calls for n in c.get("audio_sent", []))
+        )
+        record["transcripts"] = dict(state.transcripts)
+        record["transcription_s"] = round(state.transcription_s, 4)
+    if state.device is not None:
+        record["device"] = state.device
+    _measure_cloud(state, services)
     warnings = [*state.warnings, *_budget_warnings(state, ctx, services, left)]
     if warnings:
         record["warnings"] = warnings
@@ -105,6 +118,25 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
         "budget_left": left,
         "turn_count": state.turn_count + 1,
     }
+
+
+def _measure_cloud(state: State, services: Services) -> None:
+    """The turn's cloud attempts into the endpoint's estimates: each answered attempt's
+    seconds against what the configured profile expected, each endpoint fault a failure."""
+    device = services.device
+    if device is None or state.decision is None:
+        return
+    views = len(state.decision["views"])
+    for call in state.calls:
+        if call["where"] != "cloud":
+            continue
+        for attempt in call.get("cloud_attempts", []):
+            failed = cloud_attempt_failed(attempt)
+            if failed:
+                device.observe_cloud_failure()
+            elif failed is not None and call["ok"]:
+                expected = services.base_costs.cloud_seconds(views, call["output_tokens"])
+                device.observe_cloud(float(attempt["seconds"]), expected)
 
 
 def _crossed(total: float, left_before: float, left_after: float, fraction: float) -> bool:

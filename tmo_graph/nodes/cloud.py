@@ -11,6 +11,13 @@ it can be billed (one token per UTF-8 byte, images at the size sent) and
 request is streamed and cut at the time left. What a local fall-back would need is kept back
 while the turn has no local answer.
 
+Audio (issue 13): a clip the route sends goes as an OpenAI ``input_audio`` part (mono 16 kHz
+WAV cut to ``audio.cloud_max_seconds``), billed at the price row's audio rate, when the cloud
+can hear: the priced model has an audio price and the endpoint is no loopback stand-in (a
+text-only model). Otherwise, and for a clip whose transcript holds personal data, it goes as
+its device transcript in the text, with a warning. The turn's other shareable clips go as
+transcripts too; private ones never go.
+
 The node makes the attempts itself (the client's retries are off; :mod:`tmo_graph.faults`):
 at most ``cloud.max_attempts``, each through the endpoint's circuit breaker (an open one
 skips the call: "circuit open"). Every request is one line of the audit log. A failed call
@@ -35,8 +42,10 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from tmo_graph.audio import cloud_audio, store_audio
 from tmo_graph.audit import SentView
 from tmo_graph.context import Context
+from tmo_graph.costs import audio_as_input_tokens
 from tmo_graph.faults import (
     Attempts,
     EmptyAnswer,
@@ -50,10 +59,10 @@ from tmo_graph.faults import (
 from tmo_graph.images import cloud_image, store_image
 from tmo_graph.metering import CloudMeter
 from tmo_graph.policy.budget import CALL_MARGIN_S
-from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor
+from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor, find_personal
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
-from tmo_graph.state import CallRecord, State
+from tmo_graph.state import CallRecord, Candidate, State
 from tmo_graph.turn import budget_now, local_reserve, run_context
 
 
@@ -88,12 +97,16 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     ctx = run_context(runtime, services.default_context)
     chosen = set(state.decision["views"])
     views = [c for c in state.candidates if c["name"] in chosen and c["image"]]
+    clips, prompt, audio_notes = _audio_plan(state, services, chosen)
     start = services.clock()
     try:
         if services.cloud is None:
             raise RuntimeError("no cloud model is configured")
         cfg = services.settings.cloud
         sent = [cloud_image(str(v["image"]), cfg.image_max_side) for v in views]
+        sent_audio = [
+            cloud_audio(str(c["audio"]), services.settings.audio.cloud_max_seconds) for c in clips
+        ]
         labels = [
             "Attached image" if v["kind"] == "inline" else f"Camera view '{v['name']}'"
             for v in views
@@ -105,10 +118,11 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
             state.messages,
             state.recalled,
             ctx.system_prompt,
-            state.prompt,
+            prompt,
             [(label, image.url) for label, image in zip(labels, sent, strict=True)],
             detail=cfg.image_detail,
             scrub=redactor.redact,
+            audio=[(_clip_label(c), a.data) for c, a in zip(clips, sent_audio, strict=True)],
         )
         if redactor.placeholders:
             # The user's own values, to the device-side stream only (never into the state), so
@@ -126,7 +140,9 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         costs=services.costs,
         # The most this request's input can be billed, whatever the endpoint's tokenizer.
         input_cap=services.costs.cloud_input_tokens_at_most(
-            [message_text(m) for m in messages], [(i.width, i.height) for i in sent]
+            [message_text(m) for m in messages],
+            [(i.width, i.height) for i in sent],
+            [a.seconds for a in sent_audio] + [s for _, s in audio_notes.billed_as_audio],
         ),
         max_tokens=ctx.answer_tokens(cfg.max_tokens),
         money_left=lambda: budget_now(state, ctx)["cost_usd"] - reserve["cost_usd"],
@@ -141,23 +157,39 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         views=[  # names and content hashes only: the audit log never holds pixels
             SentView(name=v["name"], sha256=store_image(str(v["image"]), services.image_dir).sha256)
             for v in views
+        ]
+        + [  # and clips sent as audio, likewise by name and hash (never samples)
+            SentView(
+                name=c["name"],
+                sha256=store_audio(
+                    str(c["audio"]), services.image_dir, services.settings.audio.max_clip_seconds
+                ).sha256,
+            )
+            for c in clips
         ],
         redactions=redactor.counts,
     )
 
+    reached: list[bool] = []  # whether a request went out (with the clips in it)
+
     def attempt(timeout: float) -> AIMessage:
         ticket = meter.begin()
         began = services.clock()
+        reached.append(True)
         try:
             reply = _invoke(cloud, messages, timeout, ticket.max_tokens)
         except Exception as exc:
             meter.failed(ticket, classify(exc).kind, services.clock() - began)
             raise
         input_tokens, output_tokens = _usage(reply)
+        input_tokens = _audio_billed(reply, input_tokens, services, [a.seconds for a in sent_audio])
         if cfg.mode == "loopback":
             # The loopback stand-in is text-only and drops images unbilled; bill them as the
             # priced model would at the size sent (a real endpoint reports image tokens).
             input_tokens += sum(services.costs.image_tokens(i.width, i.height) for i in sent)
+            # Likewise clips the priced model would have heard (the stand-in got transcripts).
+            heard = audio_notes.billed_as_audio
+            input_tokens += sum(services.costs.audio_tokens(s) for _, s in heard)
         meter.answered(ticket, (input_tokens, output_tokens), services.clock() - began)
         reply.usage_metadata = {
             "input_tokens": input_tokens,
@@ -173,6 +205,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         )
         failed["redactions"] = dict(redactor.counts)
         return {"calls": [failed]}
+    audio_sent = [c["name"] for c in clips]
     time_left = (
         cloud_time_left_s(budget_now(state, ctx)["latency_s"], reserve["latency_s"]) - CALL_MARGIN_S
     )
@@ -187,11 +220,14 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
         sleep=services.sleep,
         describe=_reason,
     )
+    warnings = [*audio_notes.warnings, *meter.warnings]
     if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
         failed = _failed(services.clock() - start, attempts.error, attempts)
         failed["cost_usd"] = sum(meter.charged)
         failed["redactions"] = dict(redactor.counts)
-        return {"calls": [failed], **_warned(state, meter.warnings)}
+        if reached and audio_sent:  # the clips left the device even though no answer came
+            failed["audio_sent"] = audio_sent
+        return {"calls": [failed], **_warned(state, warnings)}
     reply = attempts.result
     text = redactor.restore(message_text(reply).strip())
     input_tokens, output_tokens = _usage(reply)
@@ -209,7 +245,101 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     )
     if reply.id:
         call["message_id"] = reply.id
-    return {"calls": [call], **_warned(state, meter.warnings)}
+    if audio_sent:
+        call["audio_sent"] = audio_sent
+    return {"calls": [call], **_warned(state, warnings)}
+
+
+# ---- audio (issue 13) ------------------------------------------------------------------------
+
+
+class _AudioNotes:
+    """What the request says about clips beside the audio parts: warnings, and the clips a
+    loopback stand-in got as transcripts but the priced model would have heard (billed)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.billed_as_audio: list[tuple[str, float]] = []
+
+
+def _clip_label(clip: Candidate) -> str:
+    if clip["kind"] == "inline":
+        return clip["name"].replace("_", " ").capitalize()  # "Voice note 1"
+    return f"Audio from '{clip['name']}'"
+
+
+def _audio_billed(
+    reply: AIMessage, input_tokens: int, services: Services, seconds: list[float]
+) -> int:
+    """The reply's input tokens with its audio priced at the audio rate (as text-price
+    tokens). An endpoint that reports its audio tokens (OpenAI's
+    ``prompt_tokens_details.audio_tokens``) has them re-priced; one that does not is billed
+    the clips sent on top, by their length (never less than the audio may have cost)."""
+    if not seconds:
+        return input_tokens
+    usage = reply.usage_metadata
+    details: dict[str, Any] = dict(usage.get("input_token_details") or {}) if usage else {}
+    reported = int(details.get("audio", 0) or 0)
+    if reported:
+        audio = min(reported, input_tokens)
+        return input_tokens - audio + audio_as_input_tokens(services.costs.price, audio)
+    return input_tokens + sum(services.costs.audio_tokens(s) for s in seconds)
+
+
+def _audio_plan(
+    state: State, services: Services, chosen: set[str]
+) -> tuple[list[Candidate], str, _AudioNotes]:
+    """The clips sent as audio, the prompt text the cloud gets (the typed words, then the
+    transcript of every shareable clip not sent as audio), and the notes on both."""
+    notes = _AudioNotes()
+    audio_candidates = [c for c in state.candidates if c.get("audio")]
+    hears = services.costs.hears
+    loopback = services.settings.cloud.mode == "loopback"
+    redact = tuple(services.settings.privacy.redact)
+    sent: list[Candidate] = []
+    for clip in (c for c in audio_candidates if c["name"] in chosen):
+        words = clip.get("transcript", "")
+        if redact and words and find_personal(words, redact):
+            # Spoken personal data cannot be redacted in the audio: the words go, redacted.
+            notes.warnings.append(
+                f"audio {clip['name']!r} went as its transcript, not as audio: it holds "
+                "personal data (privacy.redact)"
+            )
+        elif loopback:
+            notes.warnings.append(
+                f"audio {clip['name']!r} went as its transcript: the loopback stand-in cannot "
+                "hear (billed as the priced model would bill the audio)"
+                if hears
+                else f"audio {clip['name']!r} went as its transcript: the loopback stand-in "
+                "cannot hear"
+            )
+            if hears:
+                notes.billed_as_audio.append((clip["name"], clip.get("seconds", 0.0)))
+        elif not hears:
+            notes.warnings.append(
+                f"audio {clip['name']!r} went as its transcript: the price row "
+                f"{services.settings.cloud.price_as!r} has no audio price, so the model is "
+                "taken to hear none (add input_audio_per_mtok to send clips)"
+            )
+        else:
+            sent.append(clip)
+    if not state.transcripts:  # no clips this turn: the prompt as the modality node made it
+        return sent, state.prompt, notes
+    sent_names = {c["name"] for c in sent}
+    typed = message_text(state.messages[-1], voice_notes=False).replace("[image]", "").strip()
+    lines = []
+    shareable = {c["name"] for c in audio_candidates}
+    for name, words in state.transcripts.items():
+        is_note = name not in state.views  # voice notes belong to the (shared) message
+        if name in sent_names or not (is_note or name in shareable):
+            continue
+        what = name.replace("_", " ") if is_note else f"audio from '{name}'"
+        lines.append(
+            f'[{what}, transcribed on the device, may be inaccurate: "{words}"]'
+            if words
+            else f"[{what}: no words recognised on the device]"
+        )
+    return sent, "\n".join(p for p in (typed, *lines) if p), notes
 
 
 def _invoke(

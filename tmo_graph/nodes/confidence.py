@@ -7,7 +7,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from tmo_graph.confidence import confidence, degenerate
+from tmo_graph.confidence import LEFT_OUT_ANSWER, confidence, degenerate
 from tmo_graph.context import Context
 from tmo_graph.policy.simple import escalation, make_policy
 from tmo_graph.privacy import kept_on_device
@@ -23,6 +23,7 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
     if local is None or state.local_tokens is None:
         return {}
     earlier = [message_text(m) for m in state.messages if isinstance(m, AIMessage)]
+    earlier.append(LEFT_OUT_ANSWER)  # what the history shows for a looping one: copied, it echoes
     score, parts = confidence(
         state.local_tokens["logprobs"], state.local_tokens["entropies"], local["text"], earlier
     )

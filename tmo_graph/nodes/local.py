@@ -1,7 +1,8 @@
 """answer_local: the on-device model answers within what is left; its token scores are kept.
 
 The answer is limited to what the budgets left allow: reading the prompt and writing
-``max_new_tokens`` at the device's configured speeds must fit the seconds and the energy
+``max_new_tokens`` at the device's measured speeds (:mod:`tmo_graph.device`; the configured
+ones until measured) must fit the seconds and the energy
 cost left, so the answer is shortened to fit, generation stops at that deadline, and when
 not even one token fits the turn gets :data:`BUDGET_REACHED` with no model call.
 
@@ -42,11 +43,12 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     dialogue = local_dialogue(state, ctx)
     prompt_tokens = local_prompt_tokens(services, dialogue)
     left = budget_now(state, ctx)
+    costs = services.costs  # the speeds measured so far, once for the whole call
     # Generation stops at its deadline only after the token in flight, and the call spends
     # a little around the model: both are kept out of the time the answer may take.
-    seconds = left["latency_s"] - CALL_MARGIN_S - 1.0 / services.costs.local_tokens_per_s
+    seconds = left["latency_s"] - CALL_MARGIN_S - 1.0 / costs.local_tokens_per_s
     most = ctx.answer_tokens(services.settings.local.max_new_tokens)
-    n = services.costs.local_tokens_within(seconds, left["cost_usd"], prompt_tokens, most)
+    n = costs.local_tokens_within(seconds, left["cost_usd"], prompt_tokens, most)
     if n < 1:  # not even one token fits: say so, and spend nothing
         budget = CallRecord(
             where="local",
@@ -67,10 +69,11 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
         max_time_s=seconds,
     )
     latency = services.clock() - start
+    _measured(services, stats)
     call = CallRecord(
         where="local",
         latency_s=round(latency, 4),
-        cost_usd=services.costs.local_call_usd(latency),
+        cost_usd=costs.local_call_usd(latency),
         ok=bool(text),
         text=text,
         input_tokens=0,
@@ -86,3 +89,17 @@ def answer_local(state: State, runtime: Runtime[Context], services: Services) ->
     if warnings:
         update["warnings"] = [*state.warnings, *warnings]
     return update
+
+
+def _measured(services: Services, stats: object) -> None:
+    """The call's own timing into the device's speed estimates (a backend that does not
+    time its calls leaves them as they are)."""
+    prefill_s, decode_s = getattr(stats, "prefill_s", None), getattr(stats, "decode_s", None)
+    if services.device is None or prefill_s is None or decode_s is None:
+        return
+    services.device.observe_local(
+        int(getattr(stats, "prompt_tokens", 0)),
+        float(prefill_s),
+        int(getattr(stats, "decode_tokens", 0)),
+        float(decode_s),
+    )

@@ -1,4 +1,11 @@
-"""detect_modality: this turn's text and images, the task category, and view association."""
+"""detect_modality: this turn's text, images and audio, the task category, and association.
+
+Audio (issue 13): named audio sources (a view with ``audio`` instead of ``image``) and
+voice notes in the message (LangChain ``audio`` blocks, OpenAI ``input_audio`` parts) are
+stored by reference like images and transcribed once per clip on the device. A voice note's
+transcript is kept in its content block, so the prompt (task classifier, association, local
+model) reads it; a source's transcript joins its description for the association score.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,15 @@ from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tmo_graph.audio import AudioRef, audio_bytes, mime_type, store_audio, store_audio_bytes
+from tmo_graph.audio import transcript as clip_transcript
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.images import store_image
+from tmo_graph.models.speech import recogniser_for
+from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY
 from tmo_graph.services import Services
+from tmo_graph.settings import AudioSettings
 from tmo_graph.state import Candidate, State, ViewSpec
 from tmo_graph.turn import earlier_prompts, prompt_text, run_context
 
@@ -63,6 +75,91 @@ def inline_images(message: HumanMessage, folder: Path) -> tuple[list[str], Human
 
 def view_caption(name: str, view: ViewSpec) -> str:
     return view.get("description") or f"camera view {name.replace('_', ' ')}"
+
+
+# ---- audio (issue 13) ------------------------------------------------------------------------
+
+_AUDIO_EXAMPLE = "{'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}"
+
+
+def _audio_block_source(block: dict[str, Any]) -> str | bytes:
+    """The clip a content block carries: a path or data URL (str), or decoded bytes."""
+    if block.get("type") == "input_audio":  # OpenAI: {"input_audio": {"data", "format"}}
+        part = block.get("input_audio")
+        data = part.get("data") if isinstance(part, dict) else None
+        if not isinstance(data, str) or not data:
+            raise TmoGraphError(
+                "an input_audio part has no base64 `data`",
+                "send {'type': 'input_audio', 'input_audio': {'data': BASE64, 'format': 'wav'}}",
+            )
+        return audio_bytes(data)
+    if block.get("file_id"):
+        raise TmoGraphError(
+            "an audio block names a provider file_id; the device cannot read it",
+            f"send the clip itself: {_AUDIO_EXAMPLE}",
+        )
+    data = block.get("base64") or block.get("data")
+    if isinstance(data, str) and data:
+        return audio_bytes(data)
+    url = block.get("url")
+    if isinstance(url, str) and url:
+        return url
+    raise TmoGraphError(
+        "an audio block has neither base64 data nor a url", f"send {_AUDIO_EXAMPLE}"
+    )
+
+
+def heard(ref: AudioRef, services: Services) -> str:
+    """The clip's device transcript ("" without a recogniser), made once per clip."""
+    recogniser = services.recogniser or recogniser_for(services.settings.audio)
+    if recogniser is None:
+        return ""
+    return clip_transcript(ref, recogniser.name, recogniser.transcribe)
+
+
+def inline_audio(
+    message: HumanMessage, folder: Path, services: Services
+) -> tuple[list[tuple[AudioRef, str]], HumanMessage | None]:
+    """The message's voice notes as (reference, transcript), and the message rewritten to
+    hold each as a stored reference with its transcript (None when nothing changed)."""
+    if isinstance(message.content, str):
+        return [], None
+    cfg: AudioSettings = services.settings.audio
+    clips: list[tuple[AudioRef, str]] = []
+    content: list[Any] = []
+    changed = False
+    for block in message.content:
+        if not (isinstance(block, dict) and block.get("type") in AUDIO_BLOCKS):
+            content.append(block)
+            continue
+        source = _audio_block_source(block)
+        if isinstance(source, bytes):
+            ref = store_audio_bytes(source, folder, cfg.max_clip_seconds)
+        else:
+            ref = store_audio(source, folder, cfg.max_clip_seconds)
+        given = block.get("extras")
+        extras: dict[str, Any] = given if isinstance(given, dict) else {}
+        words = extras.get(TRANSCRIPT_KEY) if block.get("id") == ref.sha256 else None
+        if not isinstance(words, str):
+            words = heard(ref, services)
+        clips.append((ref, words))
+        stored = {
+            "type": "audio",
+            "url": f"file://{ref.ref}",
+            "id": ref.sha256,
+            "mime_type": mime_type(ref.format),
+            "extras": {**extras, TRANSCRIPT_KEY: words},
+        }
+        changed = changed or stored != block
+        content.append(stored)
+    rewritten = message.model_copy(update={"content": content}) if changed else None
+    return clips, rewritten
+
+
+def audio_caption(name: str, view: ViewSpec, words: str) -> str:
+    """What the association scorer reads for an audio source: its description and words."""
+    about = view.get("description") or f"audio source {name.replace('_', ' ')}"
+    return f"{about}. Heard: {words}" if words else about
 
 
 # Earlier user messages a follow-up may draw its views from (the previous one, the one before).
@@ -124,6 +221,7 @@ class _ViewInput(BaseModel):
     sha256: str | None = None
     description: str = ""
     private: bool = False
+    audio: str | None = None
 
 
 _VIEW_EXAMPLE = "{'views': {'overhead': {'image': PATH, 'description': TEXT, 'private': False}}}"
@@ -159,21 +257,34 @@ def check_views(views: Any) -> None:
             ) from None
 
 
-def view_references(views: Mapping[str, ViewSpec], folder: Path) -> dict[str, ViewSpec] | None:
-    """The views with each image as a checked reference and hash (None if all already are)."""
+def view_references(
+    views: Mapping[str, ViewSpec], folder: Path, audio: AudioSettings | None = None
+) -> dict[str, ViewSpec] | None:
+    """The views with each image or clip as a checked reference and hash (None if all
+    already are)."""
     check_views(views)
     out: dict[str, ViewSpec] = {}
     changed = False
     for name, view in views.items():
-        if not (view.get("image") or view.get("description")):
+        if not (view.get("image") or view.get("audio") or view.get("description")):
             raise TmoGraphError(
-                f"view {name!r} has neither an image nor a description",
-                "give each view {'image': PATH, 'description': TEXT}",
+                f"view {name!r} has neither an image, an audio clip nor a description",
+                "give each view {'image': PATH, 'description': TEXT} (or 'audio': CLIP)",
+            )
+        if view.get("image") and view.get("audio"):
+            raise TmoGraphError(
+                f"view {name!r} has both an image and an audio clip",
+                "make them two views, e.g. 'bench_cam' (image) and 'mic' (audio)",
             )
         view = ViewSpec(**view)
         if view.get("image") and not view.get("sha256"):
             ref = store_image(str(view["image"]), folder)
             view["image"], view["sha256"] = ref.ref, ref.sha256
+            changed = True
+        if view.get("audio") and not view.get("sha256"):
+            most = (audio or AudioSettings()).max_clip_seconds
+            clip = store_audio(str(view["audio"]), folder, most)
+            view["audio"], view["sha256"] = clip.ref, clip.sha256
             changed = True
         out[name] = view
     return out if changed else None
@@ -192,13 +303,21 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
     update: dict[str, Any] = {}
 
     assert services.image_dir is not None  # set by Services
-    views = view_references(state.views, services.image_dir)
+    audio_cfg = services.settings.audio
+    # Clips are stored beside inline images (one folder of media by content hash).
+    views = view_references(state.views, services.image_dir, audio_cfg)
     if views is not None:
         update["views"] = views
     views = views or state.views
+    began = services.clock()  # the device's time reading clips counts in the turn's latency
+    clips, with_clips = inline_audio(message, services.image_dir, services)
+    reading_s = services.clock() - began
+    message = with_clips or message
     inline, rewritten = inline_images(message, services.image_dir)
+    rewritten = rewritten or with_clips
     if rewritten is not None:
         update["messages"] = [rewritten]
+        prompt = prompt_text(rewritten)  # the voice notes' transcripts are part of it
     # Fresh each turn: a turn that failed half-way leaves no warnings for the next one.
     update["warnings"] = []
     cap = services.settings.cloud.max_images_per_call
@@ -208,14 +327,40 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
             f"{cap} go to the cloud with one message (cloud.max_images_per_call)"
         ]
         inline = inline[:cap]
+    clip_cap = audio_cfg.max_clips_per_call
+    if len(clips) > clip_cap:
+        update["warnings"] = [
+            *update["warnings"],
+            f"{len(clips) - clip_cap} of the message's {len(clips)} voice notes go to the cloud "
+            f"only as transcripts: at most {clip_cap} clips go with one message "
+            "(audio.max_clips_per_call)",
+        ]
+
+    # Every named audio source is transcribed (a private one too: the local model reads it).
+    sources = {n: v for n, v in views.items() if v.get("audio")}
+    began_sources = services.clock()
+    source_refs = {
+        n: store_audio(str(v["audio"]), services.image_dir, audio_cfg.max_clip_seconds)
+        for n, v in sources.items()
+    }
+    words = {n: heard(ref, services) for n, ref in source_refs.items()}
+    reading_s += services.clock() - began_sources
+    notes = {f"voice_note_{i + 1}": clip for i, clip in enumerate(clips)}
+    transcripts = {**{n: w for n, (_, w) in notes.items()}, **words}
 
     # Private views are never candidates: they cannot be sent, so they are not even scored.
     shareable = {n: v for n, v in views.items() if not v.get("private", False)}
+    captions = {
+        name: (
+            audio_caption(name, view, words[name]) if name in sources else view_caption(name, view)
+        )
+        for name, view in shareable.items()
+    }
     scores = view_scores(
         prompt,
-        # A message with its own image is about that image ("what fruit is this?").
-        [] if inline else earlier_prompts(state.messages, CONTEXT_MESSAGES),
-        {name: view_caption(name, view) for name, view in shareable.items()},
+        # A message with its own image or voice note is about it ("what fruit is this?").
+        [] if inline or clips else earlier_prompts(state.messages, CONTEXT_MESSAGES),
+        captions,
         services,
         ctx.context_weight,
     )
@@ -223,13 +368,34 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
         Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, image=ref)
         for i, ref in enumerate(inline)
     ]
+    # A voice note is the message's own: a candidate like an inline image (over the cap,
+    # it is no candidate and goes as its transcript only).
     candidates += [
-        Candidate(name=name, kind="device", score=scores[name], image=view.get("image") or None)
-        for name, view in shareable.items()
+        Candidate(
+            name=name,
+            kind="inline",
+            score=1.0,
+            image=None,
+            audio=ref.ref,
+            seconds=ref.seconds,
+            transcript=text,
+        )
+        for name, (ref, text) in list(notes.items())[:clip_cap]
     ]
+    for name, view in shareable.items():
+        candidate = Candidate(
+            name=name, kind="device", score=scores[name], image=view.get("image") or None
+        )
+        if name in sources:
+            ref = source_refs[name]
+            candidate["audio"], candidate["seconds"] = ref.ref, ref.seconds
+            candidate["transcript"] = words[name]
+        candidates.append(candidate)
     return {
         **update,
         "prompt": prompt,
         "task": services.tasks.classify_vector(services.embed(prompt)),
         "candidates": candidates,
+        "transcripts": transcripts,
+        "transcription_s": reading_s if transcripts else 0.0,
     }

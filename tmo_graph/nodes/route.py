@@ -3,17 +3,23 @@
 Privacy comes first: a turn :func:`tmo_graph.privacy.kept_on_device` names a reason for (a
 private message, personal data of a ``privacy.keep_local`` kind) is answered locally, every
 cloud action is listed as masked, and the turn record warns "kept on the device: ...".
+
+The device is read first (:meth:`tmo_graph.device.LiveResources.reading`): the policy sees it
+in its input, the turn record keeps it. The budget mask prices every action at the speeds
+measured now, so a busy device whose whole answer no longer fits goes to the cloud when a
+cloud answer does.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
-from tmo_graph.policy.base import LOCAL
-from tmo_graph.policy.simple import make_policy
+from tmo_graph.policy.base import LOCAL, Action, RouteInput
+from tmo_graph.policy.simple import best_cloud_action, make_policy
 from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
 from tmo_graph.state import Decision, State
@@ -42,6 +48,8 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
     ctx = run_context(runtime, services.default_context)
     policy = make_policy(ctx)
     privacy = services.settings.privacy
+    # The device now (CPU, memory, battery, measured speeds): for the policy and the record.
+    device = services.device.reading() if services.device is not None else None
     reasons = kept_on_device(state, ctx.system_prompt, privacy.keep_local)
     if reasons:  # before the policy: nothing of this turn may leave the device
         actions = candidate_actions(state, services)
@@ -52,20 +60,35 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
             masked=sorted(a.label for a in actions if a != LOCAL),
         )
         warnings = [f"kept on the device: {reason}" for reason in reasons]
-        return {"decision": decision, "warnings": [*state.warnings, *warnings]}
+        return {"decision": decision, "warnings": [*state.warnings, *warnings], "device": device}
     observation = route_input(
-        state, services, budget_before_turn(state, ctx), quality_gap(state, services)
+        replace(state, device=device),
+        services,
+        budget_before_turn(state, ctx),
+        quality_gap(state, services),
     )
     action = policy.decide(observation)
     if action not in observation.allowed:  # the budget wins over the policy
-        action = LOCAL
+        action = _fallback(observation, ctx.min_view_score)
     actions = candidate_actions(state, services)
     masked = sorted(a.label for a in actions if a not in observation.allowed)
     return {
         "decision": Decision(
             route=action.route, views=list(action.views), policy=policy.name, masked=masked
-        )
+        ),
+        "device": device,
     }
+
+
+def _fallback(observation: RouteInput, min_view_score: float) -> Action:
+    """What runs when the policy's action is masked: the local answer, or, when the device
+    is too slow for a whole one while a cloud answer fits, the best affordable cloud call."""
+    if LOCAL in observation.allowed:
+        return LOCAL
+    best = best_cloud_action(observation, min_view_score)
+    if best is not None:
+        return best
+    return min(observation.allowed, key=lambda a: observation.allowed[a].latency_s)
 
 
 def after_route(state: State) -> Literal["local", "cloud"]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # types only: state.py pulls in LangGraph, which policy/ must not need
     from tmo_graph.state import Budget, Candidate, TurnRecord
@@ -48,11 +48,15 @@ class RouteInput:
     candidates: Sequence[Candidate]
     history: Sequence[TurnRecord]
     budget_left: Budget
-    # Actions within the budget, each with its expected cost; LOCAL is always among them.
+    # Actions within the budget, each with its expected cost. LOCAL is among them unless its
+    # full answer does not fit while a whole cloud answer does (the live graph only).
     allowed: dict[Action, Cost] = field(default_factory=dict)
     # Predicted score of the cloud answer minus that of the local answer (M4A1's units), made
     # before any answer by the services' gap predictor; None when there is none.
     quality_gap: float | None = None
+    # The device now (tmo_graph.device.DeviceReading: CPU load, free memory, measured speeds);
+    # None in the simulator and where nothing was read.
+    device: Mapping[str, Any] | None = None
 
 
 class Policy(Protocol):

@@ -9,11 +9,11 @@ profiles (:meth:`CostModel.paper`), whose numbers are bit-identical to the publi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
@@ -52,7 +52,8 @@ class CostModel:
     Two ways to build one:
     - :meth:`from_settings` (the live graph): local time from the configured generation speed,
       cloud latency from the network profile plus the answer's generation time, cloud money
-      from the price table and an estimate of the prompt's tokens;
+      from the price table and an estimate of the prompt's tokens; the graph's services
+      replace the speeds by what the device measures now (:mod:`tmo_graph.device`);
     - :meth:`paper` (the simulator): the paper's fixed per-call profiles, where a local answer
       and a cloud call with k views cost the same whatever the prompt (``fixed_*`` set).
     """
@@ -74,9 +75,8 @@ class CostModel:
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
-    # Issue 13, simulator: the audio clips among the modalities, by name, each with what it
-    # adds to a cloud call that sends it (upload time, audio tokens); images are fixed_cloud's.
-    fixed_audio: tuple[tuple[str, Cost], ...] = ()
+    # Measured over expected cloud seconds (tmo_graph.device): the endpoint as it is now.
+    cloud_time_factor: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CostModel:
@@ -86,17 +86,9 @@ class CostModel:
                 f"CostModel.from_settings needs Settings, got {type(settings).__name__}",
                 "pass tmo_graph.settings.load_settings(...) or Settings()",
             )
+        # Every field of each row, by name (the audio ones too): (name, ((field, value), ...)).
         extra = tuple(
-            sorted(
-                (
-                    name,
-                    row.input_per_mtok,
-                    row.output_per_mtok,
-                    row.tokens_per_image,
-                    row.tokens_per_tile,
-                )
-                for name, row in settings.prices.items()
-            )
+            sorted((name, tuple(row.model_dump().items())) for name, row in settings.prices.items())
         )
         return _from_values(
             settings.local.tokens_per_s,
@@ -120,15 +112,12 @@ class CostModel:
         network: str,
         n_views: int,
         settings: Settings | None = None,
-        audio: Sequence[tuple[str, float]] = (),
     ) -> CostModel:
         """The simulator's cost model: the published code's per-call latency and price.
 
         ``settings`` (default: built-in) supplies only what the paper's tables do not use
         (prices of the live model, for :meth:`cloud_call_usd`). ``n_views``: the camera
-        views; ``audio``: (name, seconds) of each audio clip modality, priced by
-        :func:`tmo_graph.costs.audio_clip_time_s` and :func:`~tmo_graph.costs.audio_clip_cost_usd`
-        on top of the call's image count.
+        views; audio clips are priced per call by :meth:`expected` (its ``audio_s``).
         """
         if n_views < 0:
             raise TmoGraphError(f"n_views must be >= 0, got {n_views}", "count the views")
@@ -150,16 +139,22 @@ class CostModel:
             price=base.price,
             fixed_local=fixed_local,
             fixed_cloud=fixed_cloud,
-            fixed_audio=tuple(
-                (name, Cost(costs.audio_clip_time_s(net, sec), costs.audio_clip_cost_usd(sec)))
-                for name, sec in audio
-            ),
         )
 
     @property
     def tokens_per_image(self) -> int:
         """Input tokens billed per low-detail image by the priced cloud model."""
         return self.price.tokens_per_image
+
+    @property
+    def hears(self) -> bool:
+        """Whether the priced cloud model takes audio input (its row has an audio price)."""
+        return self.price.input_audio_per_mtok is not None
+
+    def audio_tokens(self, seconds: float) -> int:
+        """Input tokens (at the text input price) of a clip of ``seconds`` as sent; 0 when
+        the priced model takes no audio (the clip then goes as its transcript, in the text)."""
+        return costs.audio_input_tokens(self.price, seconds)
 
     def image_tokens(self, width: int, height: int) -> int:
         """Input tokens of one image as sent (0 x 0: size unknown, billed as the largest)."""
@@ -171,6 +166,7 @@ class CostModel:
         prompt_chars: int,
         local_tokens: int | None = None,
         cloud_tokens: int | None = None,
+        audio_s: Mapping[str, float] | None = None,
     ) -> Cost:
         """What ``action`` is expected to cost before it runs.
 
@@ -178,6 +174,8 @@ class CostModel:
         the configured speeds, priced as device energy. Cloud: network latency for the views
         plus the answer's generation time; the prompt's estimated tokens, the images' tokens
         and an answer of ``cloud_tokens`` (default: the configured maximum) priced by the table.
+        ``audio_s``: the seconds of each audio clip among the modalities (by name); a clip the
+        action sends is priced as audio input (:meth:`audio_tokens`), not as an image.
         """
         if not isinstance(action, Action):
             raise TmoGraphError(f"expected an Action, got {action!r}", "use policy.base.Action")
@@ -193,9 +191,10 @@ class CostModel:
             return Cost(seconds, self.local_call_usd(seconds))
         k = len(action.views)
         if self.fixed_cloud is not None:
-            clips = dict(self.fixed_audio)
-            sent = [clips[v] for v in action.views if v in clips]
-            k -= len(sent)  # the tables price images; each audio clip adds its own cost
+            # Issue 13, simulator: the paper's tables price the images; each clip sent adds
+            # its upload and audio tokens (costs.audio_clip_time_s / audio_clip_cost_usd).
+            sent = [audio_s[v] for v in action.views if v in audio_s] if audio_s else []
+            k -= len(sent)
             if k >= len(self.fixed_cloud):
                 raise TmoGraphError(
                     f"action {action.label} sends {k} views; this cost model knows "
@@ -205,53 +204,90 @@ class CostModel:
             if not sent:
                 return self.fixed_cloud[k]
             return Cost(
-                self.fixed_cloud[k].latency_s + sum(c.latency_s for c in sent),
-                self.fixed_cloud[k].cost_usd + sum(c.cost_usd for c in sent),
+                self.fixed_cloud[k].latency_s
+                + sum(costs.audio_clip_time_s(self.network, s) for s in sent),
+                self.fixed_cloud[k].cost_usd + sum(costs.audio_clip_cost_usd(s) for s in sent),
             )
         answer = self.cloud_max_tokens if cloud_tokens is None else cloud_tokens
-        seconds = costs.cloud_time_s(self.network, k) + answer / self.cloud_tokens_per_s
+        seconds = self.cloud_time_factor * self.cloud_seconds(k, answer)
         # At most image_max_side on the longest side: the largest an image is sent at.
         per_image = self.image_tokens(self.image_max_side, self.image_max_side)
-        input_tokens = int(prompt_chars * _TOKENS_PER_CHAR) + k * per_image
+        clips = [audio_s[v] for v in action.views if v in audio_s] if audio_s else []
+        input_tokens = (
+            int(prompt_chars * _TOKENS_PER_CHAR)
+            + (k - len(clips)) * per_image
+            + sum(self.audio_tokens(s) for s in clips)
+        )
         return Cost(seconds, self.cloud_call_usd(input_tokens, answer))
 
+    def cloud_seconds(self, k_views: int, answer_tokens: int) -> float:
+        """What the network profile and the configured answer speed expect a cloud call
+        with ``k_views`` views and ``answer_tokens`` answer tokens to take (before the
+        measured :attr:`cloud_time_factor`)."""
+        if k_views < 0 or answer_tokens < 0:
+            raise TmoGraphError(
+                f"views and answer tokens must be >= 0, got {k_views} / {answer_tokens}",
+                "count the views sent and the answer's tokens",
+            )
+        return costs.cloud_time_s(self.network, k_views) + answer_tokens / self.cloud_tokens_per_s
+
     def affordable(
-        self, actions: Sequence[Action], budget: Budget, prompt_chars: int
+        self,
+        actions: Sequence[Action],
+        budget: Budget,
+        prompt_chars: int,
+        audio_s: Mapping[str, float] | None = None,
     ) -> tuple[dict[Action, Cost], list[Action]]:
         """Split actions into those whose expected cost fits ``budget`` and those masked.
 
-        The local answer is never masked: it is the last resort when the budget runs out
-        (and answers "budget reached" when not even that fits). A live cloud call also fits
-        when a shortened answer does (the cloud node shrinks ``max_tokens`` to what is left).
+        The local answer is the last resort when the budget runs out (and answers "budget
+        reached" when not even that fits): it is masked only in the live graph, when its full
+        answer does not fit while a whole cloud answer does (a busy device goes to the cloud
+        rather than overrun or answer in a few words). A live cloud call also fits when a
+        shortened answer does (the cloud node shrinks ``max_tokens`` to what is left).
         """
         allowed: dict[Action, Cost] = {}
         masked: list[Action] = []
         for action in actions:
-            cost = self.expected(action, prompt_chars)
+            cost = self.expected(action, prompt_chars, audio_s=audio_s)
             shortened = (
                 action.route == "cloud"
                 and self.fixed_cloud is None
-                and self.expected(action, prompt_chars, cloud_tokens=MIN_CLOUD_ANSWER_TOKENS).fits(
-                    budget
-                )
+                and self.expected(
+                    action, prompt_chars, cloud_tokens=MIN_CLOUD_ANSWER_TOKENS, audio_s=audio_s
+                ).fits(budget)
             )
             if action == LOCAL or cost.fits(budget) or shortened:
                 allowed[action] = cost
             else:
                 masked.append(action)
+        local = allowed.get(LOCAL)
+        if (
+            local is not None
+            and self.fixed_local is None
+            and not local.fits(budget)
+            and any(a.route == "cloud" and c.fits(budget) for a, c in allowed.items())
+        ):
+            del allowed[LOCAL]
+            masked.insert(0, LOCAL)
         return allowed, masked
 
     # ---- Hard limits: what a call may cost at most, and the largest call that fits ----
 
     def cloud_input_tokens_at_most(
-        self, texts: Sequence[str], image_sizes: Sequence[tuple[int, int]] = ()
+        self,
+        texts: Sequence[str],
+        image_sizes: Sequence[tuple[int, int]] = (),
+        audio_seconds: Sequence[float] = (),
     ) -> int:
-        """The most input tokens a request of ``texts`` (one per message) and images of
-        ``image_sizes`` (as sent) can be billed: a byte-level tokenizer makes at most one
-        token of each UTF-8 byte, plus each message's framing and the reply's priming."""
+        """The most input tokens a request of ``texts`` (one per message), images of
+        ``image_sizes`` and clips of ``audio_seconds`` (as sent) can be billed: a byte-level
+        tokenizer makes at most one token of each UTF-8 byte, plus each message's framing
+        and the reply's priming; clips at :meth:`audio_tokens` each."""
         text_tokens = sum(len(t.encode("utf-8")) + TOKENS_PER_MESSAGE for t in texts)
         images = sum(self.image_tokens(w, h) for w, h in image_sizes)
-        return text_tokens + REPLY_PRIMING_TOKENS + images
+        clips = sum(self.audio_tokens(s) for s in audio_seconds)
+        return text_tokens + REPLY_PRIMING_TOKENS + images + clips
 
     def answer_tokens_within(self, cost_usd: float, input_tokens: int, max_tokens: int) -> int:
         """The most answer tokens (up to ``max_tokens``) a cloud call with ``input_tokens``
@@ -324,14 +360,14 @@ def _from_values(
     cloud_max_tokens: int,
     cloud_tokens_per_s: float,
     price_as: str,
-    extra_prices: tuple[tuple[str, float, float, int, int], ...],
+    extra_prices: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
     image_detail: str,
     image_max_side: int,
     local_prefill_tokens_per_s: float,
 ) -> CostModel:
     table = dict(costs.PRICES)
-    for name, input_per_mtok, output_per_mtok, per_image, per_tile in extra_prices:
-        table[name] = costs.ModelPrice(input_per_mtok, output_per_mtok, per_image, per_tile)
+    for name, row in extra_prices:
+        table[name] = costs.ModelPrice(**dict(row))
     return CostModel(
         local_tokens_per_s=local_tokens_per_s,
         local_max_new_tokens=local_max_new_tokens,
@@ -359,12 +395,14 @@ def build_route_input(
     cost_model: CostModel,
     prompt_chars: int,
     quality_gap: float | None = None,
+    audio_s: Mapping[str, float] | None = None,
+    device: Mapping[str, Any] | None = None,
 ) -> RouteInput:
     """The policy's view of one turn, with the budget mask: the one builder for the route
     node, the confidence check and the simulator (``tmo_graph.sim.routing``)."""
     if turn < 0:
         raise TmoGraphError(f"turn must be >= 0, got {turn}", "count turns from 0")
-    allowed, _ = cost_model.affordable(actions, budget_left, prompt_chars)
+    allowed, _ = cost_model.affordable(actions, budget_left, prompt_chars, audio_s)
     return RouteInput(
         prompt=prompt,
         task=task,
@@ -374,4 +412,5 @@ def build_route_input(
         budget_left=budget_left,
         allowed=allowed,
         quality_gap=quality_gap,
+        device=device,
     )

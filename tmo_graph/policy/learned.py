@@ -31,6 +31,7 @@ from tmo_graph.policy.observation import (
     TurnFeatures,
     action_views,
     build_observation,
+    device_features,
 )
 from tmo_graph.policy.world import SimSettings
 
@@ -178,11 +179,20 @@ class LearnedPolicy:
         tasks = [self.spec.task_id(r["task"]) for r in records]
         tasks.append(self.spec.task_id(route_input.task))
         budget = (route_input.budget_left["latency_s"], route_input.budget_left["cost_usd"])
+        device = None
+        if self.spec.with_device:
+            if route_input.device is None:
+                raise TmoGraphError(
+                    "this policy observes the device, and the turn has no device reading",
+                    "run it in the graph (the route reads the device), or retrain without it",
+                )
+            device = device_features(route_input.device)
         return build_observation(
             self.spec,
             history_features(records, views),
             tasks,
             budget if self.spec.with_budgets else None,
+            device,
         )
 
     def decide(self, route_input: RouteInput) -> Action:

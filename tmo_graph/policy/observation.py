@@ -3,18 +3,22 @@
 Per turn ``t`` the paper's state is ``[previous action (-1 at start, 0 local, 1 cloud),
 views used by the previous turn (X flags), task id of turn t]``. The observation stacks the
 states of the last ``time_span`` turns (missing ones padded with -1) and, for budget-aware
-policies, appends the latency and money left.
+policies, appends the latency and money left. A spec ``with_device`` also appends the
+device's state (:data:`DEVICE_FEATURES`): the live graph reads it each turn, the simulator
+gives its device profile's constants (:func:`profile_device_features`). Off by default, so
+policies trained without it see exactly what they were trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from tmo_graph import costs
 from tmo_graph.errors import TmoGraphError
 
 # Issue 13: what a modality can be. Audio clips are modalities like views: one flag each in
@@ -80,6 +84,43 @@ class TurnFeatures:
         return cls(0, ()) if action == 0 else cls(1, action_views(action, n_views))
 
 
+# The device features, in order: the share of the CPUs other processes keep busy (0..1),
+# the free memory in GB, and the local model's answer speed in tokens/s.
+DEVICE_FEATURES = ("cpu_load_others", "free_memory_gb", "local_tokens_per_s")
+# What the simulator's device has free: the paper's profiles give no memory, and an idle
+# device is what the published code assumes.
+SIM_FREE_MEMORY_GB = 4.0
+
+
+def device_features(reading: Mapping[str, Any]) -> tuple[float, float, float]:
+    """The observation's device features from a live reading (``DeviceReading``); an
+    unknown CPU load (the process's first reading) counts as idle."""
+    try:
+        cpu = reading.get("cpu_load_others")
+        memory = reading.get("free_memory_mb")
+        return (
+            0.0 if cpu is None else float(cpu),
+            SIM_FREE_MEMORY_GB if memory is None else float(memory) / 1024.0,
+            float(reading["local_tokens_per_s"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TmoGraphError(
+            f"the device reading {reading!r} lacks what the policy observes ({exc!r})",
+            "pass tmo_graph.device.LiveResources.reading() (a DeviceReading)",
+        ) from None
+
+
+def profile_device_features(profile: costs.DeviceProfile) -> tuple[float, float, float]:
+    """The simulator's device features: an idle device of the paper's ``profile``, whose
+    answer speed is the paper's local workload (2048 tokens) over its local time."""
+    if not isinstance(profile, costs.DeviceProfile):
+        raise TmoGraphError(
+            f"expected a DeviceProfile, got {type(profile).__name__}",
+            "pass tmo_graph.costs.device(name)",
+        )
+    return 0.0, SIM_FREE_MEMORY_GB, costs.PAPER_TOTAL_TOKENS / costs.local_time_s(profile)
+
+
 @dataclass(frozen=True)
 class ObservationSpec:
     """What a policy was trained to see; saved beside its weights and checked on load."""
@@ -88,6 +129,7 @@ class ObservationSpec:
     task_names: tuple[str, ...]
     time_span: int = 5
     with_budgets: bool = False
+    with_device: bool = False
     # Issue 13: the kind of each modality ("image" or "audio"), in the dataset's order; empty
     # means every modality is a camera view (the paper's, and every spec saved before audio).
     # ``n_views`` counts all modalities: an audio clip is one more flag and doubles the actions.
@@ -125,7 +167,8 @@ class ObservationSpec:
 
     @property
     def size(self) -> int:
-        return self.per_step * self.time_span + (2 if self.with_budgets else 0)
+        extra = (2 if self.with_budgets else 0) + (len(DEVICE_FEATURES) if self.with_device else 0)
+        return self.per_step * self.time_span + extra
 
     def task_id(self, task: str) -> int:
         if task not in self.task_names:
@@ -136,10 +179,12 @@ class ObservationSpec:
         return self.task_names.index(task)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        raw = asdict(self)
+        if not self.with_device:  # policy files without device features stay as they were
+            del raw["with_device"]
         if not self.modality_kinds:  # images only: the spec file stays as before audio
-            del out["modality_kinds"]
-        return out
+            del raw["modality_kinds"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ObservationSpec:
@@ -150,6 +195,7 @@ class ObservationSpec:
                 task_names=tuple(str(name) for name in raw["task_names"]),
                 time_span=int(raw["time_span"]),
                 with_budgets=bool(raw["with_budgets"]),
+                with_device=bool(raw.get("with_device", False)),
                 modality_kinds=tuple(str(kind) for kind in raw.get("modality_kinds", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -196,11 +242,21 @@ def build_observation(
     history: Sequence[TurnFeatures],
     task_ids: Sequence[int],
     budget_left: tuple[float, float] | None = None,
+    device: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """The policy's input for the current turn (float32, length ``spec.size``)."""
+    """The policy's input for the current turn (float32, length ``spec.size``); ``device``:
+    the :data:`DEVICE_FEATURES` values, for a spec ``with_device``."""
     values = window_state(spec, history, task_ids)
     if spec.with_budgets:
         if budget_left is None:
             raise ValueError("this policy needs the budget left (latency s, cost USD)")
         values += [float(budget_left[0]), float(budget_left[1])]
+    if spec.with_device:
+        if device is None or len(device) != len(DEVICE_FEATURES):
+            raise TmoGraphError(
+                f"this policy observes the device ({', '.join(DEVICE_FEATURES)}), got {device!r}",
+                "pass device_features(reading) live or profile_device_features(...) in the "
+                "simulator",
+            )
+        values += [float(v) for v in device]
     return np.asarray(values, dtype=np.float32)

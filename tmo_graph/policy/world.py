@@ -21,6 +21,7 @@ from tmo_graph.policy.observation import (
     ObservationSpec,
     TurnFeatures,
     modality_names,
+    profile_device_features,
     view_subsets,
 )
 
@@ -97,10 +98,9 @@ class World:
         kinds = spec.kinds
         names = modality_names(kinds)
         clip_s = getattr(settings, "audio_clip_s", costs.AUDIO_CLIP_S)  # older pickles
-        audio = [(name, clip_s) for name, kind in zip(names, kinds, strict=True) if kind == "audio"]
-        self.cost_model = CostModel.paper(
-            settings.device, settings.network, kinds.count("image"), audio=audio
-        )
+        # The audio clips by name, with their length: what a call sending one pays for it.
+        self.audio_s = {n: clip_s for n, kind in zip(names, kinds, strict=True) if kind == "audio"}
+        self.cost_model = CostModel.paper(settings.device, settings.network, kinds.count("image"))
         local = self.cost_model.expected(LOCAL, 0)
         cloud = self.cost_model.fixed_cloud or ()  # always set by CostModel.paper
         self.local_s, self.local_usd = local.latency_s, local.cost_usd
@@ -110,7 +110,9 @@ class World:
         self.subsets = view_subsets(spec.n_views)
         # Per action id: an audio clip costs differently from an image (costs.audio_clip_*).
         priced = [local] + [
-            self.cost_model.expected(Action("cloud", tuple(names[v] for v in subset)), 0)
+            self.cost_model.expected(
+                Action("cloud", tuple(names[v] for v in subset)), 0, audio_s=self.audio_s
+            )
             for subset in self.subsets
         ]
         self.action_s = [c.latency_s for c in priced]
@@ -124,8 +126,14 @@ class World:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A planner saved before audio pickled a World without per-action prices.
         self.__dict__.update(state)
-        if "action_s" not in state:
+        if "audio_s" not in state:
             self._price_actions()
+
+    @property
+    def device_features(self) -> tuple[float, float, float]:
+        """What a policy observing the device sees here: the profile's idle device (a
+        property, so worlds pickled in older planner files have it too)."""
+        return profile_device_features(costs.device(self.settings.device))
 
     def cost(self, action: int) -> tuple[float, float]:
         """(latency s, usage USD) of one action."""

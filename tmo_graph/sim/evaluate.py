@@ -218,7 +218,7 @@ def evaluate_judged(
         left = (settings.latency_budget_s, settings.usage_budget_usd)
         judged.start(index)
         for t in range(len(tasks)):
-            obs = build_observation(spec, history, tasks[: t + 1], left)
+            obs = build_observation(spec, history, tasks[: t + 1], left, world.device_features)
             state = list(obs[: spec.per_step * spec.time_span])
             action = int(policy(obs, episode.association[t]))
             features, outcome = judged.add(state, action, episode.association[t], False)

@@ -40,6 +40,8 @@ class M4A1Env(gym.Env):
         values = list(self._states[self._t])
         if self.world.spec.with_budgets:
             values += list(self._left)
+        if self.world.spec.with_device:
+            values += list(self.world.device_features)
         return np.asarray(values, dtype=np.float32)
 
     def reset(

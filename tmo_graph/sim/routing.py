@@ -56,14 +56,23 @@ def sim_actions(world: World) -> list[Action]:
     return actions
 
 
-def candidates(scores: Sequence[float], kinds: Sequence[str] | None = None) -> list[Candidate]:
-    """The turn's views (and audio clips, by ``kinds``) as the route node's device
-    candidates (no image: nothing is sent)."""
+def candidates(
+    scores: Sequence[float], kinds: Sequence[str] | None = None, clip_s: float = 0.0
+) -> list[Candidate]:
+    """The turn's views (and audio clips of ``clip_s`` seconds, by ``kinds``) as the route
+    node's device candidates (no image, no clip file: nothing is sent)."""
     names = view_names(len(scores)) if kinds is None else modality_names(kinds)
-    out: list[Candidate] = [
-        {"name": name, "kind": "device", "score": float(score), "image": None}
-        for name, score in zip(names, scores, strict=True)
-    ]
+    out: list[Candidate] = []
+    for name, score, kind in zip(names, scores, kinds or ["image"] * len(names), strict=True):
+        candidate: Candidate = {
+            "name": name,
+            "kind": "device",
+            "score": float(score),
+            "image": None,
+        }
+        if kind == "audio":
+            candidate["seconds"] = clip_s
+        out.append(candidate)
     return out
 
 
@@ -211,12 +220,15 @@ class RoutePolicyRunner:
             prompt=turn.question,
             task=turn.task,
             turn=t,
-            candidates=candidates(episode.association[t], self.world.spec.kinds),
+            candidates=candidates(
+                episode.association[t], self.world.spec.kinds, self.world.settings.audio_clip_s
+            ),
             history=tuple(history),  # a snapshot: the caller's list grows
             budget_left=left,
             actions=self.actions,
             cost_model=self.world.cost_model,
             prompt_chars=len(turn.question),
+            audio_s=self.world.audio_s,  # clips priced as clips (issue 13)
         )
 
     def decide(
