@@ -362,6 +362,9 @@ def test_cli_generates_and_benchmarks_dialogues_with_a_mic(tmp_path: Path) -> No
     assert ran.exit_code == 0, ran.output
     assert "mic (audio); audio clips of 20.0 s" in ran.stdout
     assert "actions local/text/views/audio" in ran.stdout
+    judged = CliRunner().invoke(app, [*args, "--protocol", "judges", "--judge", "knn:k=3"])
+    assert judged.exit_code == 0, judged.output
+    assert "mic (audio); audio clips of 10.0 s" in judged.stdout
     bad = CliRunner().invoke(
         app, ["bench", "generate", "--data", str(src), "--out", str(out), "--views", "5"]
     )

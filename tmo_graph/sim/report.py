@@ -19,6 +19,14 @@ COLUMNS = (
 )
 
 
+def _modalities_line(settings: dict[str, Any]) -> str:
+    """A second title line naming a file's declared modalities (issue 13); "" for M4A1."""
+    if not settings.get("modalities"):
+        return ""
+    shown = ", ".join(f"{m['name']} ({m['kind']})" for m in settings["modalities"])
+    return f"\nmodalities: {shown}; audio clips of {settings['audio_clip_s']} s"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The benchmark as plain text: a title line, then one row per method.
 
@@ -32,9 +40,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol {s['protocol']} "
         "(mean +- std over seeds)"
     )
-    if s.get("modalities"):  # a file declaring its modalities (issue 13): say which
-        shown = ", ".join(f"{m['name']} ({m['kind']})" for m in s["modalities"])
-        title += f"\nmodalities: {shown}; audio clips of {s['audio_clip_s']} s"
+    title += _modalities_line(s)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
     table.add_column("method", no_wrap=True)
     for _, header, _ in COLUMNS:
@@ -70,7 +76,7 @@ def format_judges_table(result: dict[str, Any]) -> str:
         f"{s['latency_budget_s']} s / {s['usage_budget_usd']} USD, protocol judges "
         "(every judge fit on the test split; '- Local': mean paired difference per "
         "dialogue +- its standard error)"
-    )
+    ) + _modalities_line(s)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
     table.add_column("judge", no_wrap=True)
     table.add_column("method", no_wrap=True)
