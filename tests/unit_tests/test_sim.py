@@ -132,8 +132,11 @@ def test_seeds_option() -> None:
     assert parse_seeds("3") == [9139, 1355, 7826]
     assert parse_seeds("9139,1355") == [9139, 1355]
     assert len(set(parse_seeds("5"))) == 5
+    assert parse_seeds("9139,") == [9139]
     with pytest.raises(TmoGraphError):
         parse_seeds("many")
+    with pytest.raises(TmoGraphError, match=r"'--seeds 9139,'"):
+        parse_seeds("9139")  # one seed meant, not 9139 runs
 
 
 def test_training_env_steps_and_zeroes_overdrawn_steps() -> None:

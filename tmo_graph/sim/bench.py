@@ -67,6 +67,9 @@ def median_view_score(episodes: Sequence[Episode]) -> float:
     return float(statistics.median(scores))
 
 
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text: str) -> list[int]:
     """``3`` means the first three reference seeds; ``9139,1355`` lists seeds."""
     try:
@@ -79,6 +82,12 @@ def parse_seeds(text: str) -> list[int]:
         count = values[0]
         if count < 1:
             raise TmoGraphError("--seeds must be >= 1", "e.g. --seeds 3")
+        if count > MAX_SEED_COUNT:  # surely one seed meant, not thousands of runs
+            raise TmoGraphError(
+                f"--seeds {count} asks for {count} seeds",
+                f"give one seed with a comma ('--seeds {count},') or a count up to "
+                f"{MAX_SEED_COUNT}",
+            )
         extra = [REFERENCE_SEEDS[-1] + 1000 * i for i in range(1, count - 2)]
         return [*REFERENCE_SEEDS, *extra][:count]
     return values
