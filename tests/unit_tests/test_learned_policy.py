@@ -212,3 +212,44 @@ def test_planner_files_from_before_the_move_still_load() -> None:
 
     unpickler = _PlannerUnpickler(io.BytesIO(b""))
     assert unpickler.find_class("tmo_graph.sim.planner", "LookaheadPlanner") is LookaheadPlanner
+
+
+def _route_input(candidates: list[dict[str, Any]]) -> Any:
+    from tmo_graph.policy.base import RouteInput
+
+    return RouteInput(
+        prompt="What is that noise?",
+        task=TASKS[0],
+        turn=0,
+        candidates=candidates,  # type: ignore[arg-type]
+        history=[],
+        budget_left={"latency_s": 30.0, "cost_usd": 0.05},
+    )
+
+
+def test_a_policy_trained_with_a_microphone_finds_it_wherever_the_dialogue_lists_it() -> None:
+    """Trained on (image, image, audio): a live dialogue listing its microphone first still
+    gives the microphone the trained microphone's place, in the action and the history."""
+    from tmo_graph.policy.learned import LearnedPolicy
+    from tmo_graph.policy.observation import views_action
+
+    spec = ObservationSpec(
+        n_views=3, task_names=TASKS, with_budgets=True, modality_kinds=("image", "image", "audio")
+    )
+    seen: list[list[float]] = []
+
+    def send_the_clip(obs: np.ndarray, association: Any = ()) -> int:
+        seen.append(list(association))
+        return views_action([2], 3)  # the trained audio modality only
+
+    policy = LearnedPolicy(policy=send_the_clip, spec=spec)
+    mic = {"name": "mic", "kind": "device", "score": 0.9, "image": None, "audio": "/m.wav"}
+    cams = [
+        {"name": name, "kind": "device", "score": score, "image": f"/{name}.png"}
+        for name, score in (("bench_cam", 0.2), ("door_cam", 0.1))
+    ]
+    action = policy.decide(_route_input([mic, *cams]))
+    assert action.route == "cloud" and action.views == ("mic",)
+    assert seen == [[0.2, 0.1, 0.9]]  # association in the trained order: cameras, then the mic
+    with pytest.raises(TmoGraphError, match="3 images and 0 audio clips"):
+        policy.decide(_route_input([{**mic, "audio": None, "image": "/x.png"}, *cams]))

@@ -36,7 +36,7 @@ from tmo_graph.policy.observation import (
 from tmo_graph.policy.world import SimSettings
 
 if TYPE_CHECKING:  # type only: state.py pulls in LangGraph, which policy/ must not need
-    from tmo_graph.state import TurnRecord
+    from tmo_graph.state import Candidate, TurnRecord
 
 SB3_ALGORITHMS = ("ppo", "a2c", "dqn")
 
@@ -167,14 +167,33 @@ class LearnedPolicy:
     name: str = "learned"
     escalates: bool = False  # it decides before generating, as in the paper
 
-    def observation(self, route_input: RouteInput) -> Any:
-        views = [c["name"] for c in route_input.candidates if c["kind"] == "device"]
-        if len(views) != self.spec.n_views:
+    def devices(self, route_input: RouteInput) -> list[Candidate]:
+        """The dialogue's device modalities in the order the policy was trained on: its
+        i-th modality is the dialogue's next one of the same kind (camera view or clip), so
+        a microphone listed first still takes the trained microphone's place."""
+        devices = [c for c in route_input.candidates if c["kind"] == "device"]
+        names = ", ".join(c["name"] for c in devices) or "none"
+        if len(devices) != self.spec.n_views:
             raise TmoGraphError(
                 f"the policy was trained for {self.spec.n_views} views; this dialogue has "
-                f"{len(views)} ({', '.join(views) or 'none'})",
+                f"{len(devices)} ({names})",
                 "give the dialogue the views the policy was trained with, or train another",
             )
+        by_kind: dict[str, list[Candidate]] = {"image": [], "audio": []}
+        for candidate in devices:
+            by_kind["audio" if candidate.get("audio") else "image"].append(candidate)
+        if any(len(by_kind[k]) != self.spec.kinds.count(k) for k in by_kind):
+            raise TmoGraphError(
+                f"the policy was trained for modalities {list(self.spec.kinds)}; this dialogue "
+                f"has {len(by_kind['image'])} images and {len(by_kind['audio'])} audio clips "
+                f"({names})",
+                "give the dialogue the camera views and microphones the policy was trained "
+                "with, or train another",
+            )
+        return [by_kind[kind].pop(0) for kind in self.spec.kinds]
+
+    def observation(self, route_input: RouteInput) -> Any:
+        views = [c["name"] for c in self.devices(route_input)]
         records = list(route_input.history)
         tasks = [self.spec.task_id(r["task"]) for r in records]
         tasks.append(self.spec.task_id(route_input.task))
@@ -196,7 +215,7 @@ class LearnedPolicy:
         )
 
     def decide(self, route_input: RouteInput) -> Action:
-        devices = [c for c in route_input.candidates if c["kind"] == "device"]
+        devices = self.devices(route_input)
         association = [c["score"] for c in devices]  # read by policies that use it
         action = int(self.policy(self.observation(route_input), association))
         if action == 0:
