@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tmo_graph.models.local import _AnswerRepetitionGuard
+from tmo_graph.models.local import _AnswerRepetitionGuard, _DeadlineGuard
 
 torch = pytest.importorskip("torch")
 
@@ -69,3 +69,19 @@ def test_the_loopback_stand_in_gets_the_same_guard(tmp_path) -> None:  # type: i
         "no_repeat_ngram_size": 4,
         "repetition_penalty": 1.1,
     }
+
+
+def test_the_deadline_guard_stops_one_step_early_not_one_step_late() -> None:
+    """Each step is expected to take as long as the one before: at 0.7 s, after a 0.4 s
+    step, the next would end at 1.1 s, past the 1 s deadline, so it stops there, where
+    transformers' max_time would let it run on to about 1.1 s."""
+    import torch
+
+    now = [0.0]
+    guard = _DeadlineGuard(1.0, clock=lambda: now[0])
+    ids = torch.zeros((1, 5), dtype=torch.long)
+    stops = []
+    for t in (0.3, 0.7, 0.75, 0.95):  # after the prompt, then steps of 0.4, 0.05, 0.2 s
+        now[0] = t
+        stops.append(bool(guard(ids, None)[0]))
+    assert stops == [False, True, False, True]

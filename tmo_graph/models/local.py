@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,6 +321,30 @@ class _GreedyStepRecorder:
         return scores
 
 
+class _DeadlineGuard:
+    """A stopping criterion: stop when the next token would end after the deadline.
+
+    transformers' ``max_time`` stops only once a step has already overrun it; on a device
+    that just turned busy a step takes longer than the speed estimate the deadline's margin
+    was sized with. Here each step is expected to take as long as the one before it, so the
+    answer stops one step early rather than one step late.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.deadline = clock() + seconds
+        self.last: float | None = None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        now = self.clock()
+        step = 0.0 if self.last is None else now - self.last  # first call: after the prompt
+        self.last = now
+        done = now + step > self.deadline
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
 class _AnswerRepetitionGuard:
     """A logits processor against loops that looks at the answer only, never the prompt.
 
@@ -506,7 +531,7 @@ class LocalModel:
         """
         import torch
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         messages, warnings = self.fit_to_context(messages, max_new_tokens)
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
@@ -526,7 +551,8 @@ class LocalModel:
         if max_new_tokens is not None:  # one pipeline serves every length asked for
             generation["max_new_tokens"] = max_new_tokens
         if max_time_s is not None:
-            generation["max_time"] = max_time_s
+            generation["max_time"] = max_time_s  # the backstop: stops once it is passed
+            generation["stopping_criteria"] = StoppingCriteriaList([_DeadlineGuard(max_time_s)])
         # The pipeline decodes under no_grad; inference mode also skips autograd's per-op
         # bookkeeping, about 8 % of a step once the matrix products are int4.
         start = time.perf_counter()
