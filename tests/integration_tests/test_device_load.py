@@ -44,11 +44,10 @@ MAX_NEW_TOKENS = 48
 HOGS_PER_CORE = 3
 # The tight budget: this many times what a whole local answer takes on the unloaded device.
 BUDGET_OVER_UNLOADED = 2.0
-# What a turn may take beyond its budget once the estimate has seen the load: the graph's
-# call margin and timer granularity. The first loaded turn still runs with the unloaded
-# estimate: its token in flight and the work around the model take longer than that says.
+# What a turn may take beyond its budget: timer granularity and the work around the model.
+# The first loaded turn too: it runs with the unloaded estimate, but the answer stops when
+# its next token would end after the deadline (as slow as the last one), not after.
 OVERRUN_TOLERANCE_S = 0.25
-FIRST_LOADED_TOLERANCE = 1.25
 
 
 class CloudStandIn:
@@ -224,8 +223,7 @@ def test_a_busy_device_is_seen_within_three_turns_and_its_turns_go_to_the_cloud(
     assert min(estimates[:3]) < 0.8 * unloaded, (unloaded, estimates)
     # No turn overran the budget; the busy device's turns went to the cloud (or, while the
     # estimate was still catching up, were answered shorter within the budget).
-    assert loaded[0]["latency_s"] <= FIRST_LOADED_TOLERANCE * budget, loaded[0]
-    for record in loaded[1:]:
+    for record in loaded:
         assert record["latency_s"] <= budget + OVERRUN_TOLERANCE_S, record
         assert record["budget_left"]["latency_s"] >= -OVERRUN_TOLERANCE_S
     routes = [r["route"] for r in loaded]
