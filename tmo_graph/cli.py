@@ -156,8 +156,10 @@ def chat(
     db: DbOption = None,
 ) -> None:
     """Talk to the graph; every answer shows where it was made and what it cost."""
+    from langchain_core.messages import HumanMessage
+
     from tmo_graph.conversation import finish_interrupted
-    from tmo_graph.dialogues import cli_views
+    from tmo_graph.dialogues import chat_message, cli_views
     from tmo_graph.report import print_turn
 
     try:
@@ -167,7 +169,10 @@ def chat(
         views = cli_views(_pairs(view, "--view"), _pairs(caption, "--caption"))
         thread_id = thread or uuid.uuid4().hex[:8]
         with _graph(settings, db) as (graph, _):
-            typer.echo(f"thread {thread_id} (resume with --thread {thread_id}); /quit to leave")
+            typer.echo(
+                f"thread {thread_id} (resume with --thread {thread_id}); /image PATH question "
+                "or /audio PATH [question] attaches a file; /quit to leave"
+            )
             run_config = {"configurable": {"thread_id": thread_id}}
             if record := finish_interrupted(graph, run_config, context):
                 typer.echo("(the last turn was cut short; it is answered first)")
@@ -180,7 +185,13 @@ def chat(
                 if not text:
                     typer.echo("(empty message: type a question, or /quit)")
                     continue
-                state_in: dict[str, Any] = {"messages": [("user", text)]}
+                try:
+                    content = chat_message(text, Path.cwd())
+                except TmoGraphError as error:  # a typo in a command: say so, keep chatting
+                    typer.echo(f"({error})")
+                    continue
+                message = HumanMessage(content=content)  # type: ignore[arg-type]
+                state_in: dict[str, Any] = {"messages": [message]}
                 if first and views:
                     state_in["views"] = views
                 first = False

@@ -200,6 +200,46 @@ def dialogue_context(settings: Settings, dialogue: Dialogue, policy: str | None 
         raise TmoGraphError(f"dialogue {dialogue.id}: {error.problem}", error.fix) from None
 
 
+CHAT_ATTACHMENTS = {"/image": "an image", "/audio": "a voice note"}
+
+
+def chat_message(line: str, base: Path) -> str | list[dict[str, Any]]:
+    """A line typed in ``tmo-graph chat`` as a message's content: plain text, or
+    ``/image PATH question`` / ``/audio PATH question`` with the file attached (a path with
+    spaces in quotes; relative to ``base``; the question may be empty for a voice note).
+
+    Raises :class:`TmoGraphError` for an unknown command, a missing path or a bad file.
+    """
+    text = line.strip()
+    if not text.startswith("/"):
+        return text
+    import shlex
+
+    command, _, rest = text.partition(" ")
+    if command not in CHAT_ATTACHMENTS:
+        raise TmoGraphError(
+            f"unknown command {command!r}",
+            "type a question, /image PATH question, /audio PATH question or /quit",
+        )
+    try:
+        words = shlex.split(rest)
+    except ValueError as error:
+        raise TmoGraphError(f"{command}: {error}", "close the quotes around the path") from None
+    if not words:
+        raise TmoGraphError(
+            f"{command} needs the path of {CHAT_ATTACHMENTS[command]}",
+            f"type {command} PATH and your question",
+        )
+    path, question = words[0], " ".join(words[1:])
+    if command == "/image":
+        if not question:
+            raise TmoGraphError("/image needs a question after the path", "ask about the image")
+        return Turn(question, images=[resolve_image(path, base)]).content()
+    clip = str((base / Path(path).expanduser()).resolve())
+    check_audio(clip, math.inf)  # its length is checked by the graph (audio.max_clip_seconds)
+    return Turn(question, audio=[clip]).content()
+
+
 def resolve_image(image: str, base: Path) -> str:
     """A URL as given, else the absolute path (relative to ``base``); checked to be an image."""
     ref = (

@@ -77,10 +77,17 @@ def _table(records: list[TurnRecord], header: bool) -> Table:
 
 
 def _notes(record: TurnRecord, answer_width: int) -> list[str]:
-    """The lines under a row: the answer, a fallback reason, an escalated local draft,
-    the turn's warnings."""
+    """The lines under a row: what the voice notes said, the answer, a fallback reason, an
+    escalated local draft, the turn's warnings."""
     answer = " ".join(record["answer"].split()) or "(empty)"
-    lines = [f"{INDENT}> {textwrap.shorten(answer, width=answer_width, placeholder=' ...')}"]
+    # What the device heard in the message's voice notes (the named sources' words are in
+    # the record; repeated every turn they would drown the answers).
+    lines = [
+        f'{INDENT}heard in {name}: "{textwrap.shorten(words, width=answer_width)}"'
+        for name, words in record.get("transcripts", {}).items()
+        if name.startswith("voice_note_")
+    ]
+    lines.append(f"{INDENT}> {textwrap.shorten(answer, width=answer_width, placeholder=' ...')}")
     if record["fallback"]:
         lines.append(f"{INDENT}fallback: {record['fallback']}")
     if record.get("local_answer") is not None:

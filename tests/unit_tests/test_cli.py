@@ -226,6 +226,16 @@ def test_turn_rows_keep_every_field_and_fold_long_view_lists() -> None:
     assert "local (cloud failed)" in fallback and "fallback: timeout" in fallback
 
 
+def test_a_turn_shows_what_its_voice_notes_said_not_the_microphones() -> None:
+    record = _record(1) | {
+        "transcripts": {"voice_note_1": "how do i change the blade", "bench_mic": "drilling"},
+        "audio_sent": [],
+    }
+    text = format_turn(record)
+    assert '      heard in voice_note_1: "how do i change the blade"' in text
+    assert "drilling" not in text
+
+
 def test_the_m4a1_table_keeps_every_column_and_method() -> None:
     from tmo_graph.sim.report import COLUMNS, format_table
 
@@ -270,3 +280,40 @@ def test_eval_answers_refuses_bad_input_before_loading_a_model(tmp_path: Path) -
     assert result.exit_code == 2 and "--limit 0 is not positive" in result.output
     result = runner.invoke(app, ["eval", "answers", "--data", str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "none.json" in result.output
+
+
+def test_a_chat_line_may_attach_an_image_or_a_voice_note(tmp_path: Path) -> None:
+    from tests.unit_tests.fakes import png_bytes
+    from tmo_graph.dialogues import chat_message
+
+    (tmp_path / "my photo.png").write_bytes(png_bytes())
+    clip = Path("examples/audio/voice_note.wav").resolve()
+    assert chat_message("  What is this?  ", tmp_path) == "What is this?"
+    assert chat_message('/image "my photo.png" What fruit is this?', tmp_path) == [
+        {"type": "text", "text": "What fruit is this?"},
+        {"type": "image_url", "image_url": {"url": str(tmp_path / "my photo.png")}},
+    ]
+    assert chat_message(f"/audio {clip}", tmp_path) == [{"type": "audio", "url": str(clip)}]
+    assert chat_message(f"/audio {clip} Please answer it.", tmp_path)[0] == {
+        "type": "text",
+        "text": "Please answer it.",
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("/picture x.png hi", "unknown command '/picture'"),
+        ("/audio", "/audio needs the path of a voice note"),
+        ("/image 'x.png hi", "/image: No closing quotation"),
+        ("/image missing.png What is it?", "does not exist"),
+        ("/audio missing.wav", "does not exist"),
+        ("/audio my.txt", "is not audio"),
+    ],
+)
+def test_a_bad_chat_command_says_what_was_wrong(tmp_path: Path, line: str, problem: str) -> None:
+    from tmo_graph.dialogues import chat_message
+
+    (tmp_path / "my.txt").write_text("not a clip")
+    with pytest.raises(TmoGraphError, match=re.escape(problem)):
+        chat_message(line, tmp_path)
