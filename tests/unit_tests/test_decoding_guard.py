@@ -71,17 +71,19 @@ def test_the_loopback_stand_in_gets_the_same_guard(tmp_path) -> None:  # type: i
     }
 
 
-def test_the_deadline_guard_stops_one_step_early_not_one_step_late() -> None:
+def test_the_deadline_guard_ends_the_answer_one_step_early_not_one_step_late() -> None:
     """Each step is expected to take as long as the one before: at 0.7 s, after a 0.4 s
-    step, the next would end at 1.1 s, past the 1 s deadline, so it stops there, where
-    transformers' max_time would let it run on to about 1.1 s."""
+    step, the next would end at 1.1 s, past the 1 s deadline, so this step's token becomes
+    the end token, where transformers' max_time would let it run on to about 1.1 s."""
     import torch
 
     now = [0.0]
-    guard = _DeadlineGuard(1.0, clock=lambda: now[0])
+    end = 2
+    guard = _DeadlineGuard(1.0, end_token=end, clock=lambda: now[0])
     ids = torch.zeros((1, 5), dtype=torch.long)
-    stops = []
+    chosen = []
     for t in (0.3, 0.7, 0.75, 0.95):  # after the prompt, then steps of 0.4, 0.05, 0.2 s
         now[0] = t
-        stops.append(bool(guard(ids, None)[0]))
-    assert stops == [False, True, False, True]
+        scores = torch.tensor([[0.0, 5.0, 1.0, 0.5]])
+        chosen.append(int(guard(ids, scores).argmax()))
+    assert chosen == [1, end, 1, end]

@@ -322,27 +322,33 @@ class _GreedyStepRecorder:
 
 
 class _DeadlineGuard:
-    """A stopping criterion: stop when the next token would end after the deadline.
+    """A logits processor that ends the answer when its next token would end after the
+    deadline: it makes this step's token the end token.
 
     transformers' ``max_time`` stops only once a step has already overrun it; on a device
     that just turned busy a step takes longer than the speed estimate the deadline's margin
     was sized with. Here each step is expected to take as long as the one before it, so the
-    answer stops one step early rather than one step late.
+    answer ends a step early rather than a step late. (A logits processor, not a stopping
+    criterion: langchain-huggingface's streaming path sets the stopping criteria itself.)
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, seconds: float, end_token: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.clock = clock
         self.deadline = clock() + seconds
+        self.end_token = end_token
         self.last: float | None = None
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
         now = self.clock()
-        step = 0.0 if self.last is None else now - self.last  # first call: after the prompt
+        step = None if self.last is None else now - self.last  # first call: after the prompt
         self.last = now
-        done = now + step > self.deadline
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        if step is not None and now + step > self.deadline:
+            scores = scores.clone()
+            scores[:, :] = float("-inf")
+            scores[:, self.end_token] = 0.0
+        return scores
 
 
 class _AnswerRepetitionGuard:
@@ -531,7 +537,7 @@ class LocalModel:
         """
         import torch
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers import LogitsProcessorList
 
         messages, warnings = self.fit_to_context(messages, max_new_tokens)
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
@@ -544,6 +550,8 @@ class LocalModel:
                     self.decoding.repetition_penalty, self.decoding.no_repeat_ngram_size
                 )
             )
+        if max_time_s is not None and self.tokenizer.eos_token_id is not None:
+            processors.append(_DeadlineGuard(max_time_s, int(self.tokenizer.eos_token_id)))
         # The recorder runs last: it keeps the scores the token was chosen from.
         generation: dict[str, Any] = {
             "logits_processor": LogitsProcessorList([*processors, recorder])
@@ -552,7 +560,6 @@ class LocalModel:
             generation["max_new_tokens"] = max_new_tokens
         if max_time_s is not None:
             generation["max_time"] = max_time_s  # the backstop: stops once it is passed
-            generation["stopping_criteria"] = StoppingCriteriaList([_DeadlineGuard(max_time_s)])
         # The pipeline decodes under no_grad; inference mode also skips autograd's per-op
         # bookkeeping, about 8 % of a step once the matrix products are int4.
         start = time.perf_counter()
