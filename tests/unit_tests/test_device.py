@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,11 @@ def test_one_estimator_per_file_per_process(tmp_path: Path) -> None:
 
 def test_the_reading_names_cpu_memory_battery_and_speeds() -> None:
     live = LiveResources(_priors())
-    sum(i * i for i in range(200_000))  # some CPU time between the readings
+    # Busy for 0.1 s between the readings: the CPU counters tick every 10 ms, and a faster
+    # loop could leave them unchanged (no load to report, as at a process's first reading).
+    end = time.perf_counter() + 0.1
+    while time.perf_counter() < end:
+        pass
     reading = live.reading()
     assert set(reading) == {
         "cpu_load",
