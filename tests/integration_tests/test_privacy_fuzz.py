@@ -44,7 +44,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from PIL import Image
 
 from tests.integration_tests.test_faults import FaultServer
-from tests.unit_tests.fakes import FakeLocal, FixedScorer, Stats
+from tests.unit_tests.fakes import FakeLocal, FixedScorer
 from tmo_graph.audit import AuditLog, read_audit
 from tmo_graph.context import Context
 from tmo_graph.faults import reset_breakers
@@ -146,16 +146,8 @@ def _stream(h: BaseHTTPRequestHandler, answer: str) -> None:
 class EchoLocal(FakeLocal):
     answers: list[str] = field(default_factory=lambda: [""])
 
-    def answer(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int | None = None,
-        tags: list[str] | None = None,
-        max_time_s: float | None = None,
-    ) -> tuple[str, Stats]:
-        self.calls += 1
-        text = f"You said: {messages[-1]['content']}"
-        return text, self.score_answer(messages, text)
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        return f"You said: {messages[-1]['content']}"
 
 
 # --- personal data of every kind, as people type it -------------------------------------------

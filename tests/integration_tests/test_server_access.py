@@ -22,7 +22,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from openai import OpenAI
 
 from tests.integration_tests.test_server import Served
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.audit import read_audit
 from tmo_graph.graph import build_graph
 from tmo_graph.keys import KeyRing, add_key, revoke_key
@@ -49,19 +49,9 @@ class EchoLocal(FakeLocal):
 
     answers: list[str] = field(default_factory=list)
     logprob: float = -0.01
-    asked: list[int | None] = field(default_factory=list)  # max_new_tokens of each call
 
-    def answer(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int | None = None,
-        tags: list[str] | None = None,
-        max_time_s: float | None = None,
-    ) -> tuple[str, Stats]:
-        self.seen.append(messages)
-        self.asked.append(max_new_tokens)
-        text = " | ".join(str(m.get("content", "")) for m in messages)
-        return text, self.score_answer(messages, text)
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        return " | ".join(str(m.get("content", "")) for m in messages)
 
 
 def access_settings(tmp: Path, **server: Any) -> Settings:
@@ -384,9 +374,9 @@ def test_each_size_limit_is_refused_naming_the_limit(
 def test_max_tokens_within_the_ceiling_shortens_the_answer(server: Server) -> None:
     alice = server.client("alice")
     ask(alice, "Hello there", max_tokens=7)
-    assert server.local.asked[-1] == 7
+    assert server.local.limits[-1][0] == 7
     ask(alice, "Hello again")
-    assert server.local.asked[-1] == 64  # the config's local.max_new_tokens
+    assert server.local.limits[-1][0] == 64  # the config's local.max_new_tokens
     ask(alice, "Ask the cloud", model="tmo-always-cloud", max_completion_tokens=40)
     assert server.cloud.max_tokens_sent[-1] <= 40
     ask(alice, "Ask the cloud again", model="tmo-always-cloud")

@@ -46,9 +46,13 @@ class FakeLocal:
         self.seen.append(messages)
         self.tags.append(tags)
         self.limits.append((max_new_tokens, max_time_s))
-        text = self.answers[self.calls % len(self.answers)]
+        text = self.reply(messages)
         self.calls += 1
         return text, self.score_answer(messages, text)
+
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        """The answer's text: the listed answers in turn (a subclass may answer otherwise)."""
+        return self.answers[self.calls % len(self.answers)]
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> Stats:
         n = max(len(answer.split()), 1)
