@@ -29,7 +29,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tmo_graph.chat_model import TMOChatModel
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 

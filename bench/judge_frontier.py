@@ -1,4 +1,4 @@
-"""Issue 12's two targets on one table: the paper protocol's reward against the judge battery.
+"""Two targets on one table: the paper protocol's reward against the judge battery.
 
 The paper protocol judges the test dialogues with the response model fit on the training
 split, the very model a planner can fit for itself; the judge battery judges them with
@@ -6,7 +6,7 @@ models fit on the test split (:data:`tmo_graph.sim.judges.DEFAULT_BATTERY`). Thi
 rolls out planners that trust their own training-split models more or less, on the same
 splits and seeds as ``tmo-graph bench m4a1``, and scores every rollout under both:
 
-- ``judge's own model``: issue 8's planner under the paper protocol (``LookaheadPlanner.fit``,
+- ``judge's own model``: the planner under the paper protocol (``LookaheadPlanner.fit``,
   the training split's 5-NN: the paper protocol's judge itself);
 - ``robust, centre C, risk R``: the robust planner at fixed knobs (``fit_robust``): its
   expected score from the members fit on all training dialogues (``full``) or from every
@@ -35,6 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.learned import TrainedPolicy
 from tmo_graph.policy.observation import ObservationSpec
 from tmo_graph.policy.planner import LookaheadPlanner
@@ -48,7 +49,6 @@ from tmo_graph.sim.judges import (
     paired_difference,
     parse_judges,
 )
-from tmo_graph.sim.knn import ResponseModel
 from tmo_graph.sim.robust import fit_own_planner
 
 SEEDS = (9139, 1355, 7826)

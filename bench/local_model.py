@@ -34,7 +34,7 @@ PROMPT = [
 _COLD_START = """\
 import json, sys, time
 start = time.perf_counter()
-from tmo_graph.models.local import LocalModel
+from tmo_graph.models.local.model import LocalModel
 model = LocalModel.load(sys.argv[1], precision=sys.argv[2])
 ready = {"ready_epoch": time.time(), "in_process_s": time.perf_counter() - start}
 print(json.dumps({**ready, "load_s": model.load_seconds}), flush=True)
@@ -45,7 +45,7 @@ import json, sys, time
 from pathlib import Path
 import torch, transformers  # imports are not part of the conversion
 start = time.perf_counter()
-from tmo_graph.models.local import resolve_local_model
+from tmo_graph.models.local.model import resolve_local_model
 resolve_local_model(sys.argv[1], Path(sys.argv[2]))
 print(json.dumps({"convert_s": time.perf_counter() - start}))
 """
@@ -110,7 +110,7 @@ def measure_generation(
 ) -> list[Row]:
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    from tmo_graph.models.local import LocalModel
+    from tmo_graph.models.local.model import LocalModel
 
     lc_messages = [SystemMessage(PROMPT[0]["content"]), HumanMessage(PROMPT[1]["content"])]
     models = {p: LocalModel.load(folder, max_new_tokens, p) for p in precisions}
@@ -171,7 +171,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from tmo_graph.models.local import resolve_local_model
+    from tmo_graph.models.local.model import resolve_local_model
 
     start = time.perf_counter()
     folder = resolve_local_model(args.source)

@@ -3,7 +3,7 @@
 One process, one prompt, greedy, ``--max-new-tokens`` tokens. Each round runs, in a rotating
 order so a busy machine slows every path alike:
 
-- raw float32 ``model.generate``: the baseline (the model as it was loaded until issue 11);
+- raw float32 ``model.generate``: the baseline (how the model was loaded before int4);
 - raw ``model.generate`` of ``--precision`` (default: ``local.precision``, int4);
 - ``LocalModel.answer`` in that precision: the ChatHuggingFace pipeline with the answer's
   per-token log-probs and entropies recorded for the confidence check;
@@ -38,9 +38,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT, Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
-from tmo_graph.models.local import PRECISIONS, LocalModel, get_local_model
+from tmo_graph.models.local.model import PRECISIONS, LocalModel, get_local_model
 from tmo_graph.prompts import text_dialogue
 from tmo_graph.services import Services
 from tmo_graph.settings import LocalModelSettings, LocalPrecision, Settings

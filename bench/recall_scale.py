@@ -1,6 +1,6 @@
 """Recall at scale: planted facts among 100,000 stored turns, found by paraphrased questions.
 
-One user's Chroma collection (``tmo_graph.memory.TurnMemory``) holds ``--stored`` turns in
+One user's Chroma collection (``tmo_graph.memory.turns.TurnMemory``) holds ``--stored`` turns in
 the form the graph stores them ("User: ...\\nAssistant: ..."), spread over 50-turn
 dialogues: generated everyday dialogue on two dozen topics, with hard distractors (other
 codes, other people's flights, other hiding places), and ``--facts`` planted facts ("The
@@ -43,7 +43,7 @@ import numpy as np
 from instant import DIALOGUE_TURNS, load_average, median, ms, runs_line  # bench/instant.py
 from routing_overhead import Setup, compare, report, routing_graph  # bench/routing_overhead.py
 
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.settings import default_cache_dir
 

@@ -52,7 +52,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings

@@ -32,9 +32,9 @@ from openai import OpenAI
 from tmo_graph.context import Context
 from tmo_graph.conversation import astream_turn
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port
-from tmo_graph.server import create_app
+from tmo_graph.server.app import create_app
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal
 
 from tmo_graph.errors import TmoGraphError
-
-if TYPE_CHECKING:
-    from tmo_graph.settings import Settings
-
-PolicyName = Literal["always-local", "always-cloud", "random", "rules", "cascade", "learned"]
-POLICIES: tuple[str, ...] = get_args(PolicyName)
+from tmo_graph.settings import POLICIES, PolicyName, Settings
 
 # Numeric fields: checked to be numbers (a JSON context may carry "lots") and finite (a NaN
 # budget would block the cloud for ever and make the turn records invalid JSON).

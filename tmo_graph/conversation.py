@@ -3,13 +3,13 @@ tokens as they come, never a draft that was replaced, then the turn record; one 
 thread at a time.
 
 The graph tags a local draft that the confidence check may still replace ``draft``
-(``tmo_graph.nodes.local.DRAFT_TAG``); everything else its models stream is the final
+(``tmo_graph.state.DRAFT_TAG``); everything else its models stream is the final
 answer. Draft tokens are held back: when the check keeps the draft, they are released once
 the turn is decided, so a caller sees only what stays.
 
 A cloud answer streams with the placeholders of the personal data kept from the cloud
 (``[EMAIL_1]``); the route node sends the turn's placeholder map as a ``custom`` stream event
-and the tokens are shown with the values put back (:class:`tmo_graph.privacy.StreamRestorer`:
+and the tokens are shown with the values put back (:class:`tmo_graph.guards.privacy.StreamRestorer`:
 a piece that may still become a placeholder is held back until it is complete).
 
 A turn a crash cut short (killed mid-turn: its question is stored, its checkpoint still has
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,8 @@ from langchain_core.messages import BaseMessage
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.nodes.local import DRAFT_TAG
-from tmo_graph.privacy import PLACEHOLDERS_EVENT, StreamRestorer, is_private
-from tmo_graph.state import TurnRecord
+from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, StreamRestorer, is_private
+from tmo_graph.state import DRAFT_TAG, TurnRecord
 
 # Nodes whose model calls stream the answer; anything else (e.g. a summary) is not shown.
 ANSWER_NODES = frozenset({"answer_local", "answer_cloud"})
@@ -62,7 +62,17 @@ class Done:
     resumed: TurnRecord | None = None
 
 
-_locks: dict[str, threading.Lock] = {}
+class _ThreadLock:
+    """One thread id's lock. The registry holds it weakly: a server makes a new thread id
+    for every new chat, and a lock is needed only while a turn holds it or waits for it."""
+
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+_locks: weakref.WeakValueDictionary[str, _ThreadLock] = weakref.WeakValueDictionary()
 _locks_guard = threading.Lock()
 
 
@@ -83,15 +93,18 @@ def turn_summary(record: TurnRecord, thread_id: str) -> dict[str, Any]:
         "cost_usd": record["cost_usd"],
         "budget_left": dict(record["budget_left"]),
     }
-    if "audio_sent" in record:  # a turn with audio clips (issue 13)
+    if "audio_sent" in record:  # a turn with audio clips
         summary["audio_sent"] = list(record["audio_sent"])
         summary["transcripts"] = dict(record.get("transcripts", {}))
     return summary
 
 
-def _thread_lock(thread_id: str) -> threading.Lock:
+def _thread_lock(thread_id: str) -> _ThreadLock:
     with _locks_guard:
-        return _locks.setdefault(thread_id, threading.Lock())
+        entry = _locks.get(thread_id)
+        if entry is None:
+            entry = _locks[thread_id] = _ThreadLock()
+        return entry
 
 
 def _busy(thread_id: str, wait_s: float) -> ThreadBusy:
@@ -213,8 +226,8 @@ def stream_turn(
 ) -> Iterator[Token | Done]:
     """Run one turn: :class:`Token`s of the final answer as they come, then :class:`Done`."""
     config = _config(thread_id, inputs)
-    lock = _thread_lock(thread_id)
-    if not lock.acquire(timeout=wait_s):
+    held = _thread_lock(thread_id)  # referenced until the turn ends, so the lock stays shared
+    if not held.lock.acquire(timeout=wait_s):
         raise _busy(thread_id, wait_s)
     try:
         resumed = finish_interrupted(graph, config, context)
@@ -226,7 +239,7 @@ def stream_turn(
                 yield token
         yield from turn.end(resumed)
     finally:
-        lock.release()
+        held.lock.release()
 
 
 async def astream_turn(
@@ -238,8 +251,8 @@ async def astream_turn(
 ) -> AsyncIterator[Token | Done]:
     """:func:`stream_turn` for async callers (the event loop is never blocked by the wait)."""
     config = _config(thread_id, inputs)
-    lock = _thread_lock(thread_id)
-    if not await asyncio.to_thread(lock.acquire, True, wait_s):
+    held = _thread_lock(thread_id)
+    if not await asyncio.to_thread(held.lock.acquire, True, wait_s):
         raise _busy(thread_id, wait_s)
     try:
         resumed = await afinish_interrupted(graph, config, context)
@@ -253,4 +266,4 @@ async def astream_turn(
         for event in turn.end(resumed):
             yield event
     finally:
-        lock.release()
+        held.lock.release()

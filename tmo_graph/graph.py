@@ -24,11 +24,11 @@ from langgraph.types import Checkpointer
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.nodes.account import account
-from tmo_graph.nodes.cloud import after_cloud, answer_cloud
-from tmo_graph.nodes.confidence import after_confidence, check_confidence
-from tmo_graph.nodes.local import answer_local
-from tmo_graph.nodes.memory import recall_memory
-from tmo_graph.nodes.modality import detect_modality
+from tmo_graph.nodes.answer_cloud import after_cloud, answer_cloud
+from tmo_graph.nodes.answer_local import answer_local
+from tmo_graph.nodes.check_confidence import after_confidence, check_confidence
+from tmo_graph.nodes.detect_modality import detect_modality
+from tmo_graph.nodes.recall_memory import recall_memory
 from tmo_graph.nodes.route import after_route, route
 from tmo_graph.services import ServiceProvider, Services
 from tmo_graph.settings import Settings

@@ -11,9 +11,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
-# LEFT_OUT_ANSWER lives in confidence.py, whose echo guard also knows it; used here too.
-from tmo_graph.confidence import LEFT_OUT_ANSWER, degenerate_text
 from tmo_graph.errors import TmoGraphError
+
+# LEFT_OUT_ANSWER lives in confidence.py, whose echo guard also knows it; used here too.
+from tmo_graph.policy.confidence import LEFT_OUT_ANSWER, degenerate_text
 from tmo_graph.state import Recalled
 
 # The ``additional_kwargs`` key that marks a message private: it never goes to the cloud.

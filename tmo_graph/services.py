@@ -22,17 +22,17 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
-from tmo_graph.audit import AuditLog
 from tmo_graph.context import Context
-from tmo_graph.device import LiveResources, live_resources
+from tmo_graph.costs.device import LiveResources, live_resources
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.memory import TurnMemory
+from tmo_graph.guards.audit import AuditLog
+from tmo_graph.guards.spending import SpendLedger
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.base import GapPredictor, LocalBackend
+from tmo_graph.models.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.models.speech import Recogniser
 from tmo_graph.policy.budget import CostModel
-from tmo_graph.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.settings import Settings, default_cache_dir
-from tmo_graph.spending import SpendLedger
 
 _LEDGER_LOCK = threading.Lock()
 
@@ -57,7 +57,7 @@ class Services:
     # How the model nodes measure and wait (a simulation passes its own clock).
     clock: Callable[[], float] = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
-    # Speech to text for audio clips (issue 13); None: the one audio.recogniser names.
+    # Speech to text for audio clips; None: the one audio.recogniser names.
     recogniser: Recogniser | None = None
     # The device's measured speeds and its reading each turn. build_services shares the
     # process's estimates kept in settings.device_state_path(); Services made by hand keep
@@ -94,7 +94,7 @@ class Services:
         """The cost model with the speeds the device and the cloud show now (the budget mask
         and the local answer's length use it); read it once per decision."""
         assert self.device is not None  # set in __post_init__
-        return self.device.cost_model(self.base_costs)
+        return self.base_costs.at(self.device.measured_speeds())
 
     def spend_ledger(self) -> SpendLedger:
         """The daily spend ledger, opened at ``settings.ledger_path()`` the first time a cap
@@ -155,7 +155,7 @@ def build_services(settings: Settings) -> Services:
         make_cloud_chat_model,
     )
     from tmo_graph.models.embeddings import local_embeddings
-    from tmo_graph.models.local import configured_local_model, resolve_local_model
+    from tmo_graph.models.local.model import configured_local_model, resolve_local_model
 
     cfg = settings.cloud
     # Cheap checks first: a bad endpoint or memory server should fail before a model loads.
@@ -242,7 +242,7 @@ class ServiceProvider:
 def _local_for(base: Services, source: str | None) -> LocalBackend:
     if source is None:
         return base.local
-    from tmo_graph.models.local import configured_local_model
+    from tmo_graph.models.local.model import configured_local_model
 
     return configured_local_model(base.settings, source)
 

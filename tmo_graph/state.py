@@ -21,7 +21,9 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
 from typing_extensions import TypedDict
 
-from tmo_graph.device import DeviceReading
+# The tag on the tokens of a local draft that may still be replaced by a cloud answer: a
+# surface streams every other token as the final answer's.
+DRAFT_TAG = "draft"
 
 
 class ViewSpec(TypedDict, total=False):
@@ -37,9 +39,30 @@ class ViewSpec(TypedDict, total=False):
     sha256: str
     description: str
     private: bool
-    # A named audio source (issue 13), e.g. a workshop microphone: a clip's file path or
+    # A named audio source, e.g. a workshop microphone: a clip's file path or
     # data URL instead of an image (stored like images; ``sha256`` is the clip's hash).
     audio: str
+
+
+class Battery(TypedDict):
+    percent: float
+    plugged: bool | None
+
+
+class DeviceReading(TypedDict):
+    """The machine and the estimates as one turn's route saw them (the turn record's
+    ``device``). CPU loads are shares of all cores busy since the previous reading, 0..1
+    (None at the first reading of a process); memory is what new processes can still get."""
+
+    cpu_load: float | None
+    cpu_load_others: float | None  # without this process's own work
+    free_memory_mb: float | None
+    battery: Battery | None  # None: the device has none (or it cannot be read)
+    local_tokens_per_s: float
+    local_prefill_tokens_per_s: float
+    cloud_latency_s: float | None  # a successful cloud call's measured seconds (EWMA)
+    cloud_time_factor: float  # measured / expected cloud seconds (EWMA; 1 until measured)
+    cloud_failure_rate: float  # share of failed cloud attempts (EWMA)
 
 
 class Budget(TypedDict):
@@ -54,7 +77,7 @@ class Candidate(TypedDict):
     kind: Literal["device", "inline"]
     score: float
     image: str | None  # path or http(s) URL of the image; None: a description only
-    # An audio clip (issue 13): its stored path, length and the device's transcript.
+    # An audio clip: its stored path, length and the device's transcript.
     audio: NotRequired[str]
     seconds: NotRequired[float]
     transcript: NotRequired[str]
@@ -98,7 +121,7 @@ class CallRecord(TypedDict):
     cloud_attempts: NotRequired[list[dict[str, Any]]]
     breaker: NotRequired[str]
     redactions: NotRequired[dict[str, int]]  # personal data replaced in the request, by kind
-    audio_sent: NotRequired[list[str]]  # clips whose audio the request carried (issue 13)
+    audio_sent: NotRequired[list[str]]  # clips whose audio the request carried
 
 
 class TurnRecord(TypedDict):
@@ -125,7 +148,7 @@ class TurnRecord(TypedDict):
     breaker: NotRequired[str]  # the cloud endpoint's circuit after the turn's cloud call
     redactions: NotRequired[dict[str, int]]  # personal data kept from the cloud, by kind
     warnings: NotRequired[list[str]]  # input the turn did not use as given (images dropped, ...)
-    # Audio (issue 13), present when the turn had clips: the clips whose content went to the
+    # Audio, present when the turn had clips: the clips whose content went to the
     # cloud (also named in views_sent), and every clip's device transcript by name.
     audio_sent: NotRequired[list[str]]
     transcripts: NotRequired[dict[str, str]]
@@ -133,7 +156,7 @@ class TurnRecord(TypedDict):
     # The device as the route saw it: CPU load (all processes, and all but this one) since
     # the previous turn, free memory (MB), battery (null: none), and the measured speeds the
     # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
-    # (measured / expected), cloud failure rate (tmo_graph.device.DeviceReading).
+    # (measured / expected), cloud failure rate (tmo_graph.costs.device.DeviceReading).
     device: NotRequired[DeviceReading]
 
 

@@ -1,4 +1,4 @@
-"""Acceptance (issue 13, done-when 1): a dialogue with a named microphone clip and an inline
+"""Acceptance: a dialogue with a named microphone clip and an inline
 voice note runs offline through `tmo-graph run` and through the chat model.
 
 The speech recogniser is the real one (pocketsphinx, nothing downloaded) on the espeak-ng
@@ -26,14 +26,14 @@ from typer.testing import CliRunner
 
 from tests.integration_tests.test_privacy_fuzz import CaptureServer
 from tests.unit_tests.fakes import FakeLocal, PromptScorer
-from tmo_graph import audio
-from tmo_graph.audio import cloud_audio
 from tmo_graph.chat_model import TMOChatModel
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
 from tmo_graph.context import Context
-from tmo_graph.faults import reset_breakers
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.guards.faults import reset_breakers
+from tmo_graph.media import audio
+from tmo_graph.media.audio import cloud_audio
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import make_cloud_chat_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings, load_settings

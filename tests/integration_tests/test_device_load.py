@@ -1,4 +1,4 @@
-"""A busy device, for real (issue 13, done-when item 2): SmolLM2 on the CPU, an
+"""A busy device, for real: SmolLM2 on the CPU, an
 OpenAI-compatible stand-in for the cloud on 127.0.0.1, and CPU-hogging helper processes.
 
 Unloaded, turns under a tight latency budget stay local. With busy loops on every core, the
@@ -24,12 +24,12 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import Context
-from tmo_graph.device import LiveResources
-from tmo_graph.faults import reset_breakers
+from tmo_graph.costs.device import LiveResources
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.guards.faults import reset_breakers
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
-from tmo_graph.models.local import LocalModel, get_local_model, resolve_local_model
+from tmo_graph.models.local.model import LocalModel, get_local_model, resolve_local_model
 from tmo_graph.policy.base import Action
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings

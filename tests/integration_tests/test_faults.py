@@ -26,9 +26,9 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from tests.unit_tests.fakes import FakeLocal
 from tmo_graph.context import Context
-from tmo_graph.faults import CIRCUIT_OPEN, reset_breakers
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.guards.faults import CIRCUIT_OPEN, reset_breakers
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings

@@ -29,7 +29,7 @@ from tmo_graph.models.cloud import (
     make_cloud_chat_model,
 )
 from tmo_graph.models.embeddings import local_embeddings
-from tmo_graph.models.local import (
+from tmo_graph.models.local.model import (
     SOURCE_FILE,
     LocalModel,
     get_local_model,
@@ -241,7 +241,7 @@ PROMPTS = [
 def test_default_local_model_is_int4_on_the_ggufs_own_grid(
     local: LocalModel, local32: LocalModel
 ) -> None:
-    from tmo_graph.models.quantize import Int4Linear, Int8Head
+    from tmo_graph.models.local.quantize import Int4Linear, Int8Head
 
     assert local.precision == "int4" and local32.precision == "float32"
     layers = [m for m in local.model.modules() if isinstance(m, Int4Linear)]

@@ -1,7 +1,7 @@
-"""Acceptance (issue 10): nothing private reaches the cloud, fuzzed over generated dialogues.
+"""Acceptance: nothing private reaches the cloud, fuzzed over generated dialogues.
 
 Hypothesis writes dialogues of 1-4 turns that plant personal data of every kind
-(``tmo_graph.privacy.KINDS``) in the turns' text and sometimes in the persona, with private
+(``tmo_graph.guards.privacy.KINDS``) in the turns' text and sometimes in the persona, with private
 camera views (a real image file each) next to shared ones, under policies that send turns to
 the cloud. They run through the real graph (SQLite threads, Chroma memory that turns older
 than the last one go to and come back from) whose cloud model is a real ``ChatOpenAI``
@@ -45,14 +45,14 @@ from PIL import Image
 
 from tests.integration_tests.test_faults import FaultServer
 from tests.unit_tests.fakes import FakeLocal, FixedScorer
-from tmo_graph.audit import AuditLog, read_audit
 from tmo_graph.context import Context
-from tmo_graph.faults import reset_breakers
 from tmo_graph.graph import build_graph
-from tmo_graph.images import cloud_image
-from tmo_graph.memory import TurnMemory
+from tmo_graph.guards.audit import AuditLog, read_audit
+from tmo_graph.guards.faults import reset_breakers
+from tmo_graph.guards.privacy import KINDS
+from tmo_graph.media.images import cloud_image
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
-from tmo_graph.privacy import KINDS
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 

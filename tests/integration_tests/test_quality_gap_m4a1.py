@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tmo_graph.eval.gap import evaluate_gap_predictor, fit_dataset, format_report
+from tmo_graph.eval.gap_fit import evaluate_gap_predictor, fit_dataset, format_report
 from tmo_graph.models.embeddings import DEFAULT_SOURCE, local_embeddings
 from tmo_graph.models.gap import QualityGapPredictor
 from tmo_graph.sim.data import load_m4a1

@@ -27,14 +27,14 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from tests.integration_tests.servers import wait_until_answering
 from tests.unit_tests.fakes import FakeCloud, FakeLocal
-from tmo_graph import memory as memory_module
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory import turns as memory_module
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import MemorySettings, Settings, ThreadSettings
-from tmo_graph.threads import open_async_checkpointer, open_checkpointer
+from tmo_graph.threads.store import open_async_checkpointer, open_checkpointer
 
 pytestmark = pytest.mark.integration
 
@@ -282,7 +282,7 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     """`tmo-graph serve` twice (two apps, two ports) on one PostgreSQL and one Chroma
     server: a client alternating between them continues one thread without losing a turn."""
     from tests.integration_tests.test_server import Served
-    from tmo_graph.server import create_app
+    from tmo_graph.server.app import create_app
 
     settings = _settings(postgres, chroma)
     workers, locals_ = [], []

@@ -30,7 +30,7 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_byte
 from tests.unit_tests.test_graph_core import StreamingLocal
 from tmo_graph.graph import build_graph
 from tmo_graph.models.cloud import free_port
-from tmo_graph.server import SYSTEM_ID, create_app, new_messages, parse_model
+from tmo_graph.server.app import SYSTEM_ID, create_app, new_messages, parse_model
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def test_model_names_carry_the_policy_and_an_optional_threshold() -> None:
 
 
 def test_an_existing_thread_gets_only_the_trailing_user_messages() -> None:
-    from tmo_graph.server import ChatMessage
+    from tmo_graph.server.app import ChatMessage
 
     msgs = [
         ChatMessage(role="system", content="Be terse."),

@@ -23,10 +23,10 @@ from openai import OpenAI
 
 from tests.integration_tests.test_server import Served
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
-from tmo_graph.audit import read_audit
 from tmo_graph.graph import build_graph
-from tmo_graph.keys import KeyRing, add_key, revoke_key
-from tmo_graph.server import create_app
+from tmo_graph.guards.audit import read_audit
+from tmo_graph.server.app import create_app
+from tmo_graph.server.keys import KeyRing, add_key, revoke_key
 from tmo_graph.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -33,8 +33,8 @@ from tests.integration_tests.test_server_access import (
 )
 from tests.unit_tests.fakes import FakeCloud, fake_services, png_bytes
 from tmo_graph.graph import build_graph
-from tmo_graph.keys import KeyRing
-from tmo_graph.server import create_app
+from tmo_graph.server.app import create_app
+from tmo_graph.server.keys import KeyRing
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
-from tmo_graph.models.local import get_local_model
+from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.models.local.model import get_local_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 

@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, png_bytes
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import TurnMemory
+from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings

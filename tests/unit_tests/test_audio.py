@@ -1,4 +1,4 @@
-"""Audio clips (issue 13): decoded, checked, stored by hash, transcribed once, routed like
+"""Audio clips: decoded, checked, stored by hash, transcribed once, routed like
 views (private ones never sent), sent as input_audio only when chosen, billed at audio prices."""
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
-from tmo_graph import audio
-from tmo_graph.audio import SAMPLE_RATE, cloud_audio, samples_of, store_audio, store_audio_bytes
+from tmo_graph.cli.dialogues import parse_dialogue
 from tmo_graph.context import Context
-from tmo_graph.costs import PRICES, audio_input_tokens
-from tmo_graph.dialogues import parse_dialogue
+from tmo_graph.costs.prices import PRICES, audio_input_tokens
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.media import audio
+from tmo_graph.media.audio import (
+    SAMPLE_RATE,
+    cloud_audio,
+    samples_of,
+    store_audio,
+    store_audio_bytes,
+)
 from tmo_graph.policy.base import Action
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.prompts import PRIVATE
@@ -469,7 +475,7 @@ def test_bad_audio_in_a_dialogue_file_names_the_field(
 def _server(tmp_path: Path) -> tuple[Any, FakeCloud]:
     from fastapi.testclient import TestClient
 
-    from tmo_graph.server import create_app
+    from tmo_graph.server.app import create_app
 
     cloud = FakeCloud()
     cloud.sent = []
@@ -595,7 +601,7 @@ def test_without_a_recogniser_clips_still_route_on_their_descriptions(tmp_path: 
 
 
 def test_the_audit_log_names_the_clips_sent_by_hash(tmp_path: Path) -> None:
-    from tmo_graph.audit import AuditLog, read_audit
+    from tmo_graph.guards.audit import AuditLog, read_audit
 
     cloud = FakeCloud()
     cloud.sent = []
@@ -612,7 +618,7 @@ def test_the_audit_log_names_the_clips_sent_by_hash(tmp_path: Path) -> None:
 
 
 def test_a_view_on_the_command_line_may_be_a_clip(tmp_path: Path) -> None:
-    from tmo_graph.dialogues import cli_views
+    from tmo_graph.cli.dialogues import cli_views
 
     clip = _clip(tmp_path, "mic", 1.0)
     views = cli_views({"mic": clip, "cam": str(_png(tmp_path))}, {"mic": "bench microphone"})
@@ -626,7 +632,7 @@ def test_a_view_on_the_command_line_may_be_a_clip(tmp_path: Path) -> None:
 def test_reported_audio_tokens_are_repriced_at_the_audio_rate(tmp_path: Path) -> None:
     from langchain_core.messages import AIMessage
 
-    from tmo_graph.nodes.cloud import _audio_billed
+    from tmo_graph.nodes.answer_cloud import _audio_billed
 
     settings = Settings(cloud=CloudSettings(mode="remote", price_as=HEARING))
     services = fake_services(tmp_path, settings=settings)

@@ -14,11 +14,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
-from tmo_graph.audit import AuditEntry, AuditLog, format_summary, read_audit, summarize
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.guards.audit import AuditEntry, AuditLog, format_summary, read_audit, summarize
 from tmo_graph.settings import Settings
 
 FIX = "Fix: each line must be one JSON object as AuditLog.append writes it; remove or repair it"

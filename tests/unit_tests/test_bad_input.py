@@ -1,4 +1,4 @@
-"""Issue 10, "Bad input": what a hostile new user tried, each refused in one line that names
+"""Bad input: what a hostile new user tried, each refused in one line that names
 the field and the fix (or, for input the graph can still use, kept with a warning)."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services, png_bytes
-from tmo_graph import cli
+from tmo_graph.cli import app as cli
+from tmo_graph.cli.dialogues import load_dialogues
+from tmo_graph.cli.turn_table import format_turn
 from tmo_graph.context import Context
-from tmo_graph.dialogues import load_dialogues
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.models.local import LocalModel
-from tmo_graph.report import format_turn
+from tmo_graph.models.local.model import LocalModel
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings, load_settings
 

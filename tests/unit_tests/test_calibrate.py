@@ -71,8 +71,8 @@ def calibrate_cli(
     """Run `tmo-graph calibrate` on 200 prompts with VaryingLocal as the local model."""
     from typer.testing import CliRunner
 
-    import tmo_graph.models.local as local_models
-    from tmo_graph.cli import app
+    import tmo_graph.models.local.model as local_models
+    from tmo_graph.cli.app import app
 
     monkeypatch.setattr(local_models, "get_local_model", lambda *args, **kwargs: VaryingLocal())
     prompts = tmp_path / "prompts.txt"
@@ -139,7 +139,7 @@ def test_help_does_not_load_the_evaluation() -> None:
     import sys
 
     code = (
-        "import sys, tmo_graph.cli\n"
+        "import sys, tmo_graph.cli.app\n"
         "print(sorted(m for m in sys.modules if m.startswith(('tmo_graph.eval', 'sklearn', "
         "'scipy'))))\n"
     )
@@ -150,7 +150,7 @@ def test_help_does_not_load_the_evaluation() -> None:
 def test_calibration_fails_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tmo_graph.models.local as local_models
+    import tmo_graph.models.local.model as local_models
     from tmo_graph.eval.calibrate import calibrate
 
     def no_model(*args: Any, **kwargs: Any) -> Any:

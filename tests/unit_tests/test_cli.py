@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tmo_graph import cli
-from tmo_graph.cli import app
+from tmo_graph.cli import app as cli
+from tmo_graph.cli.app import app
+from tmo_graph.cli.dialogues import Dialogue, Turn, dialogue_context
+from tmo_graph.cli.turn_table import format_turn
 from tmo_graph.context import Context
-from tmo_graph.dialogues import Dialogue, Turn, dialogue_context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.report import format_turn
 from tmo_graph.settings import Settings
 
 runner = CliRunner()
@@ -56,7 +56,7 @@ def test_chat_with_a_view_that_is_not_an_image(tmp_path: Path) -> None:
 
 
 def test_cli_method_list_matches_the_benchmark() -> None:
-    from tmo_graph.cli import ALL_METHODS
+    from tmo_graph.cli.app import ALL_METHODS
     from tmo_graph.sim.bench import METHOD_NAMES
 
     assert ALL_METHODS.split(",") == list(METHOD_NAMES)
@@ -284,7 +284,7 @@ def test_eval_answers_refuses_bad_input_before_loading_a_model(tmp_path: Path) -
 
 def test_a_chat_line_may_attach_an_image_or_a_voice_note(tmp_path: Path) -> None:
     from tests.unit_tests.fakes import png_bytes
-    from tmo_graph.dialogues import chat_message
+    from tmo_graph.cli.dialogues import chat_message
 
     (tmp_path / "my photo.png").write_bytes(png_bytes())
     clip = Path("examples/audio/voice_note.wav").resolve()
@@ -312,7 +312,7 @@ def test_a_chat_line_may_attach_an_image_or_a_voice_note(tmp_path: Path) -> None
     ],
 )
 def test_a_bad_chat_command_says_what_was_wrong(tmp_path: Path, line: str, problem: str) -> None:
-    from tmo_graph.dialogues import chat_message
+    from tmo_graph.cli.dialogues import chat_message
 
     (tmp_path / "my.txt").write_text("not a clip")
     with pytest.raises(TmoGraphError, match=re.escape(problem)):

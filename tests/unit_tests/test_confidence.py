@@ -4,15 +4,15 @@ import random
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from tmo_graph.confidence import (
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.eval.agreement import sampling_agreement
+from tmo_graph.policy.confidence import (
     COMBINATION,
     ESTIMATORS,
     combine,
     confidence,
     quantile_logprob,
 )
-from tmo_graph.errors import TmoGraphError
-from tmo_graph.eval.agreement import sampling_agreement
 
 FLUENT = "Boil the eggs for nine minutes, then cool them in cold water."
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tmo_graph.confidence import combine
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.eval import metrics
-from tmo_graph.eval.confidence import (
+from tmo_graph.eval.estimators import (
     ScoredTurn,
     evaluate_estimators,
     fit_combination,
@@ -25,6 +24,7 @@ from tmo_graph.eval.confidence import (
     local_turn_prompts,
     save_scored,
 )
+from tmo_graph.policy.confidence import combine
 from tmo_graph.sim.data import Dataset, Episode, Turn
 
 
@@ -135,8 +135,8 @@ def test_eval_imports_nothing_of_the_graph() -> None:
     """eval/ and models/gap may import sim, models, policy..., never the graph or LangGraph."""
     code = (
         "import sys\n"
-        "import tmo_graph.eval.agreement, tmo_graph.eval.calibrate, tmo_graph.eval.confidence\n"
-        "import tmo_graph.eval.gap, tmo_graph.eval.metrics, tmo_graph.models.gap\n"
+        "import tmo_graph.eval.agreement, tmo_graph.eval.calibrate, tmo_graph.eval.estimators\n"
+        "import tmo_graph.eval.gap_fit, tmo_graph.eval.metrics, tmo_graph.models.gap\n"
         "bad = ('langgraph', 'tmo_graph.graph', 'tmo_graph.nodes', 'tmo_graph.services',\n"
         "       'tmo_graph.prompts', 'tmo_graph.state')\n"
         "print(sorted(m for m in sys.modules if m.startswith(bad)))\n"

@@ -140,3 +140,21 @@ def test_the_async_stream_also_completes_a_turn_cut_short(tmp_path: Path) -> Non
     done = asyncio.run(turn("Second?"))[-1]
     assert isinstance(done, Done) and done.resumed is not None
     assert done.resumed["answer"] == "first answer" and done.record["answer"] == "second answer"
+
+
+def test_thread_locks_are_kept_only_while_a_turn_needs_them(tmp_path: Path) -> None:
+    import gc
+
+    from tmo_graph import conversation
+
+    graph = _graph(tmp_path, StreamingLocal("sure thing", -0.05))
+    running = stream_turn(graph, QUESTION, "held", Context(policy="always-local"))
+    next(running)  # a turn in progress holds its thread's lock
+    assert "held" in conversation._locks
+    with pytest.raises(ThreadBusy):
+        list(stream_turn(graph, QUESTION, "held", Context(policy="always-local"), wait_s=0.1))
+    list(running)
+    for n in range(200):  # a server makes a new thread id for every new chat
+        list(stream_turn(graph, QUESTION, f"chat-{n}", Context(policy="always-local")))
+    gc.collect()
+    assert len(conversation._locks) == 0

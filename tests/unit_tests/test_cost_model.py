@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tmo_graph import costs
+from tmo_graph.costs import prices, profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action
 from tmo_graph.policy.budget import CostModel, all_actions
@@ -16,7 +16,7 @@ def test_expected_local_reads_the_prompt_then_writes_the_answer() -> None:
     model = CostModel.from_settings(settings)
     reading = 25 / settings.local.prefill_tokens_per_s  # 100 characters: about 25 tokens
     writing = settings.local.max_new_tokens / settings.local.tokens_per_s
-    power = costs.device(settings.device.profile).power_w
+    power = profiles.device(settings.device.profile).power_w
     cost = model.expected(LOCAL, 100)
     assert cost.latency_s == pytest.approx(reading + writing)
     assert cost.cost_usd == pytest.approx(
@@ -30,7 +30,7 @@ def test_expected_local_reads_the_prompt_then_writes_the_answer() -> None:
 def test_expected_cloud_grows_with_views_and_prompt() -> None:
     settings = Settings()
     model = CostModel.from_settings(settings)
-    price = costs.PRICES[settings.cloud.price_as]
+    price = prices.PRICES[settings.cloud.price_as]
     text = model.expected(Action("cloud"), 400)
     one = model.expected(Action("cloud", ("a",)), 400)
     assert text.cost_usd == pytest.approx(
@@ -68,13 +68,13 @@ def test_from_settings_is_cached_and_follows_changes() -> None:
 
 def test_paper_model_is_the_published_profiles() -> None:
     model = CostModel.paper("Jetson TX2", "WiFi", 3)
-    device = costs.device("Jetson TX2")
-    assert model.expected(LOCAL, 0).latency_s == costs.local_time_s(device)
-    assert model.expected(LOCAL, 0).cost_usd == costs.local_cost_usd(device)
+    device = profiles.device("Jetson TX2")
+    assert model.expected(LOCAL, 0).latency_s == profiles.local_time_s(device)
+    assert model.expected(LOCAL, 0).cost_usd == profiles.local_cost_usd(device)
     for k in range(4):
         cost = model.expected(Action("cloud", tuple("abc"[:k])), 12345)
-        assert cost.latency_s == costs.cloud_time_s(costs.network("WiFi"), k)
-        assert cost.cost_usd == costs.cloud_cost_usd(k)
+        assert cost.latency_s == profiles.cloud_time_s(profiles.network("WiFi"), k)
+        assert cost.cost_usd == profiles.cloud_cost_usd(k)
     with pytest.raises(TmoGraphError, match="sends 4 views"):
         model.expected(Action("cloud", tuple("abcd")), 0)
 
@@ -109,9 +109,9 @@ def test_bad_inputs_fail_with_a_fix() -> None:
 def test_image_tokens_follow_openais_vision_rule(
     size: tuple[int, int], detail: str, tokens: int
 ) -> None:
-    assert costs.image_tokens(costs.PRICES["gpt-4o"], *size, detail) == tokens
+    assert prices.image_tokens(prices.PRICES["gpt-4o"], *size, detail) == tokens
 
 
 def test_a_bad_image_detail_is_refused() -> None:
     with pytest.raises(TmoGraphError, match="low' or 'high"):
-        costs.image_tokens(costs.PRICES["gpt-4o"], 10, 10, "auto")
+        prices.image_tokens(prices.PRICES["gpt-4o"], 10, 10, "auto")

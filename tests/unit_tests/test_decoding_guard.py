@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tmo_graph.models.local import _AnswerRepetitionGuard, _DeadlineGuard
+from tmo_graph.models.local.model import _AnswerRepetitionGuard, _DeadlineGuard
 
 torch = pytest.importorskip("torch")
 
@@ -39,7 +39,7 @@ def test_a_run_of_answer_tokens_is_never_repeated() -> None:
 def test_forbidden_tokens_leave_the_recorded_entropy_finite() -> None:
     import math
 
-    from tmo_graph.models.local import _GreedyStepRecorder
+    from tmo_graph.models.local.model import _GreedyStepRecorder
 
     recorder = _GreedyStepRecorder()
     scores = torch.tensor([[1.0, 2.0, float("-inf"), 0.5]])

@@ -10,9 +10,9 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
-from tmo_graph.confidence import LOOP_REPETITION, confidence, degenerate_text, repetition
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
+from tmo_graph.policy.confidence import LOOP_REPETITION, confidence, degenerate_text, repetition
 from tmo_graph.prompts import LEFT_OUT_ANSWER, text_dialogue
 
 LOOP = ("This is a fruit, it's a peach. " + "It's a peach, it's a peach. " * 8).strip()

@@ -16,9 +16,9 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
-from tmo_graph import costs
 from tmo_graph.context import Context
-from tmo_graph.device import (
+from tmo_graph.costs import profiles
+from tmo_graph.costs.device import (
     MIN_DECODE_STEPS,
     LiveResources,
     Priors,
@@ -118,7 +118,7 @@ def test_the_cost_model_takes_the_measured_speeds() -> None:
     live = LiveResources(_priors(), weight=1.0, clock=lambda: 1000.0)  # no drift: time stands
     live.observe_local(100, 1.0, 8, 2.0)  # 100 prompt tokens/s, 4 answer tokens/s
     live.observe_cloud(3.0, 1.5)
-    model = live.cost_model(base)
+    model = base.at(live.measured_speeds())
     assert (model.local_prefill_tokens_per_s, model.local_tokens_per_s) == (100.0, 4.0)
     assert model.cloud_time_factor == 2.0
     cloud = Action("cloud")
@@ -127,9 +127,9 @@ def test_the_cost_model_takes_the_measured_speeds() -> None:
     )
     assert model.expected(LOCAL, 0).latency_s == pytest.approx(base.local_max_new_tokens / 4.0)
     # Off, or the simulator's fixed costs: the configured model as it is.
-    assert LiveResources(_priors(), live=False).cost_model(base) is base
+    assert base.at(LiveResources(_priors(), live=False).measured_speeds()) is base
     paper = CostModel.paper("Jetson TX2", "Wired", 2)
-    assert live.cost_model(paper) is paper
+    assert paper.at(live.measured_speeds()) is paper
 
 
 # ---- the file ----
@@ -164,7 +164,7 @@ def test_a_corrupt_file_warns_and_starts_from_the_configured_speeds(
 ) -> None:
     path = tmp_path / "device.json"
     path.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="tmo_graph.device"):
+    with caplog.at_level(logging.WARNING, logger="tmo_graph.costs.device"):
         live = LiveResources(_priors(), path)
     assert "unreadable" in caplog.text and str(path) in caplog.text
     assert (live.local_tokens_per_s, live.local_prefill_tokens_per_s) == (16.0, 150.0)
@@ -178,7 +178,7 @@ def test_an_unwritable_file_warns_and_keeps_measuring(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     live = LiveResources(_priors(), blocker / "device.json", weight=1.0)
-    with caplog.at_level(logging.WARNING, logger="tmo_graph.device"):
+    with caplog.at_level(logging.WARNING, logger="tmo_graph.costs.device"):
         live.observe_local(100, 0.5, 30, 1.0)
     assert "not saved" in caplog.text
     assert live.local_tokens_per_s == 30.0
@@ -403,10 +403,10 @@ def test_device_features_are_off_by_default_and_old_specs_read_alike() -> None:
 
 
 def test_the_simulator_sees_its_profiles_idle_device() -> None:
-    cpu, memory, speed = profile_device_features(costs.device("Jetson TX2"))
+    cpu, memory, speed = profile_device_features(profiles.device("Jetson TX2"))
     assert cpu == 0.0 and memory > 0
     assert speed == pytest.approx(
-        costs.PAPER_TOTAL_TOKENS / costs.local_time_s(costs.device("Jetson TX2"))
+        profiles.PAPER_TOTAL_TOKENS / profiles.local_time_s(profiles.device("Jetson TX2"))
     )
     with pytest.raises(TmoGraphError, match="DeviceProfile"):
         profile_device_features("Jetson TX2")  # type: ignore[arg-type]
@@ -449,7 +449,7 @@ def test_a_busy_estimate_drifts_back_to_the_configured_speed_unmeasured() -> Non
     now[0] += 60.0  # one half-life without a local call
     assert live.local_tokens_per_s == pytest.approx(9.0)
     assert live.reading()["local_tokens_per_s"] == pytest.approx(9.0)
-    assert live.cost_model(CostModel.from_settings(Settings())).local_tokens_per_s == 9.0
+    assert CostModel.from_settings(Settings()).at(live.measured_speeds()).local_tokens_per_s == 9.0
     now[0] += 6000.0
     assert live.local_tokens_per_s == pytest.approx(16.0, abs=1e-6)
     # A speed measured above the configured one is kept: it is what the device does.
@@ -484,8 +484,8 @@ def test_local_is_masked_only_when_a_whole_cloud_answer_fits_instead() -> None:
 
 def test_public_functions_refuse_bad_input_with_a_fix() -> None:
     live = LiveResources(_priors())
-    with pytest.raises(TmoGraphError, match="CostModel.from_settings"):
-        live.cost_model("fast")  # type: ignore[arg-type]
+    with pytest.raises(TmoGraphError, match="measured_speeds"):
+        CostModel.from_settings(Settings()).at("fast")  # type: ignore[arg-type]
     with pytest.raises(TmoGraphError, match="cloud_attempts"):
         cloud_attempt_failed({"seconds": 1.0})
     with pytest.raises(TmoGraphError, match="Settings"):
@@ -502,9 +502,9 @@ def test_the_training_environment_fills_the_device_features_from_its_profile(
     tmp_path: Path,
 ) -> None:
     from tests.unit_tests.test_sim_env import TASKS, _episodes
+    from tmo_graph.policy.knn import ResponseModel
+    from tmo_graph.policy.world import SimSettings, World
     from tmo_graph.sim.gym_env import M4A1Env
-    from tmo_graph.sim.knn import ResponseModel
-    from tmo_graph.sim.world import SimSettings, World
 
     episodes = _episodes(tmp_path)
     spec = ObservationSpec(n_views=4, task_names=TASKS, with_budgets=True, with_device=True)
@@ -512,5 +512,5 @@ def test_the_training_environment_fills_the_device_features_from_its_profile(
     world = World(spec, SimSettings(device="Jetson Nano"), ResponseModel(knn_spec, episodes))
     obs, _ = M4A1Env(world, episodes).reset()
     assert obs.shape == (spec.size,)
-    expected = profile_device_features(costs.device("Jetson Nano"))
+    expected = profile_device_features(profiles.device("Jetson Nano"))
     assert list(obs[-3:]) == pytest.approx(list(expected), rel=1e-6)

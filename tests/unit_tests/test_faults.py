@@ -1,4 +1,4 @@
-"""The circuit breaker and the attempts policy (tmo_graph.faults), on a fake clock."""
+"""The circuit breaker and the attempts policy (tmo_graph.guards.faults), on a fake clock."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph import Context, build_graph
-from tmo_graph.faults import (
+from tmo_graph.guards.faults import (
     CIRCUIT_OPEN,
     MIN_ATTEMPT_S,
     NO_TIME_LEFT,

@@ -10,10 +10,10 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
-from tmo_graph.confidence import confidence
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.policy.confidence import confidence
 
 VIEWS = {
     "first_person": {"description": "what the user sees: hands, the cutting board"},

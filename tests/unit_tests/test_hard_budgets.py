@@ -14,15 +14,15 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.context import Context
-from tmo_graph.faults import BudgetReached
 from tmo_graph.graph import build_graph
-from tmo_graph.metering import CloudMeter
+from tmo_graph.guards.faults import BudgetReached
+from tmo_graph.guards.metering import CloudMeter
+from tmo_graph.guards.spending import SpendLedger
 from tmo_graph.nodes.account import BUDGET_WARNING_EVENT
-from tmo_graph.nodes.local import BUDGET_REACHED
+from tmo_graph.nodes.answer_local import BUDGET_REACHED
 from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS, CostModel
 from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings
-from tmo_graph.spending import SpendLedger
 
 
 def _cloud(**values: Any) -> FakeCloud:

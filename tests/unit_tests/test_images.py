@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import cloud_image, store_image
+from tmo_graph.media.images import cloud_image, store_image
 
 
 def _png(size: tuple[int, int] = (8, 8), mode: str = "RGB") -> bytes:

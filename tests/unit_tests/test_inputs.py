@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from tests.unit_tests.fakes import png_bytes
+from tmo_graph.cli.dialogues import load_dialogues
 from tmo_graph.context import Context
-from tmo_graph.dialogues import load_dialogues
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import check_image
+from tmo_graph.media.images import check_image
 from tmo_graph.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

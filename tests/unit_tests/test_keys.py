@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.keys import (
+from tmo_graph.server.keys import (
     KeyFileBroken,
     KeyRing,
     add_key,
     hash_key,
     read_key_file,
 )
-from tmo_graph.ratelimit import RateLimiter
+from tmo_graph.server.ratelimit import RateLimiter
 from tmo_graph.settings import load_settings
 
 runner = CliRunner()

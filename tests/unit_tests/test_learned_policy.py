@@ -14,16 +14,16 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_byte
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.models.scoring import TASK_EXAMPLES
 from tmo_graph.policy.observation import (
     ObservationSpec,
     TurnFeatures,
     action_views,
     build_observation,
 )
-from tmo_graph.scoring import TASK_EXAMPLES
+from tmo_graph.policy.world import SimSettings
 from tmo_graph.sim.data import parse_episode
 from tmo_graph.sim.train import load_policy, train_policy
-from tmo_graph.sim.world import SimSettings
 
 TASKS = tuple(sorted(TASK_EXAMPLES))
 VIEWS = ("first_person", "overhead", "side")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tmo_graph import memory as memory_module
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.memory import CANDIDATES, TurnMemory
+from tmo_graph.memory import turns as memory_module
+from tmo_graph.memory.turns import CANDIDATES, TurnMemory
 from tmo_graph.settings import MemorySettings, Settings
 
 

@@ -15,10 +15,10 @@ from tmo_graph.policy.ensemble import KnnEnsemble, RobustResponse, stacking_weig
 from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, view_subsets
 from tmo_graph.policy.planner import LookaheadPlanner
+from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.data import Dataset, Episode, load_m4a1, paper_split
 from tmo_graph.sim.evaluate import evaluate
 from tmo_graph.sim.judges import DEFAULT_BATTERY
-from tmo_graph.sim.world import SimSettings, World
 
 
 def _dataset(tmp_path: Path, n_episodes: int = 50) -> Dataset:

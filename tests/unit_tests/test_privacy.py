@@ -11,12 +11,12 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
+from tmo_graph.cli.dialogues import load_dialogues
 from tmo_graph.context import Context
 from tmo_graph.conversation import stream_turn
-from tmo_graph.dialogues import load_dialogues
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.privacy import Redactor, find_personal, kinds_in
+from tmo_graph.guards.privacy import Redactor, find_personal, kinds_in
 from tmo_graph.prompts import cloud_messages, cloud_texts
 from tmo_graph.settings import PrivacySettings, Settings
 
@@ -175,7 +175,7 @@ def test_a_valid_iban_with_letters_is_found() -> None:
     assert [f.kind for f in find_personal("Pay GB82 WEST 1234 5698 7654 32 today")] == ["iban"]
 
 
-# --- rules: privacy.keep_local and private messages (issue 10) ------------------------------
+# --- rules: privacy.keep_local and private messages ------------------------------
 
 CARD = SECRETS["card"]
 

@@ -15,7 +15,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.privacy import Redactor
+from tmo_graph.guards.privacy import Redactor
 from tmo_graph.prompts import message_text
 
 SECRET = "hunter2x"

@@ -10,7 +10,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.graph import build_graph
-from tmo_graph.server import ApiError, ChatMessage, create_app, new_messages
+from tmo_graph.server.app import ApiError, ChatMessage, create_app, new_messages
 
 
 def test_a_private_user_message_becomes_a_private_human_message() -> None:

@@ -20,7 +20,7 @@ from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn, stream_turn
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.privacy import Redactor, StreamRestorer
+from tmo_graph.guards.privacy import Redactor, StreamRestorer
 
 EMAIL, PHONE, CARD = "anna.berg@example.org", "+49 151 2345 6789", "4111 1111 1111 1111"
 PLACEHOLDER = re.compile(r"\[[A-Z]+_\d+\]")

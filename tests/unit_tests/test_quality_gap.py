@@ -18,10 +18,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.eval.gap import (
+from tmo_graph.eval.gap_fit import (
     TrainingRows,
     embed_texts,
     evaluate_gap_predictor,
@@ -143,7 +143,7 @@ def test_the_fit_is_task_mean_plus_ridge_chosen_by_grouped_cv() -> None:
     over folds that keep whole dialogues together."""
     from sklearn.model_selection import GroupKFold
 
-    from tmo_graph.eval.gap import fit_side
+    from tmo_graph.eval.gap_fit import fit_side
 
     rng = np.random.default_rng(3)
     n, dim = 60, 6

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.models.local import PRECISIONS, LocalModel
+from tmo_graph.models.local.model import PRECISIONS, LocalModel
 
 torch = pytest.importorskip("torch")
-quantize = pytest.importorskip("tmo_graph.models.quantize")
+quantize = pytest.importorskip("tmo_graph.models.local.quantize")
 
 
 def _grid_weight(n: int, k: int, seed: int) -> torch.Tensor:

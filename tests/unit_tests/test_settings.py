@@ -116,9 +116,9 @@ def test_scale_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 
 def test_bad_scale_urls_fail_before_connecting(tmp_path: Path) -> None:
-    from tmo_graph.memory import TurnMemory
+    from tmo_graph.memory.turns import TurnMemory
     from tmo_graph.settings import ThreadSettings
-    from tmo_graph.threads import open_checkpointer
+    from tmo_graph.threads.store import open_checkpointer
 
     with pytest.raises(TmoGraphError, match=r"memory.server_url 'chroma:8000'.*Fix: write it"):
         TurnMemory(None, server_url="chroma:8000")
@@ -183,7 +183,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``build_services`` loads the device model as configured (not the loader's default)."""
-    import tmo_graph.models.local as local_module
+    import tmo_graph.models.local.model as local_module
     from tmo_graph.services import build_services
 
     asked: dict[str, object] = {}

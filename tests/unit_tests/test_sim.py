@@ -21,9 +21,9 @@ from tmo_graph.policy.observation import (
     n_actions,
     views_action,
 )
+from tmo_graph.policy.world import SimSettings
 from tmo_graph.sim.bench import parse_seeds, run_benchmark
 from tmo_graph.sim.data import load_m4a1
-from tmo_graph.sim.world import SimSettings
 
 
 @needs_m4a1
@@ -140,9 +140,9 @@ def test_seeds_option() -> None:
 
 
 def test_training_env_steps_and_zeroes_overdrawn_steps() -> None:
+    from tmo_graph.policy.knn import ResponseModel
+    from tmo_graph.policy.world import World
     from tmo_graph.sim.gym_env import M4A1Env
-    from tmo_graph.sim.knn import ResponseModel
-    from tmo_graph.sim.world import World
 
     rng = random.Random(3)
     path_data = [_episode(4, 3, ["a", "b"], rng) for _ in range(10)]
@@ -180,11 +180,11 @@ def _generated_split(tmp_path: Path, seed: int, dialogues: int) -> tuple[Any, li
 
 
 def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
+    from tmo_graph.policy.knn import ResponseModel
     from tmo_graph.policy.observation import ObservationSpec as Spec
+    from tmo_graph.policy.planner import LookaheadPlanner
+    from tmo_graph.policy.world import World
     from tmo_graph.sim.evaluate import evaluate
-    from tmo_graph.sim.knn import ResponseModel
-    from tmo_graph.sim.planner import LookaheadPlanner
-    from tmo_graph.sim.world import World
 
     dataset, train, test = _generated_split(tmp_path, seed=2, dialogues=50)
     # 12 s and 2 cents for up to five turns: two or three cloud calls at most.
@@ -200,12 +200,12 @@ def test_own_planner_never_overdraws_a_tight_budget(tmp_path: Path) -> None:
 
 
 def test_planner_for_a_held_out_judge_plans_with_subset_models(tmp_path: Path) -> None:
+    from tmo_graph.policy.knn import ResponseModel, SubsampleEnsemble
     from tmo_graph.policy.observation import ObservationSpec as Spec
     from tmo_graph.policy.observation import TurnFeatures
+    from tmo_graph.policy.planner import LookaheadPlanner
+    from tmo_graph.policy.world import World
     from tmo_graph.sim.evaluate import evaluate
-    from tmo_graph.sim.knn import ResponseModel, SubsampleEnsemble
-    from tmo_graph.sim.planner import LookaheadPlanner
-    from tmo_graph.sim.world import World
 
     dataset, train, test = _generated_split(tmp_path, seed=3, dialogues=40)
     knn_spec = Spec(3, dataset.task_names)

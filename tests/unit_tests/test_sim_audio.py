@@ -1,4 +1,4 @@
-"""Audio modalities in the simulator (issue 13): declared kinds, prices, generated dialogues,
+"""Audio modalities in the simulator: declared kinds, prices, generated dialogues,
 every policy on them. M4A1 has no audio, so everything here runs on generated dialogues."""
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit_tests.test_sim_data import generated_dialogues, write
-from tmo_graph import costs
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
+from tmo_graph.costs import prices, profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import Action
 from tmo_graph.policy.budget import CostModel
+from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import (
     ObservationSpec,
     action_views,
     modality_names,
     n_actions,
 )
+from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.bench import METHOD_NAMES, run_benchmark
 from tmo_graph.sim.data import Dataset, load_m4a1, paper_split
 from tmo_graph.sim.generate import AudioModel, generate_dialogues, write_dialogues
-from tmo_graph.sim.knn import ResponseModel
-from tmo_graph.sim.world import SimSettings, World
 
-WIRED = costs.network("Wired")
+WIRED = profiles.network("Wired")
 KINDS = ("image", "image", "image", "audio")
 
 
@@ -56,15 +56,15 @@ def _generated(tmp_path: Path, n: int = 30, seed: int = 0, **model: Any) -> tupl
 
 def test_an_audio_clip_is_priced_by_its_upload_and_its_audio_tokens() -> None:
     # 10 s of mono 16 kHz 16-bit PCM is 320,000 bytes: 2.56 Mbit over the assumed uplink.
-    assert costs.audio_clip_time_s(WIRED) == pytest.approx(2.56 / 100)
-    assert costs.audio_clip_time_s(costs.network("4G"), 5.0) == pytest.approx(1.28 / 2)
+    assert profiles.audio_clip_time_s(WIRED) == pytest.approx(2.56 / 100)
+    assert profiles.audio_clip_time_s(profiles.network("4G"), 5.0) == pytest.approx(1.28 / 2)
     # 10 tokens a second at 40 USD per million: 0.004 USD for 10 s, linear in the length.
-    assert costs.audio_clip_cost_usd() == pytest.approx(0.004)
-    assert costs.audio_clip_cost_usd(30.0) == pytest.approx(0.012)
+    assert profiles.audio_clip_cost_usd() == pytest.approx(0.004)
+    assert profiles.audio_clip_cost_usd(30.0) == pytest.approx(0.012)
     with pytest.raises(TmoGraphError, match="lasts > 0 s"):
-        costs.audio_clip_cost_usd(0.0)
+        profiles.audio_clip_cost_usd(0.0)
     with pytest.raises(TmoGraphError, match="no uplink rate for network profile '3G'"):
-        costs.audio_clip_time_s(costs.NetworkProfile("3G", (1.0, 2.0)))
+        profiles.audio_clip_time_s(profiles.NetworkProfile("3G", (1.0, 2.0)))
 
 
 def test_the_paper_cost_model_adds_each_clip_to_the_calls_image_count() -> None:
@@ -73,12 +73,12 @@ def test_the_paper_cost_model_adds_each_clip_to_the_calls_image_count() -> None:
     one_view = Action("cloud", ("view0",))
     assert model.expected(one_view, 0, audio_s=clips) == model.expected(one_view, 0)
     with_mic = model.expected(Action("cloud", ("view0", "audio3")), 0, audio_s=clips)
-    assert with_mic.latency_s == pytest.approx(costs.cloud_time_s(WIRED, 1) + 0.0256)
-    assert with_mic.cost_usd == pytest.approx(costs.cloud_cost_usd(1) + 0.004)
+    assert with_mic.latency_s == pytest.approx(profiles.cloud_time_s(WIRED, 1) + 0.0256)
+    assert with_mic.cost_usd == pytest.approx(profiles.cloud_cost_usd(1) + 0.004)
     mic_only = model.expected(Action("cloud", ("audio3",)), 0, audio_s={"audio3": 20.0})
-    assert mic_only.cost_usd == pytest.approx(costs.cloud_cost_usd(0) + 0.008)
+    assert mic_only.cost_usd == pytest.approx(profiles.cloud_cost_usd(0) + 0.008)
     # The price row the simulator's clips use is an audio model's (the live graph's table).
-    assert costs.PRICES[costs.SIM_AUDIO_PRICE_AS].input_audio_per_mtok == 40.0
+    assert prices.PRICES[profiles.SIM_AUDIO_PRICE_AS].input_audio_per_mtok == 40.0
 
 
 # ---- the observation spec ---------------------------------------------------------------------
@@ -222,8 +222,8 @@ def test_the_world_charges_a_clip_what_it_costs(tmp_path: Path) -> None:
         clip = 3 in views
         assert world.cost(action) == pytest.approx(
             (
-                costs.cloud_time_s(WIRED, images) + clip * costs.audio_clip_time_s(WIRED),
-                costs.cloud_cost_usd(images) + clip * costs.audio_clip_cost_usd(),
+                profiles.cloud_time_s(WIRED, images) + clip * profiles.audio_clip_time_s(WIRED),
+                profiles.cloud_cost_usd(images) + clip * profiles.audio_clip_cost_usd(),
             )
         )
     # The usage term is normalised over every action: the dearest sends everything.
@@ -245,8 +245,8 @@ def test_evaluation_counts_the_clips_latency_and_money(tmp_path: Path) -> None:
     turns = np.mean([len(e.turns) for e in dataset.episodes])
     extra_usd = everything["usage_usd"] - views_only["usage_usd"]
     extra_s = everything["latency_s"] - views_only["latency_s"]
-    assert extra_usd == pytest.approx(turns * costs.audio_clip_cost_usd())
-    assert extra_s == pytest.approx(turns * costs.audio_clip_time_s(WIRED))
+    assert extra_usd == pytest.approx(turns * profiles.audio_clip_cost_usd())
+    assert extra_s == pytest.approx(turns * profiles.audio_clip_time_s(WIRED))
     assert everything["actions"]["audio"] == sum(len(e.turns) for e in dataset.episodes)
     assert views_only["actions"]["audio"] == 0
 
@@ -313,8 +313,8 @@ def test_a_planner_sends_the_mic_where_it_pays(tmp_path: Path) -> None:
     task, and reads the need on the turn only through the clip's association score.)
     Sent shares measured on three generator seeds: 0.28 / 0.30 / 0.25 without need, 0.78 /
     0.88 / 0.53 with."""
+    from tmo_graph.policy.planner import LookaheadPlanner
     from tmo_graph.sim.evaluate import evaluate
-    from tmo_graph.sim.planner import LookaheadPlanner
 
     shares = []
     for need in (0.0, 1.0):

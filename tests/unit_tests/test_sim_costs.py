@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tmo_graph import costs
+from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
 
 # (local time s, local cost USD) per device, from the published tmo/devices.py run here.
@@ -22,40 +22,42 @@ PUBLISHED_LOCAL = {
 
 @pytest.mark.parametrize("name", list(PUBLISHED_LOCAL))
 def test_local_time_and_cost_are_the_published_numbers_bit_for_bit(name: str) -> None:
-    profile = costs.device(name)
+    profile = profiles.device(name)
     # Exact equality: the usage normalisation divides by a spread of ~1e-2 USD, and parity
     # with the published results is checked to the last printed digit.
-    assert (costs.local_time_s(profile), costs.local_cost_usd(profile)) == PUBLISHED_LOCAL[name]
+    assert (profiles.local_time_s(profile), profiles.local_cost_usd(profile)) == PUBLISHED_LOCAL[
+        name
+    ]
 
 
 def test_local_cost_follows_the_electricity_price() -> None:
-    tx2 = costs.device("Jetson TX2")
-    assert costs.local_cost_usd(tx2, usd_per_kwh=0.3336) == pytest.approx(
-        2 * costs.local_cost_usd(tx2), rel=1e-12
+    tx2 = profiles.device("Jetson TX2")
+    assert profiles.local_cost_usd(tx2, usd_per_kwh=0.3336) == pytest.approx(
+        2 * profiles.local_cost_usd(tx2), rel=1e-12
     )
 
 
 def test_cloud_tables() -> None:
-    assert [costs.cloud_time_s(costs.network("Wired"), k) for k in range(4)] == [
+    assert [profiles.cloud_time_s(profiles.network("Wired"), k) for k in range(4)] == [
         6.46030, 4.76134, 6.24569, 6.98211
     ]  # fmt: skip
-    assert costs.network("4G").latency_s_by_views == (0.5, 16.603, 17.636, 19.573)
-    assert [costs.cloud_cost_usd(k) for k in range(4)] == [0.00049, 0.00500, 0.00945, 0.01368]
-    assert set(costs.NETWORKS) == {"Wired", "WiFi", "5G", "4G"}
+    assert profiles.network("4G").latency_s_by_views == (0.5, 16.603, 17.636, 19.573)
+    assert [profiles.cloud_cost_usd(k) for k in range(4)] == [0.00049, 0.00500, 0.00945, 0.01368]
+    assert set(profiles.NETWORKS) == {"Wired", "WiFi", "5G", "4G"}
 
 
 def test_more_views_than_measured_extend_linearly_by_the_last_step() -> None:
-    wifi = costs.network("WiFi")
+    wifi = profiles.network("WiFi")
     step = 2.238 - 2.016
-    assert costs.cloud_time_s(wifi, 4) == pytest.approx(2.238 + step)
-    assert costs.cloud_time_s(wifi, 6) == pytest.approx(2.238 + 3 * step)
-    assert costs.cloud_cost_usd(5) == pytest.approx(0.01368 + 2 * (0.01368 - 0.00945))
+    assert profiles.cloud_time_s(wifi, 4) == pytest.approx(2.238 + step)
+    assert profiles.cloud_time_s(wifi, 6) == pytest.approx(2.238 + 3 * step)
+    assert profiles.cloud_cost_usd(5) == pytest.approx(0.01368 + 2 * (0.01368 - 0.00945))
     with pytest.raises(ValueError):
-        costs.cloud_cost_usd(-1)
+        profiles.cloud_cost_usd(-1)
 
 
 def test_unknown_profiles_list_the_valid_names() -> None:
     with pytest.raises(TmoGraphError, match="unknown device profile 'Jetson TX3'.*Jetson TX2"):
-        costs.device("Jetson TX3")
+        profiles.device("Jetson TX3")
     with pytest.raises(TmoGraphError, match="unknown network profile '3G'.*Wired, WiFi, 5G, 4G"):
-        costs.network("3G")
+        profiles.network("3G")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from tests.unit_tests.test_sim_data import M4A1, generated_dialogues, needs_m4a1
-from tmo_graph import costs
+from tmo_graph.costs import profiles
+from tmo_graph.policy.knn import ResponseModel, recorded_features
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, n_actions, window_state
+from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.data import Episode, load_m4a1, paper_split
 from tmo_graph.sim.gym_env import M4A1Env
-from tmo_graph.sim.knn import ResponseModel, recorded_features
-from tmo_graph.sim.world import SimSettings, World
 
 TASKS = tuple(f"task {i}" for i in range(5))
 
@@ -52,9 +52,9 @@ def test_reward_is_the_weighted_sum_of_normalised_terms(tmp_path: Path) -> None:
     episodes = _episodes(tmp_path)
     settings = {"network": "5G", "device": "Jetson Nano", "alpha": 0.7, "beta_usage": 0.5}
     world = _world(episodes, budgets=False, **settings)
-    nano, net = costs.device("Jetson Nano"), costs.network("5G")
-    latency = [costs.local_time_s(nano)] + [costs.cloud_time_s(net, k) for k in range(5)]
-    usage = [costs.local_cost_usd(nano)] + [costs.cloud_cost_usd(k) for k in range(5)]
+    nano, net = profiles.device("Jetson Nano"), profiles.network("5G")
+    latency = [profiles.local_time_s(nano)] + [profiles.cloud_time_s(net, k) for k in range(5)]
+    usage = [profiles.local_cost_usd(nano)] + [profiles.cloud_cost_usd(k) for k in range(5)]
     scores = [0.21, 0.3, 0.18, 0.25]
     state = window_state(world.spec, [TurnFeatures(1, (1,))], [0, 3])
     per_action_assoc = [0.0, 0.0, 0.21, 0.3, 0.18, 0.25, 0.51, 0.39, 0.46, 0.48, 0.55, 0.43]
@@ -104,8 +104,8 @@ def test_constrained_env_samples_budgets_and_zeroes_overdrawn_steps(tmp_path: Pa
     for distribution in ("normal", "uniform", "extreme_aware"):
         world = _world(episodes, budgets=True, budget_distribution=distribution)
         (lat_lo, lat_hi), (use_lo, use_hi) = world.budget_range()
-        assert lat_hi == pytest.approx(5 * costs.cloud_time_s(costs.network("Wired"), 4))
-        assert use_lo == pytest.approx(5 * costs.local_cost_usd(costs.device("Jetson TX2")))
+        assert lat_hi == pytest.approx(5 * profiles.cloud_time_s(profiles.network("Wired"), 4))
+        assert use_lo == pytest.approx(5 * profiles.local_cost_usd(profiles.device("Jetson TX2")))
         env = M4A1Env(world, episodes)
         random.seed(1)
         np.random.seed(1)

@@ -12,10 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit_tests.test_sim_data import generated_dialogues
-from tmo_graph.cli import app
+from tmo_graph.cli.app import app
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.knn import ResponseModel, response_rows
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures
+from tmo_graph.policy.world import SimSettings
 from tmo_graph.sim.bench import run_benchmark
 from tmo_graph.sim.data import Dataset, load_m4a1, paper_split
 from tmo_graph.sim.judges import (
@@ -27,7 +28,6 @@ from tmo_graph.sim.judges import (
     parse_judge,
     parse_judges,
 )
-from tmo_graph.sim.world import SimSettings
 
 
 def _dataset(tmp_path: Path, n_episodes: int = 40, marked: bool = False) -> Dataset:

@@ -11,9 +11,9 @@ import pytest
 
 from tests.unit_tests.test_sim_data import M4A1, generated_dialogues, needs_m4a1
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.policy.knn import ResponseModel, one_hot, recorded_features
 from tmo_graph.policy.observation import ObservationSpec, TurnFeatures, window_state
 from tmo_graph.sim.data import Episode, load_m4a1, paper_split
-from tmo_graph.sim.knn import ResponseModel, one_hot, recorded_features
 
 # The published code's response scores (tmo/env.py, run here on M4A1, seed 9139's training
 # split): the first turn of each task (state [-1]*20 + [-1, 0, 0, 0, task]), actions 0..8.

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from tests.unit_tests.test_sim_data import M4A1, generated_dialogues, needs_m4a1
+from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import ObservationSpec
+from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.data import Dataset, load_m4a1, paper_split
 from tmo_graph.sim.evaluate import BASELINES, METRICS, aggregate, evaluate
-from tmo_graph.sim.knn import ResponseModel
-from tmo_graph.sim.world import SimSettings, World
 
 # ../shared/REFERENCE.md: reward, response, association, latency s, usage USD, overshoot
 # latency s, overshoot usage USD, (local, cloud text, cloud views) per (method, seed).
@@ -35,7 +35,7 @@ REFERENCE = {
 }  # fmt: skip
 
 # The published code (tmo/ at 80830c6, its evaluator and M4A1_Env with task_vocab given and
-# its cloud tables extended to 4 views as tmo_graph.costs extends them) on
+# its cloud tables extended to 4 views as tmo_graph.costs.prices extends them) on
 # generated_dialogues(): 60 dialogues, 4 views, 5 tasks, 6 turns; Jetson TX2, Wired,
 # 30 s / 0.05 USD. Same columns as REFERENCE, full precision.
 PUBLISHED_4_VIEWS = {

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit_tests.test_sim_data import M4A1, needs_m4a1
-from tmo_graph.confidence import confidence
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
+from tmo_graph.policy.confidence import confidence
 from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import ObservationSpec
 from tmo_graph.policy.simple import Cascade, Rules

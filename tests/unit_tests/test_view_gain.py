@@ -220,6 +220,6 @@ def test_a_bad_context_weight_is_refused_with_a_fix(weight: float) -> None:
     ],
 )
 def test_which_prompts_refer_back(prompt: str, follow_up: bool) -> None:
-    from tmo_graph.nodes.modality import refers_back
+    from tmo_graph.nodes.detect_modality import refers_back
 
     assert refers_back(prompt) is follow_up

@@ -6,7 +6,7 @@ configured decoding settings (``local.repetition_penalty``, ``local.no_repeat_ng
 ``local.max_new_tokens``). Reported per part of seed 9139's split (train / held-out / all):
 
 - the loop share: answers whose repeated word trigrams pass the confidence check's loop guard
-  (:data:`tmo_graph.confidence.LOOP_REPETITION`),
+  (:data:`tmo_graph.policy.confidence.LOOP_REPETITION`),
 - mean length (tokens and words) and the share cut at ``max_new_tokens``,
 - the AUROC of the graph's combined confidence on these answers against the label of the
   confidence evaluation ("the recorded local answer scored above the median"): the judge
@@ -24,13 +24,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmo_graph.confidence import LOOP_REPETITION, confidence, repetition
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.eval import metrics
-from tmo_graph.eval.confidence import local_turn_prompts
+from tmo_graph.eval.estimators import local_turn_prompts
 from tmo_graph.eval.tables import render, table
 from tmo_graph.models.base import LocalBackend
+from tmo_graph.policy.confidence import LOOP_REPETITION, confidence, repetition
 from tmo_graph.sim.data import Dataset, paper_split
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def run_answers_eval(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
 ) -> dict[str, Any]:
     """Generate, summarize, and (with ``answers_out``) keep every answer for reading."""
-    from tmo_graph.models.local import configured_local_model
+    from tmo_graph.models.local.model import configured_local_model
     from tmo_graph.sim.data import load_m4a1
 
     if limit is not None and limit < 1:  # before the model loads, not after

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tmo_graph.confidence import confidence
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.models.base import LocalBackend
+from tmo_graph.policy.confidence import confidence
 
 if TYPE_CHECKING:
     from tmo_graph.settings import Settings
@@ -168,7 +168,7 @@ def calibrate(
 ) -> Calibration:
     """``tmo-graph calibrate``: answer the prompts locally and pick the threshold for a
     target cloud rate or, with ``target_quality``, for a target expected quality."""
-    from tmo_graph.models.local import configured_local_model
+    from tmo_graph.models.local.model import configured_local_model
 
     if target_quality is None and not 0.0 <= target_cloud_rate <= 1.0:  # before the model loads
         raise TmoGraphError(f"target cloud rate {target_cloud_rate} is not in [0, 1]", "e.g. 0.3")

@@ -287,7 +287,7 @@ def make_cloud_chat_model(
         api_key=api_key or "not-needed",
         timeout=timeout_s,  # the cloud node passes each attempt a shorter one when due
         # No client retries: the cloud node makes the attempts itself, within the latency
-        # left and through the endpoint's circuit breaker (tmo_graph.faults).
+        # left and through the endpoint's circuit breaker (tmo_graph.guards.faults).
         max_retries=0,
         max_tokens=max_tokens,
         stream_usage=True,

@@ -6,7 +6,7 @@ mean score plus a linear function of the prompt's sentence embedding (optionally
 previous user question's embedding beside it); the gap is their difference. Scores are in
 M4A1's units, so a gap of 0.5 means the cloud answer is expected to score half a point more.
 
-Only the prediction and the file live here; the fit is :mod:`tmo_graph.eval.gap`.
+Only the prediction and the file live here; the fit is :mod:`tmo_graph.eval.gap_fit`.
 """
 
 from __future__ import annotations

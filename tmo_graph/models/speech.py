@@ -8,7 +8,7 @@
 - ``faster-whisper``: far better, where the user already has a CTranslate2 Whisper model
   folder (``audio.model_dir``). Imported only when configured; never downloaded.
 
-A recogniser takes mono 16 kHz int16 samples (:mod:`tmo_graph.audio` decodes) and returns
+A recogniser takes mono 16 kHz int16 samples (:mod:`tmo_graph.media.audio` decodes) and returns
 text. Recognisers are built once per process and settings (:func:`recogniser_for`).
 """
 

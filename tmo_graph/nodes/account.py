@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
-from tmo_graph.device import cloud_attempt_failed
+from tmo_graph.costs.device import cloud_attempt_failed
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
 from tmo_graph.turn import budget_before_turn, budget_now, run_context, spent

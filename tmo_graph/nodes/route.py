@@ -1,10 +1,10 @@
 """route: the policy picks local or cloud (and which views), within the budget left.
 
-Privacy comes first: a turn :func:`tmo_graph.privacy.kept_on_device` names a reason for (a
+Privacy comes first: a turn :func:`tmo_graph.guards.privacy.kept_on_device` names a reason for (a
 private message, personal data of a ``privacy.keep_local`` kind) is answered locally, every
 cloud action is listed as masked, and the turn record warns "kept on the device: ...".
 
-The device is read first (:meth:`tmo_graph.device.LiveResources.reading`): the policy sees it
+The device is read first (:meth:`tmo_graph.costs.device.LiveResources.reading`): the policy sees it
 in its input, the turn record keeps it. The budget mask prices every action at the speeds
 measured now, so a busy device whose whole answer no longer fits goes to the cloud when a
 cloud answer does.
@@ -18,9 +18,9 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.simple import best_cloud_action, make_policy
-from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
 from tmo_graph.state import Decision, State
 from tmo_graph.turn import (

@@ -54,7 +54,7 @@ class RouteInput:
     # Predicted score of the cloud answer minus that of the local answer (M4A1's units), made
     # before any answer by the services' gap predictor; None when there is none.
     quality_gap: float | None = None
-    # The device now (tmo_graph.device.DeviceReading: CPU load, free memory, measured speeds);
+    # The device now (tmo_graph.costs.device.DeviceReading: CPU load, free memory, measured speeds);
     # None in the simulator and where nothing was read.
     device: Mapping[str, Any] | None = None
 

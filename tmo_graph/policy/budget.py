@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
-from tmo_graph import costs
+from tmo_graph.costs import prices, profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Cost, RouteInput
 from tmo_graph.settings import Settings
@@ -53,7 +53,7 @@ class CostModel:
     - :meth:`from_settings` (the live graph): local time from the configured generation speed,
       cloud latency from the network profile plus the answer's generation time, cloud money
       from the price table and an estimate of the prompt's tokens; the graph's services
-      replace the speeds by what the device measures now (:mod:`tmo_graph.device`);
+      replace the speeds by what the device measures now (:mod:`tmo_graph.costs.device`);
     - :meth:`paper` (the simulator): the paper's fixed per-call profiles, where a local answer
       and a cloud call with k views cost the same whatever the prompt (``fixed_*`` set).
     """
@@ -62,10 +62,10 @@ class CostModel:
     local_max_new_tokens: int
     device_power_w: float
     usd_per_kwh: float
-    network: costs.NetworkProfile
+    network: profiles.NetworkProfile
     cloud_max_tokens: int
     cloud_tokens_per_s: float
-    price: costs.ModelPrice
+    price: prices.ModelPrice
     # How images are sent: the detail asked (billing rule) and the longest side after
     # downscaling (the largest an image can be, for the expected cost).
     image_detail: str = "low"
@@ -75,8 +75,25 @@ class CostModel:
     # The paper's per-call costs (simulator): local, and cloud by number of views (0: text).
     fixed_local: Cost | None = None
     fixed_cloud: tuple[Cost, ...] | None = None
-    # Measured over expected cloud seconds (tmo_graph.device): the endpoint as it is now.
+    # Measured over expected cloud seconds (tmo_graph.costs.device): the endpoint as it is now.
     cloud_time_factor: float = 1.0
+
+    def at(self, speeds: profiles.MeasuredSpeeds | None) -> CostModel:
+        """This model at the measured ``speeds`` (itself when there are none, or when it is
+        the simulator's fixed-cost model)."""
+        if speeds is not None and not isinstance(speeds, profiles.MeasuredSpeeds):
+            raise TmoGraphError(
+                f"CostModel.at needs MeasuredSpeeds, got {type(speeds).__name__}",
+                "pass LiveResources.measured_speeds() (or None for the configured speeds)",
+            )
+        if speeds is None or self.fixed_local is not None:
+            return self
+        return replace(
+            self,
+            local_tokens_per_s=speeds.local_tokens_per_s,
+            local_prefill_tokens_per_s=speeds.local_prefill_tokens_per_s,
+            cloud_time_factor=speeds.cloud_time_factor,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CostModel:
@@ -121,18 +138,19 @@ class CostModel:
         """
         if n_views < 0:
             raise TmoGraphError(f"n_views must be >= 0, got {n_views}", "count the views")
-        profile = costs.device(device)
-        net = costs.network(network)
+        profile = profiles.device(device)
+        net = profiles.network(network)
         base = cls.from_settings(settings or Settings())
-        fixed_local = Cost(costs.local_time_s(profile), costs.local_cost_usd(profile))
+        fixed_local = Cost(profiles.local_time_s(profile), profiles.local_cost_usd(profile))
         fixed_cloud = tuple(
-            Cost(costs.cloud_time_s(net, k), costs.cloud_cost_usd(k)) for k in range(n_views + 1)
+            Cost(profiles.cloud_time_s(net, k), profiles.cloud_cost_usd(k))
+            for k in range(n_views + 1)
         )
         return cls(
             local_tokens_per_s=base.local_tokens_per_s,
             local_max_new_tokens=base.local_max_new_tokens,
             device_power_w=profile.power_w,
-            usd_per_kwh=costs.PAPER_USD_PER_KWH,
+            usd_per_kwh=profiles.PAPER_USD_PER_KWH,
             network=net,
             cloud_max_tokens=base.cloud_max_tokens,
             cloud_tokens_per_s=base.cloud_tokens_per_s,
@@ -154,11 +172,11 @@ class CostModel:
     def audio_tokens(self, seconds: float) -> int:
         """Input tokens (at the text input price) of a clip of ``seconds`` as sent; 0 when
         the priced model takes no audio (the clip then goes as its transcript, in the text)."""
-        return costs.audio_input_tokens(self.price, seconds)
+        return prices.audio_input_tokens(self.price, seconds)
 
     def image_tokens(self, width: int, height: int) -> int:
         """Input tokens of one image as sent (0 x 0: size unknown, billed as the largest)."""
-        return costs.image_tokens(self.price, width, height, self.image_detail)
+        return prices.image_tokens(self.price, width, height, self.image_detail)
 
     def expected(
         self,
@@ -191,8 +209,8 @@ class CostModel:
             return Cost(seconds, self.local_call_usd(seconds))
         k = len(action.views)
         if self.fixed_cloud is not None:
-            # Issue 13, simulator: the paper's tables price the images; each clip sent adds
-            # its upload and audio tokens (costs.audio_clip_time_s / audio_clip_cost_usd).
+            # In the simulator, the paper's tables price the images; each clip sent adds
+            # its upload and audio tokens (profiles.audio_clip_time_s / audio_clip_cost_usd).
             sent = [audio_s[v] for v in action.views if v in audio_s] if audio_s else []
             k -= len(sent)
             if k >= len(self.fixed_cloud):
@@ -205,8 +223,8 @@ class CostModel:
                 return self.fixed_cloud[k]
             return Cost(
                 self.fixed_cloud[k].latency_s
-                + sum(costs.audio_clip_time_s(self.network, s) for s in sent),
-                self.fixed_cloud[k].cost_usd + sum(costs.audio_clip_cost_usd(s) for s in sent),
+                + sum(profiles.audio_clip_time_s(self.network, s) for s in sent),
+                self.fixed_cloud[k].cost_usd + sum(profiles.audio_clip_cost_usd(s) for s in sent),
             )
         answer = self.cloud_max_tokens if cloud_tokens is None else cloud_tokens
         seconds = self.cloud_time_factor * self.cloud_seconds(k, answer)
@@ -229,7 +247,9 @@ class CostModel:
                 f"views and answer tokens must be >= 0, got {k_views} / {answer_tokens}",
                 "count the views sent and the answer's tokens",
             )
-        return costs.cloud_time_s(self.network, k_views) + answer_tokens / self.cloud_tokens_per_s
+        return (
+            profiles.cloud_time_s(self.network, k_views) + answer_tokens / self.cloud_tokens_per_s
+        )
 
     def affordable(
         self,
@@ -341,13 +361,13 @@ class CostModel:
                 f"token counts must be >= 0, got {input_tokens} in / {output_tokens} out",
                 "pass the usage the cloud reported",
             )
-        return costs.cloud_call_cost_usd(self.price, input_tokens, output_tokens)
+        return prices.cloud_call_cost_usd(self.price, input_tokens, output_tokens)
 
     def local_call_usd(self, seconds: float) -> float:
         """USD of device energy for ``seconds`` of local inference."""
         if seconds < 0:
             raise TmoGraphError(f"seconds must be >= 0, got {seconds}", "pass a measured time")
-        return costs.local_energy_cost_usd(seconds, self.device_power_w, self.usd_per_kwh)
+        return prices.local_energy_cost_usd(seconds, self.device_power_w, self.usd_per_kwh)
 
 
 @lru_cache(maxsize=64)
@@ -365,18 +385,18 @@ def _from_values(
     image_max_side: int,
     local_prefill_tokens_per_s: float,
 ) -> CostModel:
-    table = dict(costs.PRICES)
+    table = dict(prices.PRICES)
     for name, row in extra_prices:
-        table[name] = costs.ModelPrice(**dict(row))
+        table[name] = prices.ModelPrice(**dict(row))
     return CostModel(
         local_tokens_per_s=local_tokens_per_s,
         local_max_new_tokens=local_max_new_tokens,
-        device_power_w=costs.device(device_profile).power_w,
+        device_power_w=profiles.device(device_profile).power_w,
         usd_per_kwh=usd_per_kwh,
-        network=costs.network(network),
+        network=profiles.network(network),
         cloud_max_tokens=cloud_max_tokens,
         cloud_tokens_per_s=cloud_tokens_per_s,
-        price=costs.price_for(price_as, table),
+        price=prices.price_for(price_as, table),
         image_detail=image_detail,
         image_max_side=image_max_side,
         local_prefill_tokens_per_s=local_prefill_tokens_per_s,

@@ -2,7 +2,7 @@
 
 It lives in policy/ because the own planner (:mod:`tmo_graph.policy.planner`) plans with it
 at run time: a saved planner carries one, and the live graph must load it without the
-simulator. The simulator's judge is the same model (re-exported by ``tmo_graph.sim.knn``).
+simulator. The simulator's judge is the same model (re-exported by ``tmo_graph.policy.knn``).
 
 Faithful to the published code, ties included: rows are ordered with ``numpy.lexsort`` over
 their columns (last column the primary key) and searched with scikit-learn's kd-tree; among

@@ -132,7 +132,7 @@ def load_policy(path: Path, expect: ObservationSpec | None = None) -> TrainedPol
             f"{list(expect.task_names)}, window {expect.time_span}",
             "train a policy for these views and tasks, or give the graph the policy's views",
         )
-    if expect is not None and spec.kinds != expect.kinds:  # issue 13: a clip is not an image
+    if expect is not None and spec.kinds != expect.kinds:  # a clip is not an image
         raise TmoGraphError(
             f"policy {path} was trained for modalities {list(spec.kinds)}; this graph has "
             f"{list(expect.kinds)}",

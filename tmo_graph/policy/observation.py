@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from tmo_graph import costs
+from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
 
-# Issue 13: what a modality can be. Audio clips are modalities like views: one flag each in
+# What a modality can be. Audio clips are modalities like views: one flag each in
 # the state, and every subset of images and clips is a cloud action (1 + 2**X actions).
 MODALITY_KINDS = ("image", "audio")
 
@@ -106,19 +106,19 @@ def device_features(reading: Mapping[str, Any]) -> tuple[float, float, float]:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TmoGraphError(
             f"the device reading {reading!r} lacks what the policy observes ({exc!r})",
-            "pass tmo_graph.device.LiveResources.reading() (a DeviceReading)",
+            "pass tmo_graph.costs.device.LiveResources.reading() (a DeviceReading)",
         ) from None
 
 
-def profile_device_features(profile: costs.DeviceProfile) -> tuple[float, float, float]:
+def profile_device_features(profile: profiles.DeviceProfile) -> tuple[float, float, float]:
     """The simulator's device features: an idle device of the paper's ``profile``, whose
     answer speed is the paper's local workload (2048 tokens) over its local time."""
-    if not isinstance(profile, costs.DeviceProfile):
+    if not isinstance(profile, profiles.DeviceProfile):
         raise TmoGraphError(
             f"expected a DeviceProfile, got {type(profile).__name__}",
-            "pass tmo_graph.costs.device(name)",
+            "pass tmo_graph.costs.profiles.device(name)",
         )
-    return 0.0, SIM_FREE_MEMORY_GB, costs.PAPER_TOTAL_TOKENS / costs.local_time_s(profile)
+    return 0.0, SIM_FREE_MEMORY_GB, profiles.PAPER_TOTAL_TOKENS / profiles.local_time_s(profile)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class ObservationSpec:
     time_span: int = 5
     with_budgets: bool = False
     with_device: bool = False
-    # Issue 13: the kind of each modality ("image" or "audio"), in the dataset's order; empty
+    # The kind of each modality ("image" or "audio"), in the dataset's order; empty
     # means every modality is a camera view (the paper's, and every spec saved before audio).
     # ``n_views`` counts all modalities: an audio clip is one more flag and doubles the actions.
     modality_kinds: tuple[str, ...] = ()

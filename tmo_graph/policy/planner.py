@@ -17,7 +17,7 @@ Which response model it plans with: :meth:`LookaheadPlanner.fit_robust` (what th
 trains as ``own``) is told nothing about its judge and plans against an ensemble of models
 of its training dialogues, risk-adjusted (:mod:`tmo_graph.policy.ensemble`);
 :meth:`LookaheadPlanner.fit` plans with one model, the judge's own under the paper's
-protocol or, given the judge's size, subset models of that size (issue 8's planner).
+protocol or, given the judge's size, subset models of that size.
 
 It lives in policy/ with its world models (:mod:`tmo_graph.policy.world`,
 :mod:`tmo_graph.policy.knn`): a saved planner is these objects, and the live graph loads it

@@ -3,7 +3,7 @@
 The simulator judges policies in it, and the own planner (:mod:`tmo_graph.policy.planner`)
 plans in it at run time, so it lives in policy/ (a saved planner carries one). Costs come
 from the one cost model, :meth:`tmo_graph.policy.budget.CostModel.paper`, whose numbers are
-the published code's; training budgets are sampled in ``tmo_graph.sim.world``.
+the published code's; training budgets are sampled in ``tmo_graph.sim.budgets``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tmo_graph import costs
+from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action
 from tmo_graph.policy.budget import CostModel
@@ -42,12 +42,12 @@ class SimSettings:
     usage_budget_usd: float = 0.05
     time_span: int = 5
     budget_distribution: BudgetDistribution = "normal"
-    # Issue 13: seconds of every audio clip a cloud call sends (prices its upload and tokens).
-    audio_clip_s: float = costs.AUDIO_CLIP_S
+    # Seconds of every audio clip a cloud call sends (prices its upload and tokens).
+    audio_clip_s: float = profiles.AUDIO_CLIP_S
 
     def __post_init__(self) -> None:
-        costs.device(self.device)
-        costs.network(self.network)
+        profiles.device(self.device)
+        profiles.network(self.network)
         if not self.audio_clip_s > 0:
             raise TmoGraphError(
                 f"audio clips must last > 0 s, got {self.audio_clip_s!r}", "e.g. 10.0"
@@ -97,7 +97,7 @@ class World:
         spec, settings = self.spec, self.settings
         kinds = spec.kinds
         names = modality_names(kinds)
-        clip_s = getattr(settings, "audio_clip_s", costs.AUDIO_CLIP_S)  # older pickles
+        clip_s = getattr(settings, "audio_clip_s", profiles.AUDIO_CLIP_S)  # older pickles
         # The audio clips by name, with their length: what a call sending one pays for it.
         self.audio_s = {n: clip_s for n, kind in zip(names, kinds, strict=True) if kind == "audio"}
         self.cost_model = CostModel.paper(settings.device, settings.network, kinds.count("image"))
@@ -133,7 +133,7 @@ class World:
     def device_features(self) -> tuple[float, float, float]:
         """What a policy observing the device sees here: the profile's idle device (a
         property, so worlds pickled in older planner files have it too)."""
-        return profile_device_features(costs.device(self.settings.device))
+        return profile_device_features(profiles.device(self.settings.device))
 
     def cost(self, action: int) -> tuple[float, float]:
         """(latency s, usage USD) of one action."""

@@ -142,7 +142,7 @@ def run_benchmark(
         n_views=dataset.n_views,
         task_names=dataset.task_names,
         time_span=settings.time_span,
-        modality_kinds=dataset.kinds,  # audio clips are priced apart from images (issue 13)
+        modality_kinds=dataset.kinds,  # audio clips are priced apart from images
     )
     budget_spec = replace(spec, with_budgets=True)
     names = [j.text for j in battery] or [""]

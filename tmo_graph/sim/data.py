@@ -44,7 +44,7 @@ class Episode:
 
 @dataclass(frozen=True)
 class Modality:
-    """A device modality of the dataset: a camera view or an audio clip (issue 13)."""
+    """A device modality of the dataset: a camera view or an audio clip."""
 
     name: str
     kind: str  # "image" or "audio" (tmo_graph.policy.observation.MODALITY_KINDS)
@@ -55,7 +55,7 @@ class Dataset:
     episodes: tuple[Episode, ...]
     n_views: int  # every modality, images and audio clips (the association table's width)
     task_names: tuple[str, ...]  # sorted, as the published code orders them
-    # As declared by the file (issue 13); empty: n_views camera views (every M4A1 file).
+    # As declared by the file; empty: n_views camera views (every M4A1 file).
     modalities: tuple[Modality, ...] = ()
 
     @property
@@ -112,7 +112,7 @@ class ModalitySpec(_Recorded):
 class EpisodeSpec(_Recorded):
     """One M4A1 episode (dialogue): its turns and the turns x views association table.
 
-    ``modalities`` (optional, issue 13): the name and kind of each column of the association
+    ``modalities`` (optional): the name and kind of each column of the association
     table (and of the ids in ``image_index``, which may then name audio clips too). Every
     episode of a file declares the same list, or none does: then all are camera views.
     """

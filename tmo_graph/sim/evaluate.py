@@ -93,7 +93,7 @@ class _Tally:
         self.over_latency: list[float | None] = []
         self.over_usage: list[float | None] = []
         self.mix = {"local": 0, "cloud_text": 0, "cloud_views": 0}
-        # Issue 13: with audio modalities, also the cloud calls sending a clip (each also
+        # With audio modalities, also the cloud calls sending a clip (each also
         # counted under cloud_views, which counts calls sending any modality).
         kinds = world.spec.kinds
         self.audio = {i for i, kind in enumerate(kinds) if kind == "audio"}

@@ -1,4 +1,4 @@
-"""M4A1-shaped dialogues with audio modalities, generated from M4A1's own turns (issue 13).
+"""M4A1-shaped dialogues with audio modalities, generated from M4A1's own turns.
 
 M4A1 has camera views only, so the simulator's audio is tested on dialogues made here. The
 generator keeps everything M4A1 measured and adds audio clips (``mic``, ``mic2``, ...) by a

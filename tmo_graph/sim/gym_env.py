@@ -15,10 +15,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from tmo_graph.policy.knn import recorded_features
 from tmo_graph.policy.observation import n_actions, window_state
+from tmo_graph.policy.world import World
+from tmo_graph.sim.budgets import sample_budgets
 from tmo_graph.sim.data import Episode
-from tmo_graph.sim.knn import recorded_features
-from tmo_graph.sim.world import World, sample_budgets
 
 
 class M4A1Env(gym.Env):

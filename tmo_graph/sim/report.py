@@ -20,7 +20,7 @@ COLUMNS = (
 
 
 def _modalities_line(settings: dict[str, Any]) -> str:
-    """A second title line naming a file's declared modalities (issue 13); "" for M4A1."""
+    """A second title line naming a file's declared modalities; "" for M4A1."""
     if not settings.get("modalities"):
         return ""
     shown = ", ".join(f"{m['name']} ({m['kind']})" for m in settings["modalities"])
@@ -45,7 +45,7 @@ def format_table(result: dict[str, Any]) -> str:
     table.add_column("method", no_wrap=True)
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
-    # Issue 13: with audio modalities, a fourth count, the cloud calls that sent a clip.
+    # With audio modalities, a fourth count, the cloud calls that sent a clip.
     audio = any("audio" in row["mean"]["actions"] for row in result["methods"].values())
     table.add_column(f"actions local/text/views{'/audio' if audio else ''}", no_wrap=True)
     for name, row in result["methods"].items():

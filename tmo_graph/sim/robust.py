@@ -37,7 +37,7 @@ CV_FOLDS = 5
 RULES = ("safe", "mean")
 # Which members give an action's expected score (``RobustResponse``'s centre): "choose" lets
 # the CV pick between "all" and "full" on the same folds and by the same rule; the others fix
-# it. Tried and not kept (issue 12): "full" alone, "stacked", and the "mean" rule.
+# it. Tried and not kept: "full" alone, "stacked", and the "mean" rule.
 CENTRE = "choose"
 RULE = "safe"
 

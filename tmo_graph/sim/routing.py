@@ -24,10 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tmo_graph.confidence import ECHO_LIMIT, LOOP_REPETITION, confidence, echo, refusal, repetition
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, Policy, RouteInput
 from tmo_graph.policy.budget import all_actions, build_route_input
+from tmo_graph.policy.confidence import (
+    ECHO_LIMIT,
+    LOOP_REPETITION,
+    confidence,
+    echo,
+    refusal,
+    repetition,
+)
 from tmo_graph.policy.observation import modality_names, n_actions
 from tmo_graph.policy.simple import escalation
 from tmo_graph.policy.world import World
@@ -79,7 +86,7 @@ def candidates(
 def text_confidence(answer: str, earlier_answers: Sequence[str] = ()) -> float:
     """Confidence of an answer from its text alone, by the live check's text signals.
 
-    The live check (:func:`tmo_graph.confidence.confidence`) needs the answer's token
+    The live check (:func:`tmo_graph.policy.confidence.confidence`) needs the answer's token
     scores; without them only its text signals remain: a refusal or deferral (0), a
     looping answer (scaled by the share of repeated trigrams beyond LOOP_REPETITION), and an
     answer echoing an earlier one of the dialogue (beyond ECHO_LIMIT), as the live check
@@ -228,7 +235,7 @@ class RoutePolicyRunner:
             actions=self.actions,
             cost_model=self.world.cost_model,
             prompt_chars=len(turn.question),
-            audio_s=self.world.audio_s,  # clips priced as clips (issue 13)
+            audio_s=self.world.audio_s,  # clips priced as clips
         )
 
     def decide(

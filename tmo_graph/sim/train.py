@@ -52,7 +52,7 @@ def train_policy(
     The own planner is told nothing about its judge: it plans against an ensemble of
     response models, its one knob chosen by cross-validation inside ``episodes``
     (:mod:`tmo_graph.sim.robust`; ``seed`` draws the ensemble's subsets and the folds).
-    ``judge_dialogues`` instead fits the planner of issue 8, told how many dialogues its
+    ``judge_dialogues`` instead fits the planner told how many dialogues its
     judge is fit on (``LookaheadPlanner.fit``), kept for comparison.
     """
     if algorithm == "own":  # seconds: the models and the cross-validated risk

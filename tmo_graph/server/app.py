@@ -4,7 +4,7 @@ routers), so any OpenAI client or chat UI talks to it unchanged.
 Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
 ``GET /health``.
 
-Who may do what (:mod:`tmo_graph.keys`, :mod:`tmo_graph.owners`):
+Who may do what (:mod:`tmo_graph.server.keys`, :mod:`tmo_graph.threads.owners`):
 
 - Every ``/v1`` request needs an API key, ``Authorization: Bearer <key>`` (the ``openai``
   client's ``api_key``): none, a wrong one or a revoked one is a 401. The key decides the
@@ -21,7 +21,7 @@ Who may do what (:mod:`tmo_graph.keys`, :mod:`tmo_graph.owners`):
 - One request may carry at most ``server.max_body_bytes`` (413), ``server.max_messages``
   messages, ``server.max_images`` images and ``server.max_audio`` audio parts of at most
   ``server.max_image_bytes`` / ``server.max_audio_bytes`` each (413), and ask at most
-  ``server.max_tokens`` (:mod:`tmo_graph.request_limits`). CORS headers only for
+  ``server.max_tokens`` (:mod:`tmo_graph.server.request_limits`). CORS headers only for
   ``server.cors_origins``.
 - Errors never echo the caller's key, another user's data or a stack trace; logs and the
   audit log name a key by its id.
@@ -37,10 +37,10 @@ The dialogue:
   trailing user message(s) after the last assistant message. System (or developer)
   messages become the thread's one persona message, replaced when the client changes it.
 - A user message may carry ``"private": true`` (a JSON boolean): that turn is answered on
-  the device and the message and its answer never reach the cloud (:mod:`tmo_graph.privacy`).
+  the device and the message and its answer never reach the cloud (:mod:`tmo_graph.guards.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
   own files for a client. They are checked before the turn starts.
-- Audio parts (issue 13): OpenAI ``input_audio`` (``{"data": base64, "format": "wav"}``)
+- Audio parts: OpenAI ``input_audio`` (``{"data": base64, "format": "wav"}``)
   or a LangChain ``audio`` block with ``base64`` data (never a URL or a file on this
   machine), in WAV, FLAC, MP3 or OGG Vorbis, checked before the turn starts. A message may
   be a voice note alone. The clip is transcribed on the device and goes to the cloud only
@@ -88,21 +88,22 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tmo_graph.audio import FORMATS, audio_bytes, decode
-from tmo_graph.context import POLICIES, Context
+from tmo_graph.context import Context
 from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, turn_summary
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import check_image
-from tmo_graph.keys import ApiKey, KeyFileBroken, KeyRing
-from tmo_graph.owners import MemoryOwners, ThreadOwners
+from tmo_graph.media.audio import FORMATS, audio_bytes, decode
+from tmo_graph.media.images import check_image
 from tmo_graph.prompts import PRIVATE
-from tmo_graph.request_limits import LimitExceeded, check_request, read_body
+from tmo_graph.server.keys import ApiKey, KeyFileBroken, KeyRing
+from tmo_graph.server.request_limits import LimitExceeded, check_request, read_body
+from tmo_graph.settings import POLICIES
+from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
     from tmo_graph.services import Services
     from tmo_graph.settings import Settings
 
-log = logging.getLogger("tmo_graph.server")
+log = logging.getLogger("tmo_graph.server.app")
 
 MODEL_PREFIX = "tmo-"
 # The id of the thread's persona message: add_messages replaces a message with the same id,
@@ -684,7 +685,7 @@ def create_app(
     kept in ``owners``; default: the thread store's table when the app opens the store,
     else this process's memory (a passed ``graph``).
     """
-    from tmo_graph.ratelimit import RateLimiter
+    from tmo_graph.server.ratelimit import RateLimiter
     from tmo_graph.settings import load_settings
 
     if max_concurrent_turns < 1:
@@ -1019,7 +1020,7 @@ async def _default_graph(
     thread owners kept in the same store."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
-    from tmo_graph.threads import open_async_checkpointer, open_async_owners
+    from tmo_graph.threads.store import open_async_checkpointer, open_async_owners
 
     # The thread store first: an unreachable database fails before the models load.
     async with (

@@ -2,23 +2,23 @@
 
 The images are made here and only here: each chosen view's file is downscaled to
 ``cloud.image_max_side`` and re-encoded into a data URL for this one request. Personal data
-in every text of the request is replaced by placeholders (:mod:`tmo_graph.privacy`), which
+in every text of the request is replaced by placeholders (:mod:`tmo_graph.guards.privacy`), which
 are put back into the answer on the device.
 
 Hard budgets: every request may cost at most what is left. Its input is counted at the most
 it can be billed (one token per UTF-8 byte, images at the size sent) and
-:class:`tmo_graph.metering.CloudMeter` sizes, reserves, settles and audits each request; the
+:class:`tmo_graph.guards.metering.CloudMeter` sizes, reserves, settles and audits each request; the
 request is streamed and cut at the time left. What a local fall-back would need is kept back
 while the turn has no local answer.
 
-Audio (issue 13): a clip the route sends goes as an OpenAI ``input_audio`` part (mono 16 kHz
+Audio: a clip the route sends goes as an OpenAI ``input_audio`` part (mono 16 kHz
 WAV cut to ``audio.cloud_max_seconds``), billed at the price row's audio rate, when the cloud
 can hear: the priced model has an audio price and the endpoint is no loopback stand-in (a
 text-only model). Otherwise, and for a clip whose transcript holds personal data, it goes as
 its device transcript in the text, with a warning. The turn's other shareable clips go as
 transcripts too; private ones never go.
 
-The node makes the attempts itself (the client's retries are off; :mod:`tmo_graph.faults`):
+The node makes the attempts itself (the client's retries are off; :mod:`tmo_graph.guards.faults`):
 at most ``cloud.max_attempts``, each through the endpoint's circuit breaker (an open one
 skips the call: "circuit open"). Every request is one line of the audit log. A failed call
 is recorded with its error, attempts and breaker state; the graph's edge then falls back to
@@ -42,11 +42,10 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from tmo_graph.audio import cloud_audio, store_audio
-from tmo_graph.audit import SentView
 from tmo_graph.context import Context
-from tmo_graph.costs import audio_as_input_tokens
-from tmo_graph.faults import (
+from tmo_graph.costs.prices import audio_as_input_tokens
+from tmo_graph.guards.audit import SentView
+from tmo_graph.guards.faults import (
     Attempts,
     EmptyAnswer,
     breaker_for,
@@ -56,10 +55,11 @@ from tmo_graph.faults import (
     run_attempts,
     within_deadline,
 )
-from tmo_graph.images import cloud_image, store_image
-from tmo_graph.metering import CloudMeter
+from tmo_graph.guards.metering import CloudMeter
+from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, Redactor, find_personal
+from tmo_graph.media.audio import cloud_audio, store_audio
+from tmo_graph.media.images import cloud_image, store_image
 from tmo_graph.policy.budget import CALL_MARGIN_S
-from tmo_graph.privacy import PLACEHOLDERS_EVENT, Redactor, find_personal
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
 from tmo_graph.state import CallRecord, Candidate, State
@@ -250,7 +250,7 @@ def answer_cloud(state: State, runtime: Runtime[Context], services: Services) ->
     return {"calls": [call], **_warned(state, warnings)}
 
 
-# ---- audio (issue 13) ------------------------------------------------------------------------
+# ---- audio ------------------------------------------------------------------------
 
 
 class _AudioNotes:

@@ -7,10 +7,10 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from tmo_graph.confidence import LEFT_OUT_ANSWER, confidence, degenerate
 from tmo_graph.context import Context
+from tmo_graph.guards.privacy import kept_on_device
+from tmo_graph.policy.confidence import LEFT_OUT_ANSWER, confidence, degenerate
 from tmo_graph.policy.simple import escalation, make_policy
-from tmo_graph.privacy import kept_on_device
 from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
 from tmo_graph.state import State

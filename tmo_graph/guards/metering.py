@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from tmo_graph.audit import AuditEntry, AuditLog, SentView, now_iso
-from tmo_graph.faults import BudgetReached
+from tmo_graph.guards.audit import AuditEntry, AuditLog, SentView, now_iso
+from tmo_graph.guards.faults import BudgetReached
+from tmo_graph.guards.spending import SpendLedger
 from tmo_graph.policy.budget import MIN_CLOUD_ANSWER_TOKENS, CostModel
-from tmo_graph.spending import SpendLedger
 
 log = logging.getLogger("tmo_graph.budget")
 # Faults after which the endpoint may have generated (and billed) an answer we never saw.

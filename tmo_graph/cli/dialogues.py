@@ -8,13 +8,13 @@
            {"text": "My PIN is 4711, remind me later.", "private": true}]}
 ```
 
-Audio (issue 13): a view may be a named audio source, ``"mic": {"audio": "clips/bench.wav",
+Audio: a view may be a named audio source, ``"mic": {"audio": "clips/bench.wav",
 "description": "microphone at the workbench"}``, and a turn may carry voice notes,
 ``{"text": "What is that noise?", "audio": ["clips/note.ogg"]}`` (WAV, FLAC, MP3 or OGG
 Vorbis; a turn with a voice note may leave ``text`` out).
 
 A turn marked ``"private": true`` (a JSON boolean) is answered on the device and never sent
-to the cloud, not even as history or recalled memory later (:mod:`tmo_graph.privacy`).
+to the cloud, not even as history or recalled memory later (:mod:`tmo_graph.guards.privacy`).
 
 The format is the pydantic models below (unknown fields are refused). Images stay
 references: a relative path is resolved against the JSONL file's folder into an absolute
@@ -43,11 +43,12 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from tmo_graph.audio import check_audio
-from tmo_graph.context import POLICIES, Context
+from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import check_image, is_remote
+from tmo_graph.media.audio import check_audio
+from tmo_graph.media.images import check_image, is_remote
 from tmo_graph.prompts import PRIVATE
+from tmo_graph.settings import POLICIES
 from tmo_graph.state import ViewSpec
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class TurnSpec(_Strict):
     text: str = ""
     images: list[str] = Field(default_factory=list)
     private: bool = False
-    audio: list[str] = Field(default_factory=list)  # voice notes (issue 13)
+    audio: list[str] = Field(default_factory=list)  # voice notes
 
     @field_validator("images", "audio")
     @classmethod
@@ -97,7 +98,7 @@ class ViewEntry(_Strict):
     image: str | None = None
     description: str = ""
     private: bool = False
-    audio: str | None = None  # a named audio source instead of an image (issue 13)
+    audio: str | None = None  # a named audio source instead of an image
 
     @field_validator("image", "audio")
     @classmethod
@@ -270,7 +271,7 @@ def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, Vie
     return views
 
 
-# File endings taken as audio sources by ``--view NAME=PATH`` (issue 13).
+# File endings taken as audio sources by ``--view NAME=PATH``.
 AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "oga")
 
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tmo_graph.confidence import COMBINED_FEATURES, ESTIMATORS, combine, confidence
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.eval import metrics
 from tmo_graph.eval.agreement import Sampler, sampling_agreement
 from tmo_graph.eval.tables import render, table
 from tmo_graph.models.base import LocalBackend
+from tmo_graph.policy.confidence import COMBINED_FEATURES, ESTIMATORS, combine, confidence
 from tmo_graph.settings import LocalModelSettings
 from tmo_graph.sim.data import Dataset, paper_split
 
@@ -249,7 +249,7 @@ def fit_combination(turns: Sequence[ScoredTurn], median: float) -> dict[str, Any
     """Logistic regression of "score above the median" on the standardised estimators.
 
     Returns plain numbers (features, means, scales, weights, bias) for
-    :data:`tmo_graph.confidence.COMBINATION`, so the graph needs no scikit-learn.
+    :data:`tmo_graph.policy.confidence.COMBINATION`, so the graph needs no scikit-learn.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -287,7 +287,7 @@ def run_confidence_eval(
     ``sampling`` answers per held-out turn, and evaluate every estimator."""
     if sampling < 0:  # before minutes of scoring, not after
         raise TmoGraphError(f"--sampling {sampling} is negative", "use 0 (off) or e.g. 3")
-    from tmo_graph.models.local import configured_local_model
+    from tmo_graph.models.local.model import configured_local_model
     from tmo_graph.sim.data import load_m4a1
 
     cache = scored if scored is not None and scored.exists() else None

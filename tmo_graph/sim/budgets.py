@@ -1,16 +1,14 @@
-"""The simulated world of the paper: its world model (costs, reward) and training budgets.
+"""The per-episode budgets the RL policies train under, drawn as the published code draws them.
 
-The world model itself lives in :mod:`tmo_graph.policy.world` (the own planner plans in it
-at run time); this module adds what only training needs: the per-episode budget draws.
+The world model itself (costs, reward) lives in :mod:`tmo_graph.policy.world`, where the own
+planner plans in it at run time; only training needs these draws.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tmo_graph.policy.world import BudgetDistribution, SimSettings, StepOutcome, World
-
-__all__ = ["BudgetDistribution", "SimSettings", "StepOutcome", "World", "sample_budgets"]
+from tmo_graph.policy.world import World
 
 
 def sample_budgets(world: World) -> tuple[float, float]:

@@ -14,9 +14,9 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveM
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from tmo_graph.confidence import degenerate_text
 from tmo_graph.context import Context
-from tmo_graph.privacy import find_personal
+from tmo_graph.guards.privacy import find_personal
+from tmo_graph.policy.confidence import degenerate_text
 from tmo_graph.prompts import LEFT_OUT_ANSWER, message_text, shared_messages
 from tmo_graph.services import Services
 from tmo_graph.state import State

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.media import store_once
+from tmo_graph.media.store import store_once
 
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp"}
 

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tmo_graph import costs
 from tmo_graph.context import Context
+from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
 
@@ -59,7 +59,7 @@ def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
     """The compiled graph (real services; threads in SQLite, or PostgreSQL at threads.url)."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
-    from tmo_graph.threads import open_checkpointer
+    from tmo_graph.threads.store import open_checkpointer
 
     # The thread store first: an unreachable PostgreSQL fails in a second, not after the models.
     with open_checkpointer(settings, db) as saver:
@@ -80,9 +80,9 @@ def run(
     ] = False,
 ) -> None:
     """Run scripted dialogues and print a row per turn: route, confidence, latency, cost."""
+    from tmo_graph.cli.dialogues import dialogue_context, load_dialogues
+    from tmo_graph.cli.turn_table import console, print_dialogue_banner, print_header, print_turn
     from tmo_graph.conversation import finish_interrupted
-    from tmo_graph.dialogues import dialogue_context, load_dialogues
-    from tmo_graph.report import console, print_dialogue_banner, print_header, print_turn
 
     results: list[dict[str, Any]] = []  # the dialogues that finished
     try:
@@ -158,9 +158,9 @@ def chat(
     """Talk to the graph; every answer shows where it was made and what it cost."""
     from langchain_core.messages import HumanMessage
 
+    from tmo_graph.cli.dialogues import chat_message, cli_views
+    from tmo_graph.cli.turn_table import print_turn
     from tmo_graph.conversation import finish_interrupted
-    from tmo_graph.dialogues import chat_message, cli_views
-    from tmo_graph.report import print_turn
 
     try:
         settings = load_settings(config)
@@ -239,8 +239,8 @@ def serve(
     try:
         import uvicorn
 
-        from tmo_graph.keys import KeyRing
-        from tmo_graph.server import create_app
+        from tmo_graph.server.app import create_app
+        from tmo_graph.server.keys import KeyRing
         from tmo_graph.services import build_services
     except ImportError as error:
         _fail(TmoGraphError(f"{error.name} is not installed", "pip install 'tmo-graph[serve]'"))
@@ -320,7 +320,7 @@ def keys_add(
     ] = None,
 ) -> None:
     """Make a key: prints it once (it is stored nowhere) and writes its hash to the file."""
-    from tmo_graph.keys import add_key
+    from tmo_graph.server.keys import add_key
 
     try:
         entry, secret = add_key(file, user, key_id, policy or None, daily_cap, rate)
@@ -337,7 +337,7 @@ def keys_revoke(
     file: KeyFileOption,
 ) -> None:
     """Mark a key revoked; a running server refuses it from its next request on."""
-    from tmo_graph.keys import revoke_key
+    from tmo_graph.server.keys import revoke_key
 
     try:
         entry = revoke_key(file, key_id)
@@ -349,7 +349,7 @@ def keys_revoke(
 @keys_app.command("list")
 def keys_list(file: KeyFileOption) -> None:
     """The keys in a file: id, user, policies, cap, rate, revoked (never a key)."""
-    from tmo_graph.keys import read_key_file
+    from tmo_graph.server.keys import read_key_file
 
     try:
         entries = read_key_file(file)
@@ -377,9 +377,9 @@ def train(
 ) -> None:
     """Train an RL routing policy in the M4A1 simulator (on the seed's 80 % split)."""
     from tmo_graph.policy.observation import ObservationSpec
+    from tmo_graph.policy.world import SimSettings
     from tmo_graph.sim.data import load_m4a1, paper_split
     from tmo_graph.sim.train import ALGORITHMS, spec_path, train_policy
-    from tmo_graph.sim.world import SimSettings
 
     try:
         if algo not in ALGORITHMS:
@@ -434,7 +434,7 @@ def bench_m4a1(
     usage_budget: Annotated[float, typer.Option(help="USD per dialogue")] = 0.05,
     audio_seconds: Annotated[
         float, typer.Option(help="length of each audio clip sent (files with audio modalities)")
-    ] = costs.AUDIO_CLIP_S,
+    ] = profiles.AUDIO_CLIP_S,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write reward vs usage plot (PNG)")] = None,
     scored: Annotated[
@@ -453,10 +453,10 @@ def bench_m4a1(
     ] = None,
 ) -> None:
     """The paper's M4A1 table: every method on the same seeded 80/20 splits."""
+    from tmo_graph.policy.world import SimSettings
     from tmo_graph.sim.bench import parse_methods, parse_seeds, run_benchmark
     from tmo_graph.sim.data import load_m4a1
     from tmo_graph.sim.report import format_judges_table, format_table, plot_reward_usage
-    from tmo_graph.sim.world import SimSettings
 
     try:
         if plot and protocol == "judges":
@@ -589,7 +589,7 @@ def eval_confidence(
     ] = 0,
 ) -> None:
     """AUROC / Spearman of each confidence estimator against M4A1's answer scores."""
-    from tmo_graph.eval.confidence import format_report, run_confidence_eval
+    from tmo_graph.eval.estimators import format_report, run_confidence_eval
 
     try:
         result = run_confidence_eval(
@@ -654,7 +654,7 @@ def eval_gap(
     ] = None,
 ) -> None:
     """Quality-gap predictor (cloud minus local score, from the prompt): held-out figures."""
-    from tmo_graph.eval.gap import format_report, run_gap_eval
+    from tmo_graph.eval.gap_fit import format_report, run_gap_eval
 
     try:
         result, _ = run_gap_eval(data, load_settings(config), seed, output)
@@ -680,7 +680,7 @@ def audit(
 ) -> None:
     """Summarize the audit log: cloud requests by outcome and model, tokens, cost, views sent,
     personal data replaced."""
-    from tmo_graph.audit import format_summary, read_audit, summarize
+    from tmo_graph.guards.audit import format_summary, read_audit, summarize
 
     try:
         summary = summarize(read_audit(log), log)

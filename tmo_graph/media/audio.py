@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.media import store_once
+from tmo_graph.media.store import store_once
 
 if TYPE_CHECKING:
     import numpy as np

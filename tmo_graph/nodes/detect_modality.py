@@ -1,6 +1,6 @@
 """detect_modality: this turn's text, images and audio, the task category, and association.
 
-Audio (issue 13): named audio sources (a view with ``audio`` instead of ``image``) and
+Audio: named audio sources (a view with ``audio`` instead of ``image``) and
 voice notes in the message (LangChain ``audio`` blocks, OpenAI ``input_audio`` parts) are
 stored by reference like images and transcribed once per clip on the device. A voice note's
 transcript is kept in its content block, so the prompt (task classifier, association, local
@@ -18,11 +18,11 @@ from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tmo_graph.audio import AudioRef, audio_bytes, mime_type, store_audio, store_audio_bytes
-from tmo_graph.audio import transcript as clip_transcript
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.images import store_image
+from tmo_graph.media.audio import AudioRef, audio_bytes, mime_type, store_audio, store_audio_bytes
+from tmo_graph.media.audio import transcript as clip_transcript
+from tmo_graph.media.images import store_image
 from tmo_graph.models.speech import recogniser_for
 from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY
 from tmo_graph.services import Services
@@ -77,7 +77,7 @@ def view_caption(name: str, view: ViewSpec) -> str:
     return view.get("description") or f"camera view {name.replace('_', ' ')}"
 
 
-# ---- audio (issue 13) ------------------------------------------------------------------------
+# ---- audio ------------------------------------------------------------------------
 
 _AUDIO_EXAMPLE = "{'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}"
 

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.owners import PostgresOwners, SqliteOwners, ThreadOwners
 from tmo_graph.settings import Settings, default_cache_dir
+from tmo_graph.threads.owners import PostgresOwners, SqliteOwners, ThreadOwners
 
 # Seconds a worker waits for PostgreSQL before saying it is unreachable (libpq waits forever).
 CONNECT_TIMEOUT_S = 10

@@ -39,94 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tmo_graph.context import POLICIES, PolicyName
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.settings import ApiKey
 
-log = logging.getLogger("tmo_graph.keys")
+log = logging.getLogger("tmo_graph.server.keys")
 
 KEY_PREFIX = "tmo-"
-KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-USER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")  # printable, as it goes into logs and paths
-RATE_EXAMPLE = "60/minute"
-
-
-RATE = re.compile(
-    r"^\s*([0-9]+)\s*(?:/|per)\s*([0-9]+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE
-)
-
-
-def check_rate(value: str) -> str:
-    """``value`` if it is a rate: N requests per [M] second(s), minute(s), hour(s) or day(s)
-    (``60/minute``, ``5 per second``, ``100/10 minutes``; the rate limiter's notation)."""
-    match = RATE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(
-            f"rate {value!r:.60} is not N/unit; write e.g. {RATE_EXAMPLE}, 5/second or 1000/day"
-        )
-    if int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
-        raise ValueError(f"rate {value!r:.60} allows no request; write e.g. {RATE_EXAMPLE}")
-    return value
-
-
-class ApiKey(BaseModel):
-    """One key: its id, its user, the SHA-256 of its secret and what it may do."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(description="shown in logs and the audit log instead of the key")
-    user: str = Field(description="the user every request made with this key acts as")
-    sha256: str = Field(description="hex SHA-256 of the key; the key itself is never stored")
-    policies: tuple[PolicyName, ...] | None = Field(
-        None, description="policies (models tmo-<policy>) this key may use; None: all"
-    )
-    daily_cost_cap_usd: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="USD this key's user may spend a day (with spending.daily_cost_cap_usd, "
-        "the lower applies)",
-    )
-    rate: str | None = Field(None, description="requests this key may make, e.g. 60/minute")
-    revoked: bool = False
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not KEY_ID.match(value):
-            raise ValueError("must be 1-64 letters, digits or . _ - (e.g. alice-laptop)")
-        return value
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str) -> str:
-        if not USER.match(value) or not value.strip():
-            raise ValueError("must be 1-128 printable characters (the user's id)")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256(cls, value: str) -> str:
-        if not SHA256.match(value):
-            raise ValueError(
-                "must be the key's SHA-256 as 64 lower-case hex digits, not the key itself "
-                "(`tmo-graph keys add` writes it)"
-            )
-        return value
-
-    @field_validator("policies")
-    @classmethod
-    def _policies(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and not value:
-            raise ValueError(f"is empty; list some of {', '.join(POLICIES)} or leave it out")
-        return value
-
-    @field_validator("rate")
-    @classmethod
-    def _rate(cls, value: str | None) -> str | None:
-        return None if value is None else check_rate(value)
 
 
 class KeyFile(BaseModel):

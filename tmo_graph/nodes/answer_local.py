@@ -1,7 +1,7 @@
 """answer_local: the on-device model answers within what is left; its token scores are kept.
 
 The answer is limited to what the budgets left allow: reading the prompt and writing
-``max_new_tokens`` at the device's measured speeds (:mod:`tmo_graph.device`; the configured
+``max_new_tokens`` at the device's measured speeds (:mod:`tmo_graph.costs.device`; the configured
 ones until measured) must fit the seconds and the energy
 cost left, so the answer is shortened to fit, generation stops at that deadline, and when
 not even one token fits the turn gets :data:`BUDGET_REACHED` with no model call.
@@ -18,14 +18,13 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
+from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.policy.simple import make_policy
-from tmo_graph.privacy import kept_on_device
 from tmo_graph.services import Services
-from tmo_graph.state import CallRecord, State, TokenTrace
+from tmo_graph.state import DRAFT_TAG, CallRecord, State, TokenTrace
 from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens, run_context
 
-DRAFT_TAG = "draft"
 BUDGET_REACHED = (
     "This conversation has used up its time or money budget, so I cannot answer this. "
     "Please start a new conversation or raise the budget."

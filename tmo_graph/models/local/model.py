@@ -8,7 +8,7 @@ token scores for any answer, and a plain ``generate`` baseline.
 
 Precision (``local.precision``): the converted folder always holds float32 weights; a model
 is loaded from it as float32, as bfloat16, or (the default) with its linear layers back on
-the GGUF's 4-bit grid (:mod:`tmo_graph.models.quantize`), which decodes about 3x faster than
+the GGUF's 4-bit grid (:mod:`tmo_graph.models.local.quantize`), which decodes about 3x faster than
 float32 on a 2-core CPU. Nothing variant-specific is written to the cache.
 """
 
@@ -281,7 +281,7 @@ class TokenScores:
     n_tokens: int
     message_id: str | None = None  # id of the chat message the answer was streamed as
     warnings: list[str] = field(default_factory=list)  # e.g. the prompt was cut to fit
-    # How the call went, for the device's speed estimates (tmo_graph.device): the prompt's
+    # How the call went, for the device's speed estimates (tmo_graph.costs.device): the prompt's
     # tokens read in prefill_s (call start to the first answer token), then decode_tokens
     # more forward steps in decode_s. None / 0 when the answer was not generated here.
     prompt_tokens: int = 0
@@ -452,7 +452,7 @@ class LocalModel:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         model.eval()
         if precision == "int4":
-            from tmo_graph.models.quantize import quantize_int4
+            from tmo_graph.models.local.quantize import quantize_int4
 
             quantize_int4(model)
         gen = model.generation_config

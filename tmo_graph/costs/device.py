@@ -40,20 +40,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from typing_extensions import TypedDict
 
+from tmo_graph.costs.profiles import MeasuredSpeeds
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.state import Battery, DeviceReading
 
 if TYPE_CHECKING:  # types only
-    from tmo_graph.policy.budget import CostModel
     from tmo_graph.settings import Settings
 
-log = logging.getLogger("tmo_graph.device")
+log = logging.getLogger("tmo_graph.costs.device")
 
 FILE_VERSION = 1
 # A decode measurement over fewer steps than this is mostly noise (a timer tick, a GC pause).
@@ -63,27 +63,6 @@ _MIN_FACTOR, _MAX_FACTOR = 0.01, 100.0
 # Cloud outcomes that say nothing about the endpoint (the request's or the budget's fault).
 _NOT_ENDPOINT_FAULTS = ("empty answer", "budget reached", "error")
 _ENDPOINT_HTTP_STATUSES = (401, 403, 408, 409)
-
-
-class Battery(TypedDict):
-    percent: float
-    plugged: bool | None
-
-
-class DeviceReading(TypedDict):
-    """The machine and the estimates as one turn's route saw them (the turn record's
-    ``device``). CPU loads are shares of all cores busy since the previous reading, 0..1
-    (None at the first reading of a process); memory is what new processes can still get."""
-
-    cpu_load: float | None
-    cpu_load_others: float | None  # without this process's own work
-    free_memory_mb: float | None
-    battery: Battery | None  # None: the device has none (or it cannot be read)
-    local_tokens_per_s: float
-    local_prefill_tokens_per_s: float
-    cloud_latency_s: float | None  # a successful cloud call's measured seconds (EWMA)
-    cloud_time_factor: float  # measured / expected cloud seconds (EWMA; 1 until measured)
-    cloud_failure_rate: float  # share of failed cloud attempts (EWMA)
 
 
 class _LocalEstimate(BaseModel):
@@ -357,26 +336,14 @@ class LiveResources:
         with self._lock:
             return self._state.model_copy(deep=True)
 
-    def cost_model(self, base: CostModel) -> CostModel:
-        """``base`` with the measured speeds (``base`` itself when estimates are off or it
-        is the simulator's fixed-cost model)."""
-        from tmo_graph.policy.budget import CostModel
-
-        if not isinstance(base, CostModel):
-            raise TmoGraphError(
-                f"cost_model needs a CostModel, got {type(base).__name__}",
-                "pass CostModel.from_settings(settings)",
-            )
-        if not self.live or base.fixed_local is not None:
-            return base
+    def measured_speeds(self) -> MeasuredSpeeds | None:
+        """The speeds to price actions at now (None when estimates are off: the configured
+        speeds stand); :meth:`tmo_graph.policy.budget.CostModel.at` takes them."""
+        if not self.live:
+            return None
         with self._lock:
             decode, prefill = self._local_now()
-            return replace(
-                base,
-                local_tokens_per_s=decode,
-                local_prefill_tokens_per_s=prefill,
-                cloud_time_factor=self._state.cloud.time_factor,
-            )
+            return MeasuredSpeeds(decode, prefill, self._state.cloud.time_factor)
 
     def reading(self) -> DeviceReading:
         """The machine now (CPU since the previous reading, memory, battery) and the
