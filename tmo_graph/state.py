@@ -125,7 +125,7 @@ class CallRecord(TypedDict):
 
 
 class TurnRecord(TypedDict):
-    """What happened in one turn (DESIGN.md, "The turn record")."""
+    """What happened in one turn (docs/architecture.md, "The turn record")."""
 
     turn: int
     task: str

@@ -27,7 +27,7 @@ from tmo_graph.models.local.model import LocalModel
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings, load_settings
 
-FIX_SEE_README = 'correct that value; see "Dialogue file (JSONL)" in the README'
+FIX_SEE_DOCS = 'correct that value; see "Dialogue file (JSONL)" in docs/file-formats.md'
 
 
 def _load_error(tmp_path: Path, *lines: str) -> str:

@@ -1,5 +1,6 @@
-"""The import rules of docs/architecture.md, as checked by import-linter (pyproject's
-contracts): every contract is kept, and the ones the layout rests on are there."""
+"""The import rules of docs/architecture.md ("Layers and import rules"), as checked by
+import-linter (pyproject's contracts): every contract is kept, and the ones the layout rests
+on are there."""
 
 from __future__ import annotations
 

@@ -54,14 +54,15 @@ def test_importing_the_package_loads_no_model_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_the_readme_picture_is_the_graph() -> None:
+@pytest.mark.parametrize("page", ["README.md", "docs/graph.md"])
+def test_the_pictures_of_the_graph_are_the_graph(page: str) -> None:
     from tmo_graph.graph import mermaid
 
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("```mermaid\n") + len("```mermaid\n")
-    drawn = readme[start : readme.index("```", start)].strip()
+    text = (ROOT / page).read_text()
+    start = text.index("```mermaid\n") + len("```mermaid\n")
+    drawn = text[start : text.index("```", start)].strip()
     assert drawn == mermaid().strip(), (
-        "README.md's graph is stale: paste the output of "
+        f"{page}'s graph is stale: paste the output of "
         "`python -c 'from tmo_graph.graph import mermaid; print(mermaid())'`"
     )
 

@@ -54,7 +54,7 @@ from tmo_graph.state import ViewSpec
 if TYPE_CHECKING:
     from tmo_graph.settings import Settings
 
-FORMAT_HELP = 'see "Dialogue file (JSONL)" in the README'
+FORMAT_HELP = 'see "Dialogue file (JSONL)" in docs/file-formats.md'
 
 # --- the file format ------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ def _table(records: list[TurnRecord], header: bool) -> Table:
     from rich.table import Table
 
     table = Table(
-        box=None,  # plain columns: the README quotes this table as text
+        box=None,  # plain columns: the docs (docs/results.md) quote this table as text
         show_header=header,
         show_edge=False,
         pad_edge=False,

@@ -86,7 +86,8 @@ ESTIMATORS = {
 
 # The estimators the combined confidence reads, and a logistic regression over them
 # (standardised), fitted on the 134 training-part turns of seed 9139's split by
-# `tmo-graph eval confidence --data M4A1.json --fit-out FILE` (README, "Confidence").
+# `tmo-graph eval confidence --data M4A1.json --fit-out FILE` (docs/results.md, "Confidence
+# of the local answer").
 # Of the combinations tried, this is the best by 5-fold cross-validation inside the training
 # part (AUROC 0.699) among those whose weights keep their meaning; fits that add the mean
 # log-prob or repetition score a little higher there but give the log-prob a negative

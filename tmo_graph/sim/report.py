@@ -30,7 +30,7 @@ def _modalities_line(settings: dict[str, Any]) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """The benchmark as plain text: a title line, then one row per method.
 
-    A rich table rendered without colour (the CLI prints it, the README quotes it).
+    A rich table rendered without colour (the CLI prints it, docs/simulator.md quotes it).
     """
     from rich.table import Table
 
