@@ -10,9 +10,10 @@ section or ``prices`` also takes JSON: ``TMO_PRICES='{"my-model": {...}}'``; ``n
 None). Precedence: environment > YAML file > built-in defaults. Variables are matched
 case-insensitively, so price row names given through the environment are lower-cased.
 
-``TMO_GRAPH_CACHE`` (cache folder) and ``TMO_GRAPH_CONFIG`` (the YAML file LangGraph Studio
-loads) share the prefix but are plain variables, never settings: no section is called
-``graph`` and they carry no ``__``, so pydantic-settings never reads them.
+``TMO_GRAPH_CACHE`` (cache folder), ``TMO_GRAPH_CONFIG`` (the YAML file LangGraph Studio
+loads) and ``TMO_GRAPH_M4A1`` (the M4A1 file of the CLI's benchmark commands) share the prefix
+but are plain variables, never settings: no section is called ``graph`` and they carry no
+``__``, so pydantic-settings never reads them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tmo_graph.errors import TmoGraphError
 ENV_PREFIX = "TMO_"
 ENV_DELIMITER = "__"
 # Plain variables with the same prefix that are not settings (see the module docstring).
-PLAIN_ENV_VARS = ("TMO_GRAPH_CACHE", "TMO_GRAPH_CONFIG")
+PLAIN_ENV_VARS = ("TMO_GRAPH_CACHE", "TMO_GRAPH_CONFIG", "TMO_GRAPH_M4A1")
 
 
 PolicyName = Literal["always-local", "always-cloud", "random", "rules", "cascade", "learned"]

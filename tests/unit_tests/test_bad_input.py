@@ -17,7 +17,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services, png_bytes
-from tmo_graph.cli import app as cli
+from tmo_graph.cli import talk
+from tmo_graph.cli.app import app
+from tmo_graph.cli.common import write_json
 from tmo_graph.cli.dialogues import load_dialogues
 from tmo_graph.cli.turn_table import format_turn
 from tmo_graph.context import Context
@@ -180,7 +182,7 @@ def test_nan_inf_and_non_numbers_in_a_context(overrides: dict[str, Any], message
 def test_json_output_refuses_nan(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     with pytest.raises(ValueError, match="not JSON compliant"):
-        cli._write_json(out, [{"cost_usd": math.nan}])
+        write_json(out, [{"cost_usd": math.nan}])
     assert not out.exists()  # no half-valid file left behind
 
 
@@ -254,14 +256,14 @@ def test_run_writes_the_finished_dialogues_when_a_later_one_fails(
     def graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
         yield build_graph(services, checkpointer=InMemorySaver()), services
 
-    monkeypatch.setattr(cli, "_graph", graph)
+    monkeypatch.setattr(talk, "_graph", graph)
     missing = tmp_path / "nope.zip"
     dialogues = tmp_path / "d.jsonl"
     ok = {"id": "d1", "context": {"policy": "always-local"}, "turns": ["hi", "again"]}
     bad = {"id": "d2", "context": {"policy": "learned", "policy_file": str(missing)}}
     dialogues.write_text(json.dumps(ok) + "\n" + json.dumps({**bad, "turns": ["hi"]}) + "\n")
     out = tmp_path / "out" / "r.json"
-    result = CliRunner().invoke(cli.app, ["run", str(dialogues), "--json", str(out)])
+    result = CliRunner().invoke(app, ["run", str(dialogues), "--json", str(out)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"error: dialogue d2, turn 0: policy {missing} (with nope.spec.json) not found "

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tmo_graph.cli import app as cli
+from tmo_graph.cli import talk
 from tmo_graph.cli.app import app
 from tmo_graph.cli.dialogues import Dialogue, Turn, dialogue_context
 from tmo_graph.cli.turn_table import format_turn
@@ -56,15 +56,54 @@ def test_chat_with_a_view_that_is_not_an_image(tmp_path: Path) -> None:
 
 
 def test_cli_method_list_matches_the_benchmark() -> None:
-    from tmo_graph.cli.app import ALL_METHODS
-    from tmo_graph.sim.bench import METHOD_NAMES
+    from tmo_graph.cli.simulate import ALL_METHODS
+    from tmo_graph.sim.bench import parse_methods
 
-    assert ALL_METHODS.split(",") == list(METHOD_NAMES)
+    assert parse_methods(ALL_METHODS) == ALL_METHODS.split(",")  # the default is valid
+    help_text = runner.invoke(app, ["bench", "m4a1", "--help"], env={"COLUMNS": "400"}).output
+    assert f"any of: {ALL_METHODS}" in help_text
 
 
 def test_bench_with_an_unknown_method() -> None:
     result = runner.invoke(app, ["bench", "m4a1", "--methods", "local,magic"])
     assert result.exit_code == 2 and "unknown method(s) ['magic']" in result.stderr
+
+
+def test_policy_help_lists_every_policy() -> None:
+    from tmo_graph.settings import POLICIES
+
+    for command in ("run", "chat"):
+        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
+        assert all(name in help_text for name in POLICIES), command
+
+
+M4A1_COMMANDS = [
+    ["train"],
+    ["bench", "m4a1"],
+    ["bench", "generate", "--out", "out.json"],
+    ["eval", "confidence"],
+    ["eval", "answers"],
+    ["eval", "gap"],
+]
+
+
+@pytest.mark.parametrize("command", M4A1_COMMANDS, ids=" ".join)
+def test_m4a1_commands_without_data_say_how_to_pass_it(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"TMO_GRAPH_M4A1": None})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        "error: no M4A1 data file given. Fix: pass --data PATH/TO/M4A1.json, "
+        "or set TMO_GRAPH_M4A1=PATH/TO/M4A1.json"
+    ]
+
+
+def test_m4a1_data_from_the_environment(tmp_path: Path) -> None:
+    missing = tmp_path / "M4A1.json"
+    env = {"TMO_GRAPH_M4A1": str(missing)}
+    for command in (["eval", "gap"], ["bench", "generate", "--out", str(tmp_path / "o.json")]):
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"error: dataset {missing} does not exist"), command
 
 
 # --- `run`: which policy a dialogue runs with ------------------------------------------------
@@ -114,7 +153,7 @@ def fake_graph(monkeypatch: pytest.MonkeyPatch) -> _RecordingGraph:
     def fake(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
         yield graph, services
 
-    monkeypatch.setattr(cli, "_graph", fake)  # no models, no SQLite: only the CLI's own logic
+    monkeypatch.setattr(talk, "_graph", fake)  # no models, no SQLite: only the CLI's own logic
     return graph
 
 
@@ -276,7 +315,7 @@ def test_the_m4a1_table_keeps_every_column_and_method() -> None:
 
 
 def test_eval_answers_refuses_bad_input_before_loading_a_model(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["eval", "answers", "--limit", "0"])
+    result = runner.invoke(app, ["eval", "answers", "--data", "M4A1.json", "--limit", "0"])
     assert result.exit_code == 2 and "--limit 0 is not positive" in result.output
     result = runner.invoke(app, ["eval", "answers", "--data", str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "none.json" in result.output

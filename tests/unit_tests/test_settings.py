@@ -84,9 +84,10 @@ def test_a_bad_yaml_value_still_names_the_file(
 
 
 def test_plain_tmo_graph_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    # TMO_GRAPH_CONFIG / TMO_GRAPH_CACHE share the prefix: they must never parse as settings.
+    # TMO_GRAPH_CONFIG / _CACHE / _M4A1 share the prefix: they must never parse as settings.
     monkeypatch.setenv("TMO_GRAPH_CONFIG", "configs/openai.yaml")
     monkeypatch.setenv("TMO_GRAPH_CACHE", "/tmp/tmo-cache")
+    monkeypatch.setenv("TMO_GRAPH_M4A1", "/data/M4A1.json")
     assert load_settings(None) == Settings()
     assert load_settings(None).cloud.mode == "loopback"
     assert not any(name.startswith("graph") for name in Settings.model_fields)

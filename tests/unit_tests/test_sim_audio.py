@@ -26,9 +26,10 @@ from tmo_graph.policy.observation import (
     n_actions,
 )
 from tmo_graph.policy.world import SimSettings, World
-from tmo_graph.sim.bench import METHOD_NAMES, run_benchmark
+from tmo_graph.sim.bench import run_benchmark
 from tmo_graph.sim.data import Dataset, load_m4a1, paper_split
 from tmo_graph.sim.generate import AudioModel, generate_dialogues, write_dialogues
+from tmo_graph.sim.methods import METHOD_NAMES
 
 WIRED = profiles.network("Wired")
 KINDS = ("image", "image", "image", "audio")

@@ -27,23 +27,10 @@ from tmo_graph.sim.evaluate import (
     evaluate_route_policy_judged,
 )
 from tmo_graph.sim.judges import build_judge, constant_judge, paired_difference, parse_judges
+from tmo_graph.sim.methods import METHOD_NAMES
 from tmo_graph.sim.routing import RecordedConfidence, RoutePolicyRunner
 
 REFERENCE_SEEDS = (9139, 1355, 7826)
-METHOD_NAMES = {
-    "local": "Local",
-    "cloud": "Cloud",
-    "random": "Random",
-    "ppo": "PPO",
-    "a2c": "A2C",
-    "dqn": "DQN",
-    "rc-ppo": "RC-PPO",
-    "rc-a2c": "RC-A2C",
-    "rc-dqn": "RC-DQN",
-    "own": "own",
-    "rules": "rules",
-    "cascade": "cascade",
-}
 # Hand-written policies of the live graph (tmo_graph.policy.simple), run on RouteInputs.
 ROUTE_METHODS = ("rules", "cascade")
 PROTOCOLS = ("paper", "heldout", "judges")

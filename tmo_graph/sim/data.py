@@ -231,7 +231,8 @@ def load_m4a1(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise TmoGraphError(
-            f"dataset {path} does not exist", "pass --data ../shared/data/M4A1.json or your file"
+            f"dataset {path} does not exist",
+            "give the path of an M4A1-format JSON file (--data, or $TMO_GRAPH_M4A1)",
         )
     try:
         raw = json.loads(path.read_bytes())

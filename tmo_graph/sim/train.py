@@ -16,9 +16,9 @@ from tmo_graph.policy.learned import TrainedPolicy, load_policy, sb3_class, spec
 from tmo_graph.policy.observation import ObservationSpec
 from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.data import Episode
+from tmo_graph.sim.methods import ALGORITHMS
 
 __all__ = [
-    "ALGORITHMS",
     "DEFAULT_STEPS",
     "TrainedPolicy",
     "load_policy",
@@ -26,7 +26,6 @@ __all__ = [
     "train_policy",
 ]
 
-ALGORITHMS = ("ppo", "a2c", "dqn", "own")
 DEFAULT_STEPS = 30_000
 
 
