@@ -49,10 +49,7 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
-    AnyMessage,
     BaseMessage,
-    HumanMessage,
-    SystemMessage,
     UsageMetadata,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -61,9 +58,15 @@ from langchain_core.runnables.config import ensure_config, var_child_runnable_co
 from pydantic import Field, PrivateAttr, field_validator
 
 from tmo_graph.context import Context
-from tmo_graph.conversation import Done, Token, astream_turn, stream_turn, turn_summary
+from tmo_graph.conversation import (
+    Done,
+    Token,
+    astream_turn,
+    new_messages,
+    stream_turn,
+    turn_summary,
+)
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.prompts import message_text
 from tmo_graph.settings import Settings
 from tmo_graph.state import TurnRecord, ViewSpec
 
@@ -121,66 +124,6 @@ def check_views(views: Mapping[str, Any]) -> dict[str, ViewSpec]:
             raise TmoGraphError(f"view {name!r}: 'private' must be true or false", "fix it")
         out[name] = cast(ViewSpec, dict(view))
     return out
-
-
-def _text(message: BaseMessage) -> str:
-    return message_text(cast(AnyMessage, message)).strip()
-
-
-def _same(a: BaseMessage, b: BaseMessage) -> bool:
-    """One message of the dialogue: the same id, or else the same role and text."""
-    if a.id and b.id and a.id == b.id:
-        return True
-    return a.type == b.type and _text(a) == _text(b)
-
-
-def new_messages(
-    incoming: Sequence[BaseMessage], stored: Sequence[BaseMessage]
-) -> list[BaseMessage]:
-    """The messages of a call the thread does not hold yet (the module's history rule)."""
-    if not incoming:
-        raise TmoGraphError("no messages were given", "pass at least the user's question")
-    if not isinstance(incoming[-1], HumanMessage):
-        raise TmoGraphError(
-            f"the last message is a {incoming[-1].type!r} message, not the user's",
-            "end the messages with a HumanMessage (the question this turn answers)",
-        )
-    for message in incoming:
-        if message.type not in {"human", "ai", "system"}:
-            raise TmoGraphError(
-                f"a {message.type!r} message cannot be sent to the router",
-                f"send only system, human and AI messages; {TOOLS_FIX}",
-            )
-    said = [m for m in stored if not isinstance(m, SystemMessage)]
-    head: Sequence[BaseMessage] = []
-    tail: Sequence[BaseMessage] = incoming
-    if said:
-        last = said[-1]
-        at = next((i for i in range(len(incoming) - 1, -1, -1) if _same(incoming[i], last)), None)
-        if at is not None:
-            head, tail = incoming[: at + 1], incoming[at + 1 :]
-        elif any(isinstance(m, AIMessage) for m in incoming):
-            raise TmoGraphError(
-                "the messages carry a history that is not this thread's (its last answer is "
-                "not among them)",
-                "pass the thread's history as it was answered, only the new messages, or "
-                "another thread_id",
-            )
-    # A prompt template repeats its system message every call: the thread keeps it once.
-    known = {_text(m) for m in stored if isinstance(m, SystemMessage)}
-    persona: list[BaseMessage] = []
-    for message in [*head, *tail]:
-        text = _text(message)
-        if isinstance(message, SystemMessage) and text not in known:
-            known.add(text)
-            persona.append(message)
-    rest = [m for m in tail if not isinstance(m, SystemMessage)]
-    if not any(isinstance(m, HumanMessage) for m in rest):
-        raise TmoGraphError(
-            "the thread already holds this question (nothing new to answer)",
-            "add the new question, or use another thread_id",
-        )
-    return [*persona, *rest]
 
 
 def _usage(record: TurnRecord) -> UsageMetadata:

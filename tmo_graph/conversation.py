@@ -19,6 +19,8 @@ once and never sent again as a stray message of a later turn.
 Two turns sent at once to one thread would race for the thread's state, so a turn waits for
 the one before it (up to ``wait_s``) and is refused with :class:`ThreadBusy` after that: it
 is never silently lost. The lock is per process; workers sharing a database need their own.
+
+Which of a caller's messages a turn sends is one rule for every surface: :func:`new_messages`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, StreamRestorer, is_private
+from tmo_graph.prompts import message_text
 from tmo_graph.state import DRAFT_TAG, TurnRecord
 
 # Nodes whose model calls stream the answer; anything else (e.g. a summary) is not shown.
@@ -97,6 +100,103 @@ def turn_summary(record: TurnRecord, thread_id: str) -> dict[str, Any]:
         summary["audio_sent"] = list(record["audio_sent"])
         summary["transcripts"] = dict(record.get("transcripts", {}))
     return summary
+
+
+def _text(message: BaseMessage) -> str:
+    return message_text(cast(AnyMessage, message)).strip()
+
+
+def _same(a: BaseMessage, b: BaseMessage) -> bool:
+    """One message of the dialogue: the same id, or else the same role and text."""
+    if a.id and b.id and a.id == b.id:
+        return True
+    return a.type == b.type and _text(a) == _text(b)
+
+
+def _last_index(
+    messages: Sequence[BaseMessage], found: Callable[[BaseMessage], bool]
+) -> int | None:
+    """The index of the last of ``messages`` for which ``found(message)`` holds, or None."""
+    return next((i for i in range(len(messages) - 1, -1, -1) if found(messages[i])), None)
+
+
+def new_messages(
+    incoming: Sequence[BaseMessage], stored: Sequence[BaseMessage], *, strict: bool = True
+) -> list[BaseMessage]:
+    """The messages of a call the thread does not hold yet: the history rule of every surface.
+
+    ``incoming`` is what the caller sends this turn (the whole chat, or only what is new),
+    ``stored`` the thread's messages. The thread already holds the dialogue, so:
+
+    1. an empty thread takes all of ``incoming``;
+    2. otherwise the thread's *anchor* is looked up in ``incoming``, from the end, by id or
+       else by role and text: only the messages after it are new. A caller passing the whole
+       history sends just the new question; one passing only the new question sends it;
+    3. ``incoming`` without the anchor but without AI answers either is all new (the caller
+       sends only the new messages). With AI answers it is another history than the thread's:
+       refused when ``strict``; otherwise the messages after its last answer are new;
+    4. a system message whose text the thread already has is not sent again (a prompt
+       template or an OpenAI client repeats the persona every call); a changed one is;
+    5. something must be left to answer: ``incoming`` ends with the user's (human) message.
+
+    ``strict`` (the chat model, whose callers pass LangChain messages that keep their ids):
+    the anchor is the thread's last message, and a foreign history is an error.
+    ``strict=False`` (the server: OpenAI clients carry no message ids, may reformat an
+    answer they show, and retry a question whose turn failed or is still running): the
+    anchor is the thread's last *answer*, and a history without it is taken as the
+    thread's own, as the client last saw it; nothing is refused that has a question last.
+
+    Returns messages of ``incoming`` (the same objects), the new system messages first.
+    Raises :class:`TmoGraphError` naming what is wrong and how to fix it.
+    """
+    if not incoming:
+        raise TmoGraphError("no messages were given", "pass at least the user's question")
+    if not isinstance(incoming[-1], HumanMessage):
+        raise TmoGraphError(
+            f"the last message is a {incoming[-1].type!r} message, not the user's",
+            "end the messages with a HumanMessage (the question this turn answers)",
+        )
+    for message in incoming:
+        if message.type not in {"human", "ai", "system"}:
+            raise TmoGraphError(
+                f"a {message.type!r} message cannot be sent to the router",
+                "send only system, human and AI messages: the router answers in text and "
+                "calls no tools",
+            )
+    said = [m for m in stored if not isinstance(m, SystemMessage)]
+    head: Sequence[BaseMessage] = []
+    tail: Sequence[BaseMessage] = incoming
+    if said:
+        answers = [m for m in said if isinstance(m, AIMessage)]
+        anchor = said[-1] if strict else (answers[-1] if answers else None)
+        at = _last_index(incoming, lambda m: anchor is not None and _same(m, anchor))
+        last_answer = _last_index(incoming, lambda m: isinstance(m, AIMessage))
+        if at is None and last_answer is not None:
+            if strict:
+                raise TmoGraphError(
+                    "the messages carry a history that is not this thread's (its last answer "
+                    "is not among them)",
+                    "pass the thread's history as it was answered, only the new messages, or "
+                    "another thread_id",
+                )
+            at = last_answer
+        if at is not None:
+            head, tail = incoming[: at + 1], incoming[at + 1 :]
+    # The thread keeps each persona once, however often the caller repeats it.
+    known = {_text(m) for m in stored if isinstance(m, SystemMessage)}
+    persona: list[BaseMessage] = []
+    for message in [*head, *tail]:
+        text = _text(message)
+        if isinstance(message, SystemMessage) and text not in known:
+            known.add(text)
+            persona.append(message)
+    rest = [m for m in tail if not isinstance(m, SystemMessage)]
+    if not any(isinstance(m, HumanMessage) for m in rest):
+        raise TmoGraphError(
+            "the thread already holds this question (nothing new to answer)",
+            "add the new question, or use another thread_id",
+        )
+    return [*persona, *rest]
 
 
 def _thread_lock(thread_id: str) -> _ThreadLock:

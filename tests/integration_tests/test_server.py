@@ -22,6 +22,7 @@ import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from openai import AsyncOpenAI, OpenAI
 
@@ -30,7 +31,9 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_byte
 from tests.unit_tests.test_graph_core import StreamingLocal
 from tmo_graph.graph import build_graph
 from tmo_graph.models.cloud import free_port
-from tmo_graph.server.app import SYSTEM_ID, create_app, new_messages, parse_model
+from tmo_graph.server.app import create_app
+from tmo_graph.server.messages import SYSTEM_ID, Chat
+from tmo_graph.server.schemas import ChatMessage, parse_model
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,9 +110,7 @@ def test_model_names_carry_the_policy_and_an_optional_threshold() -> None:
     assert parse_model("tmo-always-cloud-1") == ("always-cloud", 1.0)
 
 
-def test_an_existing_thread_gets_only_the_trailing_user_messages() -> None:
-    from tmo_graph.server.app import ChatMessage
-
+def test_an_existing_thread_gets_only_what_follows_its_last_answer() -> None:
     msgs = [
         ChatMessage(role="system", content="Be terse."),
         ChatMessage(role="user", content="one"),
@@ -117,15 +118,25 @@ def test_an_existing_thread_gets_only_the_trailing_user_messages() -> None:
         ChatMessage(role="user", content="two"),
         ChatMessage(role="user", content="three"),
     ]
-    sent = new_messages(msgs, new_thread=False)
+    # The thread holds the dialogue up to its answer "ok", its persona another one.
+    stored = [
+        SystemMessage("Be chatty.", id=SYSTEM_ID),
+        HumanMessage("one", id="1"),
+        AIMessage("ok", id="2"),
+    ]
+    sent = Chat(msgs, new_thread=False).new_messages(stored)
     assert [(m.type, m.content) for m in sent] == [
         ("system", "Be terse."),
         ("human", "two"),
         ("human", "three"),
     ]
-    assert sent[0].id == SYSTEM_ID
+    assert sent[0].id == SYSTEM_ID  # replaces the thread's persona
+    # An answer the client shows reformatted is no error: what follows the chat's last answer.
+    reformatted = [HumanMessage("one", id="1"), AIMessage("**ok**", id="2")]
+    sent = Chat(msgs, new_thread=False).new_messages(reformatted)
+    assert [m.content for m in sent] == ["Be terse.", "two", "three"]
     # A new thread takes the whole conversation the client sends.
-    assert [m.content for m in new_messages(msgs, new_thread=True)][1:] == [
+    assert [m.content for m in Chat(msgs, new_thread=True).new_messages([])][1:] == [
         "one",
         "ok",
         "two",

@@ -13,7 +13,6 @@ from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
-    SystemMessage,
     ToolMessage,
 )
 from langchain_core.output_parsers import StrOutputParser
@@ -24,7 +23,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_bytes
 from tests.unit_tests.test_graph_core import StreamingLocal
-from tmo_graph.chat_model import TMOChatModel, ToolsNotSupported, new_messages
+from tmo_graph.chat_model import TMOChatModel, ToolsNotSupported
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -177,42 +176,6 @@ def test_without_a_checkpointer_the_history_passed_is_the_dialogue(tmp_path: Pat
     history = [HumanMessage("Is the pot boiling?"), AIMessage("Not yet."), HumanMessage("Now?")]
     _model(graph).invoke(history, _conf("no-saver"))
     assert [m["content"] for m in local.seen[-1][1:]] == ["Is the pot boiling?", "Not yet.", "Now?"]
-
-
-# --- the history rule, directly --------------------------------------------------------------
-
-
-def test_new_messages_are_those_after_the_threads_last_message() -> None:
-    stored: list[BaseMessage] = [
-        SystemMessage("be brief", id="s"),
-        HumanMessage("hi", id="1"),
-        AIMessage("hello", id="2"),
-    ]
-    full = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("hi")]
-    assert [m.content for m in new_messages(full, stored)] == ["hi"]
-    # Matched by id even when the text differs (e.g. a reply the caller reformatted).
-    by_id = [HumanMessage("hi"), AIMessage("Hello!", id="2"), HumanMessage("bye")]
-    assert [m.content for m in new_messages(by_id, stored)] == ["bye"]
-    # Only the new question, as a chat UI relying on the thread sends it.
-    assert [m.content for m in new_messages([HumanMessage("bye")], stored)] == ["bye"]
-    # A changed persona is sent; an unchanged one is not.
-    changed = [SystemMessage("be funny"), *full]
-    assert [m.content for m in new_messages(changed, stored)] == ["be funny", "hi"]
-    # An empty thread takes everything.
-    assert len(new_messages(full, [])) == 4
-
-
-def test_a_history_that_is_not_the_threads_is_refused() -> None:
-    stored: list[BaseMessage] = [HumanMessage("hi", id="1"), AIMessage("hello", id="2")]
-    other = [HumanMessage("hi"), AIMessage("something else"), HumanMessage("and?")]
-    with pytest.raises(TmoGraphError, match="not this thread's"):
-        new_messages(other, stored)
-
-
-def test_a_question_the_thread_already_holds_is_refused() -> None:
-    stored: list[BaseMessage] = [HumanMessage("hi", id="1")]
-    with pytest.raises(TmoGraphError, match="already holds this question"):
-        new_messages([HumanMessage("hi", id="1")], stored)
 
 
 # --- images and views ------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A turn as a surface runs it: final tokens only, the record at the end, one turn per thread."""
+"""A turn as a surface runs it: final tokens only, the record at the end, one turn per thread;
+and the one rule of which messages a turn sends (:func:`new_messages`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeLocal, fake_services
 from tests.unit_tests.test_graph_core import StreamingLocal
 from tmo_graph.context import Context
-from tmo_graph.conversation import Done, ThreadBusy, Token, astream_turn, stream_turn
+from tmo_graph.conversation import (
+    Done,
+    ThreadBusy,
+    Token,
+    astream_turn,
+    new_messages,
+    stream_turn,
+)
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 
@@ -158,3 +166,112 @@ def test_thread_locks_are_kept_only_while_a_turn_needs_them(tmp_path: Path) -> N
         list(stream_turn(graph, QUESTION, f"chat-{n}", Context(policy="always-local")))
     gc.collect()
     assert len(conversation._locks) == 0
+
+
+# --- the history rule: strict (the chat model) ----------------------------------------------------
+
+
+def test_new_messages_are_those_after_the_threads_last_message() -> None:
+    stored: list[BaseMessage] = [
+        SystemMessage("be brief", id="s"),
+        HumanMessage("hi", id="1"),
+        AIMessage("hello", id="2"),
+    ]
+    full = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("hi")]
+    assert [m.content for m in new_messages(full, stored)] == ["hi"]
+    # Matched by id even when the text differs (e.g. a reply the caller reformatted).
+    by_id = [HumanMessage("hi"), AIMessage("Hello!", id="2"), HumanMessage("bye")]
+    assert [m.content for m in new_messages(by_id, stored)] == ["bye"]
+    # Only the new question, as a chat UI relying on the thread sends it.
+    assert [m.content for m in new_messages([HumanMessage("bye")], stored)] == ["bye"]
+    # A changed persona is sent; an unchanged one is not.
+    changed = [SystemMessage("be funny"), *full]
+    assert [m.content for m in new_messages(changed, stored)] == ["be funny", "hi"]
+    # An empty thread takes everything.
+    assert len(new_messages(full, [])) == 4
+
+
+def test_a_history_that_is_not_the_threads_is_refused() -> None:
+    stored: list[BaseMessage] = [HumanMessage("hi", id="1"), AIMessage("hello", id="2")]
+    other = [HumanMessage("hi"), AIMessage("something else"), HumanMessage("and?")]
+    with pytest.raises(TmoGraphError, match="not this thread's"):
+        new_messages(other, stored)
+
+
+def test_a_question_the_thread_already_holds_is_refused() -> None:
+    stored: list[BaseMessage] = [HumanMessage("hi", id="1")]
+    with pytest.raises(TmoGraphError, match="already holds this question"):
+        new_messages([HumanMessage("hi", id="1")], stored)
+
+
+# --- the history rule: lenient (the server: OpenAI clients resend the chat without ids) ------
+
+
+def _texts(messages: list[BaseMessage]) -> list[tuple[str, object]]:
+    return [(m.type, m.content) for m in messages]
+
+
+def test_lenient_a_resent_chat_sends_what_follows_the_threads_last_answer() -> None:
+    stored: list[BaseMessage] = [
+        SystemMessage("be brief", id="tmo-system"),
+        HumanMessage("hi", id="1"),
+        AIMessage("hello", id="2"),
+    ]
+    chat = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("so?")]
+    assert _texts(new_messages(chat, stored, strict=False)) == [("human", "so?")]
+    # Only the new question, as a client relying on the thread sends it.
+    assert _texts(new_messages([HumanMessage("so?")], stored, strict=False)) == [("human", "so?")]
+    # An empty thread takes the whole chat.
+    assert len(new_messages(chat, [], strict=False)) == 4
+
+
+def test_lenient_an_answer_the_client_reformatted_is_not_an_error() -> None:
+    """The thread's last answer is not in the chat (the client showed it trimmed, rendered or
+    edited): the user messages after the chat's last answer are new, as the server always did."""
+    stored: list[BaseMessage] = [HumanMessage("hi", id="1"), AIMessage("**hello**", id="2")]
+    chat = [HumanMessage("hi"), AIMessage("hello"), HumanMessage("two"), HumanMessage("three")]
+    with pytest.raises(TmoGraphError, match="not this thread's"):
+        new_messages(chat, stored)
+    assert _texts(new_messages(chat, stored, strict=False)) == [
+        ("human", "two"),
+        ("human", "three"),
+    ]
+
+
+def test_lenient_a_question_whose_turn_never_ended_can_be_sent_again() -> None:
+    """The thread ends with a question (its turn failed, or still runs): a client retrying it,
+    or asking the same words again, is answered, not refused."""
+    stored: list[BaseMessage] = [
+        HumanMessage("hi", id="1"),
+        AIMessage("hello", id="2"),
+        HumanMessage("two", id="3"),
+    ]
+    retry = [HumanMessage("hi"), AIMessage("hello"), HumanMessage("two")]
+    with pytest.raises(TmoGraphError, match="already holds this question"):
+        new_messages(retry, stored)
+    assert _texts(new_messages(retry, stored, strict=False)) == [("human", "two")]
+    assert _texts(new_messages([HumanMessage("two")], stored[2:], strict=False)) == [
+        ("human", "two")
+    ]
+
+
+def test_lenient_a_persona_is_sent_once_and_again_when_changed() -> None:
+    stored: list[BaseMessage] = [
+        SystemMessage("be brief", id="tmo-system"),
+        HumanMessage("hi", id="1"),
+        AIMessage("hello", id="2"),
+    ]
+    same = [SystemMessage("be brief", id="tmo-system"), HumanMessage("so?")]
+    assert _texts(new_messages(same, stored, strict=False)) == [("human", "so?")]
+    changed = [SystemMessage("be funny", id="tmo-system"), HumanMessage("so?")]
+    sent = new_messages(changed, stored, strict=False)
+    assert _texts(sent) == [("system", "be funny"), ("human", "so?")]
+    assert sent[0].id == "tmo-system"  # replaces the thread's persona (add_messages, by id)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_both_rules_refuse_what_is_no_question(strict: bool) -> None:
+    with pytest.raises(TmoGraphError, match="no messages were given"):
+        new_messages([], [], strict=strict)
+    with pytest.raises(TmoGraphError, match="not the user's"):
+        new_messages([HumanMessage("hi"), AIMessage("hello")], [], strict=strict)

@@ -22,7 +22,7 @@ from tmo_graph.server.keys import (
     hash_key,
     read_key_file,
 )
-from tmo_graph.server.ratelimit import RateLimiter
+from tmo_graph.server.limits import RateLimiter
 from tmo_graph.settings import load_settings
 
 runner = CliRunner()

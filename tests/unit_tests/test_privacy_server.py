@@ -10,7 +10,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.graph import build_graph
-from tmo_graph.server.app import ApiError, ChatMessage, create_app, new_messages
+from tmo_graph.server.app import create_app
+from tmo_graph.server.errors import ApiError
+from tmo_graph.server.messages import Chat
+from tmo_graph.server.schemas import ChatMessage
 
 
 def test_a_private_user_message_becomes_a_private_human_message() -> None:
@@ -19,7 +22,7 @@ def test_a_private_user_message_becomes_a_private_human_message() -> None:
         ChatMessage(role="assistant", content="noted"),
         ChatMessage(role="user", content="and now?"),
     ]
-    out = new_messages(messages, new_thread=True)
+    out = Chat(messages, new_thread=True).new_messages([])
     assert [m.additional_kwargs for m in out] == [{"private": True}, {}, {}]
 
 
@@ -29,7 +32,7 @@ def test_only_a_user_message_may_be_private() -> None:
         ChatMessage(role="user", content="and now?"),
     ]
     with pytest.raises(ApiError) as error:
-        new_messages(messages, new_thread=True)
+        Chat(messages, new_thread=True)
     assert error.value.message == (
         "messages[0] (assistant) is marked private, but only user messages may be; mark the "
         "user message (its answer stays private with it)"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tmo_graph.server.request_limits import LimitExceeded, check_request, read_body
+from tmo_graph.server.limits import LimitExceeded, check_request, read_body
 from tmo_graph.settings import ServerSettings
 
 LIMITS = ServerSettings(

@@ -1,17 +1,28 @@
-"""How much one chat request may carry (``server:`` settings), checked before any work.
+"""How much a chat request may carry and how often a key may ask (``server:`` settings),
+checked before any work.
 
-Counted over the whole request: messages, image parts (OpenAI ``image_url``, LangChain
+Size: counted over the whole request: messages, image parts (OpenAI ``image_url``, LangChain
 ``image``), audio parts (OpenAI ``input_audio``, LangChain ``audio``), each inline
 image's and clip's decoded size (from its base64 length: nothing is decoded to measure it)
-and the ``max_tokens`` / ``max_completion_tokens`` asked. Each refusal names the limit and
-what to change. The body's own size is checked while it is read (:func:`read_body`).
+and the ``max_tokens`` / ``max_completion_tokens`` asked (:func:`check_request`). Each
+refusal names the limit and what to change. The body's own size is checked while it is read
+(:func:`read_body`).
+
+Rate: requests per API key over a moving window (the ``limits`` library, in this process,
+:class:`RateLimiter`). Each worker counts its own requests: behind a load balancer with N
+workers a key may make up to N times its rate in the worst case (sticky sessions keep it at
+one worker's count).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Sequence
+from functools import lru_cache
 from typing import Any
 
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import ServerSettings
 
 IMAGE_PARTS = ("image_url", "image")
@@ -160,3 +171,40 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
                     f"{_mib(most_bytes)} per {per} (server.{bytes_field}); {fix}",
                     where,
                 )
+
+
+# --------------------------------------------------------------------------- rate
+
+
+@lru_cache(maxsize=256)
+def _item(rate: str) -> Any:
+    from limits import parse  # the `limits` library (absolute import), not this module
+
+    try:
+        return parse(rate)
+    except ValueError:
+        raise TmoGraphError(f"rate {rate!r} does not parse", "write e.g. 60/minute") from None
+
+
+class RateLimiter:
+    """Counts each key's requests; :meth:`hit` says how long to wait when one is too many."""
+
+    def __init__(self) -> None:
+        try:
+            from limits.storage import MemoryStorage
+            from limits.strategies import MovingWindowRateLimiter
+        except ImportError:
+            raise TmoGraphError(
+                "the rate limiter (package `limits`) is not installed",
+                "pip install 'tmo-graph[serve]'",
+            ) from None
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def hit(self, key_id: str, rate: str) -> int | None:
+        """Count one request of ``key_id`` at ``rate``; None when it is allowed, else the
+        whole seconds until one would be (at least 1)."""
+        item = _item(rate)
+        if self._limiter.hit(item, key_id):
+            return None
+        reset = self._limiter.get_window_stats(item, key_id).reset_time
+        return max(1, math.ceil(reset - time.time()))

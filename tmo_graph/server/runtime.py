@@ -1,0 +1,47 @@
+"""What a running app holds, typed: one :class:`ServerState` on ``app.state.server``, read by
+the routes through the :func:`server_state` dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from tmo_graph.server.errors import ApiError
+from tmo_graph.server.keys import KeyRing
+from tmo_graph.server.limits import RateLimiter
+from tmo_graph.server.turns import TurnRunner
+from tmo_graph.settings import Settings
+from tmo_graph.threads.owners import ThreadOwners
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """The API keys and the rate limiter that counts their requests (always both)."""
+
+    ring: KeyRing
+    limiter: RateLimiter
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The app's state once it has started (the graph is built then)."""
+
+    settings: Settings
+    keys: KeyCheck | None  # None: no API keys (``no_auth``, 127.0.0.1 only)
+    owners: ThreadOwners
+    runner: TurnRunner
+
+
+async def server_state(request: Request) -> ServerState:
+    """The app's state (a dependency); 503 while the app has not started."""
+    state = getattr(request.app.state, "server", None)
+    if not isinstance(state, ServerState):
+        raise ApiError(
+            503,
+            "the server is still starting; retry in a moment",
+            "server_error",
+            code="starting",
+            headers={"retry-after": "1"},
+        )
+    return state

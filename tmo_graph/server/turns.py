@@ -1,0 +1,105 @@
+"""Turns as tasks: each runs to its end even when its client leaves (so a thread never keeps a
+question without its answer), at most ``max_concurrent_turns`` at once (503 beyond)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from tmo_graph.context import Context
+from tmo_graph.conversation import Done, Token, astream_turn
+from tmo_graph.server.errors import ApiError
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Usage:
+        """The turn's tokens, as its record counts them."""
+        return cls(int(record.get("input_tokens", 0)), int(record.get("output_tokens", 0)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass
+class Finished:
+    """The turn is over: its end event and the tokens it used."""
+
+    done: Done
+    usage: Usage
+
+
+# What a running turn puts on its queue: answer tokens, then Finished, or the error that ended it.
+Event = Token | Finished | BaseException
+
+
+class TurnRunner:
+    """Runs turns as tasks that finish even when their client leaves; counts them."""
+
+    def __init__(self, graph: Any, max_concurrent_turns: int, thread_wait_s: float) -> None:
+        self.graph = graph
+        self.max_concurrent_turns = max_concurrent_turns
+        self.thread_wait_s = thread_wait_s
+        self.active = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
+
+    async def stored(self, thread_id: str) -> list[BaseMessage]:
+        """The thread's messages, which a request's are compared with (none without a
+        checkpointer: each turn is then a dialogue of its own)."""
+        if getattr(self.graph, "checkpointer", None) is None:
+            return []
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        return list(snapshot.values.get("messages") or [])
+
+    def start(
+        self, inputs: dict[str, Any], thread_id: str, context: Context
+    ) -> asyncio.Queue[Event]:
+        """Start a turn; its events come on the queue returned (503 when too many run)."""
+        if self.active >= self.max_concurrent_turns:
+            raise ApiError(
+                503,
+                f"the server is answering {self.active} turns, its limit; retry in a moment",
+                "server_error",
+                code="overloaded",
+                headers={"retry-after": "1"},
+            )
+        self.active += 1  # counted before the task starts: no await between check and count
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        task = asyncio.create_task(self._run(inputs, thread_id, context, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queue
+
+    async def _run(
+        self, inputs: dict[str, Any], thread_id: str, context: Context, queue: asyncio.Queue[Event]
+    ) -> None:
+        try:
+            async for event in astream_turn(
+                self.graph, inputs, thread_id, context, self.thread_wait_s
+            ):
+                if isinstance(event, Done):
+                    # Still inside the thread's lock: no later turn has written yet.
+                    queue.put_nowait(Finished(event, Usage.of(event.record)))
+                else:
+                    queue.put_nowait(event)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            self.active -= 1
+
+    async def drain(self) -> None:
+        """Let running turns finish (shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=60)
