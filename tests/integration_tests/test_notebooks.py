@@ -75,7 +75,7 @@ def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in os.environ:
         if name.startswith("TMO_") and "__" in name:
             monkeypatch.delenv(name)
-    monkeypatch.delenv("M4A1_DATA", raising=False)
+    monkeypatch.delenv("TMO_GRAPH_M4A1", raising=False)
 
 
 def _execute(name: str, tmp_path: Path, *extra: str) -> NotebookNode:
@@ -219,7 +219,7 @@ def test_m4a1_benchmark_runs_and_prints_every_method(tmp_path: Path) -> None:
     # Local pays only for the device's energy, a millionth of what the cloud costs.
     assert rows["Local"]["usage"] < 1e-5 < 1e-3 < rows["Cloud"]["usage"]
     assert sum(rows["PPO-4k"]["actions"].values()) == sum(local.values())  # every test turn
-    assert rows["own"]["reward"] > rows["Local"]["reward"]  # the README's claim, seed 9139
+    assert rows["own"]["reward"] > rows["Local"]["reward"]  # the claim in docs/simulator.md, seed 9139
 
     table = _shown(_cell(nb, "format_table(result)")).splitlines()
     assert any(line.startswith("M4A1, seeds [9139]") for line in table)
@@ -234,7 +234,7 @@ def test_m4a1_benchmark_says_where_the_data_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "nowhere" / "M4A1.json"
-    monkeypatch.setenv("M4A1_DATA", str(missing))
+    monkeypatch.setenv("TMO_GRAPH_M4A1", str(missing))
     with pytest.raises(CellExecutionError) as failure:
         _execute("02_m4a1_benchmark.ipynb", tmp_path)
     assert f"M4A1 dataset not found at {missing}" in str(failure.value)
