@@ -184,6 +184,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
 ) -> None:
     """``build_services`` loads the device model as configured (not the loader's default)."""
     import tmo_graph.models.local.model as local_module
+    import tmo_graph.models.local.weights as local_weights
     from tmo_graph.services import build_services
 
     asked: dict[str, object] = {}
@@ -196,7 +197,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
         raise Loaded  # stop before the cloud and embeddings load
 
     monkeypatch.setenv("TMO_GRAPH_CACHE", str(tmp_path))
-    monkeypatch.setattr(local_module, "resolve_local_model", lambda source, cache: tmp_path)
+    monkeypatch.setattr(local_weights, "resolve_local_model", lambda source, cache: tmp_path)
     monkeypatch.setattr(local_module, "get_local_model", fake_loader)
     settings = Settings.model_validate(
         {
