@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import cast, get_args
 
-from tmo_graph.settings import LocalPrecision
+from tmo_graph.sections import LocalPrecision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,7 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import POLICIES, PolicyName, Settings
+from tmo_graph.sections import POLICIES, PolicyName
+from tmo_graph.settings import Settings
 
 # Numeric fields: checked to be numbers (a JSON context may carry "lots") and finite (a NaN
 # budget would block the cloud for ever and make the turn records invalid JSON).

@@ -32,8 +32,9 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 from tmo_graph.memory import clients as memory_clients
 from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.sections import MemorySettings, ThreadSettings
 from tmo_graph.services import Services
-from tmo_graph.settings import MemorySettings, Settings, ThreadSettings
+from tmo_graph.settings import Settings
 from tmo_graph.threads.store import open_async_checkpointer, open_checkpointer
 
 pytestmark = pytest.mark.integration

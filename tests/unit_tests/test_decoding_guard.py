@@ -54,7 +54,7 @@ def test_the_loopback_stand_in_gets_the_same_guard(tmp_path) -> None:  # type: i
     import json
 
     from tmo_graph.models.cloud import loopback_generation_config
-    from tmo_graph.settings import Decoding
+    from tmo_graph.sections import Decoding
 
     (tmp_path / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "eos_token_id": 2, "pad_token_id": 2})

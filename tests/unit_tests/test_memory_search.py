@@ -11,7 +11,8 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import index as memory_index
 from tmo_graph.memory.index import CANDIDATES
 from tmo_graph.memory.turns import TurnMemory
-from tmo_graph.settings import MemorySettings, Settings
+from tmo_graph.sections import MemorySettings
+from tmo_graph.settings import Settings
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

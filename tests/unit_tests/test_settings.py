@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Decoding, Settings, load_settings
+from tmo_graph.sections import Decoding
+from tmo_graph.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +118,7 @@ def test_scale_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_bad_scale_urls_fail_before_connecting(tmp_path: Path) -> None:
     from tmo_graph.memory.turns import TurnMemory
-    from tmo_graph.settings import ThreadSettings
+    from tmo_graph.sections import ThreadSettings
     from tmo_graph.threads.store import open_checkpointer
 
     with pytest.raises(TmoGraphError, match=r"memory.server_url 'chroma:8000'.*Fix: write it"):

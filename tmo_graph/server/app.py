@@ -94,9 +94,9 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.media.audio import FORMATS, audio_bytes, decode
 from tmo_graph.media.images import check_image
 from tmo_graph.prompts import PRIVATE
+from tmo_graph.sections import POLICIES
 from tmo_graph.server.keys import ApiKey, KeyFileBroken, KeyRing
 from tmo_graph.server.request_limits import LimitExceeded, check_request, read_body
-from tmo_graph.settings import POLICIES
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:

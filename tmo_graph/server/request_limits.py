@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from tmo_graph.settings import ServerSettings
+from tmo_graph.sections import ServerSettings
 
 IMAGE_PARTS = ("image_url", "image")
 AUDIO_PARTS = ("input_audio", "audio")

@@ -31,7 +31,8 @@ from tmo_graph.models.local.weights import (
     missing_dependency,
     resolve_local_model,
 )
-from tmo_graph.settings import Decoding, LocalModelSettings, LocalPrecision, Settings
+from tmo_graph.sections import Decoding, LocalModelSettings, LocalPrecision
+from tmo_graph.settings import Settings
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
