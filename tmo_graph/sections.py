@@ -406,8 +406,12 @@ class AudioSettings(_Section):
 
 
 class RoutingDefaults(_Section):
+    """Defaults of the per-run settings (``routing:``), and the one declaration of their
+    ranges: :class:`tmo_graph.context.Context` takes its defaults from here and checks its
+    values against these fields (descriptions: on the Context's fields)."""
+
     # allow_inf_nan=False: an infinite budget is no budget, and a NaN one blocks the cloud.
-    policy: str = "rules"
+    policy: PolicyName = "rules"
     confidence_threshold: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
     latency_budget_s: float = Field(60.0, gt=0, allow_inf_nan=False)
     cost_budget_usd: float = Field(0.05, gt=0, allow_inf_nan=False)
