@@ -36,7 +36,8 @@ from tmo_graph.conversation import Token, stream_turn
 from tmo_graph.graph import build_graph
 from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
-from tmo_graph.models.local.model import get_local_model, resolve_local_model
+from tmo_graph.models.local.model import get_local_model
+from tmo_graph.models.local.weights import resolve_local_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 

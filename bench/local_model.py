@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import cast, get_args
 
-from tmo_graph.settings import LocalPrecision
+from tmo_graph.sections import LocalPrecision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -45,7 +45,7 @@ import json, sys, time
 from pathlib import Path
 import torch, transformers  # imports are not part of the conversion
 start = time.perf_counter()
-from tmo_graph.models.local.model import resolve_local_model
+from tmo_graph.models.local.weights import resolve_local_model
 resolve_local_model(sys.argv[1], Path(sys.argv[2]))
 print(json.dumps({"convert_s": time.perf_counter() - start}))
 """
@@ -171,7 +171,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from tmo_graph.models.local.model import resolve_local_model
+    from tmo_graph.models.local.weights import resolve_local_model
 
     start = time.perf_counter()
     folder = resolve_local_model(args.source)

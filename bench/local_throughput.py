@@ -42,8 +42,9 @@ from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.models.local.model import PRECISIONS, LocalModel, get_local_model
 from tmo_graph.prompts import text_dialogue
+from tmo_graph.sections import LocalModelSettings, LocalPrecision
 from tmo_graph.services import Services
-from tmo_graph.settings import LocalModelSettings, LocalPrecision, Settings
+from tmo_graph.settings import Settings
 
 PROMPT = "Give me three tips for keeping fresh herbs fresh for longer in the kitchen."
 BASELINE = "raw generate, float32"

@@ -1,31 +1,29 @@
 """Per-run settings: who is talking, which policy decides, the budgets and thresholds.
 
 Passed as ``graph.invoke(..., context=Context(...))``; LangGraph Studio shows these fields
-as the run's configuration.
+as the run's configuration. The fields the config's ``routing:`` section also sets take their
+defaults and their ranges from :class:`tmo_graph.sections.RoutingDefaults`, so a range is
+declared once and both the config and each run are checked against it.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import POLICIES, PolicyName, Settings
+from tmo_graph.sections import POLICIES, PolicyName, RoutingDefaults
+from tmo_graph.settings import Settings
 
-# Numeric fields: checked to be numbers (a JSON context may carry "lots") and finite (a NaN
-# budget would block the cloud for ever and make the turn records invalid JSON).
-FLOAT_FIELDS = (
-    "confidence_threshold",
-    "latency_budget_s",
-    "cost_budget_usd",
-    "min_recall_score",
-    "min_view_score",
-    "context_weight",
-)
-INT_FIELDS = ("recent_turns", "recall_k", "seed")
-RANGED_FIELDS = ("confidence_threshold", "context_weight")  # in [0, 1]
+# The defaults of the fields the config's ``routing:`` section also sets; their ranges are
+# declared there too (see _NUMBERS below).
+ROUTING = RoutingDefaults()
 
 # A neutral persona; a system message sent by the caller replaces it, and so does
 # Context.system_prompt.
@@ -41,7 +39,7 @@ class Context:
         metadata={"description": "Owner of the dialogue; memory recall never crosses users."},
     )
     policy: PolicyName = field(
-        default="rules",
+        default=ROUTING.policy,
         metadata={
             "description": "Who decides where a turn is answered: always-local, always-cloud, "
             "random, rules (relevant views to the cloud, the rest local with escalation), "
@@ -77,7 +75,7 @@ class Context:
         },
     )
     confidence_threshold: float = field(
-        default=0.5,
+        default=ROUTING.confidence_threshold,
         metadata={
             "description": "Escalate a local answer to the cloud when its confidence is "
             "below this. The confidence (0..1) is the estimated probability that the local "
@@ -88,34 +86,37 @@ class Context:
         },
     )
     latency_budget_s: float = field(
-        default=60.0, metadata={"description": "Seconds the whole dialogue may spend."}
+        default=ROUTING.latency_budget_s,
+        metadata={"description": "Seconds the whole dialogue may spend."},
     )
     cost_budget_usd: float = field(
-        default=0.05, metadata={"description": "USD the whole dialogue may spend."}
+        default=ROUTING.cost_budget_usd,
+        metadata={"description": "USD the whole dialogue may spend."},
     )
     recent_turns: int = field(
-        default=4, metadata={"description": "Turns kept verbatim; older ones go to memory."}
+        default=ROUTING.recent_turns,
+        metadata={"description": "Turns kept verbatim; older ones go to memory."},
     )
     recall_k: int = field(
-        default=3, metadata={"description": "Older turns recalled into the prompt."}
+        default=ROUTING.recall_k, metadata={"description": "Older turns recalled into the prompt."}
     )
     min_recall_score: float = field(
-        default=0.3,
+        default=ROUTING.min_recall_score,
         metadata={"description": "Recall only older turns at least this similar (cosine)."},
     )
     recall_scope: Literal["thread", "user"] = field(
-        default="thread",
+        default=ROUTING.recall_scope,
         metadata={
             "description": "Where older turns are recalled from: this dialogue only (thread), "
             "or all of this user's dialogues (user). Never another user's."
         },
     )
     min_view_score: float = field(
-        default=0.3,
+        default=ROUTING.min_view_score,
         metadata={"description": "A view is worth sending when its association is at least this."},
     )
     context_weight: float = field(
-        default=0.8,
+        default=ROUTING.context_weight,
         metadata={
             "description": "When a prompt refers back ('what about the one on the left?'), "
             "a view's association is at least this times its association with the previous "
@@ -123,7 +124,7 @@ class Context:
         },
     )
     policy_file: str | None = field(
-        default=None,
+        default=ROUTING.policy_file,
         metadata={"description": "Policy trained with `tmo-graph train`, for policy 'learned'."},
     )
     seed: int = field(default=0, metadata={"description": "Seed of the 'random' policy."})
@@ -166,22 +167,6 @@ class Context:
             raise TmoGraphError(
                 "policy 'learned' needs policy_file", "train one with `tmo-graph train -o FILE`"
             )
-        if not 0.0 <= self.confidence_threshold <= 1.0:
-            raise TmoGraphError(
-                f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}",
-                "pick e.g. 0.5, or calibrate one with `tmo-graph calibrate`",
-            )
-        if not 0.0 <= self.context_weight <= 1.0:  # also rejects NaN
-            raise TmoGraphError(
-                f"context_weight must be in [0, 1], got {self.context_weight}",
-                "use e.g. 0.8 to let a follow-up reuse the previous question's views, "
-                "or 0 to score every prompt on its own",
-            )
-        for name in ("latency_budget_s", "cost_budget_usd"):
-            if getattr(self, name) <= 0:
-                raise TmoGraphError(f"{name} must be > 0", f"set a positive {name}")
-        if self.recent_turns < 1 or self.recall_k < 0:
-            raise TmoGraphError("recent_turns must be >= 1 and recall_k >= 0", "fix those values")
         if not self.system_prompt.strip():
             raise TmoGraphError("system_prompt is empty", "leave it out for the default persona")
         for name in ("local_model", "cloud_model", "cloud_base_url"):
@@ -195,23 +180,6 @@ class Context:
             )
         if not self.user_id:
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
-        most = self.max_answer_tokens
-        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
-            raise TmoGraphError(
-                f"max_answer_tokens must be a whole number >= 1, got {most!r}",
-                "write e.g. max_answer_tokens: 256, or leave it out for the config's limits",
-            )
-        cap = self.daily_cost_cap_usd
-        if cap is not None and (
-            isinstance(cap, bool)
-            or not isinstance(cap, numbers.Real)
-            or not math.isfinite(cap)
-            or cap <= 0
-        ):
-            raise TmoGraphError(
-                f"daily_cost_cap_usd must be a finite number > 0, got {cap!r}",
-                "write e.g. daily_cost_cap_usd: 0.5, or leave it out for the config's cap",
-            )
 
     def answer_tokens(self, configured: int) -> int:
         """The answer-token limit in force: the lower of the config's and this run's."""
@@ -227,26 +195,17 @@ class Context:
         return min(caps) if caps else None
 
     def _check_numbers(self) -> None:
-        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
-        for name in (*FLOAT_FIELDS, *INT_FIELDS):
-            value = getattr(self, name)
-            whole = name in INT_FIELDS
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                bad = True
-            else:
-                bad = whole and not isinstance(value, numbers.Integral)
-            if bad:
-                raise TmoGraphError(
-                    f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}",
-                    f"write {'a whole number' if whole else 'a number'} without quotes, "
-                    f"e.g. {name}: {defaults[name]}",
-                )
-            # (a threshold's or weight's range check below names its range, NaN included)
-            if not math.isfinite(value) and name not in RANGED_FIELDS:
-                raise TmoGraphError(
-                    f"{name} must be a finite number, got {value!r}",
-                    f"write a finite number, e.g. {name}: {defaults[name]}",
-                )
+        """Each number against its declared range (:data:`_NUMBERS`), with one error naming
+        the field, what it must be and how to fix it."""
+        values = {name: getattr(self, name) for name in _NUMBERS.model_fields}
+        # numpy's integers are whole numbers too (the strict check takes Python's int only).
+        for name, value in values.items():
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                values[name] = int(value)
+        try:
+            _NUMBERS.model_validate(values)
+        except ValidationError as exc:
+            raise _number_error(exc.errors()[0]) from None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
@@ -255,3 +214,86 @@ class Context:
         values = {k: v for k, v in settings.routing.model_dump().items() if k in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _numbers_model() -> type[BaseModel]:
+    """The numbers of a :class:`Context` and their ranges, as one pydantic model: those the
+    config's ``routing:`` section also sets as :class:`RoutingDefaults` declares them, then
+    those only a run sets. Strict: a JSON context may carry "lots" or "0.5", which are no
+    numbers, and 2.5 is no whole number."""
+    specs: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in RoutingDefaults.model_fields.items()
+        if info.annotation in (int, float)
+    }
+    specs.update(
+        seed=(int, 0),
+        # allow_inf_nan=False: an infinite cap is no cap, and a NaN one blocks the cloud.
+        daily_cost_cap_usd=(float | None, Field(None, gt=0, allow_inf_nan=False)),
+        max_answer_tokens=(int | None, Field(None, ge=1)),
+    )
+    return create_model("ContextNumbers", __config__=ConfigDict(strict=True), **specs)
+
+
+_NUMBERS = _numbers_model()
+
+# How to pick a value, for the fields where the range alone does not say; any bad value of
+# one of these but a word for a number (NaN, out of range, a word for a limit with no
+# default) is answered with its range and this advice.
+_ADVICE = {
+    "confidence_threshold": "pick e.g. 0.5, or calibrate one with `tmo-graph calibrate`",
+    "context_weight": "use e.g. 0.8 to let a follow-up reuse the previous question's views, "
+    "or 0 to score every prompt on its own",
+    "daily_cost_cap_usd": "write e.g. daily_cost_cap_usd: 0.5, or leave it out for the "
+    "config's cap",
+    "max_answer_tokens": "write e.g. max_answer_tokens: 256, or leave it out for the "
+    "config's limits",
+}
+
+
+def _number_error(err: ErrorDetails) -> TmoGraphError:
+    """pydantic's error about one of a Context's numbers as a problem and a fix."""
+    name = str(err["loc"][0])
+    got = err["input"]
+    info = _NUMBERS.model_fields[name]
+    whole = int in (info.annotation, *get_args(info.annotation))
+    kind = "a whole number" if whole else "a number"
+    bounds = _bounds(info)
+    example = f"e.g. {name}: {info.default}"
+    if err["type"] in ("int_type", "float_type") and info.default is not None:
+        return TmoGraphError(
+            f"{name} must be {kind}, got {got!r}", f"write {kind} without quotes, {example}"
+        )
+    if name in _ADVICE:
+        rule = (
+            bounds
+            if bounds.startswith("in ")
+            else f"{kind if whole else 'a finite number'} {bounds}"
+        )
+        return TmoGraphError(f"{name} must be {rule}, got {got!r}", _ADVICE[name])
+    if err["type"] == "finite_number":
+        return TmoGraphError(
+            f"{name} must be a finite number, got {got!r}", f"write a finite number, {example}"
+        )
+    return TmoGraphError(
+        f"{name} must be {bounds}, got {got!r}", f"write {kind} {bounds}, {example}"
+    )
+
+
+def _bounds(info: FieldInfo) -> str:
+    """A field's declared range in words: ``in [0, 1]``, ``> 0``, ``>= 1``."""
+    low = next((m for m in info.metadata if isinstance(m, Ge | Gt)), None)
+    high = next((m for m in info.metadata if isinstance(m, Le | Lt)), None)
+    if low is not None and high is not None:
+        left = f"[{low.ge}" if isinstance(low, Ge) else f"({low.gt}"
+        right = f"{high.le}]" if isinstance(high, Le) else f"{high.lt})"
+        return f"in {left}, {right}"
+    if isinstance(low, Ge):
+        return f">= {low.ge}"
+    if isinstance(low, Gt):
+        return f"> {low.gt}"
+    if isinstance(high, Le):
+        return f"<= {high.le}"
+    if isinstance(high, Lt):
+        return f"< {high.lt}"
+    return ""

@@ -155,7 +155,8 @@ def build_services(settings: Settings) -> Services:
         make_cloud_chat_model,
     )
     from tmo_graph.models.embeddings import local_embeddings
-    from tmo_graph.models.local.model import configured_local_model, resolve_local_model
+    from tmo_graph.models.local.model import configured_local_model
+    from tmo_graph.models.local.weights import resolve_local_model
 
     cfg = settings.cloud
     # Cheap checks first: a bad endpoint or memory server should fail before a model loads.

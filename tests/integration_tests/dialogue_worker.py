@@ -13,8 +13,9 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
+from tmo_graph.sections import MemorySettings
 from tmo_graph.services import build_services
-from tmo_graph.settings import MemorySettings, Settings
+from tmo_graph.settings import Settings
 
 VIEWS = {
     "overhead": {

@@ -10,7 +10,8 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from tmo_graph.chat_model import TMOChatModel
 from tmo_graph.context import Context
-from tmo_graph.settings import CloudSettings, MemorySettings, Settings
+from tmo_graph.sections import CloudSettings, MemorySettings
+from tmo_graph.settings import Settings
 
 pytestmark = pytest.mark.integration
 

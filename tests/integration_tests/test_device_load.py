@@ -29,7 +29,8 @@ from tmo_graph.graph import build_graph
 from tmo_graph.guards.faults import reset_breakers
 from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
-from tmo_graph.models.local.model import LocalModel, get_local_model, resolve_local_model
+from tmo_graph.models.local.model import LocalModel, get_local_model
+from tmo_graph.models.local.weights import resolve_local_model
 from tmo_graph.policy.base import Action
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings

@@ -29,12 +29,8 @@ from tmo_graph.models.cloud import (
     make_cloud_chat_model,
 )
 from tmo_graph.models.embeddings import local_embeddings
-from tmo_graph.models.local.model import (
-    SOURCE_FILE,
-    LocalModel,
-    get_local_model,
-    resolve_local_model,
-)
+from tmo_graph.models.local.model import LocalModel, get_local_model
+from tmo_graph.models.local.weights import SOURCE_FILE, resolve_local_model
 
 pytestmark = pytest.mark.integration
 

@@ -30,10 +30,11 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
-from tmo_graph.memory import turns as memory_module
+from tmo_graph.memory import clients as memory_clients
 from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.sections import MemorySettings, ThreadSettings
 from tmo_graph.services import Services
-from tmo_graph.settings import MemorySettings, Settings, ThreadSettings
+from tmo_graph.settings import Settings
 from tmo_graph.threads.store import open_async_checkpointer, open_checkpointer
 
 pytestmark = pytest.mark.integration
@@ -174,8 +175,8 @@ def test_two_workers_serve_one_thread_alternately(
         graph_a, local_a = _worker(stack, settings, "A", tmp_path)
         # The same URL in one process reuses its client; worker B stands for another machine,
         # so it gets a fresh one (as a second process would).
-        assert TurnMemory.from_settings(settings)._client is memory_module._CLIENTS[chroma]
-        monkeypatch.setattr(memory_module, "_CLIENTS", {})
+        assert TurnMemory.from_settings(settings)._client is memory_clients._CLIENTS[chroma]
+        monkeypatch.setattr(memory_clients, "_CLIENTS", {})
         graph_b, local_b = _worker(stack, settings, "B", tmp_path)
         assert graph_a.checkpointer is not graph_b.checkpointer
         assert graph_a.checkpointer.conn is not graph_b.checkpointer.conn
@@ -287,7 +288,7 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     settings = _settings(postgres, chroma)
     workers, locals_ = [], []
     for name in ("A", "B"):
-        monkeypatch.setattr(memory_module, "_CLIENTS", {})  # each worker its own client
+        monkeypatch.setattr(memory_clients, "_CLIENTS", {})  # each worker its own client
         services, local = _services(settings, name, tmp_path)
         workers.append(Served(create_app(settings=settings, services=services, no_auth=True)))
         locals_.append(local)

@@ -33,7 +33,8 @@ from tmo_graph.media.audio import (
 from tmo_graph.policy.base import Action
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.prompts import PRIVATE
-from tmo_graph.settings import AudioSettings, CloudSettings, Settings
+from tmo_graph.sections import AudioSettings, CloudSettings
+from tmo_graph.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audio"

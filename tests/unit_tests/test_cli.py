@@ -70,7 +70,7 @@ def test_bench_with_an_unknown_method() -> None:
 
 
 def test_policy_help_lists_every_policy() -> None:
-    from tmo_graph.settings import POLICIES
+    from tmo_graph.sections import POLICIES
 
     for command in ("run", "chat"):
         help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output

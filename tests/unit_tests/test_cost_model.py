@@ -8,7 +8,8 @@ from tmo_graph.costs import prices, profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action
 from tmo_graph.policy.budget import CostModel, all_actions
-from tmo_graph.settings import PriceEntry, Settings
+from tmo_graph.sections import PriceEntry
+from tmo_graph.settings import Settings
 
 
 def test_expected_local_reads_the_prompt_then_writes_the_answer() -> None:

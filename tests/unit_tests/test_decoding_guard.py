@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from tmo_graph.models.local.model import _AnswerRepetitionGuard, _DeadlineGuard
+from tmo_graph.models.local.decoding import AnswerRepetitionGuard, DeadlineGuard
 
 torch = pytest.importorskip("torch")
 
 
-def _step(guard: _AnswerRepetitionGuard, ids: list[int], vocab: int = 10) -> list[float]:
+def _step(guard: AnswerRepetitionGuard, ids: list[int], vocab: int = 10) -> list[float]:
     scores = torch.full((1, vocab), 2.0)
     scores[0, 0] = -2.0
     return guard(torch.tensor([ids]), scores)[0].tolist()
 
 
 def test_the_penalty_falls_on_the_answer_tokens_only() -> None:
-    guard = _AnswerRepetitionGuard(penalty=2.0, ngram=0)
+    guard = AnswerRepetitionGuard(penalty=2.0, ngram=0)
     assert _step(guard, [5, 6, 7]) == [-2.0] + [2.0] * 9  # first step: the prompt, untouched
     after = _step(guard, [5, 6, 7, 0, 8])  # the answer so far: tokens 0 and 8
     assert after[8] == 1.0 and after[0] == -4.0  # positive divided, negative multiplied
@@ -25,13 +25,13 @@ def test_the_penalty_falls_on_the_answer_tokens_only() -> None:
 
 
 def test_a_run_of_answer_tokens_is_never_repeated() -> None:
-    guard = _AnswerRepetitionGuard(penalty=1.0, ngram=3)
+    guard = AnswerRepetitionGuard(penalty=1.0, ngram=3)
     _step(guard, [9, 9])  # prompt [9, 9]
     scores = _step(guard, [9, 9, 1, 2, 3, 1, 2])  # answer 1 2 3 1 2: "3" would repeat 1 2 3
     assert scores[3] == float("-inf")
     assert all(s == 2.0 for i, s in enumerate(scores) if i not in (0, 3))
     # The prompt's own runs do not count: [9, 9] then 9 is allowed.
-    guard = _AnswerRepetitionGuard(penalty=1.0, ngram=3)
+    guard = AnswerRepetitionGuard(penalty=1.0, ngram=3)
     _step(guard, [9, 9, 9])
     assert _step(guard, [9, 9, 9, 4, 9, 9])[9] == 2.0
 
@@ -39,9 +39,9 @@ def test_a_run_of_answer_tokens_is_never_repeated() -> None:
 def test_forbidden_tokens_leave_the_recorded_entropy_finite() -> None:
     import math
 
-    from tmo_graph.models.local.model import _GreedyStepRecorder
+    from tmo_graph.models.local.decoding import GreedyStepRecorder
 
-    recorder = _GreedyStepRecorder()
+    recorder = GreedyStepRecorder()
     scores = torch.tensor([[1.0, 2.0, float("-inf"), 0.5]])
     recorder(torch.tensor([[3]]), scores)
     p = torch.softmax(torch.tensor([1.0, 2.0, 0.5]), dim=-1)
@@ -54,7 +54,7 @@ def test_the_loopback_stand_in_gets_the_same_guard(tmp_path) -> None:  # type: i
     import json
 
     from tmo_graph.models.cloud import loopback_generation_config
-    from tmo_graph.settings import Decoding
+    from tmo_graph.sections import Decoding
 
     (tmp_path / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "eos_token_id": 2, "pad_token_id": 2})
@@ -79,7 +79,7 @@ def test_the_deadline_guard_ends_the_answer_one_step_early_not_one_step_late() -
 
     now = [0.0]
     end = 2
-    guard = _DeadlineGuard(1.0, end_token=end, clock=lambda: now[0])
+    guard = DeadlineGuard(1.0, end_token=end, clock=lambda: now[0])
     ids = torch.zeros((1, 5), dtype=torch.long)
     chosen = []
     for t in (0.3, 0.7, 0.75, 0.95):  # after the prompt, then steps of 0.4, 0.05, 0.2 s

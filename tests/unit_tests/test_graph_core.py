@@ -300,7 +300,8 @@ def test_a_bad_per_run_model_choice_is_a_clear_error() -> None:
 def test_high_detail_images_are_billed_at_the_size_sent(
     tmp_path: Path, max_side: int, tiles: int
 ) -> None:
-    from tmo_graph.settings import CloudSettings, Settings
+    from tmo_graph.sections import CloudSettings
+    from tmo_graph.settings import Settings
 
     frame = camera_frame(tmp_path / "overhead.jpg", 3)  # 1600 x 1200
     settings = Settings(cloud=CloudSettings(image_detail="high", image_max_side=max_side))

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.memory import turns as memory_module
-from tmo_graph.memory.turns import CANDIDATES, TurnMemory
-from tmo_graph.settings import MemorySettings, Settings
+from tmo_graph.memory import index as memory_index
+from tmo_graph.memory.index import CANDIDATES
+from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.sections import MemorySettings
+from tmo_graph.settings import Settings
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -74,7 +76,7 @@ def test_the_copy_follows_adds_overwrites_and_forgets(tmp_path: Path) -> None:
     assert len(left) == 11 and {r["thread_id"] for r in left} == {"t0", "t9"}
     assert memory.count("u") == 11
     # A new process loads the copy from Chroma: the same answers.
-    memory_module._TABLES.clear()
+    memory_index._TABLES.clear()
     again = memory.search(user_id="u", vector=vectors[1].tolist(), k=30)
     assert [(r["thread_id"], r["turn"]) for r in again] == [
         (r["thread_id"], r["turn"]) for r in left

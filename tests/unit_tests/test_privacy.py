@@ -18,7 +18,8 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.privacy import Redactor, find_personal, kinds_in
 from tmo_graph.prompts import cloud_messages, cloud_texts
-from tmo_graph.settings import PrivacySettings, Settings
+from tmo_graph.sections import PrivacySettings
+from tmo_graph.settings import Settings
 
 SECRETS = {
     "email": "anna.berg+home@example.co.uk",

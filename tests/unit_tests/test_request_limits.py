@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tmo_graph.sections import ServerSettings
 from tmo_graph.server.limits import LimitExceeded, check_request, read_body
-from tmo_graph.settings import ServerSettings
 
 LIMITS = ServerSettings(
     max_messages=3, max_images=2, max_image_bytes=100, max_audio=1, max_audio_bytes=100

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Decoding, Settings, load_settings
+from tmo_graph.sections import Decoding
+from tmo_graph.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +119,7 @@ def test_scale_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_bad_scale_urls_fail_before_connecting(tmp_path: Path) -> None:
     from tmo_graph.memory.turns import TurnMemory
-    from tmo_graph.settings import ThreadSettings
+    from tmo_graph.sections import ThreadSettings
     from tmo_graph.threads.store import open_checkpointer
 
     with pytest.raises(TmoGraphError, match=r"memory.server_url 'chroma:8000'.*Fix: write it"):
@@ -185,6 +186,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
 ) -> None:
     """``build_services`` loads the device model as configured (not the loader's default)."""
     import tmo_graph.models.local.model as local_module
+    import tmo_graph.models.local.weights as local_weights
     from tmo_graph.services import build_services
 
     asked: dict[str, object] = {}
@@ -197,7 +199,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
         raise Loaded  # stop before the cloud and embeddings load
 
     monkeypatch.setenv("TMO_GRAPH_CACHE", str(tmp_path))
-    monkeypatch.setattr(local_module, "resolve_local_model", lambda source, cache: tmp_path)
+    monkeypatch.setattr(local_weights, "resolve_local_model", lambda source, cache: tmp_path)
     monkeypatch.setattr(local_module, "get_local_model", fake_loader)
     settings = Settings.model_validate(
         {

@@ -15,7 +15,7 @@ import typer
 
 from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import POLICIES
+from tmo_graph.sections import POLICIES
 
 # The M4A1 file of the benchmark, training and evaluation commands when --data is left out:
 # the data set is not in the repository, so there is no sensible default path.

@@ -48,7 +48,7 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.media.audio import check_audio
 from tmo_graph.media.images import check_image, is_remote
 from tmo_graph.prompts import PRIVATE
-from tmo_graph.settings import POLICIES
+from tmo_graph.sections import POLICIES
 from tmo_graph.state import ViewSpec
 
 if TYPE_CHECKING:

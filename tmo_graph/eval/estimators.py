@@ -28,7 +28,7 @@ from tmo_graph.eval.agreement import Sampler, sampling_agreement
 from tmo_graph.eval.tables import render, table
 from tmo_graph.models.base import LocalBackend
 from tmo_graph.policy.confidence import COMBINED_FEATURES, ESTIMATORS, combine, confidence
-from tmo_graph.settings import LocalModelSettings
+from tmo_graph.sections import LocalModelSettings
 from tmo_graph.sim.data import Dataset, paper_split
 
 if TYPE_CHECKING:

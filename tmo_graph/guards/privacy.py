@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, get_args
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.prompts import PRIVATE, cloud_texts, is_private
-from tmo_graph.settings import PersonalKind
+from tmo_graph.sections import PersonalKind
 
 if TYPE_CHECKING:
     from tmo_graph.state import State

@@ -22,7 +22,7 @@ class LocalBackend(Protocol):
     stats: the id of the message it streamed. A backend that can count its prompt tokens
     offers ``prompt_tokens(messages) -> int`` (else the graph assumes one per UTF-8 byte).
     A backend that times its calls sets ``prompt_tokens``, ``prefill_s``, ``decode_tokens``
-    and ``decode_s`` on the stats (see :class:`tmo_graph.models.local.model.TokenScores`): the
+    and ``decode_s`` on the stats (see :class:`tmo_graph.models.local.decoding.TokenScores`): the
     device's speed estimates learn from them; without them the estimates stay as they are.
     """
 

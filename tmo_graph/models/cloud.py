@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import Decoding
+from tmo_graph.sections import Decoding
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import AudioSettings
+from tmo_graph.sections import AudioSettings
 
 if TYPE_CHECKING:
     import numpy as np

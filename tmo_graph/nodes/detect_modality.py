@@ -25,8 +25,8 @@ from tmo_graph.media.audio import transcript as clip_transcript
 from tmo_graph.media.images import store_image
 from tmo_graph.models.speech import recogniser_for
 from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY
+from tmo_graph.sections import AudioSettings
 from tmo_graph.services import Services
-from tmo_graph.settings import AudioSettings
 from tmo_graph.state import Candidate, State, ViewSpec
 from tmo_graph.turn import earlier_prompts, prompt_text, run_context
 

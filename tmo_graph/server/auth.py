@@ -13,11 +13,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tmo_graph.sections import POLICIES, ApiKey
 from tmo_graph.server.errors import ApiError, bad
 from tmo_graph.server.keys import KeyFileBroken
 from tmo_graph.server.runtime import ServerState, server_state
 from tmo_graph.server.schemas import model_id
-from tmo_graph.settings import POLICIES, ApiKey, Settings
+from tmo_graph.settings import Settings
 from tmo_graph.threads.owners import ThreadOwners
 
 log = logging.getLogger(__name__)

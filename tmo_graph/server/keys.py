@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import ApiKey
+from tmo_graph.sections import ApiKey
 
 log = logging.getLogger("tmo_graph.server.keys")
 

