@@ -110,7 +110,7 @@ def main() -> None:
             cloud=None,
             embeddings=DeterministicFakeEmbedding(size=32),
             memory=TurnMemory(Path(tmp) / "chroma"),
-            image_dir=Path(tmp) / "images",
+            media_dir=Path(tmp) / "media",
         )
         graph = build_graph(services, checkpointer=InMemorySaver())
         port = free_port()

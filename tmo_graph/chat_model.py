@@ -67,13 +67,13 @@ from tmo_graph.conversation import (
     turn_summary,
 )
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.media.modalities import check_views
 from tmo_graph.settings import Settings
-from tmo_graph.state import TurnRecord, ViewSpec
+from tmo_graph.state import ModalitySpec, TurnRecord
 
 # LangChain hands `_stream` neither the run config nor the run manager, so the public entry
 # points pass the config's thread and user down as these keyword arguments.
 THREAD_KWARG, USER_KWARG = "tmo_thread_id", "tmo_user_id"
-VIEW_FIELDS = frozenset(ViewSpec.__annotations__)
 # Per-call arguments that ask for tool calling or structured output, which the router cannot do.
 TOOL_KWARGS = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format"})
 TOOLS_FIX = (
@@ -93,37 +93,6 @@ def _tools_refused() -> ToolsNotSupported:
         "to a small local model or a cloud model and neither is given tools",
         TOOLS_FIX,
     )
-
-
-def check_views(views: Mapping[str, Any]) -> dict[str, ViewSpec]:
-    """The views as ViewSpecs, or an error naming the view and what to fix."""
-    out: dict[str, ViewSpec] = {}
-    for name, view in views.items():
-        if not isinstance(name, str) or not name.strip():
-            raise TmoGraphError(
-                f"view name {name!r} is not a name", "name each view, e.g. 'overhead'"
-            )
-        if not isinstance(view, Mapping):
-            raise TmoGraphError(
-                f"view {name!r} is a {type(view).__name__}, not a view spec",
-                "give {'image': PATH or URL (or 'audio': CLIP), 'description': TEXT, "
-                "'private': False}",
-            )
-        unknown = sorted(set(view) - VIEW_FIELDS)
-        if unknown:
-            raise TmoGraphError(
-                f"view {name!r} has unknown field(s) {', '.join(map(repr, unknown))}",
-                f"use only {', '.join(sorted(VIEW_FIELDS))}",
-            )
-        if not (view.get("image") or view.get("audio") or view.get("description")):
-            raise TmoGraphError(
-                f"view {name!r} has neither an image, an audio clip nor a description",
-                "give each view {'image': PATH, 'description': TEXT} (or 'audio': CLIP)",
-            )
-        if not isinstance(view.get("private", False), bool):
-            raise TmoGraphError(f"view {name!r}: 'private' must be true or false", "fix it")
-        out[name] = cast(ViewSpec, dict(view))
-    return out
 
 
 def _usage(record: TurnRecord) -> UsageMetadata:
@@ -189,8 +158,9 @@ class TMOChatModel(BaseChatModel):
     user_id: str | None = Field(
         default=None, description="Owner of the dialogue, unless the run config names one."
     )
-    views: dict[str, ViewSpec] = Field(
-        default_factory=dict, description="Named device views; per call via views=..."
+    views: dict[str, ModalitySpec] = Field(
+        default_factory=dict,
+        description="Named device modalities (camera views, audio sources); per call via views=...",
     )
     thread_id: str | None = Field(
         default=None, description="Thread, unless the run config names one; else a new one."

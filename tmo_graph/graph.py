@@ -34,7 +34,8 @@ from tmo_graph.services import ServiceProvider, Services
 from tmo_graph.settings import Settings
 from tmo_graph.state import InputState, OutputState, State
 
-NodeFn = Callable[[Any, Runtime[Context], Services], dict[str, Any]]
+# A node: the state, the run's Context and the services for the run; a dict of updates.
+NodeFn = Callable[[Any, Context, Services], dict[str, Any]]
 NODES: tuple[NodeFn, ...] = (
     detect_modality,
     recall_memory,
@@ -46,12 +47,24 @@ NODES: tuple[NodeFn, ...] = (
 )
 
 
-def _with_services(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
-    """A LangGraph node ``(state, runtime)`` calling ``fn`` with the services for this run:
-    the process's own, or those with the models the run's Context names."""
+def _run_context(given: Context | dict[str, Any] | None, default: Context) -> Context:
+    """The run's Context; a run started without ``context=`` gets ``default``, and one whose
+    caller handed over plain JSON (Studio, the LangGraph server) gets it over the default."""
+    if given is None:
+        return default
+    if isinstance(given, dict):
+        return Context(**{**default.__dict__, **given})
+    return given
+
+
+def _as_node(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
+    """A LangGraph node ``(state, runtime)`` calling ``fn`` with the run's Context, resolved
+    once per call, and the services for the run: the process's own, or those with the models
+    the Context names."""
 
     def node(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
-        return fn(state, runtime, provider.for_run(runtime.context))
+        services = provider.for_run(runtime.context)
+        return fn(state, _run_context(runtime.context, services.default_context), services)
 
     node.__name__ = fn.__name__
     node.__doc__ = fn.__doc__
@@ -64,7 +77,7 @@ def make_builder(provider: ServiceProvider) -> StateGraph[Any, Any, Any, Any]:
         State, input_schema=InputState, output_schema=OutputState, context_schema=Context
     )
     for fn in NODES:
-        builder.add_node(fn.__name__, _with_services(fn, provider))
+        builder.add_node(fn.__name__, _as_node(fn, provider))
     builder.add_edge(START, "detect_modality")
     builder.add_edge("detect_modality", "recall_memory")
     builder.add_edge("recall_memory", "route")

@@ -30,7 +30,7 @@ from tmo_graph.guards.spending import SpendLedger
 from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.base import GapPredictor, LocalBackend
 from tmo_graph.models.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
-from tmo_graph.models.speech import Recogniser
+from tmo_graph.models.speech import Recogniser, recogniser_for
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.settings import Settings, default_cache_dir
 
@@ -47,8 +47,9 @@ class Services:
     association: AssociationScorer | None = None
     # Quality gap (cloud - local) before generating, a feature of the route; None: not used.
     gap_predictor: GapPredictor | None = None
-    # Where images sent as data URLs are kept (by content hash); default <cache>/images.
-    image_dir: Path | None = None
+    # Where the turns' images and audio clips are kept, named by content hash (a data URL's
+    # bytes are written there once and the state keeps the path).
+    media_dir: Path = field(default_factory=lambda: default_cache_dir() / "media")
     # One line per cloud request. build_services opens settings.audit_path(); Services made
     # by hand log only when given one or when settings.audit.path is set explicitly.
     audit: AuditLog | None = None
@@ -57,7 +58,8 @@ class Services:
     # How the model nodes measure and wait (a simulation passes its own clock).
     clock: Callable[[], float] = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
-    # Speech to text for audio clips; None: the one audio.recogniser names.
+    # Speech to text for audio clips; not given: the one audio.recogniser names (built once
+    # per process; tests pass a fake). None after construction: audio.recogniser is none.
     recogniser: Recogniser | None = None
     # The device's measured speeds and its reading each turn. build_services shares the
     # process's estimates kept in settings.device_state_path(); Services made by hand keep
@@ -72,8 +74,6 @@ class Services:
         self.tasks = TaskClassifier(self.embeddings)
         if self.association is None:
             self.association = TextAssociationScorer(self.embeddings)
-        if self.image_dir is None:
-            self.image_dir = default_cache_dir() / "images"
         self.base_costs = CostModel.from_settings(self.settings)
         if self.device is None:
             path = self.settings.device.state_path
@@ -86,6 +86,8 @@ class Services:
             self.audit = AuditLog(self.settings.audit.path)
         if self.ledger is None and self.settings.spending.daily_cost_cap_usd is not None:
             self.ledger = SpendLedger(self.settings.ledger_path())
+        if self.recogniser is None:
+            self.recogniser = recogniser_for(self.settings.audio)
         self.default_context = Context.from_settings(self.settings)
         self._embed = lru_cache(maxsize=64)(self._embed_uncached)
 

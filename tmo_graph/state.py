@@ -1,9 +1,10 @@
-"""The graph's state: the dialogue, its device views, its budgets and its turn records.
+"""The graph's state: the dialogue, its device modalities, its budgets and its turn records.
 
-What a thread stores between turns is the dialogue (``messages``), the views as references,
-the budgets left and the turn records. Pixels never enter the state: views and inline images
-are kept as a path or URL plus a content hash, and data URLs are made inside the cloud call
-for the views actually sent. The per-turn fields of :class:`State` are scratch that
+What a thread stores between turns is the dialogue (``messages``), the device's modalities
+(``views``: camera views and audio sources) as references, the budgets left and the turn
+records. Pixels and samples never enter the state: files and inline images are kept as a
+path or URL plus a content hash, and data URLs are made inside the cloud call for what it
+actually sends. The per-turn fields of :class:`State` are scratch that
 ``account`` clears when the turn ends.
 
 The TypedDicts come from ``typing_extensions``: on Python < 3.12 pydantic (and with it the
@@ -26,21 +27,20 @@ from typing_extensions import TypedDict
 DRAFT_TAG = "draft"
 
 
-class ViewSpec(TypedDict, total=False):
-    """A named device modality (camera view) available to the dialogue.
+class ModalitySpec(TypedDict, total=False):
+    """A named device modality (a camera view or an audio source) as the state stores it:
+    the fields the caller gave, checked by :class:`tmo_graph.media.modalities.Modality`.
 
-    ``image`` is a file path, an http(s) URL or a ``data:`` URL; the graph stores a data
-    URL's bytes once in its image folder and keeps the path instead. ``sha256`` is the
-    content hash (set by the graph). ``description`` is what the association scorer compares
-    with the prompt; ``private`` views never leave the device.
+    ``image`` (a file path, an http(s) URL or a ``data:`` URL) or ``audio`` (a clip's path
+    or data URL): the graph stores a data URL's bytes once in its media folder and keeps
+    the path instead, with the content hash in ``sha256``. ``description`` is what the
+    association scorer compares with the prompt; ``private`` ones never leave the device.
     """
 
     image: str
     sha256: str
     description: str
     private: bool
-    # A named audio source, e.g. a workshop microphone: a clip's file path or
-    # data URL instead of an image (stored like images; ``sha256`` is the clip's hash).
     audio: str
 
 
@@ -71,7 +71,8 @@ class Budget(TypedDict):
 
 
 class Candidate(TypedDict):
-    """A view that could be sent with a cloud call this turn."""
+    """A modality that could be sent with a cloud call this turn: a shareable camera view or
+    audio source, or an image or voice note of the message itself (``inline``)."""
 
     name: str
     kind: Literal["device", "inline"]
@@ -172,10 +173,11 @@ def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[Ca
 
 @dataclass
 class InputState:
-    """What a caller sends: new messages, and optionally the dialogue's views."""
+    """What a caller sends: new messages, and optionally the dialogue's device modalities
+    (camera views and audio sources, by name)."""
 
     messages: Annotated[Sequence[AnyMessage], add_messages] = field(default_factory=list)
-    views: dict[str, ViewSpec] = field(default_factory=dict)
+    views: dict[str, ModalitySpec] = field(default_factory=dict)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from langchain_core.messages import AnyMessage, HumanMessage
-from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
@@ -23,16 +22,6 @@ from tmo_graph.state import Budget, CallRecord, State
 
 # A fall-back local answer shorter than this says too little to keep time back for.
 MIN_FALLBACK_TOKENS = 8
-
-
-def run_context(runtime: Runtime[Context], default: Context) -> Context:
-    """The run's Context; a run started without ``context=`` gets ``default``."""
-    context = runtime.context
-    if context is None:
-        return default
-    if isinstance(context, dict):  # some callers hand over plain JSON
-        return Context(**{**default.__dict__, **context})
-    return context
 
 
 def prompt_text(message: AnyMessage) -> str:

@@ -82,7 +82,7 @@ def _services(settings: Settings, server: CaptureServer, tmp_path: Path) -> Serv
         memory=TurnMemory(tmp_path / "chroma"),
         # Only the bench question is about the bench microphone.
         association=PromptScorer(embeddings, {BENCH_QUESTION: {"bench_mic": 0.9}}),
-        image_dir=tmp_path / "media",
+        media_dir=tmp_path / "media",
     )
 
 

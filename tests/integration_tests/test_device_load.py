@@ -172,7 +172,7 @@ def services(
         cloud=make_cloud_chat_model(cloud.base_url, "m", None, 30.0, 96),
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp / "chroma"),
-        image_dir=tmp / "images",
+        media_dir=tmp / "media",
         device=LiveResources.from_settings(settings),  # in memory: this test's own estimates
     )
 

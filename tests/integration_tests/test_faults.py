@@ -217,7 +217,7 @@ def _graph(tmp_path: Path, base_url: str, settings: Settings, saver: SqliteSaver
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp_path / "chroma"),
-        image_dir=tmp_path / "images",
+        media_dir=tmp_path / "media",
     )
     return build_graph(services, checkpointer=saver)
 

@@ -219,9 +219,7 @@ def test_m4a1_benchmark_runs_and_prints_every_method(tmp_path: Path) -> None:
     # Local pays only for the device's energy, a millionth of what the cloud costs.
     assert rows["Local"]["usage"] < 1e-5 < 1e-3 < rows["Cloud"]["usage"]
     assert sum(rows["PPO-4k"]["actions"].values()) == sum(local.values())  # every test turn
-    assert (
-        rows["own"]["reward"] > rows["Local"]["reward"]
-    )  # docs/simulator.md, seed 9139
+    assert rows["own"]["reward"] > rows["Local"]["reward"]  # docs/simulator.md, seed 9139
 
     table = _shown(_cell(nb, "format_table(result)")).splitlines()
     assert any(line.startswith("M4A1, seeds [9139]") for line in table)

@@ -447,7 +447,7 @@ def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp_path / "chroma"),
         association=scorer,
-        image_dir=tmp_path / "images",
+        media_dir=tmp_path / "media",
         audit=AuditLog(audit_path),
     )
     conn = sqlite3.connect(tmp_path / "threads.sqlite", check_same_thread=False)

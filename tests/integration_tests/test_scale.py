@@ -137,7 +137,7 @@ def _services(settings: Settings, name: str, tmp: Path) -> tuple[Services, FakeL
         cloud=FakeCloud(),
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory.from_settings(settings),
-        image_dir=tmp / name,
+        media_dir=tmp / name,
     )
     return services, local
 

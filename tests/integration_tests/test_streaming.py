@@ -30,7 +30,7 @@ def _graph(tmp_path: Path) -> Any:
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp_path / "chroma"),
-        image_dir=tmp_path / "images",
+        media_dir=tmp_path / "media",
     )
     return build_graph(services, checkpointer=InMemorySaver())
 

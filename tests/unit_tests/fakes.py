@@ -142,7 +142,7 @@ def fake_services(
         embeddings=DeterministicFakeEmbedding(size=32),
         memory=TurnMemory(tmp / "chroma"),
         association=FixedScorer(scores) if scores is not None else None,
-        image_dir=tmp / "images",
+        media_dir=tmp / "media",
     )
 
 

@@ -582,6 +582,14 @@ def test_faster_whisper_needs_its_folder_and_package(tmp_path: Path) -> None:
     assert recogniser_for(AudioSettings(recogniser="none")) is None
 
 
+def test_services_hold_the_configured_recogniser(tmp_path: Path) -> None:
+    # Built once with the services (the nodes never build one); a test passes its own.
+    assert fake_services(tmp_path).recogniser is not None
+    assert fake_services(tmp_path).recogniser is fake_services(tmp_path).recogniser
+    quiet = Settings(audio=AudioSettings(recogniser="none"))
+    assert fake_services(tmp_path, settings=quiet).recogniser is None
+
+
 def test_without_a_recogniser_clips_still_route_on_their_descriptions(tmp_path: Path) -> None:
     cloud = FakeCloud()
     cloud.sent = []
@@ -633,19 +641,46 @@ def test_a_view_on_the_command_line_may_be_a_clip(tmp_path: Path) -> None:
 def test_reported_audio_tokens_are_repriced_at_the_audio_rate(tmp_path: Path) -> None:
     from langchain_core.messages import AIMessage
 
-    from tmo_graph.nodes.answer_cloud import _audio_billed
+    from tmo_graph.models.cloud_billing import CloudBilling
 
     settings = Settings(cloud=CloudSettings(mode="remote", price_as=HEARING))
     services = fake_services(tmp_path, settings=settings)
+    billing = CloudBilling.for_endpoint(settings.cloud, services.costs)
     usage: Any = {"input_tokens": 120, "output_tokens": 5, "total_tokens": 125}
     # OpenAI counts the clip's audio tokens in prompt_tokens and says how many they were.
     told = AIMessage(content="x", usage_metadata={**usage, "input_token_details": {"audio": 20}})
     # 100 text tokens + 20 audio tokens at $10/M = 1334 tokens at the $0.15/M text price.
-    assert _audio_billed(told, 120, services, [2.0]) == 100 + 1334
+    assert billing.input_tokens(told, sent_audio_s=[2.0]) == 100 + 1334
     # An endpoint that does not say: the clip sent is billed on top, by its length.
     silent = AIMessage(content="x", usage_metadata=usage)
-    assert _audio_billed(silent, 120, services, [2.0]) == 120 + services.costs.audio_tokens(2.0)
-    assert _audio_billed(silent, 120, services, []) == 120  # no clip sent, nothing added
+    assert billing.input_tokens(silent, sent_audio_s=[2.0]) == 120 + services.costs.audio_tokens(
+        2.0
+    )
+    assert billing.input_tokens(silent) == 120  # no clip sent, nothing added
+
+
+def test_the_loopback_stand_in_is_billed_as_the_priced_model(tmp_path: Path) -> None:
+    from langchain_core.messages import AIMessage
+
+    from tmo_graph.models.cloud_billing import CloudBilling
+
+    settings = Settings(cloud=CloudSettings(mode="loopback", price_as=HEARING))
+    costs = fake_services(tmp_path, settings=settings).costs
+    billing = CloudBilling.for_endpoint(settings.cloud, costs)
+    reply = AIMessage(
+        content="x", usage_metadata={"input_tokens": 50, "output_tokens": 5, "total_tokens": 55}
+    )
+    # The text-only stand-in dropped the image and got the clip as words: billed for both.
+    billed = billing.input_tokens(reply, images=[(512, 384)], unheard_audio_s=[3.0])
+    assert billed == 50 + costs.image_tokens(512, 384) + costs.audio_tokens(3.0)
+    assert billing.why_not_heard() == (
+        "the loopback stand-in cannot hear (billed as the priced model would bill the audio)"
+    )
+    assert billing.audio_seconds([], [3.0]) == [3.0]
+    # A real endpoint reports what it billed; clips it did not hear are not billed as audio.
+    remote = CloudBilling.for_endpoint(CloudSettings(mode="remote", price_as=HEARING), costs)
+    assert remote.input_tokens(reply, images=[(512, 384)], unheard_audio_s=[3.0]) == 50
+    assert remote.why_not_heard() is None and remote.audio_seconds([], [3.0]) == []
 
 
 class SeenCaptions:

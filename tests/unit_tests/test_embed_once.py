@@ -36,7 +36,7 @@ def test_each_prompt_is_embedded_once(tmp_path: Path) -> None:
         cloud=None,
         embeddings=embeddings,
         memory=TurnMemory(tmp_path / "chroma"),
-        image_dir=tmp_path / "images",
+        media_dir=tmp_path / "media",
     )
     embeddings.queries.clear()
     embeddings.documents.clear()

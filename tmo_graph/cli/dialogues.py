@@ -47,14 +47,15 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.media.audio import check_audio
 from tmo_graph.media.images import check_image, is_remote
+from tmo_graph.media.modalities import WRITTEN_FIELDS, Modality
 from tmo_graph.prompts import PRIVATE
 from tmo_graph.sections import POLICIES
-from tmo_graph.state import ViewSpec
+from tmo_graph.state import ModalitySpec
 
 if TYPE_CHECKING:
     from tmo_graph.settings import Settings
 
-FORMAT_HELP = 'see "Dialogue file (JSONL)" in docs/file-formats.md'
+FORMAT_HELP = 'see "Dialogue file (JSONL)" in the README'
 
 # --- the file format ------------------------------------------------------------------------
 
@@ -92,20 +93,6 @@ class TurnSpec(_Strict):
         return self
 
 
-class ViewEntry(_Strict):
-    """A named device modality: an image, what the association scorer reads, privacy."""
-
-    image: str | None = None
-    description: str = ""
-    private: bool = False
-    audio: str | None = None  # a named audio source instead of an image
-
-    @field_validator("image", "audio")
-    @classmethod
-    def _image_not_blank(cls, value: str | None) -> str | None:
-        return None if value is None else _not_blank(value)
-
-
 def _context_overrides_model() -> type[BaseModel]:
     """Every :class:`Context` field but ``user_id``, optional; ``policy`` one of POLICIES.
 
@@ -130,7 +117,7 @@ class DialogueSpec(_Strict):
 
     id: str | int | None = None
     user_id: str = "default"
-    views: dict[str, ViewEntry] = Field(default_factory=dict)
+    views: dict[str, Modality] = Field(default_factory=dict)
     context: ContextOverrides = Field(default_factory=ContextOverrides)  # type: ignore[valid-type]
     turns: list[TurnSpec] = Field(min_length=1)
 
@@ -173,7 +160,7 @@ class Dialogue:
     id: str
     turns: list[Turn]
     user_id: str = "default"
-    views: dict[str, ViewSpec] = field(default_factory=dict)
+    views: dict[str, ModalitySpec] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)  # Context fields the file sets
 
     def turn_inputs(self) -> Iterator[dict[str, Any]]:
@@ -252,7 +239,7 @@ def resolve_image(image: str, base: Path) -> str:
     return ref
 
 
-def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, ViewSpec]:
+def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, ModalitySpec]:
     """Views given on the command line (``--view NAME=PATH``, ``--caption NAME=TEXT``)."""
     unknown = set(captions) - set(images)
     if unknown:
@@ -260,9 +247,9 @@ def cli_views(images: dict[str, str], captions: dict[str, str]) -> dict[str, Vie
             f"--caption names unknown view(s) {sorted(unknown)}",
             f"caption only views given with --view ({', '.join(images) or 'none'})",
         )
-    views: dict[str, ViewSpec] = {}
+    views: dict[str, ModalitySpec] = {}
     for name, path in images.items():
-        view = ViewSpec(description=captions.get(name, ""))
+        view = ModalitySpec(description=captions.get(name, ""))
         if Path(path).suffix.lower().lstrip(".") in AUDIO_SUFFIXES:  # an audio source
             view["audio"] = _checked_clip(path, Path.cwd(), "command line", f"--view {name}")
         else:
@@ -291,14 +278,13 @@ def parse_dialogue(raw: Any, base: Path, where: str) -> Dialogue:
             for j, p in enumerate(turn.audio)
         ]
         turns.append(Turn(text=turn.text, images=images, private=turn.private, audio=clips))
-    views: dict[str, ViewSpec] = {}
+    views: dict[str, ModalitySpec] = {}
     for name, entry in spec.views.items():
-        view = ViewSpec(description=entry.description, private=entry.private)
-        if entry.image is not None and entry.audio is not None:
+        if entry.sha256 is not None:  # the graph sets it when it stores the file
             raise TmoGraphError(
-                f"{where}: view `{name}` has both an image and an audio clip",
-                'make them two views, e.g. "bench_cam": {"image": ...} and "mic": {"audio": ...}',
+                f"{where}: unknown field `views.{name}.sha256`", f"use {_ALLOWED['views']}"
             )
+        view = ModalitySpec(description=entry.description, private=entry.private)
         if entry.image is not None:
             view["image"] = _checked(entry.image, base, where, f"views.{name}.image")
         if entry.audio is not None:
@@ -347,7 +333,7 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
 
 _ALLOWED = {
     "": "id, user_id, views, context, turns",
-    "views": "image, audio, description, private",
+    "views": ", ".join(WRITTEN_FIELDS),
     "turns": 'text, images, audio, private (or write the turn as a plain string: "...")',
 }
 
@@ -409,6 +395,9 @@ def _schema_error(err: ErrorDetails, where: str) -> TmoGraphError:
         return TmoGraphError(
             f"{where}: `turns` must be a non-empty list", 'add the user\'s messages: ["...", ...]'
         )
+    if len(loc) == 2 and loc[0] == "views" and (err.get("ctx") or {}).get("fix"):
+        # A rule of the whole view (an image and a clip, or nothing to show).
+        return TmoGraphError(f"{where}: view `{loc[1]}` {err['msg']}", str(err["ctx"]["fix"]))
     if len(loc) == 2 and loc[0] == "views" and kind == "model_type":
         return TmoGraphError(
             f"{where}: field `{field_name}`: a view must be an object (got {got!r})",

@@ -1,6 +1,6 @@
 """Images by reference: the state keeps a path or URL plus a content hash, never pixels.
 
-A data URL sent by a caller is decoded once into the image folder (named by its SHA-256, so
+A data URL sent by a caller is decoded once into the media folder (named by its SHA-256, so
 the same image is stored once) and replaced by that file's path. The bytes a cloud call
 carries are made only there, for the views it sends: downscaled to a longest side and
 re-encoded (:func:`cloud_image`).

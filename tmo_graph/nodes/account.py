@@ -17,13 +17,12 @@ from typing import Any
 
 from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.messages import AIMessage
-from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.costs.device import cloud_attempt_failed
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
-from tmo_graph.turn import budget_before_turn, budget_now, run_context, spent
+from tmo_graph.turn import budget_before_turn, budget_now, spent
 
 log = logging.getLogger("tmo_graph.budget")
 BUDGET_WARNING_EVENT = "tmo_budget_warning"
@@ -55,11 +54,10 @@ def final_call(calls: list[CallRecord]) -> CallRecord:
     return calls[-1]
 
 
-def account(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+def account(state: State, context: Context, services: Services) -> dict[str, Any]:
     assert state.decision is not None and state.calls
-    ctx = run_context(runtime, services.default_context)
     answer = final_call(state.calls)
-    used, now = spent(state.calls, state.transcription_s), budget_now(state, ctx)
+    used, now = spent(state.calls, state.transcription_s), budget_now(state, context)
     left = Budget(latency_s=round(now["latency_s"], 4), cost_usd=round(now["cost_usd"], 8))
     failed_cloud = [c for c in state.calls if c["where"] == "cloud" and not c["ok"]]
     record = TurnRecord(
@@ -102,7 +100,7 @@ def account(state: State, runtime: Runtime[Context], services: Services) -> dict
     if state.device is not None:
         record["device"] = state.device
     _measure_cloud(state, services)
-    warnings = [*state.warnings, *_budget_warnings(state, ctx, services, left)]
+    warnings = [*state.warnings, *_budget_warnings(state, context, services, left)]
     if warnings:
         record["warnings"] = warnings
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
@@ -143,18 +141,22 @@ def _crossed(total: float, left_before: float, left_after: float, fraction: floa
     return total - left_before < fraction * total <= total - left_after
 
 
-def _budget_warnings(state: State, ctx: Context, services: Services, left: Budget) -> list[str]:
+def _budget_warnings(state: State, context: Context, services: Services, left: Budget) -> list[str]:
     """The budgets this turn took past the warning share, each warned about once."""
     fraction = services.settings.spending.warn_fraction
-    before = budget_before_turn(state, ctx)
+    before = budget_before_turn(state, context)
     crossed: list[tuple[str, float, float]] = []  # (what, spent, of)
-    if _crossed(ctx.latency_budget_s, before["latency_s"], left["latency_s"], fraction):
-        crossed.append(("latency", ctx.latency_budget_s - left["latency_s"], ctx.latency_budget_s))
-    if _crossed(ctx.cost_budget_usd, before["cost_usd"], left["cost_usd"], fraction):
-        crossed.append(("cost", ctx.cost_budget_usd - left["cost_usd"], ctx.cost_budget_usd))
-    cap = ctx.daily_cap(services.settings.spending.daily_cost_cap_usd)
+    if _crossed(context.latency_budget_s, before["latency_s"], left["latency_s"], fraction):
+        crossed.append(
+            ("latency", context.latency_budget_s - left["latency_s"], context.latency_budget_s)
+        )
+    if _crossed(context.cost_budget_usd, before["cost_usd"], left["cost_usd"], fraction):
+        crossed.append(
+            ("cost", context.cost_budget_usd - left["cost_usd"], context.cost_budget_usd)
+        )
+    cap = context.daily_cap(services.settings.spending.daily_cost_cap_usd)
     if cap is not None:
-        today = services.spend_ledger().spent(ctx.user_id)
+        today = services.spend_ledger().spent(context.user_id)
         this_turn = sum(c["cost_usd"] for c in state.calls if c["where"] == "cloud")
         if _crossed(cap, cap - (today - this_turn), cap - today, fraction):
             crossed.append(("daily cost", today, cap))
@@ -162,8 +164,8 @@ def _budget_warnings(state: State, ctx: Context, services: Services, left: Budge
     for what, used, of in crossed:
         unit = "s" if what == "latency" else "USD"
         message = f"{what} budget {used / of:.0%} spent ({used:.4g} of {of:.4g} {unit})"
-        log.warning("user %s: %s", ctx.user_id, message)
-        data = {"budget": what, "spent": used, "of": of, "user_id": ctx.user_id}
+        log.warning("user %s: %s", context.user_id, message)
+        data = {"budget": what, "spent": used, "of": of, "user_id": context.user_id}
         with contextlib.suppress(RuntimeError):  # outside a run there is no one to tell
             dispatch_custom_event(BUDGET_WARNING_EVENT, data)
         out.append(message)

@@ -12,9 +12,9 @@ request is streamed and cut at the time left. What a local fall-back would need 
 while the turn has no local answer.
 
 Audio: a clip the route sends goes as an OpenAI ``input_audio`` part (mono 16 kHz
-WAV cut to ``audio.cloud_max_seconds``), billed at the price row's audio rate, when the cloud
-can hear: the priced model has an audio price and the endpoint is no loopback stand-in (a
-text-only model). Otherwise, and for a clip whose transcript holds personal data, it goes as
+WAV cut to ``audio.cloud_max_seconds``), billed at the price row's audio rate, when the
+endpoint hears (:class:`tmo_graph.models.cloud_billing.CloudBilling` says whether it does and
+what it bills). Otherwise, and for a clip whose transcript holds personal data, it goes as
 its device transcript in the text, with a warning. The turn's other shareable clips go as
 transcripts too; private ones never go.
 
@@ -28,22 +28,23 @@ the local answer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
+    AnyMessage,
     BaseMessage,
     message_chunk_to_message,
 )
 from langchain_openai.chat_models.base import BaseChatOpenAI
-from langgraph.config import get_config
-from langgraph.runtime import Runtime
+from langgraph.config import get_config, get_stream_writer
 
 from tmo_graph.context import Context
-from tmo_graph.costs.prices import audio_as_input_tokens
 from tmo_graph.guards.audit import SentView
 from tmo_graph.guards.faults import (
     Attempts,
@@ -57,209 +58,115 @@ from tmo_graph.guards.faults import (
 )
 from tmo_graph.guards.metering import CloudMeter
 from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, Redactor, find_personal
-from tmo_graph.media.audio import cloud_audio, store_audio
-from tmo_graph.media.images import cloud_image, store_image
+from tmo_graph.media.audio import CloudAudio, cloud_audio, store_audio
+from tmo_graph.media.images import CloudImage, cloud_image, store_image
+from tmo_graph.models.cloud_billing import CloudBilling, usage_tokens
 from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.prompts import cloud_messages, message_text
 from tmo_graph.services import Services
-from tmo_graph.state import CallRecord, Candidate, State
-from tmo_graph.turn import budget_now, local_reserve, run_context
+from tmo_graph.state import Budget, CallRecord, Candidate, State
+from tmo_graph.turn import budget_now, local_reserve
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
-def _failed(seconds: float, reason: str, attempts: Attempts | None = None) -> CallRecord:
-    call = CallRecord(
-        where="cloud",
-        latency_s=round(seconds, 4),
-        cost_usd=0.0,
-        ok=False,
-        text="",
-        input_tokens=0,
-        output_tokens=0,
-        error=reason,
-    )
-    if attempts is not None:
-        call["cloud_attempts"] = attempts.records
-        call["breaker"] = attempts.breaker
-    return call
-
-
-def _answered(reply: AIMessage) -> None:
-    if not message_text(reply).strip():
-        raise EmptyAnswer("the cloud model returned an empty answer")
-
-
-def answer_cloud(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+def answer_cloud(state: State, context: Context, services: Services) -> dict[str, Any]:
     assert state.decision is not None
-    ctx = run_context(runtime, services.default_context)
-    chosen = set(state.decision["views"])
-    views = [c for c in state.candidates if c["name"] in chosen and c["image"]]
-    clips, prompt, audio_notes = _audio_plan(state, services, chosen)
+    billing = CloudBilling.for_endpoint(services.settings.cloud, services.costs)
+    plan = audio_plan(state, services, billing, set(state.decision["views"]))
     start = services.clock()
     try:
-        if services.cloud is None:
-            raise RuntimeError("no cloud model is configured")
-        cfg = services.settings.cloud
-        sent = [cloud_image(str(v["image"]), cfg.image_max_side) for v in views]
-        sent_audio = [
-            cloud_audio(str(c["audio"]), services.settings.audio.cloud_max_seconds) for c in clips
-        ]
-        labels = [
-            "Attached image" if v["kind"] == "inline" else f"Camera view '{v['name']}'"
-            for v in views
-        ]
-        # Personal data in any text of the request (persona, recalled memory, history,
-        # prompt) is replaced by placeholders first: it never leaves the device as typed.
-        redactor = Redactor(tuple(services.settings.privacy.redact), known=state.personal)
-        messages = cloud_messages(
-            state.messages,
-            state.recalled,
-            ctx.system_prompt,
-            prompt,
-            [(label, image.url) for label, image in zip(labels, sent, strict=True)],
-            detail=cfg.image_detail,
-            scrub=redactor.redact,
-            audio=[(_clip_label(c), a.data) for c, a in zip(clips, sent_audio, strict=True)],
-        )
-        if redactor.placeholders:
-            # The user's own values, to the device-side stream only (never into the state), so
-            # a streaming caller can show the cloud's tokens with the values put back.
-            placeholders = {p: v for v, p in redactor.placeholders.items()}
-            runtime.stream_writer({PLACEHOLDERS_EVENT: placeholders})
+        request = build_request(state, context, services, plan)
+        _show_placeholders(request.redactor)
     except Exception as exc:  # no model, an unreadable image: no attempt is made
         return {"calls": [_failed(services.clock() - start, _reason(exc))]}
-    cloud = services.cloud
-    assert cloud is not None and services.image_dir is not None
-    endpoint = endpoint_of(cloud)
-    reserve = local_reserve(state, ctx, services)
-    daily_cap = ctx.daily_cap(services.settings.spending.daily_cost_cap_usd)
-    meter = CloudMeter(
-        costs=services.costs,
-        # The most this request's input can be billed, whatever the endpoint's tokenizer.
-        input_cap=services.costs.cloud_input_tokens_at_most(
-            [message_text(m) for m in messages],
-            [(i.width, i.height) for i in sent],
-            [a.seconds for a in sent_audio] + [s for _, s in audio_notes.billed_as_audio],
-        ),
-        max_tokens=ctx.answer_tokens(cfg.max_tokens),
-        money_left=lambda: budget_now(state, ctx)["cost_usd"] - reserve["cost_usd"],
-        user_id=ctx.user_id,
-        ledger=services.spend_ledger() if daily_cap is not None else None,
-        daily_cap_usd=daily_cap,
-        audit=services.audit,
-        key_id=ctx.api_key_id,
-        thread_id=str(get_config().get("configurable", {}).get("thread_id", "")),
-        model=endpoint[1],
-        endpoint=urlsplit(endpoint[0]).netloc or endpoint[0].split("@")[0],
-        views=[  # names and content hashes only: the audit log never holds pixels
-            SentView(name=v["name"], sha256=store_image(str(v["image"]), services.image_dir).sha256)
-            for v in views
-        ]
-        + [  # and clips sent as audio, likewise by name and hash (never samples)
-            SentView(
-                name=c["name"],
-                sha256=store_audio(
-                    str(c["audio"]), services.image_dir, services.settings.audio.max_clip_seconds
-                ).sha256,
-            )
-            for c in clips
-        ],
-        redactions=redactor.counts,
-    )
-
-    reached: list[bool] = []  # whether a request went out (with the clips in it)
-
-    def attempt(timeout: float) -> AIMessage:
-        ticket = meter.begin()
-        began = services.clock()
-        reached.append(True)
-        try:
-            reply = _invoke(cloud, messages, timeout, ticket.max_tokens)
-        except Exception as exc:
-            meter.failed(ticket, classify(exc).kind, services.clock() - began)
-            raise
-        input_tokens, output_tokens = _usage(reply)
-        input_tokens = _audio_billed(reply, input_tokens, services, [a.seconds for a in sent_audio])
-        if cfg.mode == "loopback":
-            # The loopback stand-in is text-only and drops images unbilled; bill them as the
-            # priced model would at the size sent (a real endpoint reports image tokens).
-            input_tokens += sum(services.costs.image_tokens(i.width, i.height) for i in sent)
-            # Likewise clips the priced model would have heard (the stand-in got transcripts).
-            heard = audio_notes.billed_as_audio
-            input_tokens += sum(services.costs.audio_tokens(s) for _, s in heard)
-        meter.answered(ticket, (input_tokens, output_tokens), services.clock() - began)
-        reply.usage_metadata = {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-        }
-        return reply
-
+    reserve = local_reserve(state, context, services)
+    meter = _meter(state, context, services, request, billing, reserve)
     if not meter.affordable():  # no request fits: none is made
         failed = _failed(
             services.clock() - start,
             "budget reached: the money left does not pay for a cloud answer",
         )
-        failed["redactions"] = dict(redactor.counts)
+        failed["redactions"] = dict(request.redactor.counts)
         return {"calls": [failed]}
-    audio_sent = [c["name"] for c in clips]
-    time_left = (
-        cloud_time_left_s(budget_now(state, ctx)["latency_s"], reserve["latency_s"]) - CALL_MARGIN_S
+    assert services.cloud is not None  # build_request refuses a missing one
+    send = Sender(services.cloud, request, meter, billing, services.clock)
+    # The time left to the cloud: what the budget leaves beside the local reserve, less
+    # what this node has taken so far.
+    latency_left = budget_now(state, context)["latency_s"]
+    time_left = cloud_time_left_s(latency_left, reserve["latency_s"]) - CALL_MARGIN_S
+    attempts = _attempts(send, services, time_left - (services.clock() - start))
+    seconds = services.clock() - start
+    if attempts.ok:
+        call = _answer_call(attempts, request, meter, seconds)
+    else:  # any cloud fault: record it; the edge falls back to local
+        call = _failed_call(attempts, request, meter, seconds, send.reached)
+    return {"calls": [call], **_warned(state, [*plan.warnings, *meter.warnings])}
+
+
+def after_cloud(state: State) -> Literal["answered", "fall back"]:
+    """A failed cloud call falls back to a local answer (answer_local), unless the turn
+    already has one; otherwise the turn is answered (account)."""
+    if state.calls and state.calls[-1]["ok"]:
+        return "answered"
+    has_local = any(c["where"] == "local" and c["ok"] for c in state.calls)
+    return "answered" if has_local else "fall back"
+
+
+# ---- the request ---------------------------------------------------------------------------
+
+
+@dataclass
+class CloudRequest:
+    """One cloud request as made on the device: its messages and what they carry."""
+
+    messages: list[AnyMessage]  # with the images and clips made for sending
+    views: list[Candidate]  # the images sent (camera views, the message's own)
+    images: list[CloudImage]  # each as sent, in the same order
+    clips: list[Candidate]  # the clips sent as audio
+    audio: list[CloudAudio]  # each as sent, in the same order
+    unheard: list[Candidate]  # chosen clips the endpoint got as transcripts
+    redactor: Redactor  # what it replaced with placeholders, to put back in the answer
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return [(i.width, i.height) for i in self.images]
+
+    def audio_seconds(self) -> list[float]:
+        return [a.seconds for a in self.audio]
+
+    def unheard_seconds(self) -> list[float]:
+        return [c.get("seconds", 0.0) for c in self.unheard]
+
+
+def build_request(
+    state: State, context: Context, services: Services, plan: AudioPlan
+) -> CloudRequest:
+    """The request for the chosen views and the planned clips, every text redacted: personal
+    data in any of it (persona, recalled memory, history, prompt) is replaced by
+    placeholders first, so it never leaves the device as typed."""
+    if services.cloud is None:
+        raise RuntimeError("no cloud model is configured")
+    assert state.decision is not None
+    cfg = services.settings.cloud
+    chosen = set(state.decision["views"])
+    views = [c for c in state.candidates if c["name"] in chosen and c["image"]]
+    images = [cloud_image(str(v["image"]), cfg.image_max_side) for v in views]
+    most_s = services.settings.audio.cloud_max_seconds
+    audio = [cloud_audio(str(c["audio"]), most_s) for c in plan.sent]
+    redactor = Redactor(tuple(services.settings.privacy.redact), known=state.personal)
+    messages = cloud_messages(
+        state.messages,
+        state.recalled,
+        context.system_prompt,
+        plan.prompt,
+        [(_image_label(v), i.url) for v, i in zip(views, images, strict=True)],
+        detail=cfg.image_detail,
+        scrub=redactor.redact,
+        audio=[(_clip_label(c), a.data) for c, a in zip(plan.sent, audio, strict=True)],
     )
-    attempts = run_attempts(
-        attempt,
-        breaker_for(endpoint, cfg.breaker_failures, cfg.breaker_cooldown_s, cloud, services.clock),
-        timeout_s=cfg.timeout_s,
-        time_left_s=time_left - (services.clock() - start),
-        max_attempts=cfg.max_attempts,
-        check=_answered,
-        clock=services.clock,
-        sleep=services.sleep,
-        describe=_reason,
-    )
-    warnings = [*audio_notes.warnings, *meter.warnings]
-    if not attempts.ok:  # any cloud fault: record it; the edge falls back to local
-        failed = _failed(services.clock() - start, attempts.error, attempts)
-        failed["cost_usd"] = sum(meter.charged)
-        failed["redactions"] = dict(redactor.counts)
-        if reached and audio_sent:  # the clips left the device even though no answer came
-            failed["audio_sent"] = audio_sent
-        return {"calls": [failed], **_warned(state, warnings)}
-    reply = attempts.result
-    text = redactor.restore(message_text(reply).strip())
-    input_tokens, output_tokens = _usage(reply)
-    call = CallRecord(
-        where="cloud",
-        latency_s=round(services.clock() - start, 4),
-        cost_usd=sum(meter.charged),
-        ok=True,
-        text=text,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cloud_attempts=attempts.records,
-        breaker=attempts.breaker,
-        redactions=dict(redactor.counts),
-    )
-    if reply.id:
-        call["message_id"] = reply.id
-    if audio_sent:
-        call["audio_sent"] = audio_sent
-    return {"calls": [call], **_warned(state, warnings)}
+    return CloudRequest(messages, views, images, plan.sent, audio, plan.unheard, redactor)
 
 
-# ---- audio ------------------------------------------------------------------------
-
-
-class _AudioNotes:
-    """What the request says about clips beside the audio parts: warnings, and the clips a
-    loopback stand-in got as transcripts but the priced model would have heard (billed)."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self.billed_as_audio: list[tuple[str, float]] = []
+def _image_label(view: Candidate) -> str:
+    return "Attached image" if view["kind"] == "inline" else f"Camera view '{view['name']}'"
 
 
 def _clip_label(clip: Candidate) -> str:
@@ -268,70 +175,63 @@ def _clip_label(clip: Candidate) -> str:
     return f"Audio from '{clip['name']}'"
 
 
-def _audio_billed(
-    reply: AIMessage, input_tokens: int, services: Services, seconds: list[float]
-) -> int:
-    """The reply's input tokens with its audio priced at the audio rate (as text-price
-    tokens). An endpoint that reports its audio tokens (OpenAI's
-    ``prompt_tokens_details.audio_tokens``) has them re-priced; one that does not is billed
-    the clips sent on top, by their length (never less than the audio may have cost)."""
-    if not seconds:
-        return input_tokens
-    usage = reply.usage_metadata
-    details: dict[str, Any] = dict(usage.get("input_token_details") or {}) if usage else {}
-    reported = int(details.get("audio", 0) or 0)
-    if reported:
-        audio = min(reported, input_tokens)
-        return input_tokens - audio + audio_as_input_tokens(services.costs.price, audio)
-    return input_tokens + sum(services.costs.audio_tokens(s) for s in seconds)
+def _show_placeholders(redactor: Redactor) -> None:
+    """The user's own values for the placeholders, to the device-side stream only (never
+    into the state), so a streaming caller can show the cloud's tokens with them put back."""
+    if redactor.placeholders:
+        placeholders = {p: v for v, p in redactor.placeholders.items()}
+        get_stream_writer()({PLACEHOLDERS_EVENT: placeholders})
 
 
-def _audio_plan(
-    state: State, services: Services, chosen: set[str]
-) -> tuple[list[Candidate], str, _AudioNotes]:
-    """The clips sent as audio, the prompt text the cloud gets (the typed words, then the
-    transcript of every shareable clip not sent as audio), and the notes on both."""
-    notes = _AudioNotes()
-    audio_candidates = [c for c in state.candidates if c.get("audio")]
-    hears = services.costs.hears
-    loopback = services.settings.cloud.mode == "loopback"
+# ---- what the turn's clips become ----------------------------------------------------------
+
+
+@dataclass
+class AudioPlan:
+    """How the turn's clips go to the cloud, and the prompt text that carries the others."""
+
+    sent: list[Candidate] = field(default_factory=list)  # as input_audio parts
+    unheard: list[Candidate] = field(default_factory=list)  # chosen; the endpoint cannot hear
+    prompt: str = ""  # the typed words, then the transcripts of the clips not sent as audio
+    warnings: list[str] = field(default_factory=list)
+
+
+def audio_plan(
+    state: State, services: Services, billing: CloudBilling, chosen: set[str]
+) -> AudioPlan:
+    """Each chosen clip as audio, or as its transcript (with a warning) when its words hold
+    personal data (spoken data cannot be redacted in the audio) or the endpoint cannot hear;
+    the prompt then gets the transcript of every shareable clip not sent as audio."""
+    plan = AudioPlan()
     redact = tuple(services.settings.privacy.redact)
-    sent: list[Candidate] = []
-    for clip in (c for c in audio_candidates if c["name"] in chosen):
+    cannot_hear = billing.why_not_heard()
+    for clip in (c for c in state.candidates if c.get("audio") and c["name"] in chosen):
         words = clip.get("transcript", "")
         if redact and words and find_personal(words, redact):
-            # Spoken personal data cannot be redacted in the audio: the words go, redacted.
-            notes.warnings.append(
+            plan.warnings.append(
                 f"audio {clip['name']!r} went as its transcript, not as audio: it holds "
                 "personal data (privacy.redact)"
             )
-        elif loopback:
-            notes.warnings.append(
-                f"audio {clip['name']!r} went as its transcript: the loopback stand-in cannot "
-                "hear (billed as the priced model would bill the audio)"
-                if hears
-                else f"audio {clip['name']!r} went as its transcript: the loopback stand-in "
-                "cannot hear"
-            )
-            if hears:
-                notes.billed_as_audio.append((clip["name"], clip.get("seconds", 0.0)))
-        elif not hears:
-            notes.warnings.append(
-                f"audio {clip['name']!r} went as its transcript: the price row "
-                f"{services.settings.cloud.price_as!r} has no audio price, so the model is "
-                "taken to hear none (add input_audio_per_mtok to send clips)"
-            )
+        elif cannot_hear:
+            plan.warnings.append(f"audio {clip['name']!r} went as its transcript: {cannot_hear}")
+            plan.unheard.append(clip)
         else:
-            sent.append(clip)
+            plan.sent.append(clip)
+    plan.prompt = _prompt_with_transcripts(state, {c["name"] for c in plan.sent})
+    return plan
+
+
+def _prompt_with_transcripts(state: State, sent: set[str]) -> str:
+    """The typed words, then a line for each shareable clip's transcript not ``sent`` as
+    audio (voice notes and shareable sources; private sources never go)."""
     if not state.transcripts:  # no clips this turn: the prompt as the modality node made it
-        return sent, state.prompt, notes
-    sent_names = {c["name"] for c in sent}
+        return state.prompt
     typed = message_text(state.messages[-1], voice_notes=False).replace("[image]", "").strip()
+    shareable = {c["name"] for c in state.candidates if c.get("audio")}
     lines = []
-    shareable = {c["name"] for c in audio_candidates}
     for name, words in state.transcripts.items():
         is_note = name not in state.views  # voice notes belong to the (shared) message
-        if name in sent_names or not (is_note or name in shareable):
+        if name in sent or not (is_note or name in shareable):
             continue
         what = name.replace("_", " ") if is_note else f"audio from '{name}'"
         lines.append(
@@ -339,7 +239,125 @@ def _audio_plan(
             if words
             else f"[{what}: no words recognised on the device]"
         )
-    return sent, "\n".join(p for p in (typed, *lines) if p), notes
+    return "\n".join(p for p in (typed, *lines) if p)
+
+
+# ---- the money and the attempts ------------------------------------------------------------
+
+
+def _meter(
+    state: State,
+    context: Context,
+    services: Services,
+    request: CloudRequest,
+    billing: CloudBilling,
+    reserve: Budget,
+) -> CloudMeter:
+    """The call's meter: the most its input can be billed, whatever the endpoint's
+    tokenizer, against the money left after the local reserve; its audit line's fields."""
+    assert services.cloud is not None
+    base_url, model = endpoint_of(services.cloud)
+    costs = services.costs
+    daily_cap = context.daily_cap(services.settings.spending.daily_cost_cap_usd)
+    return CloudMeter(
+        costs=costs,
+        input_cap=costs.cloud_input_tokens_at_most(
+            [message_text(m) for m in request.messages],
+            request.image_sizes(),
+            billing.audio_seconds(request.audio_seconds(), request.unheard_seconds()),
+        ),
+        max_tokens=context.answer_tokens(services.settings.cloud.max_tokens),
+        money_left=lambda: budget_now(state, context)["cost_usd"] - reserve["cost_usd"],
+        user_id=context.user_id,
+        ledger=services.spend_ledger() if daily_cap is not None else None,
+        daily_cap_usd=daily_cap,
+        audit=services.audit,
+        key_id=context.api_key_id,
+        thread_id=str(get_config().get("configurable", {}).get("thread_id", "")),
+        model=model,
+        endpoint=urlsplit(base_url).netloc or base_url.split("@")[0],
+        views=_sent_views(request, services),
+        redactions=request.redactor.counts,
+    )
+
+
+def _sent_views(request: CloudRequest, services: Services) -> list[SentView]:
+    """What the audit log keeps of the images and clips sent: names and content hashes,
+    never pixels or samples."""
+    most_s = services.settings.audio.max_clip_seconds
+    return [
+        SentView(name=v["name"], sha256=store_image(str(v["image"]), services.media_dir).sha256)
+        for v in request.views
+    ] + [
+        SentView(
+            name=c["name"], sha256=store_audio(str(c["audio"]), services.media_dir, most_s).sha256
+        )
+        for c in request.clips
+    ]
+
+
+class Sender:
+    """Makes one attempt of the request (``run_attempts`` calls it): sized and settled by
+    the meter, billed as the endpoint bills."""
+
+    def __init__(
+        self,
+        cloud: BaseChatModel,
+        request: CloudRequest,
+        meter: CloudMeter,
+        billing: CloudBilling,
+        clock: Callable[[], float],
+    ) -> None:
+        self.cloud, self.request, self.meter, self.billing = cloud, request, meter, billing
+        self.clock = clock
+        self.reached = False  # whether a request went out (with the clips in it)
+
+    def __call__(self, timeout: float) -> AIMessage:
+        ticket = self.meter.begin()
+        began = self.clock()
+        self.reached = True
+        try:
+            reply = _invoke(self.cloud, self.request.messages, timeout, ticket.max_tokens)
+        except Exception as exc:
+            self.meter.failed(ticket, classify(exc).kind, self.clock() - began)
+            raise
+        input_tokens = self.billing.input_tokens(
+            reply,
+            self.request.image_sizes(),
+            self.request.audio_seconds(),
+            self.request.unheard_seconds(),
+        )
+        _, output_tokens = usage_tokens(reply)
+        self.meter.answered(ticket, (input_tokens, output_tokens), self.clock() - began)
+        reply.usage_metadata = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+        return reply
+
+
+def _attempts(send: Sender, services: Services, time_left_s: float) -> Attempts:
+    """The request tried at most ``cloud.max_attempts`` times within ``time_left_s``, each
+    through the endpoint's circuit breaker."""
+    cfg = services.settings.cloud
+    return run_attempts(
+        send,
+        breaker_for(
+            endpoint_of(send.cloud),
+            cfg.breaker_failures,
+            cfg.breaker_cooldown_s,
+            send.cloud,
+            services.clock,
+        ),
+        timeout_s=cfg.timeout_s,
+        time_left_s=time_left_s,
+        max_attempts=cfg.max_attempts,
+        check=_answered,
+        clock=services.clock,
+        sleep=services.sleep,
+        describe=_reason,
+    )
 
 
 def _invoke(
@@ -365,21 +383,69 @@ def _invoke(
     return within_deadline(consume, timeout)
 
 
-def _usage(reply: AIMessage) -> tuple[int, int]:
-    usage = reply.usage_metadata
-    if usage is None:
-        return 0, 0
-    return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+def _answered(reply: AIMessage) -> None:
+    if not message_text(reply).strip():
+        raise EmptyAnswer("the cloud model returned an empty answer")
+
+
+# ---- the call record -----------------------------------------------------------------------
+
+
+def _answer_call(
+    attempts: Attempts, request: CloudRequest, meter: CloudMeter, seconds: float
+) -> CallRecord:
+    reply = attempts.result
+    input_tokens, output_tokens = usage_tokens(reply)
+    call = CallRecord(
+        where="cloud",
+        latency_s=round(seconds, 4),
+        cost_usd=sum(meter.charged),
+        ok=True,
+        text=request.redactor.restore(message_text(reply).strip()),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cloud_attempts=attempts.records,
+        breaker=attempts.breaker,
+        redactions=dict(request.redactor.counts),
+    )
+    if reply.id:
+        call["message_id"] = reply.id
+    if request.clips:
+        call["audio_sent"] = [c["name"] for c in request.clips]
+    return call
+
+
+def _failed_call(
+    attempts: Attempts, request: CloudRequest, meter: CloudMeter, seconds: float, reached: bool
+) -> CallRecord:
+    call = _failed(seconds, attempts.error, attempts)
+    call["cost_usd"] = sum(meter.charged)
+    call["redactions"] = dict(request.redactor.counts)
+    if reached and request.clips:  # the clips left the device even though no answer came
+        call["audio_sent"] = [c["name"] for c in request.clips]
+    return call
+
+
+def _failed(seconds: float, reason: str, attempts: Attempts | None = None) -> CallRecord:
+    call = CallRecord(
+        where="cloud",
+        latency_s=round(seconds, 4),
+        cost_usd=0.0,
+        ok=False,
+        text="",
+        input_tokens=0,
+        output_tokens=0,
+        error=reason,
+    )
+    if attempts is not None:
+        call["cloud_attempts"] = attempts.records
+        call["breaker"] = attempts.breaker
+    return call
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _warned(state: State, warnings: list[str]) -> dict[str, Any]:
     return {"warnings": [*state.warnings, *warnings]} if warnings else {}
-
-
-def after_cloud(state: State) -> Literal["answered", "fall back"]:
-    """A failed cloud call falls back to a local answer (answer_local), unless the turn
-    already has one; otherwise the turn is answered (account)."""
-    if state.calls and state.calls[-1]["ok"]:
-        return "answered"
-    has_local = any(c["where"] == "local" and c["ok"] for c in state.calls)
-    return "answered" if has_local else "fall back"

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.runtime import Runtime
-
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.policy.simple import make_policy
 from tmo_graph.services import Services
 from tmo_graph.state import DRAFT_TAG, CallRecord, State, TokenTrace
-from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens, run_context
+from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens
 
 BUDGET_REACHED = (
     "This conversation has used up its time or money budget, so I cannot answer this. "
@@ -31,22 +29,21 @@ BUDGET_REACHED = (
 )
 
 
-def answer_local(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = run_context(runtime, services.default_context)
+def answer_local(state: State, context: Context, services: Services) -> dict[str, Any]:
     may_be_replaced = (
         services.cloud is not None
-        and make_policy(ctx).escalates
+        and make_policy(context).escalates
         and not any(c["where"] == "cloud" for c in state.calls)
-        and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
+        and not kept_on_device(state, context.system_prompt, services.settings.privacy.keep_local)
     )
-    dialogue = local_dialogue(state, ctx)
+    dialogue = local_dialogue(state, context)
     prompt_tokens = local_prompt_tokens(services, dialogue)
-    left = budget_now(state, ctx)
+    left = budget_now(state, context)
     costs = services.costs  # the speeds measured so far, once for the whole call
     # Generation stops at its deadline only after the token in flight, and the call spends
     # a little around the model: both are kept out of the time the answer may take.
     seconds = left["latency_s"] - CALL_MARGIN_S - 1.0 / costs.local_tokens_per_s
-    most = ctx.answer_tokens(services.settings.local.max_new_tokens)
+    most = context.answer_tokens(services.settings.local.max_new_tokens)
     n = costs.local_tokens_within(seconds, left["cost_usd"], prompt_tokens, most)
     if n < 1:  # not even one token fits: say so, and spend nothing
         budget = CallRecord(

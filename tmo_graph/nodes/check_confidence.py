@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
-from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
@@ -14,11 +13,10 @@ from tmo_graph.policy.simple import escalation, make_policy
 from tmo_graph.prompts import message_text
 from tmo_graph.services import Services
 from tmo_graph.state import State
-from tmo_graph.turn import budget_now, route_input, run_context
+from tmo_graph.turn import budget_now, route_input
 
 
-def check_confidence(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = run_context(runtime, services.default_context)
+def check_confidence(state: State, context: Context, services: Services) -> dict[str, Any]:
     local = next((c for c in reversed(state.calls) if c["where"] == "local"), None)
     if local is None or state.local_tokens is None:
         return {}
@@ -29,21 +27,21 @@ def check_confidence(state: State, runtime: Runtime[Context], services: Services
     )
     update: dict[str, Any] = {"confidence": score, "confidence_parts": parts}
     may_escalate = (
-        make_policy(ctx).escalates
+        make_policy(context).escalates
         and not state.escalated
         and state.decision is not None
         and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
-        and not kept_on_device(state, ctx.system_prompt, services.settings.privacy.keep_local)
+        and not kept_on_device(state, context.system_prompt, services.settings.privacy.keep_local)
     )
     # A looping or echoing answer is escalated whatever its score (the guards scale the
     # score down, but not always below a low threshold); a threshold of 0 keeps every answer.
-    threshold = ctx.confidence_threshold
+    threshold = context.confidence_threshold
     if may_escalate and (score < threshold or (threshold > 0 and degenerate(parts))):
         assert state.decision is not None
         # Only what fits in the budget left after the local call (no quality gap: the
         # escalation rule reads the views' association and costs).
         target = escalation(
-            route_input(state, services, budget_now(state, ctx)), ctx.min_view_score
+            route_input(state, services, budget_now(state, context)), context.min_view_score
         )
         if target is not None:
             update["escalated"] = True

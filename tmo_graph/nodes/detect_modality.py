@@ -1,34 +1,166 @@
 """detect_modality: this turn's text, images and audio, the task category, and association.
 
-Audio: named audio sources (a view with ``audio`` instead of ``image``) and
-voice notes in the message (LangChain ``audio`` blocks, OpenAI ``input_audio`` parts) are
-stored by reference like images and transcribed once per clip on the device. A voice note's
-transcript is kept in its content block, so the prompt (task classifier, association, local
-model) reads it; a source's transcript joins its description for the association score.
+Five steps, one function each: the dialogue's named modalities (``views``) checked and
+stored by reference (:func:`stored_modalities`); the message's images
+(:func:`inline_images`) and voice notes with their transcripts (:func:`inline_audio`); the
+named audio sources' transcripts (:func:`hear_sources`); the task category; and each
+shareable modality's association with the prompt (:func:`association_scores`), which makes
+the turn's cloud candidates (:func:`candidates`).
+
+Audio: named audio sources (a view with ``audio`` instead of ``image``) and voice notes in
+the message (LangChain ``audio`` blocks, OpenAI ``input_audio`` parts) are stored by
+reference like images and transcribed once per clip on the device, by the services'
+recogniser. A voice note's transcript is kept in its content block, so the prompt (task
+classifier, association, local model) reads it; a source's transcript joins its
+description for the association score.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
-from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.media.audio import AudioRef, audio_bytes, mime_type, store_audio, store_audio_bytes
 from tmo_graph.media.audio import transcript as clip_transcript
 from tmo_graph.media.images import store_image
-from tmo_graph.models.speech import recogniser_for
+from tmo_graph.media.modalities import check_views
+from tmo_graph.models.speech import Recogniser
 from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY
 from tmo_graph.sections import AudioSettings
 from tmo_graph.services import Services
-from tmo_graph.state import Candidate, State, ViewSpec
-from tmo_graph.turn import earlier_prompts, prompt_text, run_context
+from tmo_graph.state import Candidate, ModalitySpec, State
+from tmo_graph.turn import earlier_prompts, prompt_text
+
+
+def detect_modality(state: State, context: Context, services: Services) -> dict[str, Any]:
+    message = _question(state)
+    update: dict[str, Any] = {}
+    stored = stored_modalities(state.views, services.media_dir, services.settings.audio)
+    if stored is not None:
+        update["views"] = stored
+    views = stored or state.views
+    media = message_media(message, services)
+    if media.rewritten is not None:
+        update["messages"] = [media.rewritten]
+    # The voice notes' transcripts are part of the prompt.
+    prompt = prompt_text(media.rewritten or message)
+    sources = hear_sources(views, services)
+    transcripts = {**media.transcripts(), **sources.words}
+    # Private views are never candidates: they cannot be sent, so they are not even scored.
+    shareable = {n: v for n, v in views.items() if not v.get("private", False)}
+    scores = association_scores(
+        prompt,
+        # A message with its own image or voice note is about it ("what fruit is this?").
+        [] if media.images or media.clips else earlier_prompts(state.messages, CONTEXT_MESSAGES),
+        modality_captions(shareable, sources.words),
+        services,
+        context.context_weight,
+    )
+    reading_s = media.reading_s + sources.reading_s
+    return {
+        **update,
+        "prompt": prompt,
+        "task": services.tasks.classify_vector(services.embed(prompt)),
+        "candidates": candidates(media, shareable, scores, sources),
+        "transcripts": transcripts,
+        "transcription_s": reading_s if transcripts else 0.0,
+        "warnings": media.warnings,  # fresh each turn: none left from a turn that failed
+    }
+
+
+def _question(state: State) -> HumanMessage:
+    """The turn's message: a human one with something to read (words, or a voice note's)."""
+    message = state.messages[-1] if state.messages else None
+    if not isinstance(message, HumanMessage):
+        raise TmoGraphError(
+            "a turn must end with a human message", "send {'messages': [('user', 'your question')]}"
+        )
+    if not prompt_text(message):
+        raise TmoGraphError("the message has no text", "ask a question in words")
+    return message
+
+
+# ---- 1. the dialogue's named modalities ----------------------------------------------------
+
+
+def stored_modalities(
+    views: Mapping[str, ModalitySpec], folder: Path, audio: AudioSettings
+) -> dict[str, ModalitySpec] | None:
+    """The views, checked, with each image or clip as a stored reference and hash (None if
+    all already are)."""
+    out: dict[str, ModalitySpec] = {}
+    changed = False
+    for name, view in check_views(views).items():
+        if view.get("image") and not view.get("sha256"):
+            ref = store_image(str(view["image"]), folder)
+            view["image"], view["sha256"] = ref.ref, ref.sha256
+            changed = True
+        if view.get("audio") and not view.get("sha256"):
+            clip = store_audio(str(view["audio"]), folder, audio.max_clip_seconds)
+            view["audio"], view["sha256"] = clip.ref, clip.sha256
+            changed = True
+        out[name] = view
+    return out if changed else None
+
+
+# ---- 2. the message's images and voice notes -----------------------------------------------
+
+
+@dataclass
+class MessageMedia:
+    """The message's images and voice notes, stored by reference."""
+
+    rewritten: HumanMessage | None  # holding references instead of bytes; None: unchanged
+    images: list[str]  # stored references, at most cloud.max_images_per_call
+    clips: list[tuple[AudioRef, str]]  # each voice note with its transcript
+    clip_cap: int  # the voice notes past it go to the cloud as transcripts only
+    reading_s: float  # the device's time reading the clips (counts in the turn's latency)
+    warnings: list[str] = field(default_factory=list)
+
+    def notes(self) -> dict[str, tuple[AudioRef, str]]:
+        """The voice notes by name ("voice_note_1", ...)."""
+        return {f"voice_note_{i + 1}": clip for i, clip in enumerate(self.clips)}
+
+    def transcripts(self) -> dict[str, str]:
+        return {name: words for name, (_, words) in self.notes().items()}
+
+
+def message_media(message: HumanMessage, services: Services) -> MessageMedia:
+    """The message's voice notes (transcribed) and images as stored references, over the
+    per-call caps with a warning each."""
+    folder, audio = services.media_dir, services.settings.audio
+    began = services.clock()
+    clips, with_clips = inline_audio(message, folder, audio, services.recogniser)
+    reading_s = services.clock() - began
+    images, rewritten = inline_images(with_clips or message, folder)
+    media = MessageMedia(
+        rewritten=rewritten or with_clips,
+        images=images,
+        clips=clips,
+        clip_cap=audio.max_clips_per_call,
+        reading_s=reading_s,
+    )
+    cap = services.settings.cloud.max_images_per_call
+    if len(images) > cap:
+        media.warnings.append(
+            f"{len(images) - cap} of the message's {len(images)} images were dropped: at most "
+            f"{cap} go to the cloud with one message (cloud.max_images_per_call)"
+        )
+        media.images = images[:cap]
+    if len(clips) > media.clip_cap:
+        media.warnings.append(
+            f"{len(clips) - media.clip_cap} of the message's {len(clips)} voice notes go to "
+            f"the cloud only as transcripts: at most {media.clip_cap} clips go with one message "
+            "(audio.max_clips_per_call)"
+        )
+    return media
 
 
 def _image_block_source(block: dict[str, Any]) -> str | None:
@@ -73,12 +205,6 @@ def inline_images(message: HumanMessage, folder: Path) -> tuple[list[str], Human
     return refs, rewritten
 
 
-def view_caption(name: str, view: ViewSpec) -> str:
-    return view.get("description") or f"camera view {name.replace('_', ' ')}"
-
-
-# ---- audio ------------------------------------------------------------------------
-
 _AUDIO_EXAMPLE = "{'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}"
 
 
@@ -109,22 +235,13 @@ def _audio_block_source(block: dict[str, Any]) -> str | bytes:
     )
 
 
-def heard(ref: AudioRef, services: Services) -> str:
-    """The clip's device transcript ("" without a recogniser), made once per clip."""
-    recogniser = services.recogniser or recogniser_for(services.settings.audio)
-    if recogniser is None:
-        return ""
-    return clip_transcript(ref, recogniser.name, recogniser.transcribe)
-
-
 def inline_audio(
-    message: HumanMessage, folder: Path, services: Services
+    message: HumanMessage, folder: Path, audio: AudioSettings, recogniser: Recogniser | None
 ) -> tuple[list[tuple[AudioRef, str]], HumanMessage | None]:
     """The message's voice notes as (reference, transcript), and the message rewritten to
     hold each as a stored reference with its transcript (None when nothing changed)."""
     if isinstance(message.content, str):
         return [], None
-    cfg: AudioSettings = services.settings.audio
     clips: list[tuple[AudioRef, str]] = []
     content: list[Any] = []
     changed = False
@@ -134,14 +251,14 @@ def inline_audio(
             continue
         source = _audio_block_source(block)
         if isinstance(source, bytes):
-            ref = store_audio_bytes(source, folder, cfg.max_clip_seconds)
+            ref = store_audio_bytes(source, folder, audio.max_clip_seconds)
         else:
-            ref = store_audio(source, folder, cfg.max_clip_seconds)
+            ref = store_audio(source, folder, audio.max_clip_seconds)
         given = block.get("extras")
         extras: dict[str, Any] = given if isinstance(given, dict) else {}
         words = extras.get(TRANSCRIPT_KEY) if block.get("id") == ref.sha256 else None
         if not isinstance(words, str):
-            words = heard(ref, services)
+            words = heard(ref, recogniser)
         clips.append((ref, words))
         stored = {
             "type": "audio",
@@ -156,10 +273,63 @@ def inline_audio(
     return clips, rewritten
 
 
-def audio_caption(name: str, view: ViewSpec, words: str) -> str:
+# ---- 3. the named audio sources ------------------------------------------------------------
+
+
+def heard(ref: AudioRef, recogniser: Recogniser | None) -> str:
+    """The clip's device transcript ("" without a recogniser), made once per clip."""
+    if recogniser is None:
+        return ""
+    return clip_transcript(ref, recogniser.name, recogniser.transcribe)
+
+
+@dataclass
+class HeardSources:
+    """The named audio sources' stored clips and transcripts, by name."""
+
+    refs: dict[str, AudioRef]
+    words: dict[str, str]
+    reading_s: float  # the device's time reading them
+
+
+def hear_sources(views: Mapping[str, ModalitySpec], services: Services) -> HeardSources:
+    """Every named audio source transcribed (a private one too: the local model reads it)."""
+    began = services.clock()
+    most = services.settings.audio.max_clip_seconds
+    refs = {
+        name: store_audio(str(view["audio"]), services.media_dir, most)
+        for name, view in views.items()
+        if view.get("audio")
+    }
+    words = {name: heard(ref, services.recogniser) for name, ref in refs.items()}
+    return HeardSources(refs, words, services.clock() - began)
+
+
+# ---- 4. association and candidates ---------------------------------------------------------
+
+
+def camera_caption(name: str, view: ModalitySpec) -> str:
+    return view.get("description") or f"camera view {name.replace('_', ' ')}"
+
+
+def audio_caption(name: str, view: ModalitySpec, words: str) -> str:
     """What the association scorer reads for an audio source: its description and words."""
     about = view.get("description") or f"audio source {name.replace('_', ' ')}"
     return f"{about}. Heard: {words}" if words else about
+
+
+def modality_captions(
+    views: Mapping[str, ModalitySpec], heard_words: Mapping[str, str]
+) -> dict[str, str]:
+    """What the association scorer compares with the prompt, for each modality."""
+    return {
+        name: (
+            audio_caption(name, view, heard_words[name])
+            if name in heard_words
+            else camera_caption(name, view)
+        )
+        for name, view in views.items()
+    }
 
 
 # Earlier user messages a follow-up may draw its views from (the previous one, the one before).
@@ -186,16 +356,16 @@ def refers_back(prompt: str) -> bool:
     return len(prompt.split()) <= SHORT_PROMPT_WORDS and _PRONOUN.search(prompt) is not None
 
 
-def view_scores(
+def association_scores(
     prompt: str,
     earlier: Sequence[str],
     captions: Mapping[str, str],
     services: Services,
     weight: float,
 ) -> dict[str, float]:
-    """Each view's association with this turn, dialogue context included.
+    """Each modality's association with this turn, dialogue context included.
 
-    The rule: a view scores its association with the prompt; when the prompt refers back
+    The rule: a modality scores its association with the prompt; when the prompt refers back
     (:func:`refers_back`), it scores at least ``weight`` times its association with the
     previous user message, and ``weight**2`` times that with the one before:
     ``score = max(s(prompt), weight * s(earlier[0]), weight**2 * s(earlier[1]))``.
@@ -212,165 +382,20 @@ def view_scores(
     return scores
 
 
-class _ViewInput(BaseModel):
-    """A view as a caller may send it (:class:`ViewSpec`), checked: no "yes" for True."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    image: str | None = None
-    sha256: str | None = None
-    description: str = ""
-    private: bool = False
-    audio: str | None = None
-
-
-_VIEW_EXAMPLE = "{'views': {'overhead': {'image': PATH, 'description': TEXT, 'private': False}}}"
-
-
-def check_views(views: Any) -> None:
-    """Refuse graph input ``views`` that are not a mapping of names to :class:`ViewSpec`."""
-    if not isinstance(views, Mapping):
-        raise TmoGraphError(
-            f"`views` must be a mapping of view names to views, not {type(views).__name__} "
-            f"(got {repr(views)[:60]})",
-            f"send {_VIEW_EXAMPLE}",
-        )
-    for name, view in views.items():
-        if not isinstance(view, Mapping):
-            raise TmoGraphError(
-                f"view {name!r} must be a mapping, not {type(view).__name__} (got {view!r:.60})",
-                f"send {_VIEW_EXAMPLE}",
-            )
-        try:
-            _ViewInput.model_validate(dict(view))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field_name = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                problem = f"view {name!r} has an unknown field `{field_name}`"
-            elif err["type"] == "bool_type":
-                problem = f"view {name!r}: field `{field_name}` must be True or False"
-            else:
-                problem = f"view {name!r}: field `{field_name}`: {err['msg'].lower()}"
-            raise TmoGraphError(
-                f"{problem} (got {err.get('input')!r:.60})", f"send {_VIEW_EXAMPLE}"
-            ) from None
-
-
-def view_references(
-    views: Mapping[str, ViewSpec], folder: Path, audio: AudioSettings | None = None
-) -> dict[str, ViewSpec] | None:
-    """The views with each image or clip as a checked reference and hash (None if all
-    already are)."""
-    check_views(views)
-    out: dict[str, ViewSpec] = {}
-    changed = False
-    for name, view in views.items():
-        if not (view.get("image") or view.get("audio") or view.get("description")):
-            raise TmoGraphError(
-                f"view {name!r} has neither an image, an audio clip nor a description",
-                "give each view {'image': PATH, 'description': TEXT} (or 'audio': CLIP)",
-            )
-        if view.get("image") and view.get("audio"):
-            raise TmoGraphError(
-                f"view {name!r} has both an image and an audio clip",
-                "make them two views, e.g. 'bench_cam' (image) and 'mic' (audio)",
-            )
-        view = ViewSpec(**view)
-        if view.get("image") and not view.get("sha256"):
-            ref = store_image(str(view["image"]), folder)
-            view["image"], view["sha256"] = ref.ref, ref.sha256
-            changed = True
-        if view.get("audio") and not view.get("sha256"):
-            most = (audio or AudioSettings()).max_clip_seconds
-            clip = store_audio(str(view["audio"]), folder, most)
-            view["audio"], view["sha256"] = clip.ref, clip.sha256
-            changed = True
-        out[name] = view
-    return out if changed else None
-
-
-def detect_modality(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    if not state.messages or not isinstance(state.messages[-1], HumanMessage):
-        raise TmoGraphError(
-            "a turn must end with a human message", "send {'messages': [('user', 'your question')]}"
-        )
-    message = state.messages[-1]
-    prompt = prompt_text(message)
-    if not prompt:
-        raise TmoGraphError("the message has no text", "ask a question in words")
-    ctx = run_context(runtime, services.default_context)
-    update: dict[str, Any] = {}
-
-    assert services.image_dir is not None  # set by Services
-    audio_cfg = services.settings.audio
-    # Clips are stored beside inline images (one folder of media by content hash).
-    views = view_references(state.views, services.image_dir, audio_cfg)
-    if views is not None:
-        update["views"] = views
-    views = views or state.views
-    began = services.clock()  # the device's time reading clips counts in the turn's latency
-    clips, with_clips = inline_audio(message, services.image_dir, services)
-    reading_s = services.clock() - began
-    message = with_clips or message
-    inline, rewritten = inline_images(message, services.image_dir)
-    rewritten = rewritten or with_clips
-    if rewritten is not None:
-        update["messages"] = [rewritten]
-        prompt = prompt_text(rewritten)  # the voice notes' transcripts are part of it
-    # Fresh each turn: a turn that failed half-way leaves no warnings for the next one.
-    update["warnings"] = []
-    cap = services.settings.cloud.max_images_per_call
-    if len(inline) > cap:
-        update["warnings"] = [
-            f"{len(inline) - cap} of the message's {len(inline)} images were dropped: at most "
-            f"{cap} go to the cloud with one message (cloud.max_images_per_call)"
-        ]
-        inline = inline[:cap]
-    clip_cap = audio_cfg.max_clips_per_call
-    if len(clips) > clip_cap:
-        update["warnings"] = [
-            *update["warnings"],
-            f"{len(clips) - clip_cap} of the message's {len(clips)} voice notes go to the cloud "
-            f"only as transcripts: at most {clip_cap} clips go with one message "
-            "(audio.max_clips_per_call)",
-        ]
-
-    # Every named audio source is transcribed (a private one too: the local model reads it).
-    sources = {n: v for n, v in views.items() if v.get("audio")}
-    began_sources = services.clock()
-    source_refs = {
-        n: store_audio(str(v["audio"]), services.image_dir, audio_cfg.max_clip_seconds)
-        for n, v in sources.items()
-    }
-    words = {n: heard(ref, services) for n, ref in source_refs.items()}
-    reading_s += services.clock() - began_sources
-    notes = {f"voice_note_{i + 1}": clip for i, clip in enumerate(clips)}
-    transcripts = {**{n: w for n, (_, w) in notes.items()}, **words}
-
-    # Private views are never candidates: they cannot be sent, so they are not even scored.
-    shareable = {n: v for n, v in views.items() if not v.get("private", False)}
-    captions = {
-        name: (
-            audio_caption(name, view, words[name]) if name in sources else view_caption(name, view)
-        )
-        for name, view in shareable.items()
-    }
-    scores = view_scores(
-        prompt,
-        # A message with its own image or voice note is about it ("what fruit is this?").
-        [] if inline or clips else earlier_prompts(state.messages, CONTEXT_MESSAGES),
-        captions,
-        services,
-        ctx.context_weight,
-    )
-    candidates = [
+def candidates(
+    media: MessageMedia,
+    shareable: Mapping[str, ModalitySpec],
+    scores: Mapping[str, float],
+    sources: HeardSources,
+) -> list[Candidate]:
+    """What a cloud call may send this turn: the message's images and voice notes (its own,
+    score 1; over the clip cap a note is no candidate and goes as its transcript only), then
+    the shareable named modalities with their association scores."""
+    out = [
         Candidate(name=f"image_{i + 1}", kind="inline", score=1.0, image=ref)
-        for i, ref in enumerate(inline)
+        for i, ref in enumerate(media.images)
     ]
-    # A voice note is the message's own: a candidate like an inline image (over the cap,
-    # it is no candidate and goes as its transcript only).
-    candidates += [
+    out += [
         Candidate(
             name=name,
             kind="inline",
@@ -380,22 +405,15 @@ def detect_modality(state: State, runtime: Runtime[Context], services: Services)
             seconds=ref.seconds,
             transcript=text,
         )
-        for name, (ref, text) in list(notes.items())[:clip_cap]
+        for name, (ref, text) in list(media.notes().items())[: media.clip_cap]
     ]
     for name, view in shareable.items():
         candidate = Candidate(
             name=name, kind="device", score=scores[name], image=view.get("image") or None
         )
-        if name in sources:
-            ref = source_refs[name]
+        if name in sources.refs:
+            ref = sources.refs[name]
             candidate["audio"], candidate["seconds"] = ref.ref, ref.seconds
-            candidate["transcript"] = words[name]
-        candidates.append(candidate)
-    return {
-        **update,
-        "prompt": prompt,
-        "task": services.tasks.classify_vector(services.embed(prompt)),
-        "candidates": candidates,
-        "transcripts": transcripts,
-        "transcription_s": reading_s if transcripts else 0.0,
-    }
+            candidate["transcript"] = sources.words[name]
+        out.append(candidate)
+    return out

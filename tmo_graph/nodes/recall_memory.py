@@ -12,7 +12,6 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
 from langgraph.config import get_config
-from langgraph.runtime import Runtime
 
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import find_personal
@@ -20,7 +19,6 @@ from tmo_graph.policy.confidence import degenerate_text
 from tmo_graph.prompts import LEFT_OUT_ANSWER, message_text, shared_messages
 from tmo_graph.services import Services
 from tmo_graph.state import State
-from tmo_graph.turn import run_context
 
 
 def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
@@ -53,12 +51,11 @@ def turn_text(turn: Sequence[AnyMessage]) -> str:
     return "\n".join(lines)
 
 
-def recall_memory(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = run_context(runtime, services.default_context)
+def recall_memory(state: State, context: Context, services: Services) -> dict[str, Any]:
     thread_id = str(get_config().get("configurable", {}).get("thread_id", "default"))
     turns = completed_turns(state.messages)
     update: dict[str, Any] = {}
-    overflow = len(turns) - ctx.recent_turns
+    overflow = len(turns) - context.recent_turns
     if overflow > 0:
         old = turns[:overflow]
         first_index = state.turn_count - len(turns)
@@ -68,7 +65,7 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
         texts = [turn_text(turn) for _, turn in kept]
         if texts:
             services.memory.add(
-                user_id=ctx.user_id,
+                user_id=context.user_id,
                 thread_id=thread_id,
                 turns=[index for index, _ in kept],
                 texts=texts,
@@ -86,12 +83,12 @@ def recall_memory(state: State, runtime: Runtime[Context], services: Services) -
         if found:
             update["personal"] = found
     update["recalled"] = services.memory.search(
-        user_id=ctx.user_id,
+        user_id=context.user_id,
         vector=services.embed(state.prompt),
-        k=ctx.recall_k,
-        min_score=ctx.min_recall_score,
+        k=context.recall_k,
+        min_score=context.min_recall_score,
         # By default a dialogue recalls only itself: what a user said in one dialogue does not
         # reach another (and its cloud calls) unless recall_scope is "user".
-        thread_id=thread_id if ctx.recall_scope == "thread" else None,
+        thread_id=thread_id if context.recall_scope == "thread" else None,
     )
     return update

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from langgraph.runtime import Runtime
-
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
@@ -28,7 +26,6 @@ from tmo_graph.turn import (
     candidate_actions,
     earlier_prompts,
     route_input,
-    run_context,
 )
 
 
@@ -44,13 +41,12 @@ def quality_gap(state: State, services: Services) -> float | None:
     )
 
 
-def route(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
-    ctx = run_context(runtime, services.default_context)
-    policy = make_policy(ctx)
+def route(state: State, context: Context, services: Services) -> dict[str, Any]:
+    policy = make_policy(context)
     privacy = services.settings.privacy
     # The device now (CPU, memory, battery, measured speeds): for the policy and the record.
     device = services.device.reading() if services.device is not None else None
-    reasons = kept_on_device(state, ctx.system_prompt, privacy.keep_local)
+    reasons = kept_on_device(state, context.system_prompt, privacy.keep_local)
     if reasons:  # before the policy: nothing of this turn may leave the device
         actions = candidate_actions(state, services)
         decision = Decision(
@@ -64,12 +60,12 @@ def route(state: State, runtime: Runtime[Context], services: Services) -> dict[s
     observation = route_input(
         replace(state, device=device),
         services,
-        budget_before_turn(state, ctx),
+        budget_before_turn(state, context),
         quality_gap(state, services),
     )
     action = policy.decide(observation)
     if action not in observation.allowed:  # the budget wins over the policy
-        action = _fallback(observation, ctx.min_view_score)
+        action = _fallback(observation, context.min_view_score)
     actions = candidate_actions(state, services)
     masked = sorted(a.label for a in actions if a not in observation.allowed)
     return {
