@@ -14,20 +14,11 @@ whose ``usage_metadata`` sums the tokens of the turn's model calls.
 only when the graph has a checkpointer (``build_graph(checkpointer=...)``); the default
 graph has none, so each call is a dialogue of its own made of the messages it was given.
 
-**What is sent to the thread (the history rule).** The thread already holds the dialogue,
-so of the messages a call passes only those the thread does not have are sent:
-
-1. an empty thread (a new one, or a graph without checkpointer) takes all of them;
-2. otherwise the thread's last message (normally the previous answer) is looked up in the
-   call's messages, from the end, by id or else by role and text: only the messages after
-   it are new. A caller passing the whole history each call (LCEL chains) thus sends just
-   the new question; a caller passing only the new question sends it as is;
-3. a call whose messages hold AI answers but not the thread's last one has another
-   history than the thread: it is refused (use a new ``thread_id``);
-4. a system message whose text the thread already has is never sent again (a prompt
-   template repeats its system message every call); a changed one is sent.
-
-The call's messages must end with the user's (human) message.
+**What is sent to the thread.** Only the messages the thread does not hold yet, by the
+history rule every surface shares (:func:`tmo_graph.conversation.new_messages`, strict): a
+caller may pass the whole history each call (LCEL chains) or only the new question; a
+history whose AI answers are not the thread's is refused (use a new ``thread_id``); a
+repeated system message is kept once. The call's messages must end with the user's message.
 
 **Isolation.** The graph runs as its own run: the caller's run config (callbacks, an outer
 LangGraph's checkpointer and namespace) does not leak into it, so an outer app streaming
