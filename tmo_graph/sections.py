@@ -326,6 +326,13 @@ class ServerSettings(_Section):
         default_factory=list,
         description="browser origins allowed to call the API (CORS); [] sends no CORS headers",
     )
+    keepalive_s: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a stream sends an SSE comment after this many seconds without a chunk "
+        "(a cascade draft being decided), so clients and proxies keep the connection",
+    )
 
     @field_validator("rate")
     @classmethod

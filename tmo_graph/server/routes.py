@@ -101,17 +101,16 @@ async def chat_completions(
         api_key_id=key.id if key else None,
     )
     queue = state.runner.start({"messages": messages}, thread_id, context)
-    first = await queue.get()
-    if isinstance(first, BaseException):
-        raise api_error(first)
     if body.stream:
+        # The role chunk goes out at once; a failure of the turn comes as an error event.
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        keepalive_s = state.settings.server.keepalive_s
         return StreamingResponse(
-            sse(queue, first, body.model, thread_id, include_usage),
+            sse(queue, body.model, thread_id, include_usage, keepalive_s),
             media_type="text/event-stream",
             headers={"x-tmo-thread-id": thread_id, "cache-control": "no-cache"},
         )
-    event: Event = first
+    event: Event = await queue.get()
     while not isinstance(event, Finished):
         if isinstance(event, BaseException):
             raise api_error(event)
