@@ -326,6 +326,16 @@ class ServerSettings(_Section):
         default_factory=list,
         description="browser origins allowed to call the API (CORS); [] sends no CORS headers",
     )
+    chores: bool = Field(
+        True,
+        description="recognise Open WebUI's task prompts (title, tags, follow-ups, search "
+        "queries, autocomplete) and answer them on the device: no thread, budget or cloud",
+    )
+    chore_markers: list[str] = Field(
+        default_factory=list,
+        description="more chores: a request whose last user message begins with one of these "
+        "phrases (case and spacing ignored) is answered on the device like Open WebUI's",
+    )
     keepalive_s: float = Field(
         5.0,
         gt=0,

@@ -19,6 +19,7 @@ from tmo_graph.server.auth import (
     thread_header,
     thread_of,
 )
+from tmo_graph.server.chores import answer_chore, chore_of
 from tmo_graph.server.errors import ApiError, api_error, bad
 from tmo_graph.server.limits import LimitExceeded, check_request, read_body
 from tmo_graph.server.messages import Chat
@@ -80,6 +81,9 @@ async def chat_completions(
     caller = named_caller(caller, body.user, request.headers.get("x-tmo-user"))
     policy, threshold = parse_model(body.model)
     check_policy(caller, policy, body.model, state.settings)
+    chore = chore_of(body, request.headers, state.settings.server)
+    if chore is not None:  # a front-end's chore: the device answers; no thread, no cloud
+        return await answer_chore(chore, body, state.local)
     if body.n not in (None, 1):
         raise bad("n must be 1: a turn has one answer", "n")
     if body.tools:
