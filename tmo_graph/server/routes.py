@@ -78,7 +78,11 @@ async def chat_completions(
     request: Request, caller: Authenticated, state: AppState
 ) -> JSONResponse | StreamingResponse:
     body = await _read_request(request, state)
-    caller = named_caller(caller, body.user, request.headers.get("x-tmo-user"))
+    end_user_header = state.settings.server.end_user_header
+    end_user = request.headers.get(end_user_header) if end_user_header else None
+    caller = named_caller(
+        caller, body.user, request.headers.get("x-tmo-user"), end_user, end_user_header
+    )
     policy, threshold = parse_model(body.model)
     check_policy(caller, policy, body.model, state.settings)
     chore = chore_of(body, request.headers, state.settings.server)
