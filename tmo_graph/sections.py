@@ -252,6 +252,11 @@ class ApiKey(BaseModel):
         "the lower applies)",
     )
     rate: str | None = Field(None, description="requests this key may make, e.g. 60/minute")
+    proxy: bool = Field(
+        False,
+        description="a trusted proxy (e.g. Open WebUI): its requests name their end user (the "
+        "user field, x-tmo-user or server.end_user_header), who then acts as '<user>/<end user>'",
+    )
     revoked: bool = False
 
     @field_validator("id")
@@ -325,6 +330,28 @@ class ServerSettings(_Section):
     cors_origins: list[str] = Field(
         default_factory=list,
         description="browser origins allowed to call the API (CORS); [] sends no CORS headers",
+    )
+    chores: bool = Field(
+        True,
+        description="recognise Open WebUI's task prompts (title, tags, follow-ups, search "
+        "queries, autocomplete) and answer them on the device: no thread, budget or cloud",
+    )
+    chore_markers: list[str] = Field(
+        default_factory=list,
+        description="more chores: a request whose last user message begins with one of these "
+        "phrases (case and spacing ignored) is answered on the device like Open WebUI's",
+    )
+    end_user_header: str | None = Field(
+        "X-OpenWebUI-User-Id",
+        description="the header in which a trusted proxy key's requests name their end user "
+        "(Open WebUI sends it with ENABLE_FORWARD_USER_INFO_HEADERS=true); null: none",
+    )
+    keepalive_s: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a stream sends an SSE comment after this many seconds without a chunk "
+        "(a cascade draft being decided), so clients and proxies keep the connection",
     )
 
     @field_validator("rate")

@@ -11,6 +11,7 @@ endpoints), ``auth`` (who is asking: the API key as a FastAPI dependency, the us
 thread's owner), ``keys`` (the key file), ``limits`` (rate and size limits), ``schemas``
 (the request's shape, model names), ``messages`` (a request's messages as the thread's),
 ``turns`` (turns as tasks), ``responses`` (a completion or its server-sent events),
+``chores`` (a front-end's own requests: titles, tags ..., answered on the device),
 ``errors`` (OpenAI's error shape and the handlers), ``runtime`` (the app's typed state).
 
 Who may do what (:mod:`tmo_graph.server.keys`, :mod:`tmo_graph.threads.owners`):
@@ -18,10 +19,13 @@ Who may do what (:mod:`tmo_graph.server.keys`, :mod:`tmo_graph.threads.owners`):
 - Every ``/v1`` request needs an API key, ``Authorization: Bearer <key>`` (the ``openai``
   client's ``api_key``): none, a wrong one or a revoked one is a 401. The key decides the
   user (threads, memory and daily cap are the user's); a ``user`` field or ``x-tmo-user``
-  header naming anyone else is a 403, never honoured. A key may be limited to some policies
+  header naming anyone else is a 403, never honoured, except from a trusted proxy's key
+  (``proxy: true``), whose requests name their end user (also by ``server.end_user_header``),
+  who then acts as ``<key user>/<end user>``. A key may be limited to some policies
   (403 for the others), to a daily cost cap and to a rate (429 with ``Retry-After``).
   Only a server on 127.0.0.1 may run without keys (``no_auth``); it then trusts the
-  ``user`` field (else the ``x-tmo-user`` header, else ``anonymous``).
+  ``user`` field (else the ``x-tmo-user`` header, else the end-user header, else
+  ``anonymous``).
 - A thread belongs to the user whose request started it (kept in the thread store, so a
   restarted server and every worker on the same PostgreSQL know it). Naming a thread that
   is not the caller's, or that does not exist, is the same 404, so ids cannot be probed;
@@ -70,6 +74,12 @@ The dialogue:
   is still answering another turn after ``thread_wait_s``, 413 over a size limit, 429 over
   the key's rate, 503 over ``max_concurrent_turns``, 500 (logged, no details) for anything
   else.
+
+A stream sends its role chunk at once and ``: keep-alive`` comments every
+``server.keepalive_s`` while nothing else goes (a cascade deciding its draft). A front-end's
+chore (Open WebUI's title, tags, follow-up prompts ..., or a request marked ``x-tmo-chore:
+1``) is answered by the local model directly: no thread, budget or cloud
+(:mod:`tmo_graph.server.chores`).
 
 A turn runs in its own task: a client that disconnects mid-answer does not cut it, so the
 thread never keeps a question without its answer. Several workers may share one thread

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import add_error_handlers
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
@@ -45,8 +46,9 @@ def create_app(
     ``services`` (else real ones from ``settings``) and the async checkpointer the settings
     name: PostgreSQL at ``threads.url`` (several workers share it), else a SQLite file
     ``db`` (default ``<cache>/threads.sqlite``, the file ``run`` and ``chat`` use).
-    ``settings`` give the defaults of each turn's Context (``routing:``) and the server's
-    keys and limits (``server:``).
+    ``services.local`` (or the built graph's local model) answers front-end chores
+    (:mod:`tmo_graph.server.chores`). ``settings`` give the defaults of each turn's Context
+    (``routing:``) and the server's keys and limits (``server:``).
 
     Every ``/v1`` request needs an API key (``Authorization: Bearer``): ``keys``, else the
     ones ``server.keys`` / ``server.keys_file`` name. ``no_auth=True`` drops keys for a
@@ -64,8 +66,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             compiled, thread_owners = graph, owners
+            local = services.local if services is not None else None
             if compiled is None:
-                compiled, opened = await stack.enter_async_context(
+                compiled, opened, local = await stack.enter_async_context(
                     _default_graph(cfg, services, db)
                 )
                 thread_owners = thread_owners or opened
@@ -75,6 +78,7 @@ def create_app(
                 keys=key_check,
                 owners=thread_owners or MemoryOwners(),
                 runner=runner,
+                local=local,
             )
             yield
             await runner.drain()
@@ -87,7 +91,13 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(cfg.server.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-tmo-thread-id", "x-tmo-user"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-tmo-thread-id",
+                "x-tmo-user",
+                "x-tmo-chore",
+            ],
             expose_headers=["x-tmo-thread-id", "retry-after"],
         )
     add_error_handlers(app)
@@ -117,9 +127,9 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
 @asynccontextmanager
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[tuple[Any, ThreadOwners]]:
-    """The real graph on an async checkpointer (a sync one cannot serve astream), and the
-    thread owners kept in the same store."""
+) -> AsyncIterator[tuple[Any, ThreadOwners, LocalBackend]]:
+    """The real graph on an async checkpointer (a sync one cannot serve astream), the
+    thread owners kept in the same store, and the local model (it answers chores)."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
     from tmo_graph.threads.store import open_async_checkpointer, open_async_owners
@@ -131,4 +141,4 @@ async def _default_graph(
     ):
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield build_graph(services, checkpointer=saver), owners
+        yield build_graph(services, checkpointer=saver), owners, services.local

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from tmo_graph.sections import POLICIES, ApiKey
+from tmo_graph.sections import POLICIES, USER, ApiKey
 from tmo_graph.server.errors import ApiError, bad
 from tmo_graph.server.keys import KeyFileBroken
 from tmo_graph.server.runtime import ServerState, server_state
@@ -121,30 +121,62 @@ async def authenticate(
     return Caller(key.user, key)
 
 
-def named_caller(caller: Caller, body_user: str | None, header_user: str | None) -> Caller:
-    """The caller a request speaks for. With a key, the key's user: a ``user`` field or
-    ``x-tmo-user`` header naming another is a 403. Without keys (``no_auth``) the request is
-    trusted: the user it names, or ``anonymous``."""
-    if caller.key is None:
-        body, header = (body_user or "").strip(), (header_user or "").strip()
-        if body and header and body != header:
-            raise bad(
-                f"the user field ({body!r:.80}) and the x-tmo-user header ({header!r:.80}) "
-                "differ; send one of them",
-                "user",
-            )
-        return Caller(body or header or DEFAULT_USER, None)
-    for named, where in ((body_user, "the user field"), (header_user, "x-tmo-user")):
-        if named is not None and named.strip() and named.strip() != caller.user:
+def named_caller(
+    caller: Caller,
+    body_user: str | None,
+    header_user: str | None,
+    end_user: str | None = None,
+    end_user_header: str | None = None,
+) -> Caller:
+    """The caller a request speaks for, from the user it names: the ``user`` field, the
+    ``x-tmo-user`` header or ``end_user`` (the ``end_user_header`` a front-end forwards),
+    which must agree (else 400).
+
+    - An ordinary key: the key's user; a request naming another is a 403.
+    - A trusted proxy's key (``proxy: true``): the end user named, as ``<key user>/<end
+      user>``, so end users behind one key keep their own threads, memory, daily cap and
+      audit identity; naming none, the key's user itself.
+    - Without keys (``no_auth``) the request is trusted: the user it names, or ``anonymous``.
+    """
+    header = end_user_header or "the end-user header"
+    given = [
+        (value.strip(), where)
+        for value, where in ((body_user, "user"), (header_user, "x-tmo-user"), (end_user, header))
+        if value is not None and value.strip()
+    ]
+    if len({value for value, _ in given}) > 1:
+        (first, one), (second, other) = given[0], next(g for g in given if g[0] != given[0][0])
+        raise bad(
+            f"{one} ({first!r:.80}) and {other} ({second!r:.80}) name different users; "
+            "send one of them",
+            one,
+        )
+    named, where = given[0] if given else (None, "user")
+    key = caller.key
+    if key is None:
+        return Caller(named or DEFAULT_USER, None)
+    if not key.proxy:
+        if named is not None and named != caller.user:
             raise ApiError(
                 403,
-                f"{where} names another user than this API key's ({caller.user!r}); "
-                "the key decides the user: leave it out",
+                f"{where} names another user than this API key's ({caller.user!r}); the key "
+                "decides the user: leave it out (an operator can mark a front-end's key a "
+                "trusted proxy, `tmo-graph keys add --proxy`, to let it name its end users)",
                 "permission_error",
-                param="user",
+                param=where,
                 code="user_mismatch",
             )
-    return caller
+        return caller
+    if named is None:
+        return caller
+    user = f"{key.user}/{named}"
+    if len(user) > 128 or not USER.match(user):
+        raise bad(
+            f"{where} must name the end user in printable characters, at most "
+            f"{127 - len(key.user)} of them with this key",
+            where,
+        )
+    return Caller(user, key)
 
 
 def allowed_policies(caller: Caller, settings: Settings) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ request rate and whether it is revoked::
         policies: [cascade, always-local]   # default: every policy
         daily_cost_cap_usd: 0.50            # default: spending.daily_cost_cap_usd only
         rate: 30/minute                     # default: server.rate
+        proxy: false                        # true: a trusted proxy (below)
         revoked: false
 
 Keys come from a YAML or JSON file of that shape (``server.keys_file``, ``--keys FILE``) and
@@ -22,6 +23,10 @@ from the settings themselves (``server.keys``: the same list, e.g.
 makes a key, prints it once and writes only its hash. The file is read again whenever it
 changes, so revoking a key takes effect on the next request; a file that no longer parses
 refuses every key until it is fixed (a broken edit must not keep a revoked key alive).
+
+A trusted proxy's key (``proxy: true``, e.g. the one Open WebUI holds for all its users) may
+name the end user each request is for; that end user then acts as ``<user>/<end user>``
+(:func:`tmo_graph.server.auth.named_caller`). No other key's user may lie in that namespace.
 """
 
 from __future__ import annotations
@@ -107,6 +112,16 @@ def read_key_file(path: str | Path) -> list[ApiKey]:
 
 
 def _check_unique(keys: Sequence[ApiKey], where: str) -> None:
+    """Every id and hash once; no user inside a trusted proxy's end-user namespace (such a
+    key would act as one of the proxy's end users)."""
+    for proxy in (k for k in keys if k.proxy):
+        for key in keys:
+            if key.user.startswith(f"{proxy.user}/"):
+                raise TmoGraphError(
+                    f"{where}: the user {key.user!r} of key {key.id!r} lies in the end-user "
+                    f"namespace of trusted proxy key {proxy.id!r} ({proxy.user}/...)",
+                    "give that key a user without the proxy's user and a '/' in front",
+                )
     for attr in ("id", "sha256"):
         seen: set[str] = set()
         for key in keys:
@@ -126,9 +141,11 @@ def add_key(
     policies: Sequence[str] | None = None,
     daily_cost_cap_usd: float | None = None,
     rate: str | None = None,
+    proxy: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Make a key for ``user``, append its entry (hash only) to the key file at ``path``
-    (created if missing, mode 0600); the entry and the key, which is shown nowhere else."""
+    """Make a key for ``user`` (``proxy``: a trusted proxy's), append its entry (hash only)
+    to the key file at ``path`` (created if missing, mode 0600); the entry and the key,
+    which is shown nowhere else."""
     path = Path(path)
     keys = read_key_file(path) if path.exists() else []
     key_id = key_id or f"{re.sub(r'[^A-Za-z0-9._-]', '-', user[:40])}-{secrets.token_hex(3)}"
@@ -144,6 +161,8 @@ def add_key(
         values["daily_cost_cap_usd"] = daily_cost_cap_usd
     if rate is not None:
         values["rate"] = rate
+    if proxy:
+        values["proxy"] = True
     try:
         entry = ApiKey.model_validate(values)
     except ValidationError as exc:
@@ -151,6 +170,7 @@ def add_key(
         field = ".".join(str(p) for p in err["loc"])
         message = str(err["msg"]).removeprefix("Value error, ")
         raise TmoGraphError(f"the new key's {field}: {message}", "correct that option") from None
+    _check_unique([*keys, entry], f"key file {path} with the new key")
     _write_keys(path, [*keys, entry])
     return entry, secret
 

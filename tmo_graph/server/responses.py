@@ -87,20 +87,43 @@ def _delta(delta: dict[str, Any], finish: Literal["stop"] | None = None) -> list
     return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
 
+KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, the connection stays open
+
+
+async def _events(queue: asyncio.Queue[Event], keepalive_s: float) -> AsyncIterator[Event | None]:
+    """The queue's events, and None after each ``keepalive_s`` without one."""
+    while True:
+        # One pending get, waited on in slices: a timeout never loses an event.
+        get = asyncio.ensure_future(queue.get())
+        try:
+            while not get.done():
+                await asyncio.wait({get}, timeout=keepalive_s)
+                if not get.done():
+                    yield None
+        finally:
+            if not get.done():
+                get.cancel()  # the client left: the turn still runs to its end
+        yield get.result()
+
+
 async def sse(
     queue: asyncio.Queue[Event],
-    first: Event,
     model: str,
     thread_id: str,
     include_usage: bool,
+    keepalive_s: float,
 ) -> AsyncIterator[str]:
-    """The turn's events as server-sent chunks: the role, each token, the stop with the turn
-    record, the usage when asked, ``[DONE]``; a failure mid-stream as an error event."""
+    """The turn's events as server-sent chunks: the role at once, each token, the stop with
+    the turn record, the usage when asked, ``[DONE]``; a failure as an error event. While
+    nothing comes (a cascade holds its draft back until it is decided), a keep-alive comment
+    every ``keepalive_s``, so a client's or a proxy's read timeout does not cut the turn."""
     chunk_id, created = completion_id(), int(time.time())
     role = {"role": "assistant", "content": ""}
     yield _chunk(chunk_id, created, model, _delta(role), include_usage)
-    event = first
-    while True:
+    async for event in _events(queue, keepalive_s):
+        if event is None:
+            yield KEEPALIVE
+            continue
         if isinstance(event, BaseException):
             # Mid-stream failure: OpenAI sends an error event; its client raises on it.
             yield f"data: {json.dumps(api_error(event).body())}\n\n"
@@ -119,4 +142,3 @@ async def sse(
                 yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
             return
-        event = await queue.get()

@@ -19,6 +19,7 @@ from tmo_graph.server.auth import (
     thread_header,
     thread_of,
 )
+from tmo_graph.server.chores import answer_chore, chore_of
 from tmo_graph.server.errors import ApiError, api_error, bad
 from tmo_graph.server.limits import LimitExceeded, check_request, read_body
 from tmo_graph.server.messages import Chat
@@ -77,9 +78,16 @@ async def chat_completions(
     request: Request, caller: Authenticated, state: AppState
 ) -> JSONResponse | StreamingResponse:
     body = await _read_request(request, state)
-    caller = named_caller(caller, body.user, request.headers.get("x-tmo-user"))
+    end_user_header = state.settings.server.end_user_header
+    end_user = request.headers.get(end_user_header) if end_user_header else None
+    caller = named_caller(
+        caller, body.user, request.headers.get("x-tmo-user"), end_user, end_user_header
+    )
     policy, threshold = parse_model(body.model)
     check_policy(caller, policy, body.model, state.settings)
+    chore = chore_of(body, request.headers, state.settings.server)
+    if chore is not None:  # a front-end's chore: the device answers; no thread, no cloud
+        return await answer_chore(chore, body, state.local)
     if body.n not in (None, 1):
         raise bad("n must be 1: a turn has one answer", "n")
     if body.tools:
@@ -101,17 +109,16 @@ async def chat_completions(
         api_key_id=key.id if key else None,
     )
     queue = state.runner.start({"messages": messages}, thread_id, context)
-    first = await queue.get()
-    if isinstance(first, BaseException):
-        raise api_error(first)
     if body.stream:
+        # The role chunk goes out at once; a failure of the turn comes as an error event.
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        keepalive_s = state.settings.server.keepalive_s
         return StreamingResponse(
-            sse(queue, first, body.model, thread_id, include_usage),
+            sse(queue, body.model, thread_id, include_usage, keepalive_s),
             media_type="text/event-stream",
             headers={"x-tmo-thread-id": thread_id, "cache-control": "no-cache"},
         )
-    event: Event = first
+    event: Event = await queue.get()
     while not isinstance(event, Finished):
         if isinstance(event, BaseException):
             raise api_error(event)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import ApiError
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
@@ -31,6 +32,7 @@ class ServerState:
     keys: KeyCheck | None  # None: no API keys (``no_auth``, 127.0.0.1 only)
     owners: ThreadOwners
     runner: TurnRunner
+    local: LocalBackend | None = None  # answers front-end chores (None: chores get 503)
 
 
 async def server_state(request: Request) -> ServerState:
