@@ -43,6 +43,8 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "transcripts": {},
     "transcription_s": 0.0,
     "device": None,
+    "tools": [],
+    "tool_choice": None,
 }
 
 
@@ -100,12 +102,19 @@ def account(state: State, context: Context, services: Services) -> dict[str, Any
     if state.device is not None:
         record["device"] = state.device
     _measure_cloud(state, services)
+    calls = answer.get("tool_calls") or []
+    if calls:
+        record["tool_calls"] = calls
     warnings = [*state.warnings, *_budget_warnings(state, context, services, left)]
+    if state.tools and answer["where"] == "local":
+        # The device model cannot call tools (the route's rule): say the turn had none.
+        warnings.append("tools were offered but the turn was answered on the device without them")
     if warnings:
         record["warnings"] = warnings
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
     reply = AIMessage(
         content=answer["text"],
+        tool_calls=calls,
         id=answer.get("message_id"),
         response_metadata={"route": answer["where"]},
     )
