@@ -25,6 +25,9 @@ from tmo_graph.context import Context
 from tmo_graph.conversation import new_messages
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.nodes.recall_memory import completed_turns, turn_text
+from tmo_graph.sections import PrivacySettings
+from tmo_graph.settings import Settings
 
 QUESTION = "Please boil water for tea."
 CALL = {"name": "boil", "args": {"minutes": 3}, "id": "call_1", "type": "tool_call"}
@@ -196,3 +199,35 @@ def test_tool_choice_spellings_and_what_stays_refused(tmp_path: Path) -> None:
         model.with_structured_output(dict)
     with pytest.raises(TmoGraphError, match="unknown argument"):
         model.bind_tools([boil], strict=True)
+
+
+def test_a_finished_turn_leaves_the_window_with_its_tool_results() -> None:
+    first = [HumanMessage("q1"), AIMessage("", tool_calls=[CALL])]
+    first += [ToolMessage("r1", tool_call_id="call_1"), AIMessage("a1")]
+    now = [
+        HumanMessage("q2"),
+        AIMessage("", tool_calls=[CALL]),
+        ToolMessage("r2", tool_call_id="x"),
+    ]
+    assert completed_turns([*first, *now]) == [first]  # this turn's calls stay with it
+    assert turn_text(first) == (
+        'User: q1\nAssistant: [called tool boil with {"minutes": 3}]\n'
+        "[result of tool: r1]\nAssistant: a1"
+    )
+
+
+def test_a_tool_result_with_keep_local_data_keeps_the_turn_on_the_device(tmp_path: Path) -> None:
+    cloud = _cloud()
+    local = FakeLocal(["local words"])
+    settings = Settings(privacy=PrivacySettings(keep_local=["email"]))
+    services = fake_services(tmp_path, local, cloud, settings=settings)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    model = TMOChatModel(graph=graph, context=Context(policy="cascade"))
+    bound = model.bind_tools([boil])
+    reply = bound.invoke(QUESTION, _conf("kl"))
+    assert isinstance(reply, AIMessage) and reply.tool_calls
+    result = ToolMessage("owner: bob.smith@example.com", tool_call_id="call_1")
+    final = bound.invoke([HumanMessage(QUESTION), reply, result], _conf("kl"))
+    assert final.response_metadata["route"] == "local" and len(cloud.sent) == 1
+    warnings = _last_record(graph, "kl")["warnings"]
+    assert "kept on the device: personal data (email)" in warnings

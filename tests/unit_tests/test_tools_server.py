@@ -143,3 +143,21 @@ def test_bad_tool_fields_get_400_naming_the_field(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and says in error["message"]
+
+
+def test_a_named_thread_takes_only_the_tool_result_as_new(
+    served: tuple[TestClient, ToolCloud, FakeLocal],
+) -> None:
+    client, cloud, _ = served
+    first = _post(client, messages=[QUESTION], tools=[TOOL])
+    thread = first.headers["x-tmo-thread-id"]
+    second = client.post(
+        "/v1/chat/completions",
+        headers={"x-tmo-thread-id": thread},
+        json={"model": "tmo-cascade", "messages": [QUESTION, ASKED, RESULT], "tools": [TOOL]},
+    )
+    assert second.status_code == 200, second.text
+    assert second.json()["tmo"]["turn"] == 1 and second.json()["tmo"]["thread_id"] == thread
+    # The thread's question and call are sent once: the request repeats the thread's.
+    kinds = [type(m).__name__ for m in cloud.sent[1] if type(m).__name__ != "SystemMessage"]
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage"]
