@@ -28,6 +28,8 @@ from tmo_graph.graph import build_graph
 from tmo_graph.nodes.recall_memory import completed_turns, turn_text
 from tmo_graph.sections import PrivacySettings
 from tmo_graph.settings import Settings
+from tmo_graph.state import State
+from tmo_graph.turn import earlier_prompts, prompt_chars
 
 QUESTION = "Please boil water for tea."
 CALL = {"name": "boil", "args": {"minutes": 3}, "id": "call_1", "type": "tool_call"}
@@ -231,3 +233,28 @@ def test_a_tool_result_with_keep_local_data_keeps_the_turn_on_the_device(tmp_pat
     assert final.response_metadata["route"] == "local" and len(cloud.sent) == 1
     warnings = _last_record(graph, "kl")["warnings"]
     assert "kept on the device: personal data (email)" in warnings
+
+
+def test_tool_choice_none_offers_no_tools_so_the_policy_routes_as_usual(tmp_path: Path) -> None:
+    cloud = _cloud()
+    graph, model, local = _setup(tmp_path, cloud)
+    reply = model.bind_tools([boil], tool_choice="none").invoke(QUESTION, _conf("n"))
+    assert reply.response_metadata["route"] == "local" and cloud.sent == []
+    assert "warnings" not in _last_record(graph, "n")
+
+
+def test_the_budget_counts_a_tool_result_and_the_question_once() -> None:
+    result = "rain " * 200
+    state = State(
+        messages=[
+            HumanMessage(QUESTION),
+            AIMessage("", tool_calls=[CALL]),
+            ToolMessage(result, tool_call_id="call_1"),
+        ],
+        prompt=QUESTION,
+        tools=[{"type": "function", "function": {"name": "boil"}}],
+    )
+    tools = len('[{"type": "function", "function": {"name": "boil"}}]')
+    call = len('{"name": "boil", "args": {"minutes": 3}}')
+    assert prompt_chars(state) == len(result) + len(QUESTION) + tools + call
+    assert earlier_prompts(state.messages, 3) == []

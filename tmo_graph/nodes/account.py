@@ -22,7 +22,7 @@ from tmo_graph.context import Context
 from tmo_graph.costs.device import cloud_attempt_failed
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
-from tmo_graph.turn import budget_before_turn, budget_now, spent
+from tmo_graph.turn import budget_before_turn, budget_now, offers_tools, spent
 
 log = logging.getLogger("tmo_graph.budget")
 BUDGET_WARNING_EVENT = "tmo_budget_warning"
@@ -106,7 +106,7 @@ def account(state: State, context: Context, services: Services) -> dict[str, Any
     if calls:
         record["tool_calls"] = calls
     warnings = [*state.warnings, *_budget_warnings(state, context, services, left)]
-    if state.tools and answer["where"] == "local":
+    if offers_tools(state) and answer["where"] == "local":
         # The device model cannot call tools (the route's rule): say the turn had none.
         warnings.append("tools were offered but the turn was answered on the device without them")
     if warnings:
