@@ -227,18 +227,24 @@ class TMOChatModel(BaseChatModel):
             return self._built
 
     def bind_tools(
-        self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """This model with ``tools`` offered every call (LangChain tools, functions, pydantic
         models or OpenAI dicts). A turn with tools goes to the cloud model with them when the
         policy and budgets allow a cloud answer, else it is answered on the device without
-        them (the turn record warns); the answer's ``tool_calls`` are the cloud's."""
+        them (the turn record warns); the answer's ``tool_calls`` are the cloud's.
+        ``strict`` asks the endpoint to keep to the tools' schemas (OpenAI's ``strict``)."""
         if kwargs:
             raise TmoGraphError(
                 f"unknown argument(s) {', '.join(sorted(kwargs))} for bind_tools",
-                "pass the tools and, optionally, tool_choice",
+                "pass the tools and, optionally, tool_choice and strict",
             )
-        specs = [convert_to_openai_tool(t) for t in tools]
+        specs = [convert_to_openai_tool(t, strict=strict) for t in tools]
         return self.bind(tools=specs, tool_choice=openai_tool_choice(tool_choice))
 
     def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:

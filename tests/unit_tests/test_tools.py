@@ -200,7 +200,9 @@ def test_tool_choice_spellings_and_what_stays_refused(tmp_path: Path) -> None:
     with pytest.raises(ToolsNotSupported, match="structured output"):
         model.with_structured_output(dict)
     with pytest.raises(TmoGraphError, match="unknown argument"):
-        model.bind_tools([boil], strict=True)
+        model.bind_tools([boil], parallel_tool_calls=False)
+    bound: Any = model.bind_tools([boil], strict=True)
+    assert bound.kwargs["tools"][0]["function"]["strict"] is True
 
 
 def test_a_finished_turn_leaves_the_window_with_its_tool_results() -> None:
