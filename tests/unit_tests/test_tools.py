@@ -260,3 +260,16 @@ def test_the_budget_counts_a_tool_result_and_the_question_once() -> None:
     call = len('{"name": "boil", "args": {"minutes": 3}}')
     assert prompt_chars(state) == len(result) + len(QUESTION) + tools + call
     assert earlier_prompts(state.messages, 3) == []
+
+
+def test_an_escalation_carries_the_turns_tools_to_the_cloud(tmp_path: Path) -> None:
+    # tool_choice "none" lets the cascade answer locally first; its unsure draft escalates.
+    cloud = _cloud(AIMessage(FINAL))
+    local = FakeLocal(["meh dunno"], logprob=-3.0)
+    graph = build_graph(fake_services(tmp_path, local, cloud), checkpointer=InMemorySaver())
+    model = TMOChatModel(graph=graph, context=Context(policy="cascade"))
+    reply = model.bind_tools([boil], tool_choice="none").invoke(QUESTION, _conf("e"))
+    assert reply.content == FINAL and reply.response_metadata["escalated"]
+    assert local.calls == 1
+    sent = cloud.kwargs_sent[0]
+    assert sent["tools"][0]["function"]["name"] == "boil" and sent["tool_choice"] == "none"
