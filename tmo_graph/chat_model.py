@@ -9,6 +9,14 @@ answer's tokens (a local draft the cloud replaced never arrives) and returns an 
 whose ``response_metadata`` is the turn record (route, views sent, confidence, cost ...) and
 whose ``usage_metadata`` sums the tokens of the turn's model calls.
 
+**Tools.** ``bind_tools(tools, tool_choice=...)`` offers tools to every call (an agent from
+``langchain.agents.create_agent`` or ``langgraph.prebuilt.create_react_agent`` binds them).
+The device model cannot call tools, so a turn with tools goes to the cloud model with them
+whenever the policy and budgets allow a cloud answer; a turn kept on the device answers
+without them and its record warns. The cloud's tool calls are the ``AIMessage``'s
+``tool_calls`` (streamed: ``tool_call_chunks`` in the last chunk); the next call, ending with
+the ``ToolMessage``s, is the thread's next turn.
+
 **Threads.** The turn runs on ``config["configurable"]["thread_id"]``, else the
 ``thread_id`` field, else a new thread per call. Budgets and history live in the thread
 only when the graph has a checkpointer (``build_graph(checkpointer=...)``); the default
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -41,11 +50,14 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
+    ToolCallChunk,
     UsageMetadata,
 )
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr, field_validator
 
 from tmo_graph.context import Context
@@ -65,25 +77,52 @@ from tmo_graph.state import ModalitySpec, TurnRecord
 # LangChain hands `_stream` neither the run config nor the run manager, so the public entry
 # points pass the config's thread and user down as these keyword arguments.
 THREAD_KWARG, USER_KWARG = "tmo_thread_id", "tmo_user_id"
-# Per-call arguments that ask for tool calling or structured output, which the router cannot do.
-TOOL_KWARGS = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format"})
-TOOLS_FIX = (
-    "call the tools yourself around the router (e.g. a LangGraph agent whose tool-calling "
-    "model is another chat model, with TMOChatModel answering the user), or use a plain "
-    "chat model where tools are needed"
+# Per-call arguments for structured output, which the router cannot do.
+STRUCTURED_KWARGS = frozenset({"functions", "function_call", "response_format"})
+STRUCTURED_FIX = (
+    "bind a tool with the schema instead (bind_tools([Schema], tool_choice=...)) and read "
+    "the tool call's args, or use a plain chat model for structured output"
 )
 
 
 class ToolsNotSupported(TmoGraphError, NotImplementedError):
-    """The router answers in text; it has no tool calling."""
+    """The router has no structured output (tools are bound with bind_tools)."""
 
 
-def _tools_refused() -> ToolsNotSupported:
+def _structured_refused() -> ToolsNotSupported:
     return ToolsNotSupported(
-        "TMOChatModel does not support tools or structured output: the router sends each turn "
-        "to a small local model or a cloud model and neither is given tools",
-        TOOLS_FIX,
+        "TMOChatModel does not support structured output or the legacy functions API",
+        STRUCTURED_FIX,
     )
+
+
+def openai_tool_choice(choice: Any) -> str | dict[str, Any] | None:
+    """``tool_choice`` as OpenAI takes it, from LangChain's spellings: ``"any"`` or ``True``
+    is ``"required"``, a tool's name is that function."""
+    if choice is None or isinstance(choice, dict):
+        return choice
+    if choice is True or choice == "any":
+        return "required"
+    if choice is False:
+        return "none"
+    if isinstance(choice, str) and choice.strip():
+        if choice in ("auto", "none", "required"):
+            return choice
+        return {"type": "function", "function": {"name": choice}}
+    raise TmoGraphError(
+        f"tool_choice {choice!r:.60} is not a choice",
+        'pass "auto", "required", "none", a tool\'s name, or leave it out',
+    )
+
+
+def _tool_call_chunks(calls: Sequence[Mapping[str, Any]]) -> list[ToolCallChunk]:
+    """The answer's tool calls as one streamed chunk's pieces (each call whole)."""
+    return [
+        tool_call_chunk(
+            name=c["name"], args=json.dumps(c.get("args") or {}), id=c.get("id"), index=i
+        )
+        for i, c in enumerate(calls)
+    ]
 
 
 def _usage(record: TurnRecord) -> UsageMetadata:
@@ -187,12 +226,29 @@ class TMOChatModel(BaseChatModel):
                 self._built = build_graph(settings=self.settings)
             return self._built
 
-    # Tools: the router has none to give its models.
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        raise _tools_refused()
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """This model with ``tools`` offered every call (LangChain tools, functions, pydantic
+        models or OpenAI dicts). A turn with tools goes to the cloud model with them when the
+        policy and budgets allow a cloud answer, else it is answered on the device without
+        them (the turn record warns); the answer's ``tool_calls`` are the cloud's.
+        ``strict`` asks the endpoint to keep to the tools' schemas (OpenAI's ``strict``)."""
+        if kwargs:
+            raise TmoGraphError(
+                f"unknown argument(s) {', '.join(sorted(kwargs))} for bind_tools",
+                "pass the tools and, optionally, tool_choice and strict",
+            )
+        specs = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        return self.bind(tools=specs, tool_choice=openai_tool_choice(tool_choice))
 
     def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
-        raise _tools_refused()
+        raise _structured_refused()
 
     # --- one turn -------------------------------------------------------------------------
 
@@ -208,9 +264,11 @@ class TMOChatModel(BaseChatModel):
             raise TmoGraphError(
                 "stop sequences are not supported by the router", "leave `stop` out"
             )
-        if TOOL_KWARGS & set(kwargs):
-            raise _tools_refused()
+        if STRUCTURED_KWARGS & set(kwargs):
+            raise _structured_refused()
         views = kwargs.pop("views", None)
+        tools = kwargs.pop("tools", None) or []
+        tool_choice = openai_tool_choice(kwargs.pop("tool_choice", None))
         # From the run config (see _from_config), else from the run's metadata, where
         # LangChain copies `configurable` values when it is handed a config.
         meta = (run_manager.metadata if run_manager else None) or {}
@@ -224,7 +282,8 @@ class TMOChatModel(BaseChatModel):
         if kwargs:
             raise TmoGraphError(
                 f"unknown argument(s) {', '.join(sorted(kwargs))}",
-                "TMOChatModel takes only views=...; set the policy and budgets with context=",
+                "TMOChatModel takes only views=, tools= and tool_choice=; set the policy and "
+                "budgets with context=",
             )
         if user_id is not None and not str(user_id).strip():
             raise TmoGraphError("user_id is empty", "pass the id of the dialogue's owner")
@@ -244,6 +303,9 @@ class TMOChatModel(BaseChatModel):
         all_views = {**self.views, **check_views(views or {})}
         if all_views:
             inputs["views"] = all_views
+        if tools:
+            inputs["tools"] = [convert_to_openai_tool(t) for t in tools]
+            inputs["tool_choice"] = tool_choice
         return graph, inputs, thread_id, context
 
     def _turn(
@@ -290,6 +352,7 @@ class TMOChatModel(BaseChatModel):
         replies = [m for m in done.state.get("messages") or [] if isinstance(m, AIMessage)]
         message = AIMessage(
             content=record["answer"],
+            tool_calls=record.get("tool_calls") or [],
             # The thread's own id for the reply, so a caller passing it back is matched by id.
             id=replies[-1].id if replies else None,
             usage_metadata=_usage(record),
@@ -303,6 +366,7 @@ class TMOChatModel(BaseChatModel):
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
+                tool_call_chunks=_tool_call_chunks(message.tool_calls),
                 usage_metadata=message.usage_metadata,
                 response_metadata=message.response_metadata,
                 chunk_position="last",

@@ -32,7 +32,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
@@ -110,7 +117,19 @@ def _same(a: BaseMessage, b: BaseMessage) -> bool:
     """One message of the dialogue: the same id, or else the same role and text."""
     if a.id and b.id and a.id == b.id:
         return True
-    return a.type == b.type and _text(a) == _text(b)
+    return a.type == b.type and _text(a) == _text(b) and _calls(a) == _calls(b)
+
+
+def _calls(message: BaseMessage) -> list[tuple[str, str]]:
+    """What an answer's tool calls or a tool result name: an answer that called tools may
+    have no text, so its calls tell it from another."""
+    if isinstance(message, AIMessage):
+        return [
+            (c["name"], repr(sorted((c.get("args") or {}).items()))) for c in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        return [("result", message.tool_call_id)]
+    return []
 
 
 def _last_index(
@@ -137,7 +156,9 @@ def new_messages(
        refused when ``strict``; otherwise the messages after its last answer are new;
     4. a system message whose text the thread already has is not sent again (a prompt
        template or an OpenAI client repeats the persona every call); a changed one is;
-    5. something must be left to answer: ``incoming`` ends with the user's (human) message.
+    5. something must be left to answer: ``incoming`` ends with the user's (human) message,
+       or with the results (``ToolMessage``) of the tools the last answer called: an agent's
+       next call. An answer that called tools is told from another by its calls.
 
     ``strict`` (the chat model, whose callers pass LangChain messages that keep their ids):
     the anchor is the thread's last message, and a foreign history is an error.
@@ -151,17 +172,17 @@ def new_messages(
     """
     if not incoming:
         raise TmoGraphError("no messages were given", "pass at least the user's question")
-    if not isinstance(incoming[-1], HumanMessage):
+    if not isinstance(incoming[-1], HumanMessage | ToolMessage):
         raise TmoGraphError(
             f"the last message is a {incoming[-1].type!r} message, not the user's",
-            "end the messages with a HumanMessage (the question this turn answers)",
+            "end the messages with a HumanMessage (the question this turn answers) or with "
+            "the ToolMessages answering the last answer's tool calls",
         )
     for message in incoming:
-        if message.type not in {"human", "ai", "system"}:
+        if message.type not in {"human", "ai", "system", "tool"}:
             raise TmoGraphError(
                 f"a {message.type!r} message cannot be sent to the router",
-                "send only system, human and AI messages: the router answers in text and "
-                "calls no tools",
+                "send only system, human, AI and tool messages",
             )
     said = [m for m in stored if not isinstance(m, SystemMessage)]
     head: Sequence[BaseMessage] = []
@@ -191,7 +212,7 @@ def new_messages(
             known.add(text)
             persona.append(message)
     rest = [m for m in tail if not isinstance(m, SystemMessage)]
-    if not any(isinstance(m, HumanMessage) for m in rest):
+    if not any(isinstance(m, HumanMessage | ToolMessage) for m in rest):
         raise TmoGraphError(
             "the thread already holds this question (nothing new to answer)",
             "add the new question, or use another thread_id",

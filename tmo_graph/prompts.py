@@ -2,14 +2,27 @@
 
 The device model sees the whole dialogue; a cloud request leaves out every private message
 (``additional_kwargs={"private": True}``) and the answers that followed it.
+
+Tool calling: an answer that called tools and the tools' results (``ToolMessage``) go to the
+cloud in OpenAI's shape (an assistant message with ``tool_calls``, ``tool`` messages), every
+text redacted like the rest; the device model, which cannot call tools, reads them as text
+(the calls in the assistant's turn, the results as the user's next message).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from tmo_graph.errors import TmoGraphError
 
@@ -103,9 +116,24 @@ def system_text(persona: str, recalled: Sequence[Recalled]) -> str:
     return f"{persona}\n\nRelevant earlier conversation:\n{memory}"
 
 
+def tool_call_text(call: Any) -> str:
+    """How a tool call reads as text (for the device model)."""
+    args = json.dumps(call.get("args") or {}, ensure_ascii=False, sort_keys=True)
+    return f"[called tool {call.get('name', '?')} with {args}]"
+
+
+def tool_result_text(message: ToolMessage) -> str:
+    """How a tool's result reads as text (for the device model)."""
+    name = f" {message.name}" if message.name else ""
+    return f"[result of tool{name}: {message_text(message)}]"
+
+
 def text_dialogue(
-    messages: Sequence[AnyMessage], recalled: Sequence[Recalled], persona: str
-) -> list[dict[str, str]]:
+    messages: Sequence[AnyMessage],
+    recalled: Sequence[Recalled],
+    persona: str,
+    tool_shape: bool = False,
+) -> list[dict[str, Any]]:
     """The dialogue as plain role/content dicts (what the local model, its scorer and the
     cloud see).
 
@@ -113,23 +141,83 @@ def text_dialogue(
     An earlier answer that loops or echoes an answer before it (the confidence check's
     guards) is replaced by :data:`LEFT_OUT_ANSWER`: a small model that reads its own loop
     loops again.
+
+    Tool calls and results: with ``tool_shape`` (the cloud) an answer keeps its
+    ``tool_calls`` and a result is a ``tool`` entry with its ``tool_call_id``; without it
+    (the device model) both are text, the results of one answer's calls joined into one
+    user message so that the roles still alternate.
     """
-    out = [{"role": "system", "content": system_text(system_prompt(messages, persona), recalled)}]
+    out: list[dict[str, Any]] = [
+        {"role": "system", "content": system_text(system_prompt(messages, persona), recalled)}
+    ]
     answers: list[str] = []
     for message in messages:
         if isinstance(message, HumanMessage):
             out.append({"role": "user", "content": message_text(message)})
         elif isinstance(message, AIMessage):
             text = message_text(message)
-            shown = LEFT_OUT_ANSWER if degenerate_text(text, answers) else text
+            calls = list(message.tool_calls)
+            if calls and tool_shape:
+                out.append({"role": "assistant", "content": text, "tool_calls": calls})
+                continue
+            if calls:
+                text = "\n".join([text, *(tool_call_text(c) for c in calls)]).strip()
+            shown = text if calls else (LEFT_OUT_ANSWER if degenerate_text(text, answers) else text)
             answers.append(text)
             out.append({"role": "assistant", "content": shown})
+        elif isinstance(message, ToolMessage):
+            if tool_shape:
+                entry = {"role": "tool", "content": message_text(message)}
+                out.append({**entry, "tool_call_id": message.tool_call_id})
+            elif out[-1]["role"] == "user" and out[-1].get("tool_results"):
+                out[-1]["content"] += "\n" + tool_result_text(message)
+            else:
+                out.append({"role": "user", "content": tool_result_text(message)})
+                out[-1]["tool_results"] = True
+    return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
+
+
+def as_langchain(dialogue: Sequence[dict[str, Any]]) -> list[AnyMessage]:
+    out: list[AnyMessage] = []
+    for m in dialogue:
+        role, content = m["role"], m["content"]
+        if role == "tool":
+            out.append(ToolMessage(content=content, tool_call_id=m["tool_call_id"]))
+        elif role == "assistant":
+            out.append(AIMessage(content=content, tool_calls=m.get("tool_calls") or []))
+        else:
+            out.append(
+                SystemMessage(content=content) if role == "system" else HumanMessage(content)
+            )
     return out
 
 
-def as_langchain(dialogue: Sequence[dict[str, str]]) -> list[AnyMessage]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[m["role"]](content=m["content"]) for m in dialogue]
+def question_index(messages: Sequence[AnyMessage]) -> int:
+    """The index of the turn's question: the last human message (the tool calls and results
+    of this turn, if any, follow it)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], HumanMessage):
+            return i
+    raise TmoGraphError(
+        "a turn must hold a human message", "send {'messages': [('user', 'your question')]}"
+    )
+
+
+def with_args(call: Any, change: Callable[[str], str]) -> dict[str, Any]:
+    """A tool call (LangChain's shape) with its string arguments through ``change``: redacted
+    on the way to the cloud, restored on the way back."""
+    args = {k: change(v) if isinstance(v, str) else v for k, v in (call.get("args") or {}).items()}
+    return {"name": call["name"], "args": args, "id": call.get("id"), "type": "tool_call"}
+
+
+def tool_texts(tools: Sequence[dict[str, Any]], messages: Sequence[BaseMessage]) -> list[str]:
+    """The texts of a request beside its messages' words: the tool specs and the earlier
+    answers' tool calls, which the endpoint reads and bills too."""
+    texts = [json.dumps(list(tools))] if tools else []
+    for message in messages:
+        for call in getattr(message, "tool_calls", None) or []:
+            texts.append(json.dumps({"name": call["name"], "args": call["args"]}))
+    return texts
 
 
 def cloud_messages(
@@ -146,10 +234,14 @@ def cloud_messages(
     parts; ``images`` are (label, URL) pairs, the URL already made for sending. Every text
     (persona, recalled memory, history, prompt) goes through ``scrub`` first (redaction).
     Private messages and their answers are left out of the history (:func:`shared_messages`).
-    ``audio``: (label, base64 WAV) pairs, each sent as an OpenAI ``input_audio`` part."""
-    history_in = shared_messages(messages[:-1])
-    dialogue = text_dialogue(history_in, recalled, system_prompt(messages, persona))
-    history = as_langchain([{**m, "content": scrub(m["content"])} for m in dialogue])
+    ``audio``: (label, base64 WAV) pairs, each sent as an OpenAI ``input_audio`` part.
+    The turn's own tool calls and results (after its question) follow the prompt, in
+    OpenAI's shape."""
+    asked = question_index(messages)
+    history_in = shared_messages(messages[:asked])
+    dialogue = text_dialogue(history_in, recalled, system_prompt(messages, persona), True)
+    after = text_dialogue(messages[asked + 1 :], [], "", True)[1:]
+    history = as_langchain([_scrubbed(m, scrub) for m in dialogue])
     content: list[Any] = [{"type": "text", "text": scrub(prompt)}]
     for label, url in images:
         content.append({"type": "text", "text": f"{label}:"})
@@ -157,7 +249,19 @@ def cloud_messages(
     for label, data in audio:
         content.append({"type": "text", "text": f"{label}:"})
         content.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
-    return [*history, HumanMessage(content=content)]
+    return [
+        *history,
+        HumanMessage(content=content),
+        *as_langchain([_scrubbed(m, scrub) for m in after]),
+    ]
+
+
+def _scrubbed(entry: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
+    """A dialogue entry with its text, and its tool calls' string arguments, scrubbed."""
+    out = {**entry, "content": scrub(entry["content"])}
+    if entry.get("tool_calls"):
+        out["tool_calls"] = [with_args(c, scrub) for c in entry["tool_calls"]]
+    return out
 
 
 def cloud_texts(

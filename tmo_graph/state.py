@@ -123,6 +123,8 @@ class CallRecord(TypedDict):
     breaker: NotRequired[str]
     redactions: NotRequired[dict[str, int]]  # personal data replaced in the request, by kind
     audio_sent: NotRequired[list[str]]  # clips whose audio the request carried
+    # The answer's tool calls (LangChain's ToolCall shape: name, args, id), values restored.
+    tool_calls: NotRequired[list[dict[str, Any]]]
 
 
 class TurnRecord(TypedDict):
@@ -159,6 +161,8 @@ class TurnRecord(TypedDict):
     # budgets used: local prefill / decode tokens/s, cloud call seconds, cloud time factor
     # (measured / expected), cloud failure rate (tmo_graph.costs.device.DeviceReading).
     device: NotRequired[DeviceReading]
+    # The answer's tool calls (name, args, id) when the cloud answered by calling tools.
+    tool_calls: NotRequired[list[dict[str, Any]]]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
@@ -174,10 +178,17 @@ def add_calls(left: list[CallRecord], right: list[CallRecord] | None) -> list[Ca
 @dataclass
 class InputState:
     """What a caller sends: new messages, and optionally the dialogue's device modalities
-    (camera views and audio sources, by name)."""
+    (camera views and audio sources, by name) and the tools the turn offers.
+
+    ``tools`` are OpenAI-format tool specs (``{"type": "function", "function": {...}}``) and
+    ``tool_choice`` OpenAI's choice (``"auto"``, ``"required"``, ``"none"`` or a named
+    function): per-turn scratch that ``account`` clears, so a caller offers them every turn.
+    """
 
     messages: Annotated[Sequence[AnyMessage], add_messages] = field(default_factory=list)
     views: dict[str, ModalitySpec] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from tmo_graph.policy.budget import (
     all_actions,
     build_route_input,
 )
-from tmo_graph.prompts import message_text, text_dialogue
+from tmo_graph.prompts import message_text, text_dialogue, tool_texts
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State
 
@@ -29,16 +29,33 @@ def prompt_text(message: AnyMessage) -> str:
     return message_text(message).replace("[image]", "").strip()
 
 
+def _question_at(messages: Sequence[AnyMessage]) -> int:
+    """The index of the current question: the last human message (a turn carrying tool
+    results ends with them), else the last message."""
+    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+    return humans[-1] if humans else len(messages) - 1
+
+
 def earlier_prompts(messages: Sequence[AnyMessage], n: int) -> list[str]:
     """The texts of the last ``n`` user messages before the current one, most recent first."""
-    texts = [prompt_text(m) for m in messages[:-1] if isinstance(m, HumanMessage)]
+    before = messages[: _question_at(messages)]
+    texts = [prompt_text(m) for m in before if isinstance(m, HumanMessage)]
     return [t for t in reversed(texts) if t][:n]
 
 
 def prompt_chars(state: State) -> int:
-    """Characters the cloud would read this turn: history, recalled memory and prompt."""
-    history = sum(len(message_text(m)) for m in state.messages[:-1])
+    """Characters the cloud would read this turn: history (tool calls, results and the
+    tools' specs included), recalled memory and prompt."""
+    asked = _question_at(state.messages)
+    history = sum(len(message_text(m)) for i, m in enumerate(state.messages) if i != asked)
+    history += sum(len(t) for t in tool_texts(state.tools, state.messages))
     return history + sum(len(r["text"]) for r in state.recalled) + len(state.prompt)
+
+
+def offers_tools(state: State) -> bool:
+    """Whether the turn offers tools the answer may call (``tool_choice: "none"`` offers
+    none)."""
+    return bool(state.tools) and state.tool_choice != "none"
 
 
 def spent(calls: Sequence[CallRecord], device_s: float = 0.0) -> Budget:

@@ -154,3 +154,31 @@ def png_bytes(color: str = "red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class ToolCloud(BaseChatModel):
+    """Answers each call with the next of ``replies`` (AIMessages, which may carry
+    ``tool_calls``); records the messages and the keyword arguments (``tools``,
+    ``tool_choice``) of every call."""
+
+    replies: list[AIMessage]
+    sent: list[list[BaseMessage]] = []
+    kwargs_sent: list[dict[str, Any]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "fake-tool-cloud"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.sent.append(messages)
+        self.kwargs_sent.append(kwargs)
+        reply = self.replies[(len(self.sent) - 1) % len(self.replies)]
+        usage = {"input_tokens": 50, "output_tokens": 10, "total_tokens": 60}
+        message = reply.model_copy(update={"usage_metadata": usage})
+        return ChatResult(generations=[ChatGeneration(message=message)])

@@ -12,12 +12,11 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
+    FunctionMessage,
     HumanMessage,
-    ToolMessage,
 )
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 
@@ -300,21 +299,13 @@ def test_a_chains_events_show_the_router_not_its_draft(tmp_path: Path) -> None:
 # --- what is refused -------------------------------------------------------------------------
 
 
-@tool
-def boil(minutes: int) -> str:
-    """Boil the kettle."""
-    return "boiling"
-
-
-def test_tools_are_refused_with_what_to_do_instead(tmp_path: Path) -> None:
+def test_structured_output_is_refused_with_what_to_do_instead(tmp_path: Path) -> None:
     model = _model(_graph(tmp_path, FakeLocal(["ok"])))
-    with pytest.raises(ToolsNotSupported, match="does not support tools") as info:
-        model.bind_tools([boil])
-    assert isinstance(info.value, NotImplementedError) and "LangGraph agent" in str(info.value)
-    with pytest.raises(ToolsNotSupported):
+    with pytest.raises(ToolsNotSupported, match="structured output") as info:
         model.with_structured_output(dict)
+    assert isinstance(info.value, NotImplementedError) and "bind a tool" in str(info.value)
     with pytest.raises(ToolsNotSupported):
-        model.invoke("hi", tools=[boil])
+        model.invoke("hi", response_format={"type": "json_object"})
 
 
 @pytest.mark.parametrize(
@@ -322,7 +313,7 @@ def test_tools_are_refused_with_what_to_do_instead(tmp_path: Path) -> None:
     [
         ([], {}, "no messages were given"),
         ([HumanMessage("hi"), AIMessage("hello")], {}, "not the user's"),
-        ([ToolMessage("x", tool_call_id="1"), HumanMessage("hi")], {}, "'tool' message"),
+        ([FunctionMessage("x", name="f"), HumanMessage("hi")], {}, "'function' message"),
         ([HumanMessage("hi")], {"views": {"cam": {"img": "x.png"}}}, "unknown field"),
         ([HumanMessage("hi")], {"views": {"cam": "x.png"}}, "not a view spec"),
         ([HumanMessage("hi")], {"views": {"cam": {"private": True}}}, "neither an image"),

@@ -22,7 +22,7 @@ from tmo_graph.context import Context
 from tmo_graph.costs.device import cloud_attempt_failed
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, State, TurnRecord
-from tmo_graph.turn import budget_before_turn, budget_now, spent
+from tmo_graph.turn import budget_before_turn, budget_now, offers_tools, spent
 
 log = logging.getLogger("tmo_graph.budget")
 BUDGET_WARNING_EVENT = "tmo_budget_warning"
@@ -43,6 +43,8 @@ CLEARED_SCRATCH: dict[str, Any] = {
     "transcripts": {},
     "transcription_s": 0.0,
     "device": None,
+    "tools": [],
+    "tool_choice": None,
 }
 
 
@@ -100,12 +102,19 @@ def account(state: State, context: Context, services: Services) -> dict[str, Any
     if state.device is not None:
         record["device"] = state.device
     _measure_cloud(state, services)
+    calls = answer.get("tool_calls") or []
+    if calls:
+        record["tool_calls"] = calls
     warnings = [*state.warnings, *_budget_warnings(state, context, services, left)]
+    if offers_tools(state) and answer["where"] == "local":
+        # The device model cannot call tools (the route's rule): say the turn had none.
+        warnings.append("tools were offered but the turn was answered on the device without them")
     if warnings:
         record["warnings"] = warnings
     # The streamed answer's id: a chat UI that showed its tokens sees no second copy.
     reply = AIMessage(
         content=answer["text"],
+        tool_calls=calls,
         id=answer.get("message_id"),
         response_metadata={"route": answer["where"]},
     )

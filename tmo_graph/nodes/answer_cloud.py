@@ -23,6 +23,11 @@ at most ``cloud.max_attempts``, each through the endpoint's circuit breaker (an 
 skips the call: "circuit open"). Every request is one line of the audit log. A failed call
 is recorded with its error, attempts and breaker state; the graph's edge then falls back to
 the local answer.
+
+Tools: the turn's tools (``state.tools``, OpenAI's shape) and ``tool_choice`` go with the
+request, their specs counted in the input it may be billed for. An answer that calls tools
+is an answer (its text may be empty): its calls, with the placeholders in their arguments
+put back, are the turn's answer (``CallRecord.tool_calls``).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from tmo_graph.media.audio import CloudAudio, cloud_audio, store_audio
 from tmo_graph.media.images import CloudImage, cloud_image, store_image
 from tmo_graph.models.cloud_billing import CloudBilling, usage_tokens
 from tmo_graph.policy.budget import CALL_MARGIN_S
-from tmo_graph.prompts import cloud_messages, message_text
+from tmo_graph.prompts import cloud_messages, message_text, tool_texts, with_args
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, Candidate, State
 from tmo_graph.turn import budget_now, local_reserve
@@ -125,6 +130,8 @@ class CloudRequest:
     audio: list[CloudAudio]  # each as sent, in the same order
     unheard: list[Candidate]  # chosen clips the endpoint got as transcripts
     redactor: Redactor  # what it replaced with placeholders, to put back in the answer
+    tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-format tool specs
+    tool_choice: str | dict[str, Any] | None = None
 
     def image_sizes(self) -> list[tuple[int, int]]:
         return [(i.width, i.height) for i in self.images]
@@ -162,7 +169,17 @@ def build_request(
         scrub=redactor.redact,
         audio=[(_clip_label(c), a.data) for c, a in zip(plan.sent, audio, strict=True)],
     )
-    return CloudRequest(messages, views, images, plan.sent, audio, plan.unheard, redactor)
+    return CloudRequest(
+        messages,
+        views,
+        images,
+        plan.sent,
+        audio,
+        plan.unheard,
+        redactor,
+        list(state.tools),
+        state.tool_choice,
+    )
 
 
 def _image_label(view: Candidate) -> str:
@@ -262,7 +279,10 @@ def _meter(
     return CloudMeter(
         costs=costs,
         input_cap=costs.cloud_input_tokens_at_most(
-            [message_text(m) for m in request.messages],
+            [
+                *(message_text(m) for m in request.messages),
+                *tool_texts(request.tools, request.messages),
+            ],
             request.image_sizes(),
             billing.audio_seconds(request.audio_seconds(), request.unheard_seconds()),
         ),
@@ -317,7 +337,9 @@ class Sender:
         began = self.clock()
         self.reached = True
         try:
-            reply = _invoke(self.cloud, self.request.messages, timeout, ticket.max_tokens)
+            reply = _invoke(
+                self.cloud, self.request.messages, timeout, ticket.max_tokens, self.request
+            )
         except Exception as exc:
             self.meter.failed(ticket, classify(exc).kind, self.clock() - began)
             raise
@@ -361,10 +383,19 @@ def _attempts(send: Sender, services: Services, time_left_s: float) -> Attempts:
 
 
 def _invoke(
-    cloud: Any, messages: Sequence[BaseMessage], timeout: float, max_tokens: int
+    cloud: Any,
+    messages: Sequence[BaseMessage],
+    timeout: float,
+    max_tokens: int,
+    request: CloudRequest | None = None,
 ) -> AIMessage:
-    """One request, streamed and cut at ``timeout`` seconds whatever the server does."""
+    """One request, streamed and cut at ``timeout`` seconds whatever the server does; with
+    the request's tools when it has some (passed as OpenAI's ``tools`` / ``tool_choice``)."""
     kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    if request is not None and request.tools:
+        kwargs["tools"] = request.tools
+        if request.tool_choice is not None:
+            kwargs["tool_choice"] = request.tool_choice
     if isinstance(cloud, BaseChatOpenAI):  # other chat models keep their own timeouts
         kwargs["timeout"] = timeout
 
@@ -384,7 +415,8 @@ def _invoke(
 
 
 def _answered(reply: AIMessage) -> None:
-    if not message_text(reply).strip():
+    # An answer that calls tools may have no text: the calls are the answer.
+    if not message_text(reply).strip() and not reply.tool_calls:
         raise EmptyAnswer("the cloud model returned an empty answer")
 
 
@@ -410,6 +442,9 @@ def _answer_call(
     )
     if reply.id:
         call["message_id"] = reply.id
+    if reply.tool_calls:
+        # The cloud saw placeholders; the tools need the user's values.
+        call["tool_calls"] = [with_args(c, request.redactor.restore) for c in reply.tool_calls]
     if request.clips:
         call["audio_sent"] = [c["name"] for c in request.clips]
     return call

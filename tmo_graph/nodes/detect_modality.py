@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, ToolMessage
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
@@ -32,7 +32,7 @@ from tmo_graph.media.audio import transcript as clip_transcript
 from tmo_graph.media.images import store_image
 from tmo_graph.media.modalities import check_views
 from tmo_graph.models.speech import Recogniser
-from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY
+from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY, question_index
 from tmo_graph.sections import AudioSettings
 from tmo_graph.services import Services
 from tmo_graph.state import Candidate, ModalitySpec, State
@@ -76,12 +76,17 @@ def detect_modality(state: State, context: Context, services: Services) -> dict[
 
 
 def _question(state: State) -> HumanMessage:
-    """The turn's message: a human one with something to read (words, or a voice note's)."""
-    message = state.messages[-1] if state.messages else None
-    if not isinstance(message, HumanMessage):
+    """The turn's message: a human one with something to read (words, or a voice note's).
+    A turn that carries tool results ends with them; its question is the human message
+    before them."""
+    last = state.messages[-1] if state.messages else None
+    if not isinstance(last, HumanMessage | ToolMessage):
         raise TmoGraphError(
-            "a turn must end with a human message", "send {'messages': [('user', 'your question')]}"
+            "a turn must end with a human message (or the results of the tools its answer called)",
+            "send {'messages': [('user', 'your question')]}",
         )
+    message = state.messages[question_index(state.messages)]
+    assert isinstance(message, HumanMessage)
     if not prompt_text(message):
         raise TmoGraphError("the message has no text", "ask a question in words")
     return message

@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage, ToolMessage
 from langgraph.config import get_config
 
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import find_personal
 from tmo_graph.policy.confidence import degenerate_text
-from tmo_graph.prompts import LEFT_OUT_ANSWER, message_text, shared_messages
+from tmo_graph.prompts import (
+    LEFT_OUT_ANSWER,
+    message_text,
+    shared_messages,
+    tool_call_text,
+    tool_result_text,
+)
 from tmo_graph.services import Services
 from tmo_graph.state import State
 
@@ -24,12 +30,18 @@ from tmo_graph.state import State
 def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
     """Messages grouped into finished turns (a human message and its answers), oldest first.
 
-    The last message (the current question) is not part of any finished turn, and system
-    messages (the caller's persona) belong to no turn: they stay in the dialogue.
+    The current question (the last human message) and what follows it (this turn's tool
+    calls and results) are not part of any finished turn, and system messages (the caller's
+    persona) belong to no turn: they stay in the dialogue. Tool results go with the answer
+    that called the tools, so a turn leaves the window whole (a result without its call is
+    a request no endpoint takes).
     """
+    asked = max(
+        (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages)
+    )
     turns: list[list[AnyMessage]] = []
-    for message in messages[:-1]:
-        if not isinstance(message, HumanMessage | AIMessage):
+    for message in messages[:asked]:
+        if not isinstance(message, HumanMessage | AIMessage | ToolMessage):
             continue
         if isinstance(message, HumanMessage) or not turns:
             turns.append([message])
@@ -45,6 +57,11 @@ def turn_text(turn: Sequence[AnyMessage]) -> str:
     for message in turn:
         if isinstance(message, HumanMessage):
             lines.append(f"User: {message_text(message)}")
+        elif isinstance(message, ToolMessage):
+            lines.append(tool_result_text(message))
+        elif isinstance(message, AIMessage) and message.tool_calls:
+            said = [message_text(message), *(tool_call_text(c) for c in message.tool_calls)]
+            lines.append(f"Assistant: {' '.join(p for p in said if p)}")
         else:
             text = message_text(message)
             lines.append(f"Assistant: {LEFT_OUT_ANSWER if degenerate_text(text) else text}")

@@ -8,6 +8,15 @@ The device is read first (:meth:`tmo_graph.costs.device.LiveResources.reading`):
 in its input, the turn record keeps it. The budget mask prices every action at the speeds
 measured now, so a busy device whose whole answer no longer fits goes to the cloud when a
 cloud answer does.
+
+Tools: the device model cannot call tools, so a turn that offers tools (``state.tools``,
+with a ``tool_choice`` other than ``"none"``) goes to the cloud with them whenever a cloud
+answer is allowed: the policy's local choice is replaced by the best affordable cloud
+action, except under ``always-local``, which never calls the cloud. A turn kept on the
+device (a private message or personal data, the ``always-local`` policy, a budget that
+masks every cloud action, a cloud call that failed) gets a local answer without tools, and
+its turn record warns so (``account`` writes it). An escalation goes to the same cloud
+node, which binds the turn's tools.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from tmo_graph.turn import (
     budget_before_turn,
     candidate_actions,
     earlier_prompts,
+    offers_tools,
     route_input,
 )
 
@@ -66,6 +76,9 @@ def route(state: State, context: Context, services: Services) -> dict[str, Any]:
     action = policy.decide(observation)
     if action not in observation.allowed:  # the budget wins over the policy
         action = _fallback(observation, context.min_view_score)
+    if offers_tools(state) and action == LOCAL and policy.name != "always-local":
+        # Only the cloud can call the tools the turn offers.
+        action = best_cloud_action(observation, context.min_view_score) or LOCAL
     actions = candidate_actions(state, services)
     masked = sorted(a.label for a in actions if a not in observation.allowed)
     return {

@@ -11,10 +11,11 @@ long chat again at each turn would be wasted work.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from tmo_graph.conversation import new_messages
 from tmo_graph.errors import TmoGraphError
@@ -29,6 +30,47 @@ from tmo_graph.server.schemas import ChatMessage
 SYSTEM_ID = "tmo-system"
 
 Content = str | list[dict[str, Any]] | None
+TOOL_CHOICES = ("auto", "none", "required")
+
+
+def check_tools(tools: list[dict[str, Any]] | None, choice: Any) -> list[dict[str, Any]]:
+    """The request's ``tools`` (OpenAI function tools, each with a function name), checked,
+    and its ``tool_choice`` (one of :data:`TOOL_CHOICES` or a named function)."""
+    for i, spec in enumerate(tools or []):
+        function = spec.get("function") if spec.get("type") == "function" else None
+        if not isinstance(function, dict) or not str(function.get("name", "")).strip():
+            raise bad(
+                f"tools[{i}] is not a function tool; send "
+                '{"type": "function", "function": {"name": ..., "parameters": {...}}}',
+                f"tools[{i}]",
+            )
+    named = isinstance(choice, dict) and isinstance(choice.get("function"), dict)
+    if choice is not None and choice not in TOOL_CHOICES and not named:
+        raise bad(
+            'tool_choice must be "auto", "none", "required" or '
+            '{"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+        )
+    return list(tools or [])
+
+
+def tool_calls_of(message: ChatMessage, index: int) -> list[dict[str, Any]]:
+    """An assistant message's OpenAI tool calls as LangChain's (``args`` parsed from the
+    ``arguments`` JSON text)."""
+    out = []
+    for k, call in enumerate(message.tool_calls or []):
+        where = f"messages[{index}].tool_calls[{k}]"
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad(f"{where}.function.name is missing; send the call as it was made", where)
+        try:
+            args = json.loads(function.get("arguments") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            args = None
+        if not isinstance(args, dict):
+            raise bad(f"{where}.function.arguments must be a JSON object as text", where)
+        out.append({"name": function["name"], "args": args, "id": call.get("id")})
+    return out
 
 
 def text_of(content: Content) -> str:
@@ -113,7 +155,8 @@ def user_content(content: Content, index: int) -> str | list[dict[str, Any]]:
 
 class Chat:
     """A request's messages as LangChain messages: the persona (system and developer
-    messages joined, id :data:`SYSTEM_ID`) first, then the user and assistant messages.
+    messages joined, id :data:`SYSTEM_ID`) first, then the user, assistant and tool messages
+    (an assistant's ``tool_calls`` and a tool's result, as OpenAI sends them).
 
     Built before the thread is looked up, it refuses (400) what no thread could take; then
     :meth:`new_messages` says what the turn sends.
@@ -127,21 +170,24 @@ class Chat:
         for i, message in enumerate(messages):
             if message.role in ("system", "developer"):
                 system.append(text_of(message.content))
-            elif message.role in ("user", "assistant"):
+            elif message.role in ("user", "assistant", "tool"):
                 dialogue.append((i, message))
             else:
                 raise bad(
                     f"messages[{i}] has role {message.role!r}; this server takes system, "
-                    "developer, user and assistant messages (no tool calls)",
+                    "developer, user, assistant and tool messages",
                     f"messages[{i}].role",
                 )
-        if not dialogue or dialogue[-1][1].role != "user":
+        if not dialogue or dialogue[-1][1].role not in ("user", "tool"):
             raise bad(
-                "the last message must be a user message: it is the question this turn answers",
+                "the last message must be a user message (the question this turn answers) or "
+                "the tool results for the last answer's tool calls",
                 "messages",
             )
         last_index, last = dialogue[-1]
-        if not text_of(last.content).strip() and not _has_audio(last.content):
+        if last.role == "tool":
+            pass  # a tool's result may be empty text
+        elif not text_of(last.content).strip() and not _has_audio(last.content):
             raise bad(
                 f"messages[{last_index}] has no text; ask the question in words "
                 "(images may come with it)",
@@ -155,7 +201,7 @@ class Chat:
                     f"messages[{i}].private",
                 )
         trailing = len(dialogue)
-        while trailing > 0 and dialogue[trailing - 1][1].role == "user":
+        while trailing > 0 and dialogue[trailing - 1][1].role in ("user", "tool"):
             trailing -= 1
         checked_from = 0 if new_thread else trailing
 
@@ -165,9 +211,25 @@ class Chat:
         if any(text.strip() for text in system):
             persona = "\n\n".join(t for t in system if t.strip())
             self.messages.append(SystemMessage(content=persona, id=SYSTEM_ID))
+        names: dict[str, str] = {}  # tool call id -> the tool's name, for its result
         for n, (i, message) in enumerate(dialogue):
             if message.role == "assistant":
-                self.messages.append(AIMessage(content=text_of(message.content)))
+                calls = tool_calls_of(message, i)
+                names.update({str(c["id"]): c["name"] for c in calls if c["id"]})
+                self.messages.append(AIMessage(content=text_of(message.content), tool_calls=calls))
+                continue
+            if message.role == "tool":
+                if not message.tool_call_id:
+                    raise bad(
+                        f"messages[{i}].tool_call_id is missing; send the id of the call this "
+                        "result answers",
+                        f"messages[{i}].tool_call_id",
+                    )
+                call_id = message.tool_call_id
+                result = ToolMessage(
+                    content=text_of(message.content), tool_call_id=call_id, name=names.get(call_id)
+                )
+                self.messages.append(result)
                 continue
             flags = {PRIVATE: True} if message.private else {}
             if n >= checked_from:

@@ -1,6 +1,7 @@
 """A turn's answer as OpenAI sends one: a ``chat.completion`` with ``x-tmo-*`` headers, or its
 events as server-sent ``chat.completion.chunk``s ending in ``[DONE]``; both carry the turn
-record as ``tmo``."""
+record as ``tmo``. An answer that calls tools returns them in OpenAI's shape: ``tool_calls``
+in the message (plain) or in one ``delta`` (streamed), with ``finish_reason: "tool_calls"``."""
 
 from __future__ import annotations
 
@@ -39,9 +40,27 @@ def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def openai_tool_calls(record: Mapping[str, Any], stream: bool = False) -> list[dict[str, Any]]:
+    """The turn's tool calls as OpenAI sends them (``arguments`` as JSON text); streamed
+    ones carry their ``index``."""
+    out = []
+    for i, call in enumerate(record.get("tool_calls") or []):
+        arguments = json.dumps(call.get("args") or {})
+        entry = {"id": call.get("id") or f"call_{secrets.token_hex(12)}", "type": "function"}
+        entry["function"] = {"name": call["name"], "arguments": arguments}
+        out.append({"index": i, **entry} if stream else entry)
+    return out
+
+
 def completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any]:
-    """The plain response of a finished turn."""
+    """The plain response of a finished turn; an answer that calls tools carries them in
+    ``message.tool_calls`` and finishes with ``"tool_calls"``."""
     record = finished.done.record
+    message: dict[str, Any] = {"role": "assistant", "content": record["answer"], "refusal": None}
+    calls = openai_tool_calls(record)
+    if calls:
+        message["tool_calls"] = calls
+        message["content"] = record["answer"] or None
     return {
         "id": completion_id(),
         "object": "chat.completion",
@@ -51,9 +70,9 @@ def completion(model: str, finished: Finished, thread_id: str) -> dict[str, Any]
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": record["answer"], "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "tool_calls" if calls else "stop",
             }
         ],
         "usage": finished.usage.as_dict(),
@@ -83,7 +102,9 @@ def _chunk(
     return f"data: {json.dumps(body)}\n\n"
 
 
-def _delta(delta: dict[str, Any], finish: Literal["stop"] | None = None) -> list[dict[str, Any]]:
+def _delta(
+    delta: dict[str, Any], finish: Literal["stop", "tool_calls"] | None = None
+) -> list[dict[str, Any]]:
     return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
 
@@ -133,7 +154,11 @@ async def sse(
             yield _chunk(chunk_id, created, model, delta, include_usage)
         else:
             info = turn_summary(event.done.record, thread_id)
-            stop = _delta({}, "stop")
+            calls = openai_tool_calls(event.done.record, stream=True)
+            if calls:  # each call whole, in one chunk, before the finish
+                delta = _delta({"tool_calls": calls})
+                yield _chunk(chunk_id, created, model, delta, include_usage)
+            stop = _delta({}, "tool_calls" if calls else "stop")
             yield _chunk(chunk_id, created, model, stop, include_usage, tmo=info)
             if include_usage:
                 last = _chunk(chunk_id, created, model, [], False, tmo=info)

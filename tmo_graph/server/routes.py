@@ -22,7 +22,7 @@ from tmo_graph.server.auth import (
 from tmo_graph.server.chores import answer_chore, chore_of
 from tmo_graph.server.errors import ApiError, api_error, bad
 from tmo_graph.server.limits import LimitExceeded, check_request, read_body
-from tmo_graph.server.messages import Chat
+from tmo_graph.server.messages import Chat, check_tools
 from tmo_graph.server.responses import completion, sse, tmo_headers
 from tmo_graph.server.runtime import ServerState, server_state
 from tmo_graph.server.schemas import ChatRequest, model_id, parse_chat_request, parse_model
@@ -90,8 +90,7 @@ async def chat_completions(
         return await answer_chore(chore, body, state.local)
     if body.n not in (None, 1):
         raise bad("n must be 1: a turn has one answer", "n")
-    if body.tools:
-        raise bad("tools are not supported by this server; leave them out", "tools")
+    tools = check_tools(body.tools, body.tool_choice)  # routed by the graph's tools rule
     named = thread_header(request.headers.get("x-tmo-thread-id"))  # malformed: 400 here
     # Decoding inline images and clips is CPU work: off the event loop.
     chat = await asyncio.to_thread(Chat, body.messages, named is None)
@@ -108,7 +107,10 @@ async def chat_completions(
         max_answer_tokens=body.answer_tokens(),
         api_key_id=key.id if key else None,
     )
-    queue = state.runner.start({"messages": messages}, thread_id, context)
+    inputs: dict[str, Any] = {"messages": messages}
+    if tools:
+        inputs.update(tools=tools, tool_choice=body.tool_choice)
+    queue = state.runner.start(inputs, thread_id, context)
     if body.stream:
         # The role chunk goes out at once; a failure of the turn comes as an error event.
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -21,6 +21,8 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
     private: bool = False  # this server's extension: the message never leaves the device
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls (OpenAI's shape)
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @field_validator("private", mode="before")
     @classmethod
@@ -50,7 +52,8 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     n: int | None = None
-    tools: list[Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools
+    tool_choice: str | dict[str, Any] | None = None
 
     def answer_tokens(self) -> int | None:
         """The answer length the request asks for (checked by
