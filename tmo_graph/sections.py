@@ -326,6 +326,13 @@ class ServerSettings(_Section):
         default_factory=list,
         description="browser origins allowed to call the API (CORS); [] sends no CORS headers",
     )
+    thread_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="a request header that names the dialogue, per user (e.g. Open WebUI's "
+        "X-OpenWebUI-Chat-Id); null: a request without x-tmo-thread-id continues the thread "
+        "whose dialogue it repeats",
+    )
 
     @field_validator("rate")
     @classmethod

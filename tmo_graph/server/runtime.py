@@ -3,7 +3,7 @@ the routes through the :func:`server_state` dependency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -12,6 +12,7 @@ from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings
+from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import ThreadOwners
 
 
@@ -31,6 +32,8 @@ class ServerState:
     keys: KeyCheck | None  # None: no API keys (``no_auth``, 127.0.0.1 only)
     owners: ThreadOwners
     runner: TurnRunner
+    # Each thread's dialogue by content, to find the thread of a request that names none.
+    chains: ThreadChains = field(default_factory=MemoryChains)
 
 
 async def server_state(request: Request) -> ServerState:
