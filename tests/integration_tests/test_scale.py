@@ -337,3 +337,22 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     assert [r["turn"] for r in values["turns"]] == list(range(len(TEXTS)))
     assert [seen[-1]["content"] for seen in locals_[0].seen] == [*TEXTS[0::2], "A new dialogue."]
     assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]  # bob never got in
+
+
+def test_dialogue_chains_are_shared_by_workers_on_postgresql(postgres: str) -> None:
+    """The content chains that find a resent dialogue's thread live in PostgreSQL: a chain one
+    worker records is found by another, per user, and the first thread keeps it."""
+    from tmo_graph.threads.chains import Link, PostgresChains
+
+    async def run() -> None:
+        one, two = await PostgresChains.connect(postgres), await PostgresChains.connect(postgres)
+        try:
+            await one.add("ann", "c1", "t1", 0)
+            await two.add("ann", "c1", "t2", 4)  # a fork shares the history: t1 keeps it
+            assert await two.find("ann", ["c1", "c2"]) == {"c1": Link("t1", 0)}
+            assert await two.find("ben", ["c1"]) == {}
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+    asyncio.run(run())

@@ -192,6 +192,20 @@ def test_a_configured_header_names_the_thread_per_user(tmp_path: Path) -> None:
         assert ben.say("One?")["thread_id"] != first["thread_id"]
         other = Chat(app.client(), "ann", **{"X-OpenWebUI-Chat-Id": "chat-2"})
         assert other.say("One?")["thread_id"] != first["thread_id"]
+        # Another chat of ann's, word for word the same, stays apart.
+        twin = Chat(app.client(), "ann", **{"X-OpenWebUI-Chat-Id": "chat-3"})
+        twin.messages = list(ann.messages)
+        assert twin.say("Three?")["thread_id"] != first["thread_id"]
+        # An edit of the second question in chat-1 forks; the chat's thread is left as it was.
+        edit = Chat(app.client(), "ann", **header)
+        edit.messages = ann.messages[:3]
+        fork = edit.say("Two, edited?")
+        assert fork["thread_id"] != first["thread_id"] and fork["turn"] == 1
+        assert app.state(first["thread_id"])["turn_count"] == 2
+        assert edit.say("Three?")["thread_id"] == fork["thread_id"]
+        # A regenerate of the first question starts the chat again in a thread of its own.
+        again = Chat(app.client(), "ann", **header)
+        assert again.say("One?")["thread_id"] not in (first["thread_id"], fork["thread_id"])
         # x-tmo-thread-id still names a thread as it did.
         named = Chat(app.client(), "ann", **{**header, "x-tmo-thread-id": first["thread_id"]})
         named.messages = list(ann.messages)

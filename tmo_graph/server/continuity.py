@@ -6,8 +6,9 @@ request limits do not count again.
 
 A request's *history* is its user and assistant messages (system and developer messages are
 the persona, kept apart) before the trailing user message(s). When its chain is recorded for
-the caller, the thread it names continues, or, when that thread has answered more turns
-since (an edit or a regenerate), a fork of it from that turn. Otherwise a new thread starts.
+the caller (and the chat the header names, if any), the thread it names continues, or, when
+that thread has answered more turns since (an edit or a regenerate), a fork of it from that
+turn. Otherwise the chat's header-named thread, or a new thread, takes it.
 After each turn the chain of the dialogue as the client will resend it (its answer as
 returned or streamed) is recorded, when the request carried the thread's whole dialogue.
 """
@@ -15,7 +16,7 @@ returned or streamed) is recorded, when the request carried the thread's whole d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,24 +103,40 @@ class Place:
 
 async def locate(
     history: History,
-    user: str,
+    scope: str,
     chains: ThreadChains,
     named: str | None,
+    by_header: str | None = None,
+    turns_done: Callable[[str], Awaitable[int]] | None = None,
 ) -> Place:
-    """Where the turn of a request with ``history`` runs: the thread ``named`` by a header,
-    else the thread whose recorded dialogue the history repeats (else a new one)."""
-    links = await chains.find(user, history.boundaries())
+    """Where the turn of a request with ``history`` runs: the thread ``named`` by
+    x-tmo-thread-id; else the thread whose dialogue the history repeats, recorded under
+    ``scope`` (:func:`scope_of`); else the chat's thread ``by_header`` (the configured
+    header's, when sent): when the chat has begun again from its first question (an edit
+    or a regenerate of it), a new thread; else a new thread."""
+    links = await chains.find(scope, history.boundaries())
+    prefix = history.prefix_chain
     if named is not None:
         mine = [c for c in history.boundaries() if c in links and links[c].thread_id == named]
         held = mine[-1] if mine else None
-        prefix = history.prefix_chain
         link = links.get(prefix) if prefix is not None and prefix == held else None
         return Place(named, held, link, named=True)
-    prefix = history.prefix_chain
     link = links.get(prefix) if prefix is not None else None
-    if link is None:
-        return Place(None, None, None, named=False)
-    return Place(link.thread_id, prefix, link, named=False)
+    if link is not None:
+        return Place(link.thread_id, prefix, link, named=False)
+    if (
+        by_header is not None
+        and turns_done is not None
+        and (prefix is not None or await turns_done(by_header) == 0)
+    ):
+        return Place(by_header, None, None, named=True)
+    return Place(None, None, None, named=False)
+
+
+def scope_of(user: str, by_header: str | None) -> str:
+    """Whose recorded dialogues a request's history is looked up in: the user's, or those of
+    the user's chat the configured header names (two chats word for word alike stay apart)."""
+    return user if by_header is None else f"{user}\x1f{by_header}"
 
 
 def header_thread(value: str | None, user: str, header: str) -> str | None:

@@ -27,6 +27,7 @@ from tmo_graph.server.continuity import (
     header_thread,
     history_of,
     locate,
+    scope_of,
 )
 from tmo_graph.server.errors import ApiError, api_error, bad
 from tmo_graph.server.limits import LimitExceeded, check_request, read_body
@@ -110,12 +111,12 @@ async def _thread(place: Place, caller: Caller, state: ServerState, header: str 
     return fork
 
 
-def _recorder(state: ServerState, user: str, history: History, thread_id: str) -> AfterTurn:
+def _recorder(state: ServerState, scope: str, history: History, thread_id: str) -> AfterTurn:
     """Record, after the turn, the dialogue as the client will resend it as the thread's."""
 
     async def record(finished: Finished) -> None:
         turn = finished.done.record
-        await state.chains.add(user, history.answered(turn["answer"]), thread_id, turn["turn"])
+        await state.chains.add(scope, history.answered(turn["answer"]), thread_id, turn["turn"])
 
     return record
 
@@ -134,19 +135,20 @@ async def chat_completions(
         raise bad("tools are not supported by this server; leave them out", "tools")
     named = thread_header(request.headers.get("x-tmo-thread-id"))  # malformed: 400 here
     header = state.settings.server.thread_header if named is None else None
-    if header is not None:
-        named = header_thread(request.headers.get(header), caller.user, header)
-        header = header if named is not None else None
+    chat_thread = (
+        None if header is None else header_thread(request.headers.get(header), caller.user, header)
+    )
+    scope = scope_of(caller.user, chat_thread)
     # Hashing and decoding inline images and clips is CPU work: off the event loop.
     history = await asyncio.to_thread(history_of, body.messages)
-    place = await locate(history, caller.user, state.chains, named)
+    place = await locate(history, scope, state.chains, named, chat_thread, state.runner.turns_done)
     _check_limits(body, state, history, place)
     chat = await asyncio.to_thread(Chat, body.messages, place.thread_id is None)
     thread_id = await _thread(place, caller, state, header)
     done = 0 if place.thread_id is None else await state.runner.turns_done(thread_id)
     stored = [] if place.thread_id is None else await state.runner.stored(thread_id)
     messages = await asyncio.to_thread(chat.new_messages, stored)
-    after = _recorder(state, caller.user, history, thread_id) if complete(place, done) else None
+    after = _recorder(state, scope, history, thread_id) if complete(place, done) else None
     key = caller.key
     context = Context.from_settings(
         state.settings,
