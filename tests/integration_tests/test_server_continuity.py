@@ -159,7 +159,7 @@ def test_memory_holds_each_turn_once_after_a_ten_turn_resent_chat(app: App) -> N
     assert app.services.memory.count("anonymous") == 9 - recent
 
 
-def test_a_thread_is_found_again_after_a_restart_in_the_sqlite_store(tmp_path: Path) -> None:
+def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(tmp_path: Path) -> None:
     services = fake_services(tmp_path, CountingLocal())
     db = tmp_path / "threads.sqlite"
     served = Served(create_app(services=services, db=db, no_auth=True))
@@ -172,9 +172,14 @@ def test_a_thread_is_found_again_after_a_restart_in_the_sqlite_store(tmp_path: P
     try:
         chat.client = served.client()
         again = chat.say("And now?")
+        # An edit forks in the SQLite store too: the checkpoint is copied to a new thread.
+        edit = Chat(served.client())
+        edit.messages = chat.messages[:3]
+        fork = edit.say("And now, edited?")
     finally:
         served.stop()
     assert again["thread_id"] == first["thread_id"] and again["turn"] == 1
+    assert fork["thread_id"] != first["thread_id"] and fork["turn"] == 1
 
 
 # --------------------------------------------------------------------------- the header
