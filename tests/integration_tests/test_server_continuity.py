@@ -159,7 +159,9 @@ def test_memory_holds_each_turn_once_after_a_ten_turn_resent_chat(app: App) -> N
     assert app.services.memory.count("anonymous") == 9 - recent
 
 
-def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(tmp_path: Path) -> None:
+def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(
+    tmp_path: Path,
+) -> None:
     services = fake_services(tmp_path, CountingLocal())
     db = tmp_path / "threads.sqlite"
     served = Served(create_app(services=services, db=db, no_auth=True))
