@@ -21,9 +21,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from openai import OpenAI
 
 from tests.integration_tests.test_server import Served
+from tests.integration_tests.test_server_access import make_keys
 from tests.unit_tests.fakes import FakeLocal, fake_services, png_bytes
 from tmo_graph.graph import build_graph
 from tmo_graph.server.app import create_app
+from tmo_graph.server.keys import KeyRing
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
@@ -182,6 +184,38 @@ def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(
         served.stop()
     assert again["thread_id"] == first["thread_id"] and again["turn"] == 1
     assert fork["thread_id"] != first["thread_id"] and fork["turn"] == 1
+
+
+def test_with_keys_another_user_repeating_a_dialogue_gets_a_thread_of_their_own(
+    tmp_path: Path,
+) -> None:
+    keys = make_keys(tmp_path)
+    services = fake_services(tmp_path, CountingLocal())
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    served = Served(create_app(graph, services.settings, keys=KeyRing(file=keys.file)))
+    try:
+
+        def client(name: str) -> OpenAI:
+            url = f"{served.url}/v1"
+            return OpenAI(base_url=url, api_key=keys.secrets[name], max_retries=0)
+
+        alice = Chat(client("alice"))
+        alice.say("My code is 1234. Is the pot boiling?")
+        bob = Chat(client("bob"))
+        bob.messages = list(alice.messages)  # alice's dialogue, her answer included
+        raw = bob.client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[*bob.messages, {"role": "user", "content": "What was my code?"}],  # type: ignore[list-item]
+        )
+        mine = alice.say("What was my code?")
+        assert raw.headers["x-tmo-turn"] == "0" and mine["turn"] == 1
+        assert raw.headers["x-tmo-thread-id"] != mine["thread_id"]
+        assert (
+            graph.get_state({"configurable": {"thread_id": mine["thread_id"]}}).values["turn_count"]
+            == 2
+        )  # bob's request never reached alice's thread
+    finally:
+        served.stop()
 
 
 # --------------------------------------------------------------------------- the header
