@@ -62,7 +62,9 @@ def _app(tmp: Path, **server: Any) -> App:
     settings = Settings(server=server) if server else Settings()
     services = fake_services(tmp, CountingLocal(), settings=settings)
     graph = build_graph(services, checkpointer=InMemorySaver())
-    return App(Served(create_app(graph, settings, no_auth=True)), graph, services)
+    return App(
+        Served(create_app(graph, settings, services=services, no_auth=True)), graph, services
+    )
 
 
 @pytest.fixture
@@ -159,6 +161,16 @@ def test_memory_holds_each_turn_once_after_a_ten_turn_resent_chat(app: App) -> N
     # Turns 0..(9 - recent) left the recent window, each stored once (a thread per request
     # would have stored every older turn again under each new thread).
     assert app.services.memory.count("anonymous") == 9 - recent
+    # An edit of the last question forks from turn 9 and carries the memory of the turns
+    # that had left the window by then (0..3), under the fork's own thread.
+    edit = Chat(app.client())
+    edit.messages = chat.messages[:-2]
+    fork = edit.say("Question 9, edited?")
+    assert fork["turn"] == 9 and fork["thread_id"] != infos[0]["thread_id"]
+    recalled = app.services.memory.search(
+        user_id="anonymous", vector=[1.0] * 32, k=20, thread_id=fork["thread_id"]
+    )
+    assert sorted(r["turn"] for r in recalled) == list(range(9 - recent))
 
 
 def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(

@@ -24,6 +24,7 @@ from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
+    from tmo_graph.memory.turns import TurnMemory
     from tmo_graph.services import Services
 
 
@@ -56,7 +57,8 @@ def create_app(
     with another address): the request's ``user`` field is then trusted. Thread owners are
     kept in ``owners`` and the content chains of their dialogues in ``chains``; default: the
     thread store's tables when the app opens the store, else this process's memory (a
-    passed ``graph``).
+    passed ``graph``). With a passed ``graph``, ``services`` (its services) lets a forked
+    dialogue carry the memory of the turns before the fork.
     """
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
@@ -67,13 +69,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             compiled, thread_owners, thread_chains = graph, owners, chains
+            memory = services.memory if services is not None else None
             if compiled is None:
-                compiled, opened, opened_chains = await stack.enter_async_context(
+                compiled, opened, opened_chains, memory = await stack.enter_async_context(
                     _default_graph(cfg, services, db)
                 )
                 thread_owners = thread_owners or opened
                 thread_chains = thread_chains or opened_chains
-            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s)
+            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory)
             app.state.server = ServerState(
                 settings=cfg,
                 keys=key_check,
@@ -130,9 +133,9 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
 @asynccontextmanager
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains]]:
-    """The real graph on an async checkpointer (a sync one cannot serve astream), and the
-    thread owners and dialogue chains kept in the same store."""
+) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, TurnMemory]]:
+    """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
+    owners and dialogue chains kept in the same store, and the graph's memory."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
     from tmo_graph.threads.store import (
@@ -149,4 +152,4 @@ async def _default_graph(
     ):
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield build_graph(services, checkpointer=saver), owners, chains
+        yield build_graph(services, checkpointer=saver), owners, chains, services.memory

@@ -107,7 +107,7 @@ async def _thread(place: Place, caller: Caller, state: ServerState, header: str 
     if await state.runner.turns_done(place.thread_id) <= turns:
         return place.thread_id
     fork = await thread_of(None, caller, state.owners)
-    await state.runner.fork(place.thread_id, turns, fork)
+    await state.runner.fork(place.thread_id, turns, fork, caller.user)
     return fork
 
 

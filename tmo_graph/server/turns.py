@@ -7,13 +7,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
 
 from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn
 from tmo_graph.server.errors import ApiError
+
+if TYPE_CHECKING:
+    from tmo_graph.memory.turns import TurnMemory
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,15 @@ AfterTurn = Callable[[Finished], Awaitable[None]]
 class TurnRunner:
     """Runs turns as tasks that finish even when their client leaves; counts them."""
 
-    def __init__(self, graph: Any, max_concurrent_turns: int, thread_wait_s: float) -> None:
+    def __init__(
+        self,
+        graph: Any,
+        max_concurrent_turns: int,
+        thread_wait_s: float,
+        memory: TurnMemory | None = None,
+    ) -> None:
         self.graph = graph
+        self.memory = memory  # the graph's memory, for forks to carry (None: not known)
         self.max_concurrent_turns = max_concurrent_turns
         self.thread_wait_s = thread_wait_s
         self.active = 0
@@ -75,10 +85,11 @@ class TurnRunner:
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
         return int(snapshot.values.get("turn_count") or 0)
 
-    async def fork(self, source: str, turns: int, target: str) -> bool:
+    async def fork(self, source: str, turns: int, target: str, user_id: str = "") -> bool:
         """Start thread ``target`` as a copy of ``source`` when it had answered ``turns``
-        turns (its checkpoint then: dialogue, budget left, turn count), leaving ``source`` as
-        it is; False when ``source`` has no such checkpoint."""
+        turns (its checkpoint then: dialogue, budget left, turn count; and ``user_id``'s
+        memory of the turns that had left its window), leaving ``source`` as it is; False
+        when ``source`` has no such checkpoint."""
         saver = getattr(self.graph, "checkpointer", None)
         if saver is None:
             return False
@@ -98,6 +109,15 @@ class TurnRunner:
                 saved.metadata,
                 dict(checkpoint["channel_versions"]),  # every channel: the copy stands alone
             )
+            if self.memory is not None:
+                kept = sum(1 for m in snapshot.values.get("messages") or [] if m.type == "human")
+                await asyncio.to_thread(
+                    self.memory.copy_thread,
+                    user_id=user_id,
+                    source=source,
+                    target=target,
+                    before=turns - kept,  # the turns the window no longer held then
+                )
             return True
         return False
 
