@@ -98,7 +98,9 @@ class Place:
     # The request's history is recorded as this thread's at this turn: with the thread's
     # later turns answered, the request edits or regenerates: it forks from that turn.
     link: Link | None
-    named: bool  # named by a header (never forked: the header keeps naming its thread)
+    # Named by x-tmo-thread-id, or the configured header's thread taking a history it has not
+    # recorded: continued as named, never forked.
+    named: bool
 
 
 async def locate(
@@ -112,8 +114,8 @@ async def locate(
     """Where the turn of a request with ``history`` runs: the thread ``named`` by
     x-tmo-thread-id; else the thread whose dialogue the history repeats, recorded under
     ``scope`` (:func:`scope_of`); else the chat's thread ``by_header`` (the configured
-    header's, when sent): when the chat has begun again from its first question (an edit
-    or a regenerate of it), a new thread; else a new thread."""
+    header's, when sent), unless the request begins that chat again from its first question
+    (an edit or a regenerate of it: a new thread); else a new thread."""
     links = await chains.find(scope, history.boundaries())
     prefix = history.prefix_chain
     if named is not None:
