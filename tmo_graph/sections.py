@@ -353,6 +353,13 @@ class ServerSettings(_Section):
         description="a stream sends an SSE comment after this many seconds without a chunk "
         "(a cascade draft being decided), so clients and proxies keep the connection",
     )
+    thread_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="a request header that names the dialogue, per user (e.g. Open WebUI's "
+        "X-OpenWebUI-Chat-Id); null: a request without x-tmo-thread-id continues the thread "
+        "whose dialogue it repeats",
+    )
 
     @field_validator("rate")
     @classmethod

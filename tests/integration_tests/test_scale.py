@@ -337,3 +337,54 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
     assert [r["turn"] for r in values["turns"]] == list(range(len(TEXTS)))
     assert [seen[-1]["content"] for seen in locals_[0].seen] == [*TEXTS[0::2], "A new dialogue."]
     assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]  # bob never got in
+
+
+def test_dialogue_chains_are_shared_by_workers_on_postgresql(postgres: str) -> None:
+    """The content chains that find a resent dialogue's thread live in PostgreSQL: a chain one
+    worker records is found by another, per user, and the first thread keeps it."""
+    from tmo_graph.threads.chains import Link, PostgresChains
+
+    async def run() -> None:
+        one, two = await PostgresChains.connect(postgres), await PostgresChains.connect(postgres)
+        try:
+            await one.add("ann", "c1", "t1", 0)
+            await two.add("ann", "c1", "t2", 4)  # a fork shares the history: t1 keeps it
+            assert await two.find("ann", ["c1", "c2"]) == {"c1": Link("t1", 0)}
+            assert await two.find("ben", ["c1"]) == {}
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_fork_copies_a_turns_checkpoint_to_a_new_thread_in_postgresql(
+    postgres: str, tmp_path: Path
+) -> None:
+    """The server forks an edited dialogue by copying the checkpoint that ended that turn into
+    a new thread; in PostgreSQL the copy stands alone and the source is left as it was."""
+    from tests.unit_tests.fakes import fake_services
+    from tmo_graph.server.turns import TurnRunner
+
+    settings = Settings(threads=ThreadSettings(url=postgres))
+    context = Context(policy="always-local", user_id="ann")
+
+    async def run() -> None:
+        async with open_async_checkpointer(settings) as saver:
+            services = fake_services(tmp_path, FakeLocal(["ok"]), settings=settings)
+            graph = build_graph(services, checkpointer=saver)
+            source = {"configurable": {"thread_id": "fork-source"}}
+            for text in ["one?", "two?", "three?"]:
+                await graph.ainvoke({"messages": [("user", text)]}, source, context=context)
+            runner = TurnRunner(graph, 4, 5.0)
+            assert await runner.fork("fork-source", 2, "fork-copy")
+            assert not await runner.fork("fork-source", 7, "fork-none")
+            copy = {"configurable": {"thread_id": "fork-copy"}}
+            values = (await graph.aget_state(copy)).values
+            assert values["turn_count"] == 2
+            assert [m.content for m in values["messages"] if m.type == "human"] == ["one?", "two?"]
+            out = await graph.ainvoke({"messages": [("user", "3?")]}, copy, context=context)
+            assert out["turns"][-1]["turn"] == 2
+            assert (await graph.aget_state(source)).values["turn_count"] == 3
+
+    asyncio.run(run())

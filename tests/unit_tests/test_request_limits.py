@@ -87,3 +87,22 @@ def test_a_langchain_image_block_is_sized_too() -> None:
     assert _refusal([_msg(block)]).status == 413
     by_url = {"type": "image", "url": f"data:image/png;base64,{_b64(101)}"}
     assert _refusal([_msg(by_url)]).status == 413
+
+
+def test_what_the_thread_holds_is_not_counted_again() -> None:
+    """Messages before ``held`` and media with a hash in ``known_media`` are the thread's
+    already: a resent chat is not refused for its history, new media still are."""
+    from tmo_graph.threads.chains import media_hash
+
+    def image(n: int) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": f"https://example.org/{n}.png"}}
+
+    history = [_msg(image(n)) for n in range(5)]
+    check_request([*history, _msg(image(9))], {}, LIMITS, held=5)
+    with pytest.raises(LimitExceeded):
+        check_request([*history, _msg(image(9))], {}, LIMITS, held=3)  # 3 new images
+    again = [image(0), image(1), image(9)]
+    known = {media_hash(f"https://example.org/{n}.png") for n in range(5)}
+    check_request([*history, _msg(*again)], {}, LIMITS, held=5, known_media=known)
+    with pytest.raises(LimitExceeded):
+        check_request([*history, _msg(image(7), image(8), image(9))], {}, LIMITS, held=5)

@@ -161,3 +161,14 @@ def test_a_named_thread_takes_only_the_tool_result_as_new(
     # The thread's question and call are sent once: the request repeats the thread's.
     kinds = [type(m).__name__ for m in cloud.sent[1] if type(m).__name__ != "SystemMessage"]
     assert kinds == ["HumanMessage", "AIMessage", "ToolMessage"]
+
+
+def test_a_resent_tool_loop_without_a_thread_header_stays_one_thread(
+    served: tuple[TestClient, ToolCloud, FakeLocal],
+) -> None:
+    client, _, _ = served
+    first = _post(client, messages=[QUESTION], tools=[TOOL])
+    second = _post(client, messages=[QUESTION, ASKED, RESULT], tools=[TOOL])
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.headers["x-tmo-thread-id"] == second.headers["x-tmo-thread-id"]
+    assert (first.json()["tmo"]["turn"], second.json()["tmo"]["turn"]) == (0, 1)

@@ -261,5 +261,24 @@ class TurnMemory:
             self._call(lambda: collection.delete(where={"thread_id": thread_id}))
             table.drop_thread(thread_id)
 
+    def copy_thread(self, *, user_id: str, source: str, target: str, before: int) -> int:
+        """Store ``source``'s turns numbered below ``before`` again under ``target``: a dialogue
+        forked from ``source`` at that turn recalls what was said before it. How many."""
+        collection = self._collection(user_id)
+        where = {"$and": [{"thread_id": source}, {"turn": {"$lt": int(before)}}]}
+        page = self._call(
+            lambda: collection.get(where=where, include=["embeddings", "documents", "metadatas"])
+        )
+        if not len(page["ids"]):
+            return 0
+        self.add(
+            user_id=user_id,
+            thread_id=target,
+            turns=[int(m["turn"]) for m in page["metadatas"]],
+            texts=[str(d) for d in page["documents"]],
+            vectors=[list(map(float, v)) for v in page["embeddings"]],
+        )
+        return len(page["ids"])
+
     def count(self, user_id: str) -> int:
         return int(self._call(self._collection(user_id).count))

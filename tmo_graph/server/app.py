@@ -21,9 +21,11 @@ from tmo_graph.server.routes import router
 from tmo_graph.server.runtime import KeyCheck, ServerState
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, load_settings
+from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
+    from tmo_graph.memory.turns import TurnMemory
     from tmo_graph.services import Services
 
 
@@ -38,6 +40,7 @@ def create_app(
     keys: KeyRing | None = None,
     no_auth: bool = False,
     owners: ThreadOwners | None = None,
+    chains: ThreadChains | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -54,8 +57,10 @@ def create_app(
     ones ``server.keys`` / ``server.keys_file`` name. ``no_auth=True`` drops keys for a
     server on 127.0.0.1 only (the CLI refuses it on any other address; the app refuses peers
     with another address): the request's ``user`` field is then trusted. Thread owners are
-    kept in ``owners``; default: the thread store's table when the app opens the store,
-    else this process's memory (a passed ``graph``).
+    kept in ``owners`` and the content chains of their dialogues in ``chains``; default: the
+    thread store's tables when the app opens the store, else this process's memory (a
+    passed ``graph``). With a passed ``graph``, ``services`` (its services) lets a forked
+    dialogue carry the memory of the turns before the fork.
     """
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
@@ -65,20 +70,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            compiled, thread_owners = graph, owners
+            compiled, thread_owners, thread_chains = graph, owners, chains
             local = services.local if services is not None else None
+            memory = services.memory if services is not None else None
             if compiled is None:
-                compiled, opened, local = await stack.enter_async_context(
+                compiled, opened, opened_chains, local, memory = await stack.enter_async_context(
                     _default_graph(cfg, services, db)
                 )
                 thread_owners = thread_owners or opened
-            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s)
+                thread_chains = thread_chains or opened_chains
+            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory)
             app.state.server = ServerState(
                 settings=cfg,
                 keys=key_check,
                 owners=thread_owners or MemoryOwners(),
                 runner=runner,
                 local=local,
+                chains=thread_chains or MemoryChains(),
             )
             yield
             await runner.drain()
@@ -86,6 +94,8 @@ def create_app(
     app = FastAPI(title="tmo-graph", lifespan=lifespan)
     if cfg.server.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
+
+        named = [cfg.server.thread_header.lower()] if cfg.server.thread_header else []
 
         app.add_middleware(
             CORSMiddleware,
@@ -97,6 +107,7 @@ def create_app(
                 "x-tmo-thread-id",
                 "x-tmo-user",
                 "x-tmo-chore",
+                *named,
             ],
             expose_headers=["x-tmo-thread-id", "retry-after"],
         )
@@ -127,18 +138,30 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
 @asynccontextmanager
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[tuple[Any, ThreadOwners, LocalBackend]]:
-    """The real graph on an async checkpointer (a sync one cannot serve astream), the
-    thread owners kept in the same store, and the local model (it answers chores)."""
+) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, LocalBackend, TurnMemory]]:
+    """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
+    owners and dialogue chains kept in the same store, the local model (it answers chores)
+    and the graph's memory."""
     from tmo_graph.graph import build_graph
     from tmo_graph.services import build_services
-    from tmo_graph.threads.store import open_async_checkpointer, open_async_owners
+    from tmo_graph.threads.store import (
+        open_async_chains,
+        open_async_checkpointer,
+        open_async_owners,
+    )
 
     # The thread store first: an unreachable database fails before the models load.
     async with (
         open_async_checkpointer(settings, db) as saver,
         open_async_owners(settings, db) as owners,
+        open_async_chains(settings, db) as chains,
     ):
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield build_graph(services, checkpointer=saver), owners, services.local
+        yield (
+            build_graph(services, checkpointer=saver),
+            owners,
+            chains,
+            services.local,
+            services.memory,
+        )

@@ -1,12 +1,15 @@
 """How much a chat request may carry and how often a key may ask (``server:`` settings),
 checked before any work.
 
-Size: counted over the whole request: messages, image parts (OpenAI ``image_url``, LangChain
-``image``), audio parts (OpenAI ``input_audio``, LangChain ``audio``), each inline
-image's and clip's decoded size (from its base64 length: nothing is decoded to measure it)
-and the ``max_tokens`` / ``max_completion_tokens`` asked (:func:`check_request`). Each
-refusal names the limit and what to change. The body's own size is checked while it is read
-(:func:`read_body`).
+Size: counted over what the request adds to its thread: messages, image parts (OpenAI
+``image_url``, LangChain ``image``), audio parts (OpenAI ``input_audio``, LangChain
+``audio``), each inline image's and clip's decoded size (from its base64 length: nothing is
+decoded to measure it) and the ``max_tokens`` / ``max_completion_tokens`` asked
+(:func:`check_request`). A client that resends the whole chat is not refused for its
+history: the messages the thread holds already (by their content chain,
+:mod:`tmo_graph.server.continuity`) and media it holds (the same content hash) are not
+counted again. Each refusal names the limit and what to change. The body's own size is
+checked while it is read (:func:`read_body`).
 
 Rate: requests per API key over a moving window (the ``limits`` library, in this process,
 :class:`RateLimiter`). Each worker counts its own requests: behind a load balancer with N
@@ -18,12 +21,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from functools import lru_cache
 from typing import Any
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.sections import ServerSettings
+from tmo_graph.threads.chains import media_hash
 
 IMAGE_PARTS = ("image_url", "image")
 AUDIO_PARTS = ("input_audio", "audio")
@@ -64,6 +68,24 @@ async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: i
     return bytes(body)
 
 
+def part_data(part: Any) -> str | None:
+    """The data of a media part that identifies it (a data or http URL, or base64); None
+    for a text part or a shape that is not media."""
+    if not isinstance(part, dict):
+        return None
+    kind = part.get("type")
+    value: Any = None
+    if kind == "image_url":
+        value = part.get("image_url")
+        value = value.get("url") if isinstance(value, dict) else value
+    elif kind == "input_audio":
+        value = part.get("input_audio")
+        value = value.get("data") if isinstance(value, dict) else value
+    elif kind in ("image", "audio", "file"):
+        value = part.get("base64") or part.get("data") or part.get("url")
+    return value if isinstance(value, str) else None
+
+
 def _base64_bytes(data: str) -> int:
     """The decoded size of base64 text, without decoding it."""
     text = data.strip()
@@ -92,11 +114,18 @@ def _inline_size(part: dict[str, Any], kind: str) -> int | None:
     return _base64_bytes(payload) if sep else None
 
 
-def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: ServerSettings) -> None:
+def check_request(
+    messages: Sequence[Any],
+    extra: dict[str, Any],
+    limits: ServerSettings,
+    held: int = 0,
+    known_media: Collection[str] = (),
+) -> None:
     """Refuse (:class:`LimitExceeded`) a request over any of ``limits``.
 
     ``messages``: the request's messages (objects with a ``content``); ``extra``: its other
-    fields (where ``max_tokens`` is).
+    fields (where ``max_tokens`` is). ``held``: how many leading messages the thread holds
+    already, and ``known_media``: the content hashes of the media it holds; neither counts.
     """
     for name in TOKEN_FIELDS:
         if name not in extra or extra[name] is None:
@@ -111,10 +140,10 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
                 f"(server.max_tokens); ask for at most {limits.max_tokens}",
                 name,
             )
-    if len(messages) > limits.max_messages:
+    if len(messages) - held > limits.max_messages:
         raise LimitExceeded(
             400,
-            f"the request has {len(messages)} messages, over this server's limit of "
+            f"the request adds {len(messages) - held} messages, over this server's limit of "
             f"{limits.max_messages} (server.max_messages); on a thread, send only the new "
             "user message (the thread keeps the rest)",
             "messages",
@@ -144,6 +173,8 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
     }
     counts = dict.fromkeys(media, 0)
     for i, message in enumerate(messages):
+        if i < held:
+            continue
         content = getattr(message, "content", None)
         if not isinstance(content, list):
             continue
@@ -153,6 +184,9 @@ def check_request(messages: Sequence[Any], extra: dict[str, Any], limits: Server
             media_kind = next((m for m, (types, _, _) in media.items() if kind in types), None)
             if media_kind is None or kind is None:
                 continue
+            data = part_data(part)
+            if data is not None and media_hash(data) in known_media:
+                continue  # the thread holds it: a resent chat is not refused for its history
             _, most, most_bytes = media[media_kind]
             plural, count_field, is_phrase, per, bytes_field, fix = words[media_kind]
             counts[media_kind] += 1

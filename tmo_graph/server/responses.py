@@ -27,6 +27,7 @@ def tmo_headers(info: Mapping[str, Any]) -> dict[str, str]:
     confidence = info["confidence"]
     return {
         "x-tmo-thread-id": info["thread_id"],
+        "x-tmo-turn": str(info["turn"]),  # 0-based: which turn of the thread this answers
         "x-tmo-route": info["route"],
         "x-tmo-views-sent": ",".join(info["views_sent"]),
         "x-tmo-confidence": "" if confidence is None else f"{confidence:.4f}",

@@ -3,7 +3,7 @@ the routes through the :func:`server_state` dependency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -13,6 +13,7 @@ from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings
+from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import ThreadOwners
 
 
@@ -33,6 +34,8 @@ class ServerState:
     owners: ThreadOwners
     runner: TurnRunner
     local: LocalBackend | None = None  # answers front-end chores (None: chores get 503)
+    # Each thread's dialogue by content, to find the thread of a request that names none.
+    chains: ThreadChains = field(default_factory=MemoryChains)
 
 
 async def server_state(request: Request) -> ServerState:

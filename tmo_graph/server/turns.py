@@ -4,15 +4,21 @@ question without its answer), at most ``max_concurrent_turns`` at once (503 beyo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
 
 from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn
 from tmo_graph.server.errors import ApiError
+
+if TYPE_CHECKING:
+    from tmo_graph.memory.turns import TurnMemory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,13 +49,22 @@ class Finished:
 
 # What a running turn puts on its queue: answer tokens, then Finished, or the error that ended it.
 Event = Token | Finished | BaseException
+# Run when a turn has finished, before its client hears so (e.g. record the dialogue's chain).
+AfterTurn = Callable[[Finished], Awaitable[None]]
 
 
 class TurnRunner:
     """Runs turns as tasks that finish even when their client leaves; counts them."""
 
-    def __init__(self, graph: Any, max_concurrent_turns: int, thread_wait_s: float) -> None:
+    def __init__(
+        self,
+        graph: Any,
+        max_concurrent_turns: int,
+        thread_wait_s: float,
+        memory: TurnMemory | None = None,
+    ) -> None:
         self.graph = graph
+        self.memory = memory  # the graph's memory, for forks to carry (None: not known)
         self.max_concurrent_turns = max_concurrent_turns
         self.thread_wait_s = thread_wait_s
         self.active = 0
@@ -63,8 +78,55 @@ class TurnRunner:
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
         return list(snapshot.values.get("messages") or [])
 
+    async def turns_done(self, thread_id: str) -> int:
+        """How many turns the thread has answered (0 without a checkpointer)."""
+        if getattr(self.graph, "checkpointer", None) is None:
+            return 0
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        return int(snapshot.values.get("turn_count") or 0)
+
+    async def fork(self, source: str, turns: int, target: str, user_id: str = "") -> bool:
+        """Start thread ``target`` as a copy of ``source`` when it had answered ``turns``
+        turns (its checkpoint then: dialogue, budget left, turn count; and ``user_id``'s
+        memory of the turns that had left its window), leaving ``source`` as it is; False
+        when ``source`` has no such checkpoint."""
+        saver = getattr(self.graph, "checkpointer", None)
+        if saver is None:
+            return False
+        async for snapshot in self.graph.aget_state_history(
+            {"configurable": {"thread_id": source}}
+        ):
+            # Newest first: the first finished state with that count ends that turn.
+            if snapshot.next or snapshot.values.get("turn_count") != turns:
+                continue
+            saved = await saver.aget_tuple(snapshot.config)
+            if saved is None:
+                return False
+            checkpoint = saved.checkpoint
+            await saver.aput(
+                {"configurable": {"thread_id": target, "checkpoint_ns": ""}},
+                checkpoint,
+                saved.metadata,
+                dict(checkpoint["channel_versions"]),  # every channel: the copy stands alone
+            )
+            if self.memory is not None:
+                kept = sum(1 for m in snapshot.values.get("messages") or [] if m.type == "human")
+                await asyncio.to_thread(
+                    self.memory.copy_thread,
+                    user_id=user_id,
+                    source=source,
+                    target=target,
+                    before=turns - kept,  # the turns the window no longer held then
+                )
+            return True
+        return False
+
     def start(
-        self, inputs: dict[str, Any], thread_id: str, context: Context
+        self,
+        inputs: dict[str, Any],
+        thread_id: str,
+        context: Context,
+        after: AfterTurn | None = None,
     ) -> asyncio.Queue[Event]:
         """Start a turn; its events come on the queue returned (503 when too many run)."""
         if self.active >= self.max_concurrent_turns:
@@ -77,13 +139,18 @@ class TurnRunner:
             )
         self.active += 1  # counted before the task starts: no await between check and count
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        task = asyncio.create_task(self._run(inputs, thread_id, context, queue))
+        task = asyncio.create_task(self._run(inputs, thread_id, context, queue, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return queue
 
     async def _run(
-        self, inputs: dict[str, Any], thread_id: str, context: Context, queue: asyncio.Queue[Event]
+        self,
+        inputs: dict[str, Any],
+        thread_id: str,
+        context: Context,
+        queue: asyncio.Queue[Event],
+        after: AfterTurn | None,
     ) -> None:
         try:
             async for event in astream_turn(
@@ -91,7 +158,13 @@ class TurnRunner:
             ):
                 if isinstance(event, Done):
                     # Still inside the thread's lock: no later turn has written yet.
-                    queue.put_nowait(Finished(event, Usage.of(event.record)))
+                    finished = Finished(event, Usage.of(event.record))
+                    if after is not None:
+                        try:
+                            await after(finished)
+                        except Exception:  # the answer stands; only its bookkeeping failed
+                            log.exception("after the turn of thread %s", thread_id)
+                    queue.put_nowait(finished)
                 else:
                     queue.put_nowait(event)
         except Exception as exc:

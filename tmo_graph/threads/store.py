@@ -2,7 +2,8 @@
 
 Each turn's state is saved under its thread id, so any process holding a checkpointer to
 the same store can continue a thread another one started (``threads.url`` in the settings).
-The server keeps each thread's owner in the same store (:func:`open_async_owners`).
+The server keeps each thread's owner (:func:`open_async_owners`) and the content chains of
+its dialogues (:func:`open_async_chains`) in the same store.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, default_cache_dir
+from tmo_graph.threads.chains import PostgresChains, SqliteChains, ThreadChains
 from tmo_graph.threads.owners import PostgresOwners, SqliteOwners, ThreadOwners
 
 # Seconds a worker waits for PostgreSQL before saying it is unreachable (libpq waits forever).
@@ -130,6 +132,30 @@ async def open_async_owners(
         yield owners
     finally:
         await owners.aclose()
+
+
+@asynccontextmanager
+async def open_async_chains(
+    settings: Settings, db_path: Path | None = None
+) -> AsyncIterator[ThreadChains]:
+    """The content chains of the threads' dialogues (:mod:`tmo_graph.threads.chains`), in the
+    same store as :func:`open_async_checkpointer`'s threads."""
+    url, db = _store(settings, db_path)
+    chains: ThreadChains
+    if url is None:
+        chains = SqliteChains(db)
+    else:
+        psycopg = _psycopg()
+        try:
+            chains = await PostgresChains.connect(_with_connect_timeout(url, psycopg))
+        except psycopg.OperationalError as exc:
+            raise _unreachable(url, exc) from None
+        except psycopg.Error as exc:
+            raise _refused(url, exc) from None
+    try:
+        yield chains
+    finally:
+        await chains.aclose()
 
 
 @contextmanager
