@@ -31,7 +31,9 @@ as a person would: sign-in form, chat input, file input for the image, the Regen
 Each captured request carries the scenario step that caused it (``action``); the fixture keeps
 every chat-completions request, trimmed (``openwebui_capture.trim``: the key's shape, the
 ``X-OpenWebUI-*`` headers, the body with long prompts cut, tools by name, image data URLs by
-length and sha256). Screenshots land in ``<out>/screenshots`` (ignored by git).
+length and sha256, the answer's status). Screenshots land in ``<out>/screenshots`` (ignored by
+git). ``--upstream http://127.0.0.1:P --api-key KEY --model tmo-...`` runs the same scenario
+against a real server (``tmo-graph serve``) through the recording proxy.
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from tests.integration_tests.openwebui_capture import CaptureServer, chore_kind, fixture_records
+from tests.integration_tests.openwebui_capture import (
+    MODEL_ID,
+    CaptureServer,
+    chore_kind,
+    fixture_records,
+)
 
 OPENWEBUI_VERSION = "0.12.4"
 TORCH_VERSION = "2.13.0"
@@ -106,7 +113,7 @@ def small_png(width: int = 48, height: int = 48) -> bytes:
     )
 
 
-def openwebui_env(backend_url: str, data_dir: Path) -> dict[str, str]:
+def openwebui_env(backend_url: str, data_dir: Path, api_key: str, model: str) -> dict[str, str]:
     """Open WebUI's settings for an offline run against one OpenAI-compatible backend."""
     return {
         **os.environ,
@@ -115,11 +122,11 @@ def openwebui_env(backend_url: str, data_dir: Path) -> dict[str, str]:
         "RAG_EMBEDDING_MODEL": "",  # empty: no embedding model is loaded at boot
         "ENABLE_OLLAMA_API": "False",
         "OPENAI_API_BASE_URL": backend_url,
-        "OPENAI_API_KEY": "sk-openwebui-capture",
+        "OPENAI_API_KEY": api_key,
         "DATA_DIR": str(data_dir),
         "ENABLE_FORWARD_USER_INFO_HEADERS": "true",
-        "DEFAULT_MODELS": "tmo",
-        # A connection's models are the admin's alone by default; users need to see "tmo" too.
+        "DEFAULT_MODELS": model,
+        # A connection's models are the admin's alone by default; users need to see it too.
         "BYPASS_MODEL_ACCESS_CONTROL": "true",
         "WEBUI_SECRET_KEY": "openwebui-capture-secret",
         "ENABLE_VERSION_UPDATE_CHECK": "false",
@@ -128,7 +135,7 @@ def openwebui_env(backend_url: str, data_dir: Path) -> dict[str, str]:
 
 
 def start_openwebui(
-    venv_python: Path, backend_url: str, folder: Path, port: int
+    venv_python: Path, backend_url: str, folder: Path, port: int, api_key: str, model: str
 ) -> subprocess.Popen[bytes]:
     """Start ``open-webui serve`` on 127.0.0.1:port and wait for ``/health`` (about 17 s)."""
     log = (folder / "openwebui.log").open("wb")
@@ -141,7 +148,7 @@ def start_openwebui(
             "--port",
             str(port),
         ],
-        env=openwebui_env(backend_url, folder / "data"),
+        env=openwebui_env(backend_url, folder / "data", api_key, model),
         cwd=folder,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -300,17 +307,26 @@ class Scenario:
         self.page.screenshot(path=str(self.shots / name))
 
 
-def record(out: Path, port: int = 18080) -> Path:
-    """Run the whole scenario; returns the JSONL file of every request the backend saw."""
+def record(
+    out: Path,
+    port: int = 18080,
+    upstream: str | None = None,
+    api_key: str = "sk-openwebui-capture",
+    model: str = MODEL_ID,
+) -> Path:
+    """Run the whole scenario; returns the JSONL file of every request the backend saw. With
+    ``upstream`` (an origin such as ``http://127.0.0.1:8000``) Open WebUI talks to that server
+    through the recording proxy, with ``api_key`` and ``model`` as its connection's key and
+    default model."""
     if out.exists():
         shutil.rmtree(out)
     (out / "screenshots").mkdir(parents=True)
     png = out / "picture.png"
     png.write_bytes(small_png())
-    capture = CaptureServer(out / "captured.jsonl").start()
+    capture = CaptureServer(out / "captured.jsonl", upstream=upstream).start()
     python = Path(sys.executable)
     started = time.monotonic()
-    process = start_openwebui(python, capture.url, out, port)
+    process = start_openwebui(python, capture.url, out, port, api_key, model)
     timings = {"openwebui_start_s": round(time.monotonic() - started, 1)}
     try:
         base = f"http://127.0.0.1:{port}"
@@ -337,9 +353,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=CACHE / "run")
     parser.add_argument("--fixture", type=Path, help="also write the trimmed fixture here")
-    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--port", type=int, default=18080, help="Open WebUI's port")
+    parser.add_argument("--upstream", help="forward to this origin, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--api-key", default="sk-openwebui-capture", help="the upstream's key")
+    parser.add_argument("--model", default=MODEL_ID, help="the model Open WebUI selects")
     args = parser.parse_args()
-    captured = record(args.out, args.port)
+    captured = record(args.out, args.port, args.upstream, args.api_key, args.model)
     if args.fixture:
         write_fixture(captured, args.fixture)
     print(captured)

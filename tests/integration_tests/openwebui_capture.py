@@ -2,8 +2,10 @@
 
 It answers ``GET /v1/models`` with one model and ``POST /v1/chat/completions`` with a fixed
 short answer, plain or streamed (server-sent events when ``stream`` is true), and appends each
-request (method, path, headers, JSON body) as one line to a JSONL file. Standard library only,
-so both the project's interpreter and Open WebUI's own virtual environment can run it.
+request (method, path, headers, JSON body, the answer's status) as one line to a JSONL file.
+Given an upstream origin (``tmo-graph serve``, say) it forwards every request there instead,
+streamed answers chunk by chunk, and records the same lines. Standard library only, so both
+the project's interpreter and Open WebUI's own virtual environment can run it.
 
 ``trim`` turns a captured request into the small record the fixture keeps: the headers that
 matter, the body's shape, image data URLs replaced by their length and sha256, and the kind of
@@ -17,6 +19,8 @@ import json
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,10 @@ CHORE_MARKERS = {
     "image_prompt": ("Generate a detailed prompt for am image generation task",),
 }
 _DATA_URL = re.compile(r"^data:([^;,]+)(;base64)?,(.*)$", re.DOTALL)
+# Hop-by-hop headers (and the ones urllib sets itself) are not forwarded.
+_HOP_HEADERS = {"host", "content-length", "connection", "accept-encoding", "transfer-encoding"}
+# Loopback only: never through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Headers worth keeping in the fixture: the key's shape and everything Open WebUI names itself.
 _KEPT_HEADERS = ("authorization", "content-type", "user-agent")
 
@@ -49,33 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the JSONL file is the log."""
 
-    def _record(self, body: Any) -> None:
-        entry = {
-            "time": time.time(),
-            "action": self.server.action,
-            "method": self.command,
-            "path": self.path,
-            "headers": dict(self.headers.items()),
-            "body": body,
-        }
-        with self.server.lock, self.server.log_path.open("a") as log:
-            log.write(json.dumps(entry) + "\n")
-
-    def _send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
-        self._record(None)
-        if self.path.rstrip("/").endswith("/models"):
-            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "capture"}
-            self._send_json(200, {"object": "list", "data": [model]})
-        else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+        self._handle(None, b"")
 
     def do_POST(self) -> None:  # noqa: N802
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -83,18 +66,76 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"null")
         except json.JSONDecodeError:
             body = {"unparsed": raw.decode(errors="replace")}
-        self._record(body)
-        if not self.path.rstrip("/").endswith("/chat/completions"):
-            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
-            return
+        self._handle(body, raw)
+
+    def _handle(self, body: Any, raw: bytes) -> None:
+        """Answer (or forward) first, then record: the line carries the answer's status; it is
+        written when the answer is complete, so a quiet log means nothing is in flight."""
+        received, action = time.time(), self.server.action
+        status = self._forward(raw) if self.server.upstream else self._stand_in(body)
+        entry = {
+            "received": received,
+            "time": time.time(),
+            "action": action,
+            "method": self.command,
+            "path": self.path,
+            "headers": dict(self.headers.items()),
+            "body": body,
+            "status": status,
+        }
+        with self.server.lock, self.server.log_path.open("a") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    def _forward(self, raw: bytes) -> int:
+        """Pass the request to the upstream server unchanged and its answer back as it comes
+        (streamed answers chunk by chunk)."""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+        request = urllib.request.Request(
+            self.server.upstream + self.path,
+            data=raw if self.command == "POST" else None,
+            headers=headers,
+            method=self.command,
+        )
+        try:
+            response = _DIRECT.open(request, timeout=600)
+        except urllib.error.HTTPError as error:
+            response = error
+        with response:
+            status: int = response.status or 502
+            self.send_response(status)
+            self.send_header("Content-Type", response.headers.get("Content-Type", "text/plain"))
+            self.end_headers()
+            read = getattr(response, "read1", response.read)
+            while chunk := read(65536):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        return status
+
+    def _send_json(self, status: int, payload: Any) -> int:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return status
+
+    def _stand_in(self, body: Any) -> int:
+        """The fixed answers: one model, a short reply plain or streamed, 404 elsewhere."""
+        path = self.path.rstrip("/")
+        if self.command == "GET" and path.endswith("/models"):
+            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "capture"}
+            return self._send_json(200, {"object": "list", "data": [model]})
+        if self.command != "POST" or not path.endswith("/chat/completions"):
+            return self._send_json(404, {"error": {"message": f"no route {self.path}"}})
         created = int(time.time())
         if isinstance(body, dict) and body.get("stream"):
             self._stream(created)
-            return
+            return 200
         message = {"role": "assistant", "content": ANSWER}
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        self._send_json(
+        return self._send_json(
             200,
             {
                 "id": "chatcmpl-capture",
@@ -131,13 +172,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class CaptureServer(ThreadingHTTPServer):
-    """The capturing backend on 127.0.0.1; ``start`` serves it from a daemon thread."""
+    """The capturing backend on 127.0.0.1 (a stand-in, or a recording proxy in front of an
+    upstream server); ``start`` serves it from a daemon thread."""
 
     daemon_threads = True
 
-    def __init__(self, log_path: Path, port: int = 0) -> None:
+    def __init__(self, log_path: Path, port: int = 0, upstream: str | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.log_path = log_path
+        # With an upstream (an origin such as http://127.0.0.1:8000, for example
+        # ``tmo-graph serve``) every request is forwarded there and recorded with its status.
+        self.upstream = upstream.rstrip("/") if upstream else None
         self.lock = threading.Lock()
         # The scenario step now running, recorded with each request (set by the driver).
         self.action = ""
@@ -228,8 +273,9 @@ def trim(entry: dict[str, Any]) -> dict[str, Any]:
 def fixture_records(captured: Path) -> list[dict[str, Any]]:
     """The fixture's lines for a capture: every POST, trimmed, with the scenario step that
     caused it, in the order the backend received them (``GET /v1/models`` left out)."""
+    entries = sorted(read_jsonl(captured), key=lambda entry: entry["received"])
     return [
-        {"action": entry.get("action"), **trim(entry)}
-        for entry in read_jsonl(captured)
+        {"action": entry["action"], "status": entry["status"], **trim(entry)}
+        for entry in entries
         if entry["method"] == "POST"
     ]

@@ -15,10 +15,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration_tests.openwebui import CHROMIUM, FIXTURE, REPO, ensure_venv
-from tests.integration_tests.openwebui_capture import ANSWER, fixture_records, read_jsonl
+from tests.integration_tests.openwebui_capture import (
+    ANSWER,
+    MODEL_ID,
+    CaptureServer,
+    fixture_records,
+    read_jsonl,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +45,7 @@ def check_shape(records: list[dict[str, Any]]) -> None:
     chat_ids: dict[tuple[str, str], set[str]] = defaultdict(set)
     user_ids: dict[str, set[str]] = defaultdict(set)
     for record in records:
+        assert record["status"] == 200, (record["action"], record["status"])
         match = _ACTION.match(record["action"] or "")
         assert match, f"a request outside a chat step: {record['action']}"
         user, chat = match.group(1), match.group(2)
@@ -97,6 +105,36 @@ def _check_resends(key: tuple[str, str], requests: list[dict[str, Any]]) -> None
     if key == ("user1", "chat1"):
         image_turn = by_action["user1 chat1 turn2"]["body"]["messages"][2]["content"]
         assert any(part["type"] == "image_url" for part in image_turn)
+
+
+def test_recording_proxy_forwards_and_records(tmp_path: Path) -> None:
+    """In front of a real server the proxy passes plain and streamed answers and errors
+    through unchanged and records each request with the answer's status."""
+    upstream = CaptureServer(tmp_path / "upstream.jsonl").start()
+    proxy = CaptureServer(tmp_path / "proxy.jsonl", upstream=upstream.url.removesuffix("/v1"))
+    proxy.start()
+    try:
+        headers = {"Authorization": "Bearer sk-test", "X-OpenWebUI-Chat-Id": "c1"}
+        body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}
+        plain = httpx.post(f"{proxy.url}/chat/completions", json=body, headers=headers)
+        assert plain.json()["choices"][0]["message"]["content"] == ANSWER
+        streamed = httpx.post(
+            f"{proxy.url}/chat/completions", json={**body, "stream": True}, headers=headers
+        )
+        assert streamed.headers["content-type"] == "text/event-stream"
+        assert streamed.text.rstrip().endswith("data: [DONE]")
+        assert httpx.post(f"{proxy.url}/nowhere", json=body).status_code == 404
+    finally:
+        proxy.shutdown()
+        upstream.shutdown()
+    seen = upstream.requests()
+    assert [entry["body"] for entry in seen[:2]] == [body, {**body, "stream": True}]
+    forwarded = {key.lower(): value for key, value in seen[0]["headers"].items()}
+    assert forwarded["authorization"] == "Bearer sk-test"
+    assert forwarded["x-openwebui-chat-id"] == "c1"
+    records = fixture_records(proxy.log_path)
+    assert [record["status"] for record in records] == [200, 200, 404]
+    assert records[0]["headers"]["x-openwebui-chat-id"] == "c1"
 
 
 def test_recorded_fixture_shape() -> None:
