@@ -72,7 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer (or forward) first, then record: the line carries the answer's status; it is
         written when the answer is complete, so a quiet log means nothing is in flight."""
         received, action = time.time(), self.server.action
-        status = self._forward(raw) if self.server.upstream else self._stand_in(body)
+        upstream = self.server.upstream
+        status = self._forward(upstream, raw) if upstream else self._stand_in(body)
         entry = {
             "received": received,
             "time": time.time(),
@@ -86,12 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock, self.server.log_path.open("a") as log:
             log.write(json.dumps(entry) + "\n")
 
-    def _forward(self, raw: bytes) -> int:
+    def _forward(self, upstream: str, raw: bytes) -> int:
         """Pass the request to the upstream server unchanged and its answer back as it comes
         (streamed answers chunk by chunk)."""
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
         request = urllib.request.Request(
-            self.server.upstream + self.path,
+            upstream + self.path,
             data=raw if self.command == "POST" else None,
             headers=headers,
             method=self.command,
