@@ -32,7 +32,9 @@ Each captured request carries the scenario step that caused it (``action``); the
 every chat-completions request, trimmed (``openwebui_capture.trim``: the key's shape, the
 ``X-OpenWebUI-*`` headers, the body with long prompts cut, tools by name, image data URLs by
 length and sha256, the answer's status). Screenshots land in ``<out>/screenshots`` (ignored by
-git). ``--upstream http://127.0.0.1:P --api-key KEY --model tmo-...`` runs the same scenario
+git). ``data/openwebui_requests_legacy.jsonl`` is the same scenario with ``--function-calling
+legacy`` (each user's Function Calling setting set to Legacy): no tools attached, all else the
+same. ``--upstream http://127.0.0.1:P --api-key KEY --model tmo-...`` runs the same scenario
 against a real server (``tmo-graph serve``) through the recording proxy.
 """
 
@@ -176,10 +178,17 @@ def _post(url: str, body: dict[str, Any], token: str | None = None) -> dict[str,
         return result
 
 
-def sign_up_users(base: str) -> None:
-    """The first signup is Open WebUI's admin; the admin adds the second user (role user)."""
+def sign_up_users(base: str, function_calling: str | None = None) -> None:
+    """The first signup is Open WebUI's admin; the admin adds the second user (role user).
+    ``function_calling="legacy"`` sets each user's Function Calling setting (Settings >
+    General > Advanced Parameters) as a person would in the UI; None keeps the default
+    (native, with the built-in tools attached)."""
     admin = _post(f"{base}/api/v1/auths/signup", USERS[0])
-    _post(f"{base}/api/v1/auths/add", {**USERS[1], "role": "user"}, admin["token"])
+    user = _post(f"{base}/api/v1/auths/add", {**USERS[1], "role": "user"}, admin["token"])
+    if function_calling:
+        settings = {"ui": {"params": {"function_calling": function_calling}}}
+        for token in (admin["token"], user["token"]):
+            _post(f"{base}/api/v1/users/user/settings/update", settings, token)
 
 
 class Scenario:
@@ -313,6 +322,7 @@ def record(
     upstream: str | None = None,
     api_key: str = "sk-openwebui-capture",
     model: str = MODEL_ID,
+    function_calling: str | None = None,
 ) -> Path:
     """Run the whole scenario; returns the JSONL file of every request the backend saw. With
     ``upstream`` (an origin such as ``http://127.0.0.1:8000``) Open WebUI talks to that server
@@ -330,7 +340,7 @@ def record(
     timings = {"openwebui_start_s": round(time.monotonic() - started, 1)}
     try:
         base = f"http://127.0.0.1:{port}"
-        sign_up_users(base)
+        sign_up_users(base, function_calling)
         started = time.monotonic()
         Scenario(base, capture, out / "screenshots", png).run()
         timings["scenario_s"] = round(time.monotonic() - started, 1)
@@ -357,8 +367,11 @@ def main() -> None:
     parser.add_argument("--upstream", help="forward to this origin, e.g. http://127.0.0.1:8000")
     parser.add_argument("--api-key", default="sk-openwebui-capture", help="the upstream's key")
     parser.add_argument("--model", default=MODEL_ID, help="the model Open WebUI selects")
+    parser.add_argument("--function-calling", choices=["legacy"], help="the users' setting")
     args = parser.parse_args()
-    captured = record(args.out, args.port, args.upstream, args.api_key, args.model)
+    captured = record(
+        args.out, args.port, args.upstream, args.api_key, args.model, args.function_calling
+    )
     if args.fixture:
         write_fixture(captured, args.fixture)
     print(captured)

@@ -38,8 +38,9 @@ def _roles(record: dict[str, Any]) -> list[str]:
     return [message["role"] for message in record["body"]["messages"]]
 
 
-def check_shape(records: list[dict[str, Any]]) -> None:
-    """The basic shape of Open WebUI 0.12's traffic for the scenario in ``openwebui.py``."""
+def check_shape(records: list[dict[str, Any]], tools: bool = True) -> None:
+    """The basic shape of Open WebUI 0.12's traffic for the scenario in ``openwebui.py``;
+    ``tools``: whether chat requests carry the built-in tools (native function calling)."""
     by_chat: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     chores: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     chat_ids: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -64,7 +65,7 @@ def check_shape(records: list[dict[str, Any]]) -> None:
     assert all(len(ids) == 1 for ids in user_ids.values())
     assert len(set().union(*user_ids.values())) == 2
     for key, requests in by_chat.items():
-        _check_resends(key, requests)
+        _check_resends(key, requests, tools)
         kinds = [chore["kind"] for chore in chores[key]]
         # A title and tags once per chat (its first turn), follow-ups after every answer.
         assert kinds.count("title") == 1 and kinds.count("tags") == 1, (key, kinds)
@@ -73,12 +74,13 @@ def check_shape(records: list[dict[str, Any]]) -> None:
         assert all(chore["body"]["stream"] is False for chore in chores[key])
 
 
-def _check_resends(key: tuple[str, str], requests: list[dict[str, Any]]) -> None:
-    """Every chat request resends the whole conversation, streamed, with tools attached."""
+def _check_resends(key: tuple[str, str], requests: list[dict[str, Any]], tools: bool) -> None:
+    """Every chat request resends the whole conversation, streamed, with tools attached or
+    none."""
     by_action: dict[str, dict[str, Any]] = {}
     for record in requests:
         body = record["body"]
-        assert body["stream"] is True and body["tools"], key
+        assert body["stream"] is True and bool(body["tools"]) is tools, key
         roles = _roles(record)
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"], (key, roles)
         match = _ACTION.match(record["action"])
@@ -137,8 +139,14 @@ def test_recording_proxy_forwards_and_records(tmp_path: Path) -> None:
     assert records[0]["headers"]["x-openwebui-chat-id"] == "c1"
 
 
-def test_recorded_fixture_shape() -> None:
-    check_shape(read_jsonl(FIXTURE))
+@pytest.mark.parametrize(
+    ("name", "tools"),
+    [("openwebui_requests.jsonl", True), ("openwebui_requests_legacy.jsonl", False)],
+)
+def test_recorded_fixture_shape(name: str, tools: bool) -> None:
+    """Both recordings: the defaults (native function calling) and Function Calling set to
+    Legacy by both users, which differ only in the tools attached to chat requests."""
+    check_shape(read_jsonl(FIXTURE.parent / name), tools)
 
 
 @pytest.mark.skipif(
