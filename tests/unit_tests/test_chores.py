@@ -37,6 +37,20 @@ OPEN_WEBUI = {
 }
 
 
+# Open WebUI 0.12.4 reworded two of them (as it sent them, recorded in
+# tests/integration_tests/data/openwebui_requests.jsonl).
+OPEN_WEBUI_0_12_4 = {
+    "title": "Generate a concise title summarizing the chat history.",
+    "follow_ups": "Predict 3-5 useful messages this user might naturally send next to advance "
+    "their current objective.",
+}
+
+
+@pytest.mark.parametrize("chore", sorted(OPEN_WEBUI_0_12_4))
+def test_open_webui_0_12_4_task_prompts_are_their_chores(chore: str) -> None:
+    assert recognise(task(OPEN_WEBUI_0_12_4[chore])) == chore
+
+
 @pytest.mark.parametrize("chore", sorted(OPEN_WEBUI))
 def test_each_open_webui_task_prompt_is_its_chore(chore: str) -> None:
     assert recognise(task(OPEN_WEBUI[chore])) == chore

@@ -38,12 +38,15 @@ TASK_PREFIX = "### task:"
 # Open WebUI's task prompts share a frame: '### Task:' first, then the chat (or the text
 # to complete) between these tags.
 FRAMES = ("<chat_history>", "<text>")
-# The chore each of its default task paragraphs names, by a phrase they have kept across
-# versions (lower case, spaces collapsed).
+# The chore each of its default task paragraphs names, by a phrase of each version's wording
+# (lower case, spaces collapsed); 0.12.4's as recorded in
+# tests/integration_tests/data/openwebui_requests.jsonl.
 OPEN_WEBUI_CHORES = {
     "word title": "title",
+    "concise title": "title",
     "broad tags": "tags",
     "follow-up questions": "follow_ups",
+    "useful messages this user might": "follow_ups",
     "search queries": "search_queries",
     "autocompletion system": "autocomplete",
 }
