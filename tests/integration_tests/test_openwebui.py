@@ -166,3 +166,70 @@ def test_openwebui_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     check_shape(fixture_records(out / "captured.jsonl"))
+
+
+@pytest.mark.skipif(
+    os.environ.get("TMO_TEST_OPENWEBUI") != "1",
+    reason="installs Open WebUI (about 3 GB) and drives Chromium: set TMO_TEST_OPENWEBUI=1",
+)
+def test_openwebui_keeps_real_dialogues_on_the_server(tmp_path: Path) -> None:
+    """The real Open WebUI, in headless Chromium, against this server (fake models, a trusted
+    proxy key, ``server.thread_header: X-OpenWebUI-Chat-Id``), asserted from the server's own
+    threads: one per chat, a fork for the regenerate and one for the edit, turn numbers and
+    budgets carried, the two users apart, every request answered 200, chores kept off the
+    cloud."""
+    from langchain_core.messages import AIMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from tests.integration_tests.test_server import Served
+    from tests.unit_tests.fakes import FakeLocal, ToolCloud, fake_services
+    from tmo_graph.graph import build_graph
+    from tmo_graph.server.app import create_app
+    from tmo_graph.server.keys import KeyRing, add_key
+    from tmo_graph.settings import Settings
+    from tmo_graph.threads.owners import MemoryOwners
+
+    assert CHROMIUM.exists(), "Open WebUI's test needs Debian's chromium: apt-get install chromium"
+    python = ensure_venv()
+    keys = tmp_path / "keys.yaml"
+    _, secret = add_key(keys, "owui", "openwebui", rate="1000/second", proxy=True)
+    settings = Settings(
+        server={"thread_header": "X-OpenWebUI-Chat-Id"},
+        routing={"recent_turns": 1, "latency_budget_s": 300.0},
+        audit={"path": str(tmp_path / "audit.jsonl")},
+        spending={"ledger": str(tmp_path / "spend.sqlite")},
+    )
+    cloud = ToolCloud(replies=[AIMessage(f"cloud answer {n}") for n in range(60)])
+    cloud.sent, cloud.kwargs_sent = [], []
+    local = FakeLocal(answers=[f"local answer {n}" for n in range(60)])
+    services = fake_services(tmp_path, local, cloud, settings=settings)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    owners = MemoryOwners()
+    app = create_app(graph, settings, services=services, keys=KeyRing(file=keys), owners=owners)
+    served = Served(app)
+    out = tmp_path / "run"
+    try:
+        result = subprocess.run(
+            [str(python), "-m", "tests.integration_tests.openwebui", "--out", str(out)]
+            + ["--upstream", served.url, "--api-key", secret, "--model", "tmo-rules"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        served.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = [record["status"] for record in read_jsonl(out / "captured.jsonl")]
+    assert len(statuses) == 29 and set(statuses) == {200}
+    turns: dict[str, list[list[int]]] = {}
+    for thread, user in owners._owners.items():
+        records = graph.get_state({"configurable": {"thread_id": thread}}).values["turns"]
+        turns.setdefault(user, []).append([r["turn"] for r in records])
+        left = [r["budget_left"]["cost_usd"] for r in records]
+        assert left == sorted(left, reverse=True) and len(set(left)) == len(left)
+    ada, bo = sorted(turns, key=lambda user: -len(turns[user]))
+    # Chat 1 (4 turns), its regenerate (turn 3 again) and its edit (turn 2 again), chat 2.
+    assert sorted(turns[ada]) == [[0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert turns[bo] == [[0, 1]] and ada.startswith("owui/") and bo.startswith("owui/")
+    assert len(cloud.sent) == 10  # the ten chat turns; the 16 chores never left the device
