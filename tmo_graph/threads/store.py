@@ -8,10 +8,16 @@ its dialogues (:func:`open_async_chains`) in the same store.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -109,53 +115,55 @@ async def open_async_checkpointer(
         yield pg_saver
 
 
+class _Table(Protocol):
+    """A table the server keeps beside the threads (owners, chains)."""
+
+    async def aclose(self) -> None: ...
+
+
+_T = TypeVar("_T", bound=_Table)
+
+
 @asynccontextmanager
-async def open_async_owners(
-    settings: Settings, db_path: Path | None = None
-) -> AsyncIterator[ThreadOwners]:
-    """Who owns each thread, in the same store as :func:`open_async_checkpointer`'s threads
-    (a table beside the checkpoints), so owners outlive the process and are shared by the
-    workers that share the threads."""
+async def _open_table(
+    settings: Settings,
+    db_path: Path | None,
+    sqlite: Callable[[Path], _T],
+    postgres: Callable[[str], Awaitable[_T]],
+) -> AsyncIterator[_T]:
+    """A table in the same store as :func:`open_async_checkpointer`'s threads: the SQLite
+    file, or the PostgreSQL database the workers share."""
     url, db = _store(settings, db_path)
-    owners: ThreadOwners
     if url is None:
-        owners = SqliteOwners(db)
+        table = sqlite(db)
     else:
         psycopg = _psycopg()
         try:
-            owners = await PostgresOwners.connect(_with_connect_timeout(url, psycopg))
+            table = await postgres(_with_connect_timeout(url, psycopg))
         except psycopg.OperationalError as exc:
             raise _unreachable(url, exc) from None
         except psycopg.Error as exc:
             raise _refused(url, exc) from None
     try:
-        yield owners
+        yield table
     finally:
-        await owners.aclose()
+        await table.aclose()
 
 
-@asynccontextmanager
-async def open_async_chains(
+def open_async_owners(
     settings: Settings, db_path: Path | None = None
-) -> AsyncIterator[ThreadChains]:
-    """The content chains of the threads' dialogues (:mod:`tmo_graph.threads.chains`), in the
-    same store as :func:`open_async_checkpointer`'s threads."""
-    url, db = _store(settings, db_path)
-    chains: ThreadChains
-    if url is None:
-        chains = SqliteChains(db)
-    else:
-        psycopg = _psycopg()
-        try:
-            chains = await PostgresChains.connect(_with_connect_timeout(url, psycopg))
-        except psycopg.OperationalError as exc:
-            raise _unreachable(url, exc) from None
-        except psycopg.Error as exc:
-            raise _refused(url, exc) from None
-    try:
-        yield chains
-    finally:
-        await chains.aclose()
+) -> AbstractAsyncContextManager[ThreadOwners]:
+    """Who owns each thread, beside the threads (a table next to the checkpoints), so owners
+    outlive the process and are shared by the workers that share the threads."""
+    return _open_table(settings, db_path, SqliteOwners, PostgresOwners.connect)
+
+
+def open_async_chains(
+    settings: Settings, db_path: Path | None = None
+) -> AbstractAsyncContextManager[ThreadChains]:
+    """The content chains of the threads' dialogues (:mod:`tmo_graph.threads.chains`),
+    beside the threads."""
+    return _open_table(settings, db_path, SqliteChains, PostgresChains.connect)
 
 
 @contextmanager
