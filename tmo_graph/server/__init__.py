@@ -10,7 +10,8 @@ The modules, by concern: ``app`` (the app, its state, its start and stop), ``rou
 endpoints), ``auth`` (who is asking: the API key as a FastAPI dependency, the user, the
 thread's owner), ``keys`` (the key file), ``limits`` (rate and size limits), ``schemas``
 (the request's shape, model names), ``messages`` (a request's messages as the thread's),
-``turns`` (turns as tasks), ``responses`` (a completion or its server-sent events),
+``continuity`` (which thread a request that names none continues, or forks), ``turns``
+(turns as tasks), ``responses`` (a completion or its server-sent events),
 ``chores`` (a front-end's own requests: titles, tags ..., answered on the device),
 ``errors`` (OpenAI's error shape and the handlers), ``runtime`` (the app's typed state).
 
@@ -31,11 +32,11 @@ Who may do what (:mod:`tmo_graph.server.keys`, :mod:`tmo_graph.threads.owners`):
   is not the caller's, or that does not exist, is the same 404, so ids cannot be probed;
   new thread ids are 128 random bits. Without keys a thread no one owns yet is taken by the
   first user who names it.
-- One request may carry at most ``server.max_body_bytes`` (413), ``server.max_messages``
-  messages, ``server.max_images`` images and ``server.max_audio`` audio parts of at most
-  ``server.max_image_bytes`` / ``server.max_audio_bytes`` each (413), and ask at most
-  ``server.max_tokens`` (:mod:`tmo_graph.server.limits`). CORS headers only for
-  ``server.cors_origins``.
+- One request may carry at most ``server.max_body_bytes`` (413) and, counted over what its
+  thread does not hold yet, ``server.max_messages`` messages, ``server.max_images`` images
+  and ``server.max_audio`` audio parts of at most ``server.max_image_bytes`` /
+  ``server.max_audio_bytes`` each (413), and ask at most ``server.max_tokens``
+  (:mod:`tmo_graph.server.limits`). CORS headers only for ``server.cors_origins``.
 - Errors never echo the caller's key, another user's data or a stack trace; logs and the
   audit log name a key by its id.
 
@@ -44,14 +45,17 @@ The dialogue:
 - ``model`` names the policy and, optionally, the confidence threshold: ``tmo-cascade``,
   ``tmo-cascade-0.35`` (``confidence_threshold=0.35``), ``tmo-always-local`` ...
 - The dialogue lives in a graph thread. Header ``x-tmo-thread-id`` names it; without it the
-  server starts a new thread and returns its id in the ``x-tmo-thread-id`` header and the
-  ``tmo.thread_id`` field. The thread already holds the dialogue, so a turn sends it only
-  the messages it does not have (:func:`tmo_graph.conversation.new_messages`, the chat
-  model's rule, lenient): an empty thread takes the whole conversation; otherwise the
-  messages after the thread's last answer, found in the request by role and text, else
-  (a client that shows the answer reformatted, or sends another history) the trailing
-  user message(s) after the request's last assistant message. System (or developer)
-  messages become the thread's one persona message, replaced when the client changes it.
+  request continues the caller's thread whose dialogue it repeats, or the one
+  ``server.thread_header`` names, or forks one at an edited or regenerated turn, else starts
+  a new thread (:mod:`tmo_graph.server.continuity`); the id comes back in the
+  ``x-tmo-thread-id`` header and the ``tmo.thread_id`` field. The thread already holds the
+  dialogue, so a turn sends it only the messages it does not have
+  (:func:`tmo_graph.conversation.new_messages`, the chat model's rule, lenient): an empty
+  thread takes the whole conversation; otherwise the messages after the thread's last
+  answer, found in the request by role and text, else (a client that shows the answer
+  reformatted, or sends another history) the trailing user message(s) after the request's
+  last assistant message. System (or developer) messages become the thread's one persona
+  message, replaced when the client changes it.
 - A user message may carry ``"private": true`` (a JSON boolean): that turn is answered on
   the device and the message and its answer never reach the cloud (:mod:`tmo_graph.guards.privacy`).
 - Image parts (``image_url``) must be data URLs or http(s) URLs: the server never reads its
@@ -63,7 +67,9 @@ The dialogue:
   when the route sends it (``tmo.audio_sent``).
 - ``max_tokens`` / ``max_completion_tokens`` (up to the ceiling) shorten the answer, local
   or cloud, below the config's limits; ``temperature`` and the other sampling fields are
-  accepted and ignored; ``n`` other than 1 and ``tools`` are refused.
+  accepted and ignored; ``n`` other than 1 is refused. ``tools`` / ``tool_choice``, assistant
+  ``tool_calls`` and ``role: "tool"`` results are taken; a turn offering tools goes to the
+  cloud with them when it may (``docs/tools.md``), and tool calls come back in OpenAI's shape.
 - ``usage`` counts the tokens of the turn's model calls (the local model's prompt tokens
   are not counted: the graph records 0 for them); ``tmo`` holds the turn record
   (route, views_sent, confidence, escalated, fallback, latency_s, cost_usd, budget_left,
