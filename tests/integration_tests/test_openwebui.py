@@ -178,35 +178,14 @@ def test_openwebui_keeps_real_dialogues_on_the_server(tmp_path: Path) -> None:
     threads: one per chat, a fork for the regenerate and one for the edit, turn numbers and
     budgets carried, the two users apart, every request answered 200, chores kept off the
     cloud."""
-    from langchain_core.messages import AIMessage
-    from langgraph.checkpoint.memory import InMemorySaver
-
+    from tests.integration_tests.test_openwebui_replay import openwebui_backend
     from tests.integration_tests.test_server import Served
-    from tests.unit_tests.fakes import FakeLocal, ToolCloud, fake_services
-    from tmo_graph.graph import build_graph
-    from tmo_graph.server.app import create_app
-    from tmo_graph.server.keys import KeyRing, add_key
-    from tmo_graph.settings import Settings
-    from tmo_graph.threads.owners import MemoryOwners
 
     assert CHROMIUM.exists(), "Open WebUI's test needs Debian's chromium: apt-get install chromium"
     python = ensure_venv()
-    keys = tmp_path / "keys.yaml"
-    _, secret = add_key(keys, "owui", "openwebui", rate="1000/second", proxy=True)
-    settings = Settings(
-        server={"thread_header": "X-OpenWebUI-Chat-Id"},
-        routing={"recent_turns": 1, "latency_budget_s": 300.0},
-        audit={"path": str(tmp_path / "audit.jsonl")},
-        spending={"ledger": str(tmp_path / "spend.sqlite")},
-    )
-    cloud = ToolCloud(replies=[AIMessage(f"cloud answer {n}") for n in range(60)])
-    cloud.sent, cloud.kwargs_sent = [], []
-    local = FakeLocal(answers=[f"local answer {n}" for n in range(60)])
-    services = fake_services(tmp_path, local, cloud, settings=settings)
-    graph = build_graph(services, checkpointer=InMemorySaver())
-    owners = MemoryOwners()
-    app = create_app(graph, settings, services=services, keys=KeyRing(file=keys), owners=owners)
-    served = Served(app)
+    backend = openwebui_backend(tmp_path)
+    graph, cloud, owners, secret = backend.graph, backend.cloud, backend.owners, backend.secret
+    served = Served(backend.app)
     out = tmp_path / "run"
     try:
         result = subprocess.run(

@@ -17,11 +17,13 @@ import base64
 import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
@@ -30,7 +32,9 @@ from tests.unit_tests.fakes import FakeLocal, ToolCloud, fake_services, png_byte
 from tmo_graph.graph import build_graph
 from tmo_graph.server.app import create_app
 from tmo_graph.server.keys import KeyRing, add_key
+from tmo_graph.services import Services
 from tmo_graph.settings import Settings
+from tmo_graph.threads.owners import MemoryOwners
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +96,20 @@ def _streamed(response: httpx.Response) -> tuple[str, dict[str, Any]]:
     return text, tmo
 
 
-def test_open_webui_traffic_keeps_one_thread_per_chat_and_users_apart(tmp_path: Path) -> None:
+@dataclass
+class OpenWebUIBackend:
+    """The server as an Open WebUI admin would set it up: a trusted proxy key, chats named
+    by ``X-OpenWebUI-Chat-Id``, end users by ``X-OpenWebUI-User-Id``; fake models."""
+
+    app: FastAPI
+    graph: Any
+    services: Services
+    cloud: ToolCloud
+    owners: MemoryOwners
+    secret: str
+
+
+def openwebui_backend(tmp_path: Path) -> OpenWebUIBackend:
     keys = tmp_path / "keys.yaml"
     _, secret = add_key(keys, "owui", "openwebui", rate="1000/second", proxy=True)
     settings = Settings(
@@ -104,16 +121,20 @@ def test_open_webui_traffic_keeps_one_thread_per_chat_and_users_apart(tmp_path: 
         audit={"path": str(tmp_path / "audit.jsonl")},
         spending={"ledger": str(tmp_path / "spend.sqlite")},
     )
-    cloud = ToolCloud(replies=[AIMessage(f"cloud answer {n}") for n in range(40)])
+    cloud = ToolCloud(replies=[AIMessage(f"cloud answer {n}") for n in range(60)])
     cloud.sent, cloud.kwargs_sent = [], []
-    local = FakeLocal(answers=[f"local answer {n}" for n in range(40)])
+    local = FakeLocal(answers=[f"local answer {n}" for n in range(60)])
     services = fake_services(tmp_path, local, cloud, settings=settings)
-    app = create_app(
-        build_graph(services, checkpointer=InMemorySaver()),
-        settings,
-        services=services,
-        keys=KeyRing(file=keys),
-    )
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    owners = MemoryOwners()
+    app = create_app(graph, settings, services=services, keys=KeyRing(file=keys), owners=owners)
+    return OpenWebUIBackend(app, graph, services, cloud, owners, secret)
+
+
+def test_open_webui_traffic_keeps_one_thread_per_chat_and_users_apart(tmp_path: Path) -> None:
+    backend = openwebui_backend(tmp_path)
+    services, cloud, secret = backend.services, backend.cloud, backend.secret
+    app = backend.app
     served = Served(app)
     data_url = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
     answers: dict[tuple[str, tuple[str, ...]], str] = {}  # (chat, user messages) -> answer
