@@ -62,6 +62,7 @@ from tests.integration_tests.openwebui_capture import (
 
 OPENWEBUI_VERSION = "0.12.4"
 TORCH_VERSION = "2.13.0"
+PLAYWRIGHT_VERSION = "1.65.3"
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "openwebui"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,13 +82,19 @@ def ensure_venv(cache: Path = CACHE) -> Path:
     python = cache / "venv" / "bin" / "python"
     check = "import importlib.metadata as m, playwright; print(m.version('open-webui'))"
     if python.exists():
+        print(f"checking Open WebUI's venv in {cache}", flush=True)
         found = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
         if found.returncode == 0 and found.stdout.strip() == OPENWEBUI_VERSION:
             return python
-    subprocess.run([sys.executable, "-m", "venv", str(cache / "venv")], check=True)
+    print(
+        f"installing Open WebUI {OPENWEBUI_VERSION} into {cache / 'venv'} (about 3 GB)", flush=True
+    )
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(cache / "venv")], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, f"torch=={TORCH_VERSION}"], check=True)
-    subprocess.run([*pip, f"open-webui=={OPENWEBUI_VERSION}", "playwright"], check=True)
+    subprocess.run(
+        [*pip, f"open-webui=={OPENWEBUI_VERSION}", f"playwright=={PLAYWRIGHT_VERSION}"], check=True
+    )
     return python
 
 
