@@ -172,3 +172,29 @@ def test_a_resent_tool_loop_without_a_thread_header_stays_one_thread(
     assert first.status_code == second.status_code == 200, second.text
     assert first.headers["x-tmo-thread-id"] == second.headers["x-tmo-thread-id"]
     assert (first.json()["tmo"]["turn"], second.json()["tmo"]["turn"]) == (0, 1)
+
+
+def test_a_resent_tool_call_with_other_arguments_is_not_the_thread_s(
+    served: tuple[TestClient, ToolCloud, FakeLocal],
+) -> None:
+    """The chain holds each call's name and arguments (re-serialised: spacing and key order do
+    not matter), so a history whose call the client changed is not the thread's dialogue."""
+    client, _, _ = served
+    first = _post(client, messages=[QUESTION], tools=[TOOL])
+    function = ASKED["tool_calls"][0]["function"]  # type: ignore[index]
+    changed = {**ASKED, "tool_calls": [{"function": {**function, "arguments": '{"city":"Rome"}'}}]}
+    second = _post(client, messages=[QUESTION, changed, RESULT], tools=[TOOL])
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.headers["x-tmo-thread-id"] != second.headers["x-tmo-thread-id"]
+    assert second.json()["tmo"]["turn"] == 0
+
+
+def test_call_pieces_read_openai_s_shape_and_the_record_s_alike() -> None:
+    from tmo_graph.server.continuity import call_pieces
+
+    openai_shape = [{"function": {"name": "weather", "arguments": '{ "city" :"Oslo" }'}}]
+    assert call_pieces(openai_shape) == call_pieces([CALL]) == ('call:weather:{"city": "Oslo"}',)
+    assert call_pieces([{"function": {"name": "f", "arguments": "not json"}}]) == (
+        'call:f:"not json"',
+    )
+    assert call_pieces(None) == ()

@@ -4,7 +4,8 @@ configured header (``server.thread_header``, e.g. Open WebUI's ``X-OpenWebUI-Cha
 namespaced per user; and how much of the request the thread holds already, which the
 request limits do not count again.
 
-A request's *history* is its user, assistant and tool messages (system and developer
+A request's *history* is its user, assistant and tool messages (each by its text, its media
+hashes and, for an answer, the tools it called with their arguments; system and developer
 messages are the persona, kept apart) before the trailing user message(s) or tool results.
 When its chain is recorded for the caller (and the chat the header names, if any), the
 thread it names continues, or, when that thread has answered more turns since (an edit or a
@@ -17,7 +18,8 @@ whole dialogue.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,23 @@ def media_of(content: Any) -> tuple[str, ...]:
         return ()
     found = (part_data(p) for p in content)
     return tuple(media_hash(d) for d in found if d is not None)
+
+
+def call_pieces(calls: Sequence[Mapping[str, Any]] | None) -> tuple[str, ...]:
+    """An assistant's tool calls as chain pieces: name and arguments (JSON re-dumped with sorted
+    keys: clients re-serialise what they resend). Takes OpenAI's shape (``function.arguments``
+    as text) and the turn record's (``name``, ``args``) alike; call ids are left out."""
+    pieces = []
+    for call in calls or []:
+        function = call.get("function") or call
+        args: Any = function.get("arguments", function.get("args"))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except json.JSONDecodeError:
+                args = args.strip()
+        pieces.append(f"call:{function.get('name')}:{json.dumps(args, sort_keys=True)}")
+    return tuple(pieces)
 
 
 @dataclass(frozen=True)
@@ -73,16 +92,21 @@ class History:
         end = self.chains.index(chain) + 1
         return frozenset(h for hashes in self.media[:end] for h in hashes)
 
-    def answered(self, answer: str) -> str:
-        """The chain of this dialogue followed by ``answer``: what the client resends next."""
-        return extend(self.chains[-1] if self.chains else START, "assistant", answer)
+    def answered(self, answer: str, calls: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The chain of this dialogue followed by ``answer`` (and the tool ``calls`` it made):
+        what the client resends next."""
+        last = self.chains[-1] if self.chains else START
+        return extend(last, "assistant", answer, call_pieces(calls))
 
 
 def history_of(messages: Sequence[ChatMessage]) -> History:
     """The request's dialogue as a chain (role, text, media hashes per message)."""
     kept = [(i, m) for i, m in enumerate(messages) if m.role in DIALOGUE]
     media = [media_of(m.content) for _, m in kept]
-    entries = [(m.role, text_of(m.content), h) for (_, m), h in zip(kept, media, strict=True)]
+    entries = [
+        (m.role, text_of(m.content), h + call_pieces(m.tool_calls))
+        for (_, m), h in zip(kept, media, strict=True)
+    ]
     prefix = len(kept)
     # What is new: the trailing question(s), or the results of the tools the last answer called.
     while prefix > 0 and kept[prefix - 1][1].role in NEW_ROLES:

@@ -118,7 +118,9 @@ def _recorder(state: ServerState, scope: str, history: History, thread_id: str) 
 
     async def record(finished: Finished) -> None:
         turn = finished.done.record
-        await state.chains.add(scope, history.answered(turn["answer"]), thread_id, turn["turn"])
+        await state.chains.add(
+            scope, history.answered(turn["answer"], turn.get("tool_calls")), thread_id, turn["turn"]
+        )
 
     return record
 
