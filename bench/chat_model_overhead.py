@@ -17,7 +17,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from instant import PROMPTS, VIEWS, InstantLocal  # bench/instant.py
@@ -29,7 +28,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tmo_graph.chat_model import TMOChatModel
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
@@ -71,13 +69,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=40)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory():
         services = Services(
             settings=Settings(),
             local=InstantLocal(),
             cloud=FakeListChatModel(responses=["Cloud answer."]),
             embeddings=DeterministicFakeEmbedding(size=384),
-            memory=TurnMemory(Path(tmp) / "chroma"),
         )
         graph = build_graph(services, checkpointer=InMemorySaver())
         context = Context(policy="rules", user_id="bench")

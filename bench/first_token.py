@@ -25,7 +25,6 @@ import argparse
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from instant import load_average, median, ms, runs_line  # bench/instant.py
@@ -34,7 +33,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tmo_graph.context import Context
 from tmo_graph.conversation import Token, stream_turn
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.models.local.model import get_local_model
 from tmo_graph.models.local.weights import resolve_local_model
@@ -133,13 +131,12 @@ def main() -> None:
     system = context.system_prompt
     kinds = {"short": lambda i: SHORT[i % len(SHORT)], "long": lambda i: NOTE.format(i=i)}
     sizes = {kind: prompt_tokens(local, system, make(0)) for kind, make in kinds.items()}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory():
         services = Services(
             settings=settings,
             local=local,
             cloud=None,  # device only: the local answer is final and streams as it comes
             embeddings=embeddings,
-            memory=TurnMemory(Path(tmp) / "chroma"),
         )
         graph = build_graph(services, checkpointer=InMemorySaver())
         for i in range(2):  # warm-up, both sides

@@ -29,7 +29,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +37,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT, Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.models.local.model import PRECISIONS, LocalModel, get_local_model
 from tmo_graph.prompts import text_dialogue
@@ -104,13 +102,12 @@ def main() -> None:
     def raw(model: LocalModel) -> Callable[[], str]:
         return lambda: model.generate_raw(messages, n_new)[0]
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory():
         services = Services(
             settings=settings,
             local=local,
             cloud=None,
             embeddings=local_embeddings(),
-            memory=TurnMemory(Path(tmp) / "chroma"),
         )
         graph = build_graph(services, checkpointer=InMemorySaver())
         context = Context(policy="always-local")

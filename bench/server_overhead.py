@@ -32,7 +32,6 @@ from openai import OpenAI
 from tmo_graph.context import Context
 from tmo_graph.conversation import astream_turn
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port
 from tmo_graph.server.app import create_app
 from tmo_graph.services import Services
@@ -109,7 +108,6 @@ def main() -> None:
             local=InstantLocal(),
             cloud=None,
             embeddings=DeterministicFakeEmbedding(size=32),
-            memory=TurnMemory(Path(tmp) / "chroma"),
             media_dir=Path(tmp) / "media",
         )
         graph = build_graph(services, checkpointer=InMemorySaver())

@@ -19,6 +19,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
 from tmo_graph.context import Context
@@ -60,10 +61,13 @@ def _run_context(given: Context | dict[str, Any] | None, default: Context) -> Co
 def _as_node(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
     """A LangGraph node ``(state, runtime)`` calling ``fn`` with the run's Context, resolved
     once per call, and the services for the run: the process's own, or those with the models
-    the Context names."""
+    the Context names, with the run's store as their memory when the run has one (the
+    compiled graph's, or the one a LangGraph server gives)."""
 
     def node(state: Any, runtime: Runtime[Context]) -> dict[str, Any]:
         services = provider.for_run(runtime.context)
+        if runtime.store is not None:
+            services = services.with_store(runtime.store)
         return fn(state, _run_context(runtime.context, services.default_context), services)
 
     node.__name__ = fn.__name__
@@ -105,11 +109,16 @@ def build_graph(
     services: Services | None = None,
     settings: Settings | None = None,
     checkpointer: Checkpointer = None,
+    store: BaseStore | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The compiled graph.
 
     ``services``: ready resources (fakes in tests); without them the real ones are built from
     ``settings`` (default: configs/default.yaml's values) on the first run, not at import.
+    ``store``: the memory (turns beyond the recent window); default: ``services.store``.
+    Without either the graph is compiled with no store: a LangGraph server (``langgraph
+    dev``, a deployment) gives its own, and elsewhere the lazily built services' store
+    (``memory:`` in the settings) is used.
     Per run, ``context=Context(...)`` chooses the policy, budgets, persona and models; a run
     without it uses the config's ``routing:`` defaults.
     """
@@ -123,5 +132,13 @@ def build_graph(
             f"build_graph: settings must be Settings, got {type(settings).__name__}",
             "pass tmo_graph.settings.load_settings(...); a checkpointer goes in checkpointer=",
         )
+    if store is not None and not isinstance(store, BaseStore):
+        raise TmoGraphError(
+            f"build_graph: store must be a LangGraph BaseStore, got {type(store).__name__}",
+            "pass e.g. tmo_graph.memory.stores.open_store(settings, embeddings), "
+            "langgraph.store.memory.InMemoryStore(index=...) or leave it out",
+        )
+    if store is None and services is not None:
+        store = services.store
     provider = ServiceProvider(services=services, settings=settings)
-    return make_builder(provider).compile(checkpointer=checkpointer, name="tmo-graph")
+    return make_builder(provider).compile(checkpointer=checkpointer, store=store, name="tmo-graph")

@@ -144,21 +144,46 @@ class EmbeddingSettings(_Section):
     )
 
 
+MemoryBackend = Literal["chroma", "postgres"]
+
+
 class MemorySettings(_Section):
+    """Where the turns that left a dialogue's recent window are kept: a LangGraph store.
+
+    Under `langgraph dev` or a LangGraph deployment the platform's store is used instead
+    (langgraph.json's ``store.index``); these settings name the store of everything else
+    (the CLI, the server, TMOChatModel, build_services)."""
+
+    backend: MemoryBackend = Field(
+        "chroma",
+        description="chroma = a LangGraph store over Chroma, embedded in persist_dir or on "
+        "server_url (one machine, or workers sharing a `chroma run`); postgres = LangGraph's "
+        "PostgresStore with pgvector at postgres_url (several workers)",
+    )
     persist_dir: Path | None = Field(None, description="Chroma folder; default <cache>/memory")
-    collection: str = "tmo_turns"
+    collection: str = Field(
+        "tmo_turns", description="prefix of the Chroma collections (one per user)"
+    )
     server_url: str | None = Field(
         None,
         description="Chroma server (`chroma run`), e.g. http://127.0.0.1:8000; "
         "None: embedded Chroma in persist_dir",
     )
-    search: Literal["in-process", "chroma"] = Field(
-        "in-process",
-        description="embedded memory: in-process = this process compares the query with every "
-        "stored vector (sign bits pre-select 256 above that many turns); chroma = Chroma's "
-        "HNSW index (approximate: misses rare turns among many alike at 100,000). A Chroma "
-        "server is always searched by Chroma",
+    postgres_url: str | None = Field(
+        None,
+        description="backend postgres: postgresql://USER@HOST:PORT/DB of a PostgreSQL with the "
+        "pgvector extension; None: threads.url",
     )
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", value):
+            raise ValueError(
+                f"{value!r} is not a valid Chroma collection prefix: use letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (at most 41 characters)"
+            )
+        return value
 
 
 class ThreadSettings(_Section):

@@ -2,9 +2,10 @@
 
 Unit tests pass fakes (``Services(...)`` directly); the real ones come from
 :func:`build_services`, which loads the local model, starts or checks the cloud endpoint,
-and opens the Chroma memory. A run may choose other models through its Context
-(``local_model``, ``cloud_model``, ``cloud_base_url``): :meth:`ServiceProvider.for_run`
-resolves them through factories cached per process, so each is loaded once.
+and opens the memory's store (:func:`tmo_graph.memory.stores.open_store`). A run may choose
+other models through its Context (``local_model``, ``cloud_model``, ``cloud_base_url``):
+:meth:`ServiceProvider.for_run` resolves them through factories cached per process, so
+each is loaded once.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
+from langgraph.store.base import BaseStore
 
 from tmo_graph.context import Context
 from tmo_graph.costs.device import LiveResources, live_resources
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.guards.audit import AuditLog
 from tmo_graph.guards.spending import SpendLedger
-from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.memory.recall import FIELDS
+from tmo_graph.memory.stores import QueryCache, check_memory, open_store
 from tmo_graph.models.base import GapPredictor, LocalBackend
 from tmo_graph.models.scoring import AssociationScorer, TaskClassifier, TextAssociationScorer
 from tmo_graph.models.speech import Recogniser, recogniser_for
@@ -43,7 +46,11 @@ class Services:
     local: LocalBackend
     cloud: BaseChatModel | None  # None: no cloud; every cloud action is masked
     embeddings: Embeddings
-    memory: TurnMemory
+    # The memory (turns beyond the recent window) of a graph compiled without a store and
+    # run where none is given; a run's own store (runtime.store: the compiled graph's, or
+    # the LangGraph server's) comes first. Not given: an InMemoryStore over ``embeddings``
+    # (tests); build_services opens the one settings.memory names.
+    store: BaseStore | None = None
     association: AssociationScorer | None = None
     # Quality gap (cloud - local) before generating, a feature of the route; None: not used.
     gap_predictor: GapPredictor | None = None
@@ -89,7 +96,15 @@ class Services:
         if self.recogniser is None:
             self.recogniser = recogniser_for(self.settings.audio)
         self.default_context = Context.from_settings(self.settings)
-        self._embed = lru_cache(maxsize=64)(self._embed_uncached)
+        # Query vectors cached: several nodes and the store's search embed the same prompt.
+        self.query_embeddings = QueryCache(self.embeddings)
+        if self.store is None:
+            from langgraph.store.memory import InMemoryStore
+
+            # InMemoryStore does not read dims; the vectors' own size is used.
+            self.store = InMemoryStore(
+                index={"embed": self.query_embeddings, "dims": 0, "fields": list(FIELDS)}
+            )
 
     @property
     def costs(self) -> CostModel:
@@ -112,12 +127,23 @@ class Services:
         other.local, other.cloud = local, cloud
         return other
 
-    def _embed_uncached(self, text: str) -> tuple[float, ...]:
-        return tuple(self.embeddings.embed_query(text))
+    def with_store(self, store: BaseStore) -> Services:
+        """The same services with the run's own memory store (everything else shared)."""
+        if store is self.store:
+            return self
+        other = copy.copy(self)
+        other.store = store
+        return other
+
+    @property
+    def memory(self) -> BaseStore:
+        """The memory store (set in ``__post_init__``, so never None)."""
+        assert self.store is not None
+        return self.store
 
     def embed(self, text: str) -> Sequence[float]:
         """The query embedding of ``text``, cached: several nodes need the same prompt's."""
-        return self._embed(text)
+        return self.query_embeddings.query_vector(text)
 
 
 def _remote_cloud(
@@ -163,7 +189,7 @@ def build_services(settings: Settings) -> Services:
     cfg = settings.cloud
     # Cheap checks first: a bad endpoint or memory server should fail before a model loads.
     cloud = _remote_cloud(settings) if cfg.mode == "remote" else None
-    memory = TurnMemory.from_settings(settings)
+    check_memory(settings)
     gap_predictor = None
     if settings.embeddings.gap_predictor is not None:
         from tmo_graph.models.gap import QualityGapPredictor
@@ -195,16 +221,18 @@ def build_services(settings: Settings) -> Services:
         gap_predictor.check_dim(
             len(embeddings.embed_query("dimension check")), str(settings.embeddings.gap_predictor)
         )
-    return Services(
+    services = Services(
         settings=settings,
         local=local,
         cloud=cloud,
         embeddings=embeddings,
-        memory=memory,
         gap_predictor=gap_predictor,
         audit=AuditLog(settings.audit_path()) if settings.audit.enabled else None,
         device=live_resources(settings, settings.device_state_path()),
     )
+    # The store embeds through the services' query cache: a prompt is embedded once a turn.
+    services.store = open_store(settings, services.query_embeddings)
+    return services
 
 
 class ServiceProvider:

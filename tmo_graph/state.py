@@ -207,7 +207,11 @@ class State(InputState):
 
     budget_left: Budget | None = None  # set by the first turn's account from the Context
     turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
-    turn_count: int = 0  # turns completed (older ones may live only in memory)
+    turn_count: int = 0  # turns completed
+    # How many of the finished turns in ``messages`` (from the first) have left the recent
+    # window: stored in memory (all but private ones) and their personal values noted, each
+    # once. ``messages`` keeps them all (what a chat UI shows).
+    remembered_turns: int = 0
     # Personal values (value -> kind) of turns that left the recent window: a repeat of one
     # in a later message or answer is redacted even when what revealed it ("my password is")
     # is no longer in the request. On the device, like the messages they came from.

@@ -33,7 +33,6 @@ from tmo_graph.graph import build_graph
 from tmo_graph.guards.faults import reset_breakers
 from tmo_graph.media import audio
 from tmo_graph.media.audio import cloud_audio
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import make_cloud_chat_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings, load_settings
@@ -79,7 +78,6 @@ def _services(settings: Settings, server: CaptureServer, tmp_path: Path) -> Serv
         local=FakeLocal(["local answer"]),
         cloud=make_cloud_chat_model(server.base_url, "audio-model", None, 20.0, 32),
         embeddings=embeddings,
-        memory=TurnMemory(tmp_path / "chroma"),
         # Only the bench question is about the bench microphone.
         association=PromptScorer(embeddings, {BENCH_QUESTION: {"bench_mic": 0.9}}),
         media_dir=tmp_path / "media",

@@ -27,7 +27,6 @@ from tmo_graph.context import Context
 from tmo_graph.costs.device import LiveResources
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.faults import reset_breakers
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.models.local.model import LocalModel, get_local_model
 from tmo_graph.models.local.weights import resolve_local_model
@@ -171,7 +170,6 @@ def services(
         local=local,
         cloud=make_cloud_chat_model(cloud.base_url, "m", None, 30.0, 96),
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp / "chroma"),
         media_dir=tmp / "media",
         device=LiveResources.from_settings(settings),  # in memory: this test's own estimates
     )

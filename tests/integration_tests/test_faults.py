@@ -28,7 +28,6 @@ from tests.unit_tests.fakes import FakeLocal
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.faults import CIRCUIT_OPEN, reset_breakers
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
@@ -216,7 +215,6 @@ def _graph(tmp_path: Path, base_url: str, settings: Settings, saver: SqliteSaver
         local=FakeLocal(answers=[LOCAL_ANSWER]),
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp_path / "chroma"),
         media_dir=tmp_path / "media",
     )
     return build_graph(services, checkpointer=saver)

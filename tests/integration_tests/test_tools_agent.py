@@ -31,7 +31,6 @@ from tmo_graph.chat_model import TMOChatModel
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.faults import reset_breakers
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.server.app import create_app
 from tmo_graph.services import Services
@@ -144,7 +143,6 @@ def _graph(stand_in: ToolStandIn, tmp_path: Path) -> Any:
         local=FakeLocal(["local words"]),
         cloud=make_cloud_chat_model(stand_in.base_url, "tool-model", None, 20.0, 64),
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp_path / "chroma"),
         media_dir=tmp_path / "media",
     )
     return build_graph(services, checkpointer=InMemorySaver())

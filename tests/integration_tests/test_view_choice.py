@@ -11,7 +11,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, png_bytes
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
@@ -36,7 +35,6 @@ def _turn(tmp_path: Path, prompt: str, **context: Any) -> dict[str, Any]:
         local=FakeLocal(["ok"], logprob=-0.05),
         cloud=FakeCloud(),
         embeddings=local_embeddings(),
-        memory=TurnMemory(tmp_path / "chroma"),
     )
     graph = build_graph(services, checkpointer=InMemorySaver())
     out = graph.invoke(

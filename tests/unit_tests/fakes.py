@@ -13,7 +13,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
@@ -140,7 +139,6 @@ def fake_services(
         local=local or FakeLocal(answers=["local answer"]),
         cloud=cloud,
         embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory(tmp / "chroma"),
         association=FixedScorer(scores) if scores is not None else None,
         media_dir=tmp / "media",
     )

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from langgraph.store.memory import InMemoryStore
 from typer.testing import CliRunner
 
 from tmo_graph.cli import talk
@@ -147,7 +148,7 @@ class _RecordingGraph:
 @pytest.fixture
 def fake_graph(monkeypatch: pytest.MonkeyPatch) -> _RecordingGraph:
     graph = _RecordingGraph()
-    services = SimpleNamespace(memory=SimpleNamespace(forget_thread=lambda **_: None))
+    services = SimpleNamespace(memory=InMemoryStore())
 
     @contextmanager
     def fake(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:

@@ -12,6 +12,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
+from tmo_graph.memory.recall import recall
 from tmo_graph.policy.confidence import LOOP_REPETITION, confidence, degenerate_text, repetition
 from tmo_graph.prompts import LEFT_OUT_ANSWER, text_dialogue
 
@@ -62,9 +63,7 @@ def test_the_next_prompt_does_not_carry_a_looping_answer(tmp_path: Path) -> None
         said = " ".join(m["content"] for m in prompt)
         assert "it's a peach. It's a peach" not in said
     assert any(m["content"] == LEFT_OUT_ANSWER for m in local.seen[1] if m["role"] == "assistant")
-    stored = services.memory.search(
-        user_id="u1", vector=services.embeddings.embed_query(LOOP), k=10
-    )
+    stored = recall(services.memory, user_id="u1", query=LOOP, k=10)
     assert stored and all("it's a peach, it's a peach" not in r["text"] for r in stored)
 
 

@@ -10,7 +10,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 from tests.unit_tests.fakes import FakeLocal
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
@@ -35,7 +34,6 @@ def test_each_prompt_is_embedded_once(tmp_path: Path) -> None:
         local=FakeLocal(["sure"], logprob=-0.05),
         cloud=None,
         embeddings=embeddings,
-        memory=TurnMemory(tmp_path / "chroma"),
         media_dir=tmp_path / "media",
     )
     embeddings.queries.clear()

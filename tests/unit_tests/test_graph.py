@@ -13,6 +13,7 @@ from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, png_byte
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
+from tmo_graph.memory.recall import stored_turns
 from tmo_graph.policy.confidence import confidence
 
 VIEWS = {
@@ -171,9 +172,13 @@ def test_old_turns_move_to_memory_and_are_recalled_per_user(tmp_path: Path) -> N
     texts = ["My locker code is 4711.", "I like basil.", "The oven is gas.", "What is my code?"]
     for text in texts:
         out = _run(graph, text, alice, thread="a")
-    # Two turns kept verbatim plus the current exchange; the first turn lives in Chroma now.
-    assert len(out["messages"]) == 2 * 2 + 2
-    assert all("4711" not in m.content for m in out["messages"])
+    # The state keeps the whole dialogue; the first turn, beyond the two recent ones, is also
+    # in the memory store now (once).
+    assert len(out["messages"]) == 2 * len(texts)
+    assert out["messages"][0].content == texts[0]
+    state = graph.get_state({"configurable": {"thread_id": "a"}}).values
+    assert state["remembered_turns"] == 1
+    assert stored_turns(services.memory, user_id="alice") == [0]
     # Recalled from memory into the model's system text.
     assert "4711" in local.seen[-1][0]["content"]
     assert out["turns"][-1]["turn"] == 3

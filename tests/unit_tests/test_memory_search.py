@@ -1,4 +1,5 @@
-"""Memory search in this process (the default for an embedded memory) against Chroma's."""
+"""The in-process search of the memory before the store (bench/recall_scale.py compares it
+with Chroma's HNSW index) against Chroma's own."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory import index as memory_index
 from tmo_graph.memory.index import CANDIDATES
 from tmo_graph.memory.turns import TurnMemory
-from tmo_graph.sections import MemorySettings
-from tmo_graph.settings import Settings
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -105,10 +104,7 @@ def test_a_rare_turn_among_many_alike_is_found(tmp_path: Path) -> None:
         assert found[0]["turn"] == 3000 + i and {r["thread_id"] for r in found} == {thread}
 
 
-def test_search_setting_and_bad_queries(tmp_path: Path) -> None:
-    assert Settings().memory.search == "in-process"
-    settings = Settings(memory=MemorySettings(persist_dir=tmp_path / "m", search="chroma"))
-    assert TurnMemory.from_settings(settings).search_by == "chroma"
+def test_bad_queries(tmp_path: Path) -> None:
     with pytest.raises(TmoGraphError, match="memory.search 'exact' is unknown"):
         TurnMemory(tmp_path / "m", search="exact")  # type: ignore[arg-type]
     memory = TurnMemory(tmp_path / "m2")

@@ -17,6 +17,7 @@ from tmo_graph.conversation import stream_turn
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.privacy import Redactor, find_personal, kinds_in
+from tmo_graph.memory.recall import stored_turns
 from tmo_graph.prompts import cloud_messages, cloud_texts
 from tmo_graph.sections import PrivacySettings
 from tmo_graph.settings import Settings
@@ -248,7 +249,7 @@ def test_keep_local_holds_while_history_or_memory_carries_the_data(tmp_path: Pat
     # Turn 1 has the card in its history; by turn 2 it is in memory and recalled.
     assert [r["route"] for r in routes] == ["local", "local", "local"]
     assert all(r["warnings"] == ["kept on the device: personal data (card)"] for r in routes)
-    assert services.memory.count("u") == 1
+    assert len(stored_turns(services.memory, user_id="u")) == 1
     assert cloud.sent == []
 
 
@@ -269,7 +270,7 @@ def test_a_private_message_is_answered_locally_and_never_sent(tmp_path: Path) ->
     assert len(cloud.sent) == 2 and "4711" not in sent and "door code" not in sent
     assert "Hello." in sent  # the shared turn still goes as history
     # The private turn left the window before the last turn and was not stored.
-    assert services.memory.count("u") == 0
+    assert stored_turns(services.memory, user_id="u") == []
     assert "4711" in str(services.local.seen[0])  # the device model saw it
 
 
@@ -293,7 +294,7 @@ def test_private_turns_are_not_recalled_into_a_cloud_request(tmp_path: Path) -> 
     last = "\n".join(str(m.content) for m in cloud.sent[-1])
     assert "the oven is new" in last  # recalled from memory: memory works
     assert "0815" not in _cloud_text(cloud)
-    assert services.memory.count("u") == 1  # the shared turn only
+    assert len(stored_turns(services.memory, user_id="u")) == 1  # the shared turn only
 
 
 def test_cloud_messages_leave_out_private_messages_and_their_answers() -> None:

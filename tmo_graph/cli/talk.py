@@ -49,6 +49,7 @@ def run(
     from tmo_graph.cli.dialogues import dialogue_context, load_dialogues
     from tmo_graph.cli.turn_table import console, print_dialogue_banner, print_header, print_turn
     from tmo_graph.conversation import finish_interrupted
+    from tmo_graph.memory.recall import forget_thread
 
     results: list[dict[str, Any]] = []  # the dialogues that finished
     try:
@@ -62,7 +63,7 @@ def run(
                 config_ = {"configurable": {"thread_id": dialogue.id}}
                 if not resume:  # a restarted dialogue starts with no state and no memory
                     graph.checkpointer.delete_thread(dialogue.id)
-                    services.memory.forget_thread(user_id=dialogue.user_id, thread_id=dialogue.id)
+                    forget_thread(services.memory, user_id=dialogue.user_id, thread_id=dialogue.id)
                 print_dialogue_banner(dialogue.id, dialogue.user_id, context.policy, screen)
                 print_header(screen)
                 records = []

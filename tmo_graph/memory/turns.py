@@ -1,4 +1,8 @@
-"""Long-term dialogue memory: older turns in Chroma, one collection per user.
+"""The memory before the LangGraph store: older turns in Chroma, one collection per user.
+
+The graph no longer uses it (its memory is a LangGraph store: :mod:`tmo_graph.memory.recall`);
+it is kept for ``bench/recall_scale.py``, which compares Chroma's HNSW index with the
+in-process search of :mod:`tmo_graph.memory.index` on the same stored turns.
 
 Each user's turns live in their own collection, so a query can only ever see its owner's
 history (and needs no metadata filter, which is slow on large collections).
@@ -19,7 +23,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -27,9 +31,6 @@ from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory.clients import chroma_client, chroma_server_client, is_connection_error
 from tmo_graph.memory.index import TurnTable, shared_table
 from tmo_graph.state import Recalled
-
-if TYPE_CHECKING:
-    from tmo_graph.settings import Settings
 
 _T = TypeVar("_T")
 # Chroma's rule for collection names; the prefix is followed by "_" and 24 hex digits.
@@ -76,18 +77,6 @@ class TurnMemory:
         self._root = str(self.persist_dir.resolve()) if self.persist_dir is not None else ""
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TurnMemory:
-        """The memory the settings name: memory.server_url if set, else memory.persist_dir."""
-        server_url = settings.memory.server_url
-        persist_dir = None if server_url else settings.memory_dir()
-        return cls(
-            persist_dir,
-            settings.memory.collection,
-            server_url=server_url,
-            search=settings.memory.search,
-        )
 
     def _call(self, action: Callable[[], _T]) -> _T:
         """Run one Chroma request; a server that went away mid-run gets the clear error."""

@@ -1,8 +1,13 @@
-"""recall_memory: move turns beyond the recent window to memory; recall relevant old ones.
+"""recall_memory: store each turn that leaves the recent window in the memory store, once;
+recall relevant old ones.
 
-A private turn (its user message marked ``additional_kwargs={"private": True}``) leaves the
-window like any other but is not stored: it can never be recalled, into a cloud request or
-anywhere else.
+``messages`` keeps the whole dialogue (what a chat UI shows); the memory is what the models
+are given of turns beyond the window. ``remembered_turns`` in the state counts the turns
+already moved, so each is stored once however many later turns run. The store is the run's
+(``runtime.store``: the compiled graph's, or a LangGraph server's), reached as
+``services.memory``. A private turn (its user message marked
+``additional_kwargs={"private": True}``) leaves the window like any other but is not
+stored: it can never be recalled, into a cloud request or anywhere else.
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
 from langgraph.config import get_config
 
 from tmo_graph.context import Context
 from tmo_graph.guards.privacy import find_personal
+from tmo_graph.memory.recall import recall, remember
 from tmo_graph.policy.confidence import degenerate_text
 from tmo_graph.prompts import (
     LEFT_OUT_ANSWER,
@@ -71,37 +77,39 @@ def turn_text(turn: Sequence[AnyMessage]) -> str:
 def recall_memory(state: State, context: Context, services: Services) -> dict[str, Any]:
     thread_id = str(get_config().get("configurable", {}).get("thread_id", "default"))
     turns = completed_turns(state.messages)
+    # Turns are numbered from the dialogue's first; a history a caller sent whole into a new
+    # thread numbers below 0 (its turns were not answered here).
+    first_number = state.turn_count - len(turns)
+    # The finished turns beyond the window not yet moved to memory (positions in ``turns``).
+    start, stop = state.remembered_turns, len(turns) - context.recent_turns
     update: dict[str, Any] = {}
-    overflow = len(turns) - context.recent_turns
-    if overflow > 0:
-        old = turns[:overflow]
-        first_index = state.turn_count - len(turns)
+    if stop > start:
+        leaving = turns[start:stop]
         # What may be stored: no private message, no answer to one.
-        shared = [(first_index + i, shared_messages(turn)) for i, turn in enumerate(old)]
-        kept = [(index, turn) for index, turn in shared if turn]
-        texts = [turn_text(turn) for _, turn in kept]
-        if texts:
-            services.memory.add(
-                user_id=context.user_id,
-                thread_id=thread_id,
-                turns=[index for index, _ in kept],
-                texts=texts,
-                vectors=services.embeddings.embed_documents(texts),
-            )
-        update["messages"] = [RemoveMessage(id=m.id) for turn in old for m in turn if m.id]
+        shared = [
+            (first_number + start + i, shared_messages(turn)) for i, turn in enumerate(leaving)
+        ]
+        remember(
+            services.memory,
+            user_id=context.user_id,
+            thread_id=thread_id,
+            turns=[(number, turn_text(turn)) for number, turn in shared if turn],
+        )
+        update["remembered_turns"] = stop
         # What revealed a value leaves the window now: remember the value for redaction.
         kinds = services.settings.privacy.redact
         found = {
             f.value: f.kind
-            for turn in old
+            for turn in leaving
             for message in turn
             for f in find_personal(message_text(message), kinds)
         }
         if found:
             update["personal"] = found
-    update["recalled"] = services.memory.search(
+    update["recalled"] = recall(
+        services.memory,
         user_id=context.user_id,
-        vector=services.embed(state.prompt),
+        query=state.prompt,
         k=context.recall_k,
         min_score=context.min_recall_score,
         # By default a dialogue recalls only itself: what a user said in one dialogue does not

@@ -25,7 +25,8 @@ from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
-    from tmo_graph.memory.turns import TurnMemory
+    from langgraph.store.base import BaseStore
+
     from tmo_graph.services import Services
 
 
@@ -72,7 +73,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             compiled, thread_owners, thread_chains = graph, owners, chains
             local = services.local if services is not None else None
-            memory = services.memory if services is not None else None
+            memory = services.store if services is not None else None
             if compiled is None:
                 compiled, opened, opened_chains, local, memory = await stack.enter_async_context(
                     _default_graph(cfg, services, db)
@@ -138,7 +139,7 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
 @asynccontextmanager
 async def _default_graph(
     settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, LocalBackend, TurnMemory]]:
+) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, LocalBackend, BaseStore | None]]:
     """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
     owners and dialogue chains kept in the same store, the local model (it answers chores)
     and the graph's memory."""
@@ -163,5 +164,5 @@ async def _default_graph(
             owners,
             chains,
             services.local,
-            services.memory,
+            services.store,
         )

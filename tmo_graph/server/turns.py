@@ -13,10 +13,11 @@ from langchain_core.messages import BaseMessage
 
 from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn
+from tmo_graph.memory.recall import copy_thread
 from tmo_graph.server.errors import ApiError
 
 if TYPE_CHECKING:
-    from tmo_graph.memory.turns import TurnMemory
+    from langgraph.store.base import BaseStore
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ class TurnRunner:
         graph: Any,
         max_concurrent_turns: int,
         thread_wait_s: float,
-        memory: TurnMemory | None = None,
+        store: BaseStore | None = None,
     ) -> None:
         self.graph = graph
-        self.memory = memory  # the graph's memory, for forks to carry (None: not known)
+        # The graph's memory store, for forks to carry (default: the one it was compiled with).
+        self.store = store if store is not None else getattr(graph, "store", None)
         self.max_concurrent_turns = max_concurrent_turns
         self.thread_wait_s = thread_wait_s
         self.active = 0
@@ -109,14 +111,14 @@ class TurnRunner:
                 saved.metadata,
                 dict(checkpoint["channel_versions"]),  # every channel: the copy stands alone
             )
-            if self.memory is not None:
-                kept = sum(1 for m in snapshot.values.get("messages") or [] if m.type == "human")
+            if self.store is not None:
                 await asyncio.to_thread(
-                    self.memory.copy_thread,
+                    copy_thread,
+                    self.store,
                     user_id=user_id,
                     source=source,
                     target=target,
-                    before=turns - kept,  # the turns the window no longer held then
+                    before=_remembered_before(snapshot.values, turns),
                 )
             return True
         return False
@@ -176,3 +178,11 @@ class TurnRunner:
         """Let running turns finish (shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=60)
+
+
+def _remembered_before(values: Mapping[str, Any], turns: int) -> int:
+    """The turn number below which the source's memory held its turns at the fork: those
+    that had left the window then (``remembered_turns`` of the finished turns its messages
+    held; a thread checkpointed before the whole dialogue was kept held only its window)."""
+    held = sum(1 for m in values.get("messages") or [] if m.type == "human")
+    return turns - held + int(values.get("remembered_turns") or 0)
