@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -44,10 +44,10 @@ def pg_bin() -> Path | None:
     return folder if (folder / "initdb").is_file() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ports() -> list[int]:
+    """Ports to try, in a random order: no socket is opened to find a free one (unit tests
+    block sockets), the server's start says whether one was taken."""
+    return random.sample(range(20000, 60000), 5)
 
 
 def _as_owner() -> list[str]:
@@ -68,17 +68,23 @@ def pgvector_server(binaries: Path) -> Iterator[PgVector]:
     data = folder / "data"
     if owner:
         shutil.chown(folder, "postgres")
-    port = _free_port()
 
     def run(*args: str) -> None:
         subprocess.run([*owner, *args], check=True, capture_output=True, timeout=120)
 
     try:
         run(str(binaries / "initdb"), "-D", str(data), "-U", "tmo", "--auth=trust")
-        run(
-            str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
-            "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start",
-        )  # fmt: skip
+        for port in _ports():
+            try:
+                run(
+                    str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
+                    "-w", "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start",
+                )  # fmt: skip
+                break
+            except subprocess.CalledProcessError:  # the port was taken: the next one
+                continue
+        else:
+            raise RuntimeError(f"PostgreSQL did not start: {(folder / 'log').read_text()}")
         try:
             socket_url = f"postgresql://tmo@/postgres?host={folder}&port={port}"
             import psycopg

@@ -1,0 +1,224 @@
+"""The graph's memory on each store it runs on: LangGraph's InMemoryStore, the Chroma store
+(embedded Chroma in a folder) and LangGraph's PostgresStore with pgvector (a real PostgreSQL
+from tests/pgvector.py, reached over its unix socket: unit tests block TCP)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
+
+from tests.pgvector import PgVector
+from tests.unit_tests.fakes import FakeLocal
+from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.graph import build_graph
+from tmo_graph.memory.chroma_store import ChromaStore
+from tmo_graph.memory.clients import chroma_client
+from tmo_graph.memory.recall import (
+    FIELDS,
+    copy_thread,
+    forget_thread,
+    label,
+    recall,
+    remember,
+    stored_turns,
+)
+from tmo_graph.memory.stores import postgres_store
+from tmo_graph.services import Services
+from tmo_graph.settings import Settings
+
+DIMS = 64
+
+
+class WordEmbeddings(Embeddings):
+    """Bag of words hashed into 64 dimensions: texts that share words are close, so a
+    question finds the turn that answered it (the deterministic fakes are random per text).
+    Counts what it embedded."""
+
+    def __init__(self) -> None:
+        self.documents: list[str] = []
+        self.queries: list[str] = []
+
+    @staticmethod
+    def vector(text: str) -> list[float]:
+        out = [0.0] * DIMS
+        for word in re.findall(r"[a-z0-9]+", text.lower()):
+            if word not in {"user", "assistant", "the", "is", "my", "what", "a"}:
+                out[int(hashlib.sha256(word.encode()).hexdigest(), 16) % DIMS] += 1.0
+        out[0] += 0.01  # never the zero vector
+        return out
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.documents.extend(texts)
+        return [self.vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries.append(text)
+        return self.vector(text)
+
+
+StoreFactory = Callable[[Embeddings], BaseStore]
+
+
+@pytest.fixture(params=["in-memory", "chroma", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """A fresh, empty store of each kind, indexed with the embeddings it is given."""
+    opened: list[Any] = []
+
+    def make(embeddings: Embeddings) -> BaseStore:
+        if request.param == "in-memory":
+            return InMemoryStore(index={"embed": embeddings, "dims": DIMS, "fields": FIELDS})
+        if request.param == "chroma":
+            return ChromaStore(chroma_client(tmp_path / "chroma"), embeddings, fields=FIELDS)
+        server: PgVector = request.getfixturevalue("pgvector")
+        store = postgres_store(server.socket_url, embeddings, dims=DIMS)
+        with store.conn.connection() as conn:  # type: ignore[union-attr]
+            conn.execute("TRUNCATE store, store_vectors")  # one server for the session
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.conn.close()
+
+
+def test_recall_is_scoped_per_thread_or_user_and_kept_per_user(make_store: StoreFactory) -> None:
+    store = make_store(WordEmbeddings())
+    ada = "ada.lovelace@example.org"  # a '.' LangGraph refuses in a namespace label
+    turns_a = [(0, "User: my cat is called Miso"), (1, "User: I bake sourdough bread")]
+    remember(store, user_id=ada, thread_id="kitchen.1", turns=turns_a)
+    remember(store, user_id=ada, thread_id="garden", turns=[(0, "User: the cat sleeps outside")])
+    remember(store, user_id="bo", thread_id="kitchen.1", turns=[(0, "User: cat named Rex")])
+
+    found = recall(store, user_id=ada, query="what is the cat called", k=5, thread_id="kitchen.1")
+    assert [(r["thread_id"], r["turn"]) for r in found] == [("kitchen.1", 0), ("kitchen.1", 1)]
+    assert found[0]["text"] == turns_a[0][1] and found[0]["score"] > found[1]["score"]
+    # scope "user": every dialogue of the user, never another user's
+    found = recall(store, user_id=ada, query="cat", k=5)
+    assert {(r["thread_id"], r["turn"]) for r in found} == {
+        ("kitchen.1", 0),
+        ("kitchen.1", 1),
+        ("garden", 0),
+    }
+    assert all("Rex" not in r["text"] for r in found)
+    assert [r["text"] for r in recall(store, user_id="bo", query="cat", k=5)] == [
+        "User: cat named Rex"
+    ]
+    # k and min_score as before: the closest k, and none below the score asked for
+    assert len(recall(store, user_id=ada, query="cat", k=1)) == 1
+    strict = recall(store, user_id=ada, query="sourdough bread", k=5, min_score=0.6)
+    assert [r["turn"] for r in strict] == [1] and strict[0]["thread_id"] == "kitchen.1"
+    assert recall(store, user_id=ada, query="cat", k=0) == []
+    assert recall(store, user_id="nobody", query="cat", k=5) == []
+
+
+def test_storing_again_overwrites_and_forks_and_forgets_work(make_store: StoreFactory) -> None:
+    store = make_store(WordEmbeddings())
+    turns = [(n, f"User: fact number {n} about topic{n}") for n in range(5)]
+    remember(store, user_id="u", thread_id="t", turns=turns)
+    remember(store, user_id="u", thread_id="t", turns=[(4, "User: topic4 corrected")])
+    assert sorted(stored_turns(store, user_id="u", thread_id="t")) == [0, 1, 2, 3, 4]
+    assert recall(store, user_id="u", query="topic4", k=1, thread_id="t")[0]["text"] == (
+        "User: topic4 corrected"
+    )
+    # A fork at turn 3 carries the turns below it, under its own thread.
+    assert copy_thread(store, user_id="u", source="t", target="fork", before=3) == 3
+    assert sorted(stored_turns(store, user_id="u", thread_id="fork")) == [0, 1, 2]
+    assert recall(store, user_id="u", query="fact number 1 about topic1", k=1, thread_id="fork")[
+        0
+    ] == {
+        "text": "User: fact number 1 about topic1",
+        "score": pytest.approx(1.0, abs=1e-3),
+        "thread_id": "fork",
+        "turn": 1,
+    }
+    assert forget_thread(store, user_id="u", thread_id="t") == 5
+    assert stored_turns(store, user_id="u", thread_id="t") == []
+    assert sorted(stored_turns(store, user_id="u")) == [0, 1, 2]  # the fork stays
+
+
+def _graph_services(store: BaseStore, embeddings: WordEmbeddings, local: FakeLocal) -> Services:
+    return Services(
+        settings=Settings(),
+        local=local,
+        cloud=None,
+        embeddings=embeddings,
+        store=store,
+    )
+
+
+def test_the_graph_stores_each_turn_once_and_recalls_an_old_one(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    embeddings = WordEmbeddings()
+    local = FakeLocal(["noted"])
+    services = _graph_services(make_store(embeddings), embeddings, local)
+    services.media_dir = tmp_path / "media"
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    assert graph.store is services.store  # compiled with the services' store
+    context = Context(
+        policy="always-local", user_id="ann", recent_turns=2, recall_k=1, min_recall_score=0.3
+    )
+    said = [
+        HumanMessage("My cat is called Miso."),
+        HumanMessage("The door code is 4711.", additional_kwargs={"private": True}),
+        HumanMessage("I planted tomatoes."),
+        HumanMessage("It rained today."),
+        HumanMessage("Lunch was soup."),
+        HumanMessage("What is my cat called?"),
+    ]
+    config = {"configurable": {"thread_id": "ann-1"}}
+    for message in said:
+        out = graph.invoke({"messages": [message]}, config, context=context)
+    # The state keeps every turn; memory holds those beyond the window, the private one not.
+    assert [m.content for m in out["messages"][::2]] == [m.content for m in said]
+    state = graph.get_state(config).values
+    assert state["remembered_turns"] == 3
+    assert sorted(stored_turns(services.memory, user_id="ann", thread_id="ann-1")) == [0, 2]
+    # Each stored once: the turns' texts were embedded once each, however many turns ran.
+    stored_texts = [t for t in embeddings.documents if t.startswith("User:")]
+    assert len(stored_texts) == 2 and "4711" not in " ".join(stored_texts)
+    # The last question recalled the turn that answered it, into the model's system text.
+    assert "Miso" in local.seen[-1][0]["content"]
+    assert out["turns"][-1]["turn"] == 5
+
+
+def test_a_run_uses_the_store_it_is_given_and_a_bad_one_fails(tmp_path: Path) -> None:
+    embeddings = WordEmbeddings()
+    own = InMemoryStore(index={"embed": embeddings, "dims": DIMS, "fields": FIELDS})
+    services = _graph_services(
+        InMemoryStore(index={"embed": embeddings, "dims": DIMS, "fields": FIELDS}),
+        embeddings,
+        FakeLocal(["ok"]),
+    )
+    services.media_dir = tmp_path / "media"
+    graph = build_graph(services, checkpointer=InMemorySaver(), store=own)
+    context = Context(policy="always-local", user_id="u", recent_turns=1)
+    for text in ["one", "two", "three"]:
+        graph.invoke(
+            {"messages": [("user", text)]}, {"configurable": {"thread_id": "t"}}, context=context
+        )
+    # The third turn's recall moved the first (one recent turn kept: the second).
+    assert stored_turns(own, user_id="u") == [0]
+    assert stored_turns(services.memory, user_id="u") == []  # the compiled store came first
+    with pytest.raises(TmoGraphError, match="store must be a LangGraph BaseStore"):
+        build_graph(services, store={"not": "a store"})  # type: ignore[arg-type]
+    with pytest.raises(TmoGraphError, match="needs a LangGraph BaseStore"):
+        remember(object(), user_id="u", thread_id="t", turns=[(0, "x")])  # type: ignore[arg-type]
+
+
+def test_labels_are_escaped_reversibly() -> None:
+    assert label("a.b") == "a%2Eb" and label("") == "%" and label("50%.") == "50%25%2E"
+    assert label("plain-id_1") == "plain-id_1"
+    with pytest.raises(TmoGraphError, match="must be a string"):
+        label(3)  # type: ignore[arg-type]
