@@ -1,6 +1,7 @@
 """Beyond one machine: two workers share threads in a real PostgreSQL 15 and memory on a real
-Chroma server (`chroma run`), serving one thread alternately. The models are instant fakes:
-what is tested is the shared state, not the answers.
+Chroma server (`chroma run`) or in PostgreSQL with pgvector (LangGraph's PostgresStore, on the
+server tests/pgvector.py starts), serving one thread alternately. The models are instant
+fakes: what is tested is the shared state, not the answers.
 
 PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs to the
 `postgres` system user (`runuser -u postgres --`), in a temp folder that user owns.
@@ -31,7 +32,8 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 from tmo_graph.memory import clients as memory_clients
-from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.memory.recall import recall, stored_turns
+from tmo_graph.memory.stores import check_memory, open_store
 from tmo_graph.sections import MemorySettings, ThreadSettings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
@@ -122,21 +124,26 @@ def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def _settings(pg_url: str, chroma_url: str) -> Settings:
-    return Settings(
-        threads=ThreadSettings(url=pg_url), memory=MemorySettings(server_url=chroma_url)
+def _settings(pg_url: str, chroma_url: str, memory_pg_url: str | None = None) -> Settings:
+    """Threads in PostgreSQL; memory on the Chroma server, or in ``memory_pg_url``'s pgvector."""
+    memory = (
+        MemorySettings(backend="postgres", postgres_url=memory_pg_url)
+        if memory_pg_url
+        else MemorySettings(server_url=chroma_url)
     )
+    return Settings(threads=ThreadSettings(url=pg_url), memory=memory)
 
 
 def _services(settings: Settings, name: str, tmp: Path) -> tuple[Services, FakeLocal]:
-    """A worker's resources: instant fake models, memory on the settings' Chroma server."""
+    """A worker's resources: instant fake models, memory in the store the settings name."""
     local = FakeLocal([f"answer from {name}"])
+    embeddings = DeterministicFakeEmbedding(size=32)
     services = Services(
         settings=settings,
         local=local,
         cloud=FakeCloud(),
-        embeddings=DeterministicFakeEmbedding(size=32),
-        memory=TurnMemory.from_settings(settings),
+        embeddings=embeddings,
+        store=open_store(settings, embeddings),
         media_dir=tmp / name,
     )
     return services, local
@@ -166,17 +173,30 @@ TEXTS = [
 ]
 
 
+@pytest.mark.parametrize("memory", ["chroma-server", "pgvector"])
 def test_two_workers_serve_one_thread_alternately(
-    postgres: str, chroma: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres: str,
+    chroma: str,
+    memory: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = _settings(postgres, chroma)
-    config = {"configurable": {"thread_id": "shared"}}
+    vectors = request.getfixturevalue("pgvector").url if memory == "pgvector" else None
+    settings = _settings(postgres, chroma, vectors)
+    shared = f"shared-{memory}"  # one thread store for both runs: a thread of each's own
+    bob = f"bob-{memory}"
+    config = {"configurable": {"thread_id": shared}}
     with ExitStack() as stack:
         graph_a, local_a = _worker(stack, settings, "A", tmp_path)
-        # The same URL in one process reuses its client; worker B stands for another machine,
-        # so it gets a fresh one (as a second process would).
-        assert TurnMemory.from_settings(settings)._client is memory_clients._CLIENTS[chroma]
-        monkeypatch.setattr(memory_clients, "_CLIENTS", {})
+        if vectors is None:
+            # The same URL in one process reuses its client; worker B stands for another
+            # machine, so it gets a fresh one (as a second process would).
+            assert graph_a.store.client is memory_clients._CLIENTS[chroma]
+            monkeypatch.setattr(memory_clients, "_CLIENTS", {})
+        else:  # a pool per worker; one database for the session: start empty
+            with graph_a.store.conn.connection() as conn:
+                conn.execute("TRUNCATE store, store_vectors")
         graph_b, local_b = _worker(stack, settings, "B", tmp_path)
         assert graph_a.checkpointer is not graph_b.checkpointer
         assert graph_a.checkpointer.conn is not graph_b.checkpointer.conn
@@ -202,30 +222,29 @@ def test_two_workers_serve_one_thread_alternately(
             turns = graph.get_state(config).values["turns"]
             assert [t["turn"] for t in turns] == list(range(len(TEXTS)))
             assert [t["answer"] for t in turns] == ["answer from A", "answer from B"] * 3
-        # The two recent turns and the current one stay verbatim; older ones left the state.
+        # The state keeps the whole dialogue (the models see the recent turns and memory).
         messages = outs[-1]["messages"]
-        assert len(messages) == 2 * 2 + 2
-        assert all("4711" not in m.content for m in messages)
+        assert [m.content for m in messages[0::2]] == TEXTS
 
-        # Turn i moved turn i - 3 to the server: turns 0..2 are there, once each.
-        stored = TurnMemory.from_settings(settings).search(user_id="alice", vector=[1.0] * 32, k=10)
-        assert sorted((r["thread_id"], r["turn"]) for r in stored) == [
-            ("shared", i) for i in range(len(TEXTS) - 3)
-        ]
+        # Turn i moved turn i - 3 to the shared store: turns 0..2 are there, once each.
+        store = open_store(settings, DeterministicFakeEmbedding(size=32))  # a third process
+        assert sorted(stored_turns(store, user_id="alice", thread_id=shared)) == [0, 1, 2]
+        assert sorted(stored_turns(store, user_id="alice")) == [0, 1, 2]
 
         # Users stay apart on the server: bob's thread on worker B never sees alice's turns.
         for text in ["I drink tea.", "I bake bread.", "I cook rice.", "What is my locker code?"]:
             graph_b.invoke(
                 {"messages": [("user", text)]},
-                {"configurable": {"thread_id": "bob"}},
+                {"configurable": {"thread_id": bob}},
                 context=_context("bob"),
             )
         assert "tea" in local_b.seen[-1][0]["content"]  # bob's own old turn was recalled
         assert all("4711" not in m["content"] for m in local_b.seen[-1])
-        bob = TurnMemory.from_settings(settings)
-        assert {r["thread_id"] for r in bob.search(user_id="bob", vector=[1.0] * 32, k=10)} == {
-            "bob"
-        }
+        found = recall(store, user_id="bob", query="tea", k=10, min_score=-1.0)
+        assert {r["thread_id"] for r in found} == {bob} and len(found) == 1
+        for opened in (graph_a.store, graph_b.store, store):
+            if vectors is not None:
+                opened.conn.close()
 
     # A third connection, after both workers closed theirs, still finds the whole thread.
     with open_checkpointer(settings) as saver:
@@ -271,10 +290,29 @@ def test_a_missing_database_is_named(postgres: str) -> None:
 def test_unreachable_chroma_server_says_what_and_how_to_fix() -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(TmoGraphError, match="cannot reach the Chroma server") as info:
-        TurnMemory.from_settings(Settings(memory=MemorySettings(server_url=url)))
+        check_memory(Settings(memory=MemorySettings(server_url=url)))
     assert "Fix: start it (`chroma run --path DIR" in str(info.value)
     with pytest.raises(TmoGraphError, match="not an http"):
-        TurnMemory(None, server_url="127.0.0.1:8000")
+        check_memory(Settings(memory=MemorySettings(server_url="127.0.0.1:8000")))
+
+
+def test_unreachable_or_vectorless_memory_postgres_says_what_and_how_to_fix(
+    postgres: str,
+) -> None:
+    url = f"postgresql://tmo:s3cret@127.0.0.1:{_free_port()}/tmo"  # nothing listens there
+    nowhere = Settings(memory=MemorySettings(backend="postgres", postgres_url=url))
+    with pytest.raises(TmoGraphError, match="cannot reach the memory's PostgreSQL") as info:
+        check_memory(nowhere)
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(TmoGraphError, match="neither memory.postgres_url nor threads.url"):
+        check_memory(Settings(memory=MemorySettings(backend="postgres")))
+    # Debian's PostgreSQL 15 here has no pgvector: the store's tables are refused, and why.
+    plain = Settings(
+        memory=MemorySettings(backend="postgres"), threads=ThreadSettings(url=postgres)
+    )
+    check_memory(plain)  # reachable
+    with pytest.raises(TmoGraphError, match="pgvector extension"):
+        open_store(plain, DeterministicFakeEmbedding(size=32))
 
 
 def test_two_server_workers_share_one_thread_through_the_openai_api(
