@@ -63,8 +63,9 @@ def test_dialogue_resumes_in_a_second_process_and_recall_is_per_user(tmp_path: P
     turn = second["turns"][-1]
     assert turn["turn"] == 3
     assert turn["budget_left"]["cost_usd"] <= first["budget_left"]["cost_usd"]
-    # recent_turns=2: turn 0 (the code) left the messages and came back through recall.
-    assert second["n_messages"] == 2 * 2 + 2
+    # recent_turns=2: turn 0 (the code) left the window (the state keeps every turn) and
+    # came back through recall.
+    assert second["n_messages"] == 2 * 4
     assert any("4711" in r["text"] for r in second["recalled"])
 
     # Bob asks the same in his own thread: nothing of Alice's comes back.

@@ -222,3 +222,47 @@ def test_labels_are_escaped_reversibly() -> None:
     assert label("plain-id_1") == "plain-id_1"
     with pytest.raises(TmoGraphError, match="must be a string"):
         label(3)  # type: ignore[arg-type]
+
+
+def test_the_chroma_store_keeps_langgraphs_store_contract(tmp_path: Path) -> None:
+    """What other code may ask of any BaseStore: get, put (indexed or not), delete, search
+    with filters and without a query, namespaces; and it survives a new process."""
+    embeddings = WordEmbeddings()
+    store = ChromaStore(chroma_client(tmp_path / "c"), embeddings, fields=FIELDS)
+    store.put(("docs", "ann", "a"), "1", {"text": "green tea leaves", "n": 1})
+    store.put(("docs", "ann", "b"), "2", {"text": "black coffee beans", "n": 2})
+    store.put(("docs", "ann", "b"), "3", {"text": "not indexed", "n": 3}, index=False)
+    store.put(("docs", "bo"), "1", {"text": "green tea too", "n": 4})
+    first = store.get(("docs", "ann", "a"), "1")
+    assert first is not None and first.value == {"text": "green tea leaves", "n": 1}
+    assert store.get(("docs", "ann", "a"), "nope") is None
+    assert store.get(("nothing", "here"), "1") is None
+    # A query searches indexed items only; a filter tests the value's scalar fields.
+    hits = store.search(("docs",), query="green tea", limit=5)
+    assert [(h.namespace, h.key) for h in hits][:2] == [
+        (("docs", "ann", "a"), "1"),
+        (("docs", "bo"), "1"),
+    ]
+    assert all(h.key != "3" for h in hits) and hits[0].score is not None
+    assert [h.key for h in store.search(("docs", "ann"), filter={"n": {"$gte": 2}})] == ["2", "3"]
+    assert [h.key for h in store.search(("docs", "ann", "b"), filter={"n": 3})] == ["3"]
+    assert store.list_namespaces(prefix=("docs", "ann")) == [
+        ("docs", "ann", "a"),
+        ("docs", "ann", "b"),
+    ]
+    assert store.list_namespaces(max_depth=2) == [("docs", "ann"), ("docs", "bo")]
+    # Overwrite keeps created_at; delete removes; a new client on the folder sees the same.
+    store.put(("docs", "ann", "a"), "1", {"text": "jasmine tea", "n": 1})
+    again = store.get(("docs", "ann", "a"), "1")
+    assert again is not None and again.created_at == first.created_at
+    assert again.updated_at >= first.updated_at
+    store.delete(("docs", "ann", "b"), "2")
+    other = ChromaStore(chroma_client(tmp_path / "c"), embeddings, fields=FIELDS)
+    assert [h.key for h in other.search(("docs", "ann"), limit=10)] == ["1", "3"]
+    assert other.search(("docs", "ann"), query="jasmine", limit=1)[0].value["text"] == (
+        "jasmine tea"
+    )
+    with pytest.raises(TmoGraphError, match="cannot filter with"):
+        store.search(("docs",), filter={"n": {"$in": [1]}})
+    with pytest.raises(TmoGraphError, match="needs LangChain Embeddings"):
+        ChromaStore(chroma_client(tmp_path / "c"), object())  # type: ignore[arg-type]

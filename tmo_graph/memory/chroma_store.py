@@ -90,15 +90,19 @@ class ChromaStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         results: list[Result] = []
+        puts: list[PutOp] = []  # consecutive puts go together: one embedding call, one upsert
         for op in ops:
             validate_op_namespace(op)
+            if isinstance(op, PutOp):
+                puts.append(op)
+                results.append(None)
+                continue
+            self._put(puts)
+            puts = []
             if isinstance(op, GetOp):
                 results.append(self._get(op))
             elif isinstance(op, SearchOp):
                 results.append(self._search(op))
-            elif isinstance(op, PutOp):
-                self._put(op)
-                results.append(None)
             elif isinstance(op, ListNamespacesOp):
                 results.append(self._list_namespaces(op))
             else:
@@ -106,6 +110,7 @@ class ChromaStore(BaseStore):
                     f"ChromaStore got an unknown operation {type(op).__name__}",
                     "pass GetOp, SearchOp, PutOp or ListNamespacesOp",
                 )
+        self._put(puts)
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -188,39 +193,61 @@ class ChromaStore(BaseStore):
             texts.extend(get_text_at_path(value, path))
         return "\n".join(t for t in texts if t)
 
-    def _put(self, op: PutOp) -> None:
-        record_id = self._id(op.namespace, op.key)
-        if op.value is None:
-            gone = self._collection(op.namespace[:2], create=False)
-            if gone is not None:
-                self._call(lambda: gone.delete(ids=[record_id]))
-            return
-        collection = self._collection(op.namespace[:2], create=True)
+    def _put(self, ops: list[PutOp]) -> None:
+        """Store or delete items (the last op on one item wins), a collection at a time."""
+        latest = {(op.namespace, op.key): op for op in ops}
+        by_head: dict[tuple[str, ...], list[PutOp]] = {}
+        for op in latest.values():
+            by_head.setdefault(op.namespace[:2], []).append(op)
+        for head, group in by_head.items():
+            gone = [self._id(op.namespace, op.key) for op in group if op.value is None]
+            if gone and (collection := self._collection(head, create=False)) is not None:
+                self._call(partial(collection.delete, ids=gone))
+            kept = [op for op in group if op.value is not None]
+            if kept:
+                self._upsert(head, kept)
+
+    def _upsert(self, head: tuple[str, ...], ops: list[PutOp]) -> None:
+        collection = self._collection(head, create=True)
         assert collection is not None  # created
-        text = "" if op.index is False else self._text(op.value, op.index or None)
-        old = self._call(lambda: collection.get(ids=[record_id], include=["metadatas"]))
-        created = old["metadatas"][0]["created_at"] if old["ids"] else _now()
-        metadata: dict[str, Any] = {
-            "key": op.key,
-            "namespace": json.dumps(op.namespace),
-            "depth": len(op.namespace),
-            "value": json.dumps(op.value),
-            "indexed": bool(text),
-            "created_at": created,
-            "updated_at": _now(),
-        }
-        for at, label in enumerate(op.namespace[:_MAX_LABELS]):
-            metadata[f"ns{at}"] = label
-        for name, field in op.value.items():  # scalar fields: what a filter can test
-            if isinstance(field, str | int | float | bool):
-                metadata[f"v_{name}"] = field
+        ids = [self._id(op.namespace, op.key) for op in ops]
+        texts = [
+            "" if op.index is False else self._text(op.value or {}, op.index or None) for op in ops
+        ]
+        embedded = iter(self.embeddings.embed_documents([t for t in texts if t]))
         # An item found by no text still needs a vector of the collection's size.
-        vector = self.embeddings.embed_documents([text])[0] if text else None
-        if vector is None:
-            vector = [1.0] + [0.0] * (self._dims(collection) - 1)
+        blank: list[float] = []
+        if not all(texts):
+            blank = [1.0] + [0.0] * (self._dims(collection) - 1)
+        vectors = [next(embedded) if text else blank for text in texts]
+        old = self._call(partial(collection.get, ids=ids, include=["metadatas"]))
+        created = {i: m["created_at"] for i, m in zip(old["ids"], old["metadatas"], strict=True)}
+        now = _now()
+        metadatas = []
+        for record_id, op, text in zip(ids, ops, texts, strict=True):
+            value = op.value or {}
+            metadata: dict[str, Any] = {
+                "key": op.key,
+                "namespace": json.dumps(op.namespace),
+                "depth": len(op.namespace),
+                "value": json.dumps(value),
+                "indexed": bool(text),
+                "created_at": created.get(record_id, now),
+                "updated_at": now,
+            }
+            for at, label in enumerate(op.namespace[:_MAX_LABELS]):
+                metadata[f"ns{at}"] = label
+            for name, field in value.items():  # scalar fields: what a filter can test
+                if isinstance(field, str | int | float | bool):
+                    metadata[f"v_{name}"] = field
+            metadatas.append(metadata)
         self._call(
-            lambda: collection.upsert(
-                ids=[record_id], documents=[text], embeddings=[vector], metadatas=[metadata]
+            partial(
+                collection.upsert,
+                ids=ids,
+                documents=texts,
+                embeddings=[list(map(float, v)) for v in vectors],
+                metadatas=metadatas,
             )
         )
 
