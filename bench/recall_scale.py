@@ -40,9 +40,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from instant import DIALOGUE_TURNS, load_average, median, ms, runs_line  # bench/instant.py
-from routing_overhead import Setup, compare, report, routing_graph  # bench/routing_overhead.py
+from instant import load_average, median, ms, runs_line  # bench/instant.py
+from routing_overhead import (  # bench/routing_overhead.py
+    FillEmbeddings,
+    Setup,
+    compare,
+    report,
+    routing_graph,
+)
 
+from tmo_graph.memory.chroma_store import ChromaStore
+from tmo_graph.memory.clients import chroma_client
+from tmo_graph.memory.recall import FIELDS, remember
 from tmo_graph.memory.turns import TurnMemory
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.settings import default_cache_dir
@@ -350,6 +359,20 @@ def recall_figures(
     print(f"  target: query p50 (embedding + search) <= {TARGET_QUERY_MS:g} ms: {verdict}")
 
 
+def _store_of(folder: Path, fill: FillEmbeddings, rows: list[tuple[str, int, str]],
+              vectors: np.ndarray) -> ChromaStore:  # fmt: skip
+    """The memory's Chroma store in ``folder`` holding ``rows`` with their ``vectors``."""
+    store = ChromaStore(chroma_client(folder), fill, fields=FIELDS)
+    for at in range(0, len(rows), 2000):
+        part = rows[at : at + 2000]
+        texts = [f"{text} #{at + i}" for i, (_, _, text) in enumerate(part)]
+        fill.vectors = dict(zip(texts, vectors[at : at + len(part)].tolist(), strict=True))
+        turns = list(zip(range(at, at + len(part)), texts, strict=True))
+        remember(store, user_id=USER, thread_id="history", turns=turns)
+    fill.vectors = {}
+    return store
+
+
 def routing_at_scale(
     folder: Path,
     vectors: np.ndarray,
@@ -358,38 +381,22 @@ def routing_at_scale(
     turns: int,
     tmp: Path,
 ) -> None:
-    """Routing overhead on the full collection ('now': searched in this process, the default;
-    'chroma': by Chroma's HNSW index) and on a 10,000-turn one ('10k'), interleaved."""
-    small = TurnMemory(tmp / "chroma-10k", collection="small")
-    for at in range(0, 10_000, 2000):
-        part = rows[at : at + 2000]
-        small.add(
-            user_id=USER,
-            thread_id="history",
-            turns=list(range(at, at + len(part))),
-            texts=[text for _, _, text in part],
-            vectors=vectors[at : at + len(part)].tolist(),
-        )
-    embeddings = local_embeddings()
-    memory = TurnMemory(folder / "chroma")
-    chroma = TurnMemory(folder / "chroma", search="chroma")
+    """Routing overhead with the graph's memory store (the Chroma store) holding every turn
+    ('now') and 10,000 of them ('10k'), interleaved."""
+    fill = FillEmbeddings(local_embeddings())
+    small = _store_of(tmp / "store-10k", fill, rows[:10_000], vectors)
+    memory = _store_of(tmp / "store-all", fill, rows, vectors)
     setups: dict[str, Setup] = {
-        "10k": (routing_graph(embeddings, small), {}),
-        "now": (routing_graph(embeddings, memory), {}),
-        "chroma": (routing_graph(embeddings, chroma), {}),
+        "10k": (routing_graph(fill.inner, small), {}),
+        "now": (routing_graph(fill.inner, memory), {}),
     }
     load_before = load_average()
     times = compare(setups, runs, turns, tag="scale")
     load_after = load_average()
-    # The turns that left the recent window were stored: keep the cached collection as built.
-    for name in ("now", "chroma"):
-        for tag in [f"scale-warm-{name}"] + [f"scale{r}-{name}" for r in range(runs)]:
-            for d in range(turns // DIALOGUE_TURNS + 1):
-                memory.forget_thread(user_id=USER, thread_id=f"{tag}-{d}")
     print(
-        f"\nrouting overhead per turn at {memory.count(USER):,} stored turns (now: searched in "
-        "this process; chroma: by Chroma's HNSW) against 10,000 (10k), "
-        f"{runs} runs x {turns} turns, interleaved; {load_before} -> {load_after}:"
+        f"\nrouting overhead per turn at {len(rows):,} stored turns in the Chroma store (now) "
+        f"against 10,000 (10k), {runs} runs x {turns} turns, interleaved; "
+        f"{load_before} -> {load_after}:"
     )
     report(times, len(rows))
     p50 = {name: [ms(r.wall) for r in per] for name, per in times.items()}

@@ -1,29 +1,28 @@
 """Routing overhead per turn: everything the graph does except model generation.
 
 Real MiniLM embeddings (the prompt embedded once, shared by task, views and recall; the
-turns leaving the recent window embedded into memory), a real Chroma collection holding
-``--stored`` turns, the rules policy with budget masking, accounting and an in-memory
-checkpointer (LangGraph's default durability: a checkpoint per step). The local and cloud
-models answer instantly, so what is timed is the router itself. 8-turn dialogues, recall
-over all the user's stored turns (``recall_scope="user"``).
+turns leaving the recent window embedded into memory), the memory's Chroma store
+(:class:`tmo_graph.memory.chroma_store.ChromaStore`) holding ``--stored`` turns, the rules
+policy with budget masking, accounting and an in-memory checkpointer (LangGraph's default
+durability: a checkpoint per step). The local and cloud models answer instantly, so what is
+timed is the router itself. 8-turn dialogues, recall over all the user's stored turns
+(``recall_scope="user"``).
 
 Set-ups run interleaved in the same process on the same collection (which goes first
 rotates per run), so a busy machine slows them alike:
 
 - before: embeddings through sentence-transformers (``embeddings.backend:
-  sentence-transformers``, float32, the process's 2 torch threads), a ``count()`` call
-  before every memory search and Chroma's HNSW query (``memory.search: chroma``), as the
-  graph ran until now;
+  sentence-transformers``, float32, the process's 2 torch threads);
 - now: the defaults (``backend: fast``: bfloat16 where the CPU has it, its own worker thread
-  with 1 torch thread; the memory searched in this process, ``memory.search: in-process``);
+  with 1 torch thread);
 - now, durability=exit: the same graph invoked with one checkpoint per turn instead of one
   per step (what the per-step checkpoints cost; the surfaces keep them, a crashed turn
   resumes from them).
 
 Each turn's wall time and its CPU time (the whole process's: what the turn costs the
 machine; wall time on a busy machine is larger). Baselines measured in the same process,
-interleaved: one bare MiniLM query embedding on each backend, one bare k=3 search of each
-memory. Medians of each run's p50, and of the per-run ratios.
+interleaved: one bare MiniLM query embedding on each backend, one bare k=3 store search
+(its query embedding included) with each. Medians of each run's p50, and of the per-run ratios.
 
 python bench/routing_overhead.py [--runs 5] [--turns 40] [--stored 10000]
 """
@@ -47,55 +46,66 @@ from instant import (  # bench/instant.py
     routing_turns,
     runs_line,
 )
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.base import BaseStore
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
-from tmo_graph.memory.turns import TurnMemory
+from tmo_graph.memory.chroma_store import ChromaStore
+from tmo_graph.memory.clients import chroma_client
+from tmo_graph.memory.recall import FIELDS, recall, remember, stored_turns
 from tmo_graph.models.embeddings import local_embeddings
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
-from tmo_graph.state import Recalled
 
 TARGETS_MS = {10_000: 15.0, 100_000: 20.0}
 
 
-class CountFirstMemory(TurnMemory):
-    """The memory as it searched before: a ``count()`` call ahead of every query."""
+class FillEmbeddings(Embeddings):
+    """``inner``, except for the texts in ``vectors``: the bench fills the store with
+    jittered copies of a few hundred real embeddings instead of embedding every turn."""
 
-    def search(self, **kwargs: Any) -> list[Recalled]:
-        if kwargs.get("k", 0) > 0 and self.count(kwargs["user_id"]) == 0:
-            return []
-        return super().search(**kwargs)
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+        self.vectors: dict[str, list[float]] = {}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        unknown = [t for t in texts if t not in self.vectors]
+        found = (
+            dict(zip(unknown, self.inner.embed_documents(unknown), strict=True)) if unknown else {}
+        )
+        return [self.vectors.get(t) or found[t] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
 
 
-def fill_memory(memory: TurnMemory, embeddings: Any, n: int) -> None:
+def fill_memory(store: BaseStore, fill: FillEmbeddings, n: int) -> None:
     """``n`` stored turns: real embeddings of varied texts, jittered so every vector differs."""
     base_texts = [f"User: {p} (note {i})\nAssistant: Okay." for i, p in enumerate(PROMPTS * 40)]
-    base = np.asarray(embeddings.embed_documents(base_texts), dtype=np.float32)
+    base = np.asarray(fill.inner.embed_documents(base_texts), dtype=np.float32)
     rng = np.random.default_rng(0)
     for start in range(0, n, 2000):
         rows = min(2000, n - start)
         idx = np.arange(start, start + rows) % len(base)
         vectors = base[idx] + rng.normal(0, 0.02, (rows, base.shape[1])).astype(np.float32)
-        memory.add(
-            user_id="bench",
-            thread_id="history",
-            turns=list(range(start, start + rows)),
-            texts=[base_texts[i] for i in idx],
-            vectors=vectors.tolist(),
-        )
+        texts = [f"{base_texts[i]} #{start + row}" for row, i in enumerate(idx)]
+        fill.vectors = dict(zip(texts, vectors.tolist(), strict=True))
+        turns = list(zip(range(start, start + rows), texts, strict=True))
+        remember(store, user_id="bench", thread_id="history", turns=turns)
+    fill.vectors = {}
 
 
-def routing_graph(embeddings: Any, memory: TurnMemory) -> Any:
+def routing_graph(embeddings: Any, store: BaseStore) -> Any:
     """The graph on instant models, real embeddings and memory, in-memory checkpoints."""
     services = Services(
         settings=Settings(),
         local=InstantLocal(),
         cloud=FakeListChatModel(responses=["Cloud answer."]),
         embeddings=embeddings,
-        memory=memory,
+        store=store,
     )
     return build_graph(services, checkpointer=InMemorySaver())
 
@@ -125,20 +135,19 @@ def compare(
 
 
 def bare_baselines(
-    embedders: dict[str, Any], memories: dict[str, TurnMemory], n: int
+    embedders: dict[str, Any], memories: dict[str, BaseStore], n: int
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """p50 (ms) of one bare query embedding per embedder and one bare k=3 search per memory."""
+    """p50 (ms) of one bare query embedding per embedder and one bare k=3 search per store."""
     embed_s: dict[str, list[float]] = {name: [] for name in embedders}
     search_s: dict[str, list[float]] = {name: [] for name in memories}
     for i in range(n):
-        vector: list[float] = []
         for name, embeddings in embedders.items():
             start = time.perf_counter()
-            vector = embeddings.embed_query(f"baseline prompt number {i} ({name})")
+            embeddings.embed_query(f"baseline prompt number {i} ({name})")
             embed_s[name].append(time.perf_counter() - start)
-        for name, memory in memories.items():
+        for name, store in memories.items():
             start = time.perf_counter()
-            memory.search(user_id="bench", vector=vector, k=3)
+            recall(store, user_id="bench", query=f"baseline search {i} ({name})", k=3)
             search_s[name].append(time.perf_counter() - start)
     return (
         {name: ms(v) for name, v in embed_s.items()},
@@ -171,12 +180,15 @@ def main() -> None:
     fast = local_embeddings()
     sentence_transformers = local_embeddings(backend="sentence-transformers")
     with tempfile.TemporaryDirectory() as tmp:
-        memory = TurnMemory(Path(tmp) / "chroma")
+        client = chroma_client(Path(tmp) / "chroma")
+        fill = FillEmbeddings(fast)
+        memory = ChromaStore(client, fill, fields=FIELDS)
         start = time.perf_counter()
-        fill_memory(memory, fast, args.stored)
+        fill_memory(memory, fill, args.stored)
         seconds = time.perf_counter() - start
-        print(f"stored {memory.count('bench'):,} turns in Chroma in {seconds:.1f} s")
-        before = CountFirstMemory(Path(tmp) / "chroma", search="chroma")
+        count = len(stored_turns(memory, user_id="bench"))
+        print(f"stored {count:,} turns in the Chroma store in {seconds:.1f} s")
+        before = ChromaStore(client, sentence_transformers, fields=FIELDS)
         now = routing_graph(fast, memory)
         setups: dict[str, Setup] = {
             "before": (routing_graph(sentence_transformers, before), {}),
@@ -188,7 +200,7 @@ def main() -> None:
         times = compare(setups, args.runs, args.turns)
         embed_p50, search_p50 = bare_baselines(
             {"fast": fast, "sentence-transformers": sentence_transformers},
-            {"in-process": memory, "chroma": before},
+            {"fast": memory, "sentence-transformers": before},
             args.turns,
         )
         load_after = load_average()
@@ -202,8 +214,8 @@ def main() -> None:
     print(
         f"  baselines, same process: one MiniLM query p50 {embed_p50['fast']:.1f} ms (fast, "
         f"{dtype}, 1 thread), {embed_p50['sentence-transformers']:.1f} ms "
-        f"(sentence-transformers); one k=3 memory search p50 {search_p50['in-process']:.2f} ms "
-        f"(in-process), {search_p50['chroma']:.2f} ms (Chroma)"
+        f"(sentence-transformers); one k=3 store search p50 {search_p50['fast']:.2f} ms "
+        f"(fast), {search_p50['sentence-transformers']:.2f} ms (sentence-transformers)"
     )
 
 
