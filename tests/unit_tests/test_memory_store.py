@@ -232,7 +232,7 @@ def test_the_chroma_store_keeps_langgraphs_store_contract(tmp_path: Path) -> Non
     store.put(("docs", "ann", "a"), "1", {"text": "green tea leaves", "n": 1})
     store.put(("docs", "ann", "b"), "2", {"text": "black coffee beans", "n": 2})
     store.put(("docs", "ann", "b"), "3", {"text": "not indexed", "n": 3}, index=False)
-    store.put(("docs", "bo"), "1", {"text": "green tea too", "n": 4})
+    store.put(("docs", "bo"), "1", {"text": "green tea with lemon and honey", "n": 4})
     first = store.get(("docs", "ann", "a"), "1")
     assert first is not None and first.value == {"text": "green tea leaves", "n": 1}
     assert store.get(("docs", "ann", "a"), "nope") is None
