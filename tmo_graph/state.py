@@ -163,6 +163,9 @@ class TurnRecord(TypedDict):
     device: NotRequired[DeviceReading]
     # The answer's tool calls (name, args, id) when the cloud answered by calling tools.
     tool_calls: NotRequired[list[dict[str, Any]]]
+    # Whom the turn ran for: Context.user_id, or on a LangGraph server the user its auth
+    # proved (langgraph_auth_user), whose memory, daily cap and audit entries it used.
+    user: NotRequired[str]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:

@@ -119,6 +119,7 @@ def _data_url_bytes(url: str) -> bytes:
 
 def test_an_inline_data_url_is_stored_once_and_referenced(tmp_path: Path) -> None:
     import base64
+    import hashlib
 
     frame = camera_frame(tmp_path / "frame.jpg", 7)
     url = "data:image/jpeg;base64," + base64.b64encode(frame.read_bytes()).decode()
@@ -135,9 +136,10 @@ def test_an_inline_data_url_is_stored_once_and_referenced(tmp_path: Path) -> Non
     assert out["turns"][-1]["views_sent"] == ["image_1"]
     question = out["messages"][0]
     blocks = [b for b in question.content if isinstance(b, dict) and b["type"] == "image"]
-    assert (
-        blocks and blocks[0]["url"].startswith("file://") and "base64" not in str(question.content)
-    )
+    # The thread's media URL (a browser loads it from the server), not pixels nor a path.
+    sha = hashlib.sha256(frame.read_bytes()).hexdigest()
+    assert blocks and blocks[0]["url"] == f"/v1/threads/inline/media/{sha}"
+    assert blocks[0]["mime_type"] == "image/jpeg" and "base64" not in str(question.content)
     assert len(json.dumps(graph.get_state(config).values, default=str)) < 20_000
 
 
