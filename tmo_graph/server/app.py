@@ -118,6 +118,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=[
                 "authorization",
+                "x-api-key",
                 "content-type",
                 "x-tmo-thread-id",
                 "x-tmo-user",

@@ -148,7 +148,9 @@ def make_auth(settings: Settings) -> Auth:
         if _unfiltered(ctx):
             return None
         if ctx.action in ("create", "create_run"):
-            value["metadata"] = {**(value.get("metadata") or {}), "owner": ctx.user.identity}
+            if value.get("metadata") is None:
+                value["metadata"] = {}
+            value["metadata"]["owner"] = ctx.user.identity  # in place: the server reads it
         return {"owner": ctx.user.identity}
 
     @auth.on.assistants
