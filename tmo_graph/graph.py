@@ -86,7 +86,10 @@ def _auth_user() -> Mapping[str, Any] | None:
     """The user the LangGraph server's auth set for this run (``langgraph_auth_user``), or
     None: no such auth, LangGraph Studio's developer, or a server without keys (the
     Context then stands; tmo_graph.server.platform_auth)."""
-    user = get_config().get("configurable", {}).get("langgraph_auth_user")
+    try:
+        user = get_config().get("configurable", {}).get("langgraph_auth_user")
+    except RuntimeError:  # outside a LangGraph run: no server, no user
+        return None
     dump = getattr(user, "dict", None)  # langgraph_api's user object; a plain dict as is
     data = dump() if callable(dump) else user
     if not isinstance(data, Mapping) or not data.get("identity"):
