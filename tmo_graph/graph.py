@@ -82,19 +82,27 @@ def _run_context(
     )
 
 
+# The permission tmo_graph.server.platform_auth gives a request served without keys.
+KEYLESS_PERMISSION = "tmo:keyless"
+
+
 def _auth_user() -> Mapping[str, Any] | None:
-    """The user the LangGraph server's auth set for this run (``langgraph_auth_user``), or
-    None: no such auth, LangGraph Studio's developer, or a server without keys (the
-    Context then stands; tmo_graph.server.platform_auth)."""
+    """The user the LangGraph server's auth set for this run (:func:`platform_user`)."""
     try:
-        user = get_config().get("configurable", {}).get("langgraph_auth_user")
+        configurable = get_config().get("configurable", {})
     except RuntimeError:  # outside a LangGraph run: no server, no user
         return None
+    return platform_user(configurable.get("langgraph_auth_user"))
+
+
+def platform_user(user: Any) -> Mapping[str, Any] | None:
+    """``langgraph_auth_user`` as a mapping, or None: no such auth, LangGraph Studio's
+    developer, or a server without keys (the Context then stands, as with ``--no-auth``)."""
     dump = getattr(user, "dict", None)  # langgraph_api's user object; a plain dict as is
     data = dump() if callable(dump) else user
     if not isinstance(data, Mapping) or not data.get("identity"):
         return None
-    keyless = "tmo:keyless" in (data.get("permissions") or ())  # no keys: trusted, loopback
+    keyless = KEYLESS_PERMISSION in (data.get("permissions") or ())  # trusted loopback
     return None if keyless or data.get("kind") == "StudioUser" else data
 
 

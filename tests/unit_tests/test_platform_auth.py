@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langgraph_sdk import Auth
 
+from tmo_graph.graph import platform_user
 from tmo_graph.server.keys import add_key, revoke_key
 from tmo_graph.server.platform_auth import KEYLESS, make_auth
 from tmo_graph.settings import Settings
@@ -80,6 +81,14 @@ def test_without_keys_only_loopback_peers_are_served_unfiltered() -> None:
     assert user["identity"] == "anonymous" and KEYLESS in user["permissions"]
     assert _status(auth, {}, REMOTE) == 403
     assert _status(auth, {}, {}) == 403  # no peer address known: not loopback
+    # The graph keeps the Context's user for such a request, and for Studio's developer.
+    assert platform_user(user) is None
+    assert platform_user({"identity": "langgraph-studio-user", "kind": "StudioUser"}) is None
+    assert platform_user({"identity": "alice", "key_id": "k"}) == {
+        "identity": "alice",
+        "key_id": "k",
+    }
+    assert platform_user(None) is None
 
 
 def _on(auth: Auth, resource: str, action: str, user: dict[str, Any], value: Any) -> Any:

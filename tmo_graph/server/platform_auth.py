@@ -32,6 +32,7 @@ from typing import Any
 from langgraph_sdk import Auth
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.graph import KEYLESS_PERMISSION
 from tmo_graph.sections import ApiKey
 from tmo_graph.server.auth import Caller, named_caller
 from tmo_graph.server.errors import ApiError
@@ -41,8 +42,8 @@ from tmo_graph.settings import Settings
 log = logging.getLogger(__name__)
 
 # The permission of a request served without keys (none configured, 127.0.0.1): the graph
-# keeps the Context's user_id for it (tmo_graph.graph._auth_user), as `serve --no-auth` does.
-KEYLESS = "tmo:keyless"
+# keeps the Context's user_id for it (tmo_graph.graph.platform_user), as `--no-auth` does.
+KEYLESS = KEYLESS_PERMISSION
 
 
 def _header(headers: dict[bytes, bytes], name: str) -> str | None:
