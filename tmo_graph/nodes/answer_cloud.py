@@ -3,7 +3,8 @@
 The images are made here and only here: each chosen view's file is downscaled to
 ``cloud.image_max_side`` and re-encoded into a data URL for this one request. Personal data
 in every text of the request is replaced by placeholders (:mod:`tmo_graph.guards.privacy`), which
-are put back into the answer on the device.
+are put back into the answer on the device. Such an answer's tokens are hidden from a chat
+UI's ``messages`` stream (LangGraph's ``nostream`` tag): it gets the restored answer once.
 
 Hard budgets: every request may cost at most what is left. Its input is counted at the most
 it can be billed (one token per UTF-8 byte, images at the size sent) and
@@ -67,13 +68,21 @@ from tmo_graph.media.audio import CloudAudio, cloud_audio, store_audio
 from tmo_graph.media.images import CloudImage, cloud_image, store_image
 from tmo_graph.models.cloud_billing import CloudBilling, usage_tokens
 from tmo_graph.policy.budget import CALL_MARGIN_S
-from tmo_graph.prompts import cloud_messages, message_text, tool_texts, with_args
+from tmo_graph.prompts import (
+    cloud_messages,
+    hidden_call_tags,
+    message_text,
+    tool_texts,
+    windowed,
+    with_args,
+)
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, Candidate, State
 from tmo_graph.turn import budget_now, local_reserve
 
 
 def answer_cloud(state: State, context: Context, services: Services) -> dict[str, Any]:
+    state = windowed(state, context.recent_turns)  # the model reads the recent window only
     assert state.decision is not None
     billing = CloudBilling.for_endpoint(services.settings.cloud, services.costs)
     plan = audio_plan(state, services, billing, set(state.decision["views"]))
@@ -390,8 +399,14 @@ def _invoke(
     request: CloudRequest | None = None,
 ) -> AIMessage:
     """One request, streamed and cut at ``timeout`` seconds whatever the server does; with
-    the request's tools when it has some (passed as OpenAI's ``tools`` / ``tool_choice``)."""
+    the request's tools when it has some (passed as OpenAI's ``tools`` / ``tool_choice``).
+
+    An answer to a request that carries placeholders streams them (``[EMAIL_1]``): its
+    tokens are hidden from a chat UI's ``messages`` stream (:func:`hidden_call_tags`), which
+    gets the answer with the values put back once, as the turn's final message."""
     kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    if request is not None and request.redactor.placeholders:
+        kwargs["config"] = {"tags": hidden_call_tags()}
     if request is not None and request.tools:
         kwargs["tools"] = request.tools
         if request.tool_choice is not None:
