@@ -184,9 +184,7 @@ class StreamingLocal:
         raise AssertionError("the graph scores its own generation")
 
 
-def _stream(
-    graph: Any, context: Context, hidden: bool = False
-) -> list[tuple[str, list[str], str]]:
+def _stream(graph: Any, context: Context, hidden: bool = False) -> list[tuple[str, list[str], str]]:
     """The run's ``messages`` stream as (text, tags, node); ``hidden``: as a surface that asks
     for the hidden tokens (STREAM_HIDDEN) sees it."""
     tokens = []
