@@ -6,7 +6,7 @@ The device model is the real SmolLM2; the cloud is a stand-in OpenAI-compatible 
 Under ``cascade`` with ``confidence_threshold`` 1.0 every local answer is a draft the cloud
 replaces. The client must see no draft token, no placeholder, nothing from a node that does
 not answer (the local model's warm-up "Hello!" inside detect_modality), and the final
-answer exactly once, with the user's own values put back.
+answer exactly once, streamed token by token with the user's own values put back.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def test_a_ui_streaming_messages_tuple_sees_only_final_answers_once(
     assert len(parts) > 5  # streamed, not one message
 
     # Turn 2: the cloud was sent a placeholder and answers with it; the UI gets the answer
-    # with the address put back, whole, once.
+    # with the address put back, token by token, once.
     parts = _turn(client, thread, "Please send the recipe to anna@example.org tonight.")
     values = client.threads.get_state(thread)["values"]
     record = values["turns"][-1]
@@ -224,6 +224,7 @@ def test_a_ui_streaming_messages_tuple_sees_only_final_answers_once(
     assert "[EMAIL_1]" in cloud.sent[-1] and "anna@example.org" not in cloud.sent[-1]
     shown = _check_turn(parts, record, values["messages"][-1])
     assert shown == "I will write to anna@example.org after dinner."
-    assert [meta["langgraph_node"] for _, meta in parts] == ["account"]
+    assert {meta["langgraph_node"] for _, meta in parts} == {"answer_cloud"}
+    assert len(parts) > 5  # streamed, not one message
     # The thread holds both turns, as the UI shows them.
     assert [m["type"] for m in values["messages"]] == ["human", "ai", "human", "ai"]

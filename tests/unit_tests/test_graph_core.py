@@ -225,6 +225,32 @@ def test_a_surface_that_asks_for_hidden_tokens_gets_the_draft_tagged(tmp_path: P
     assert "".join(shown) == final  # the final answer, once, nothing from account
 
 
+def test_a_chat_ui_streams_the_cloud_answer_with_the_values_put_back(tmp_path: Path) -> None:
+    """The cloud was sent a placeholder and answers with it: a chat UI streaming ``messages``
+    gets the answer token by token with the address put back, once, never the placeholder."""
+    said = "I will write to [EMAIL_1] tonight, as you asked."
+    cloud = GenericFakeChatModel(messages=iter([AIMessage(content=said)]))
+    services = fake_services(tmp_path, FakeLocal(["x"]), cloud)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "pii"}}
+    parts = list(
+        graph.stream(
+            {"messages": [("user", "Send the recipe to anna@example.org tonight.")]},
+            config,
+            context=Context(policy="always-cloud"),
+            stream_mode="messages",
+        )
+    )
+    texts = [str(chunk.content) for chunk, _ in parts]
+    assert not any("[" in t or "EMAIL" in t for t in texts), texts
+    assert "".join(texts) == "I will write to anna@example.org tonight, as you asked."
+    assert len(texts) > 3  # token by token
+    stored = graph.get_state(config).values["messages"][-1]
+    assert {chunk.id for chunk, _ in parts} == {stored.id}  # one message, not sent again
+    assert {meta["langgraph_node"] for _, meta in parts} == {"answer_cloud"}
+    assert stored.content == "".join(texts)
+
+
 def test_a_kept_draft_reaches_a_chat_ui_once_as_the_final_message(tmp_path: Path) -> None:
     services = fake_services(tmp_path, StreamingLocal("sure thing", -0.05), FakeCloud())
     graph = build_graph(services, checkpointer=InMemorySaver())
