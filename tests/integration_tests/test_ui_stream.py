@@ -153,7 +153,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, cloud: StandInCloud) -> Ite
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 90)
+        # Up to 300 s: a langgraph.json that mounts the OpenAI routes loads the models at start.
+        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 300)
         yield url
     finally:
         process.terminate()
