@@ -25,6 +25,10 @@ from typing_extensions import TypedDict
 # The tag on the tokens of a local draft that may still be replaced by a cloud answer: a
 # surface streams every other token as the final answer's.
 DRAFT_TAG = "draft"
+# A run whose ``configurable`` sets this key to True streams every answer token, drafts and
+# placeholders included (tagged, for a surface that holds them back itself: conversation.py).
+# Without it those runs carry LangGraph's ``nostream`` tag and a chat UI never sees them.
+STREAM_HIDDEN = "tmo_stream_hidden"
 
 
 class ModalitySpec(TypedDict, total=False):
