@@ -2,10 +2,13 @@
 tokens as they come, never a draft that was replaced, then the turn record; one turn per
 thread at a time.
 
-The graph tags a local draft that the confidence check may still replace ``draft``
-(``tmo_graph.state.DRAFT_TAG``); everything else its models stream is the final
-answer. Draft tokens are held back: when the check keeps the draft, they are released once
-the turn is decided, so a caller sees only what stays.
+The graph hides from a chat UI's ``messages`` stream the tokens that are not yet the final
+answer (LangGraph's ``nostream`` tag); this surface asks for them
+(``tmo_graph.state.STREAM_HIDDEN``) and handles them itself. A local draft that the
+confidence check may still replace is tagged ``draft`` (``tmo_graph.state.DRAFT_TAG``);
+everything else the answer nodes' models stream is the final answer. Draft tokens are held
+back: when the check keeps the draft, they are released once the turn is decided, so a
+caller sees only what stays.
 
 A cloud answer streams with the placeholders of the personal data kept from the cloud
 (``[EMAIL_1]``); the route node sends the turn's placeholder map as a ``custom`` stream event
@@ -45,7 +48,7 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, StreamRestorer, is_private
 from tmo_graph.prompts import message_text
-from tmo_graph.state import DRAFT_TAG, TurnRecord
+from tmo_graph.state import DRAFT_TAG, STREAM_HIDDEN, TurnRecord
 
 # Nodes whose model calls stream the answer; anything else (e.g. a summary) is not shown.
 ANSWER_NODES = frozenset({"answer_local", "answer_cloud"})
@@ -335,7 +338,9 @@ def _config(thread_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
     for message in messages or []:
         if isinstance(message, BaseMessage):
             is_private(message)
-    return {"configurable": {"thread_id": thread_id}}
+    # This surface holds drafts back and puts placeholders back itself: it asks for the
+    # tokens the graph hides from a chat UI's stream (tagged, see the module docstring).
+    return {"configurable": {"thread_id": thread_id, STREAM_HIDDEN: True}}
 
 
 def stream_turn(

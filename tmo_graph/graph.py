@@ -13,9 +13,11 @@ so), and the fallback to a local answer when the cloud call fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
@@ -48,14 +50,61 @@ NODES: tuple[NodeFn, ...] = (
 )
 
 
-def _run_context(given: Context | dict[str, Any] | None, default: Context) -> Context:
+def _run_context(
+    given: Context | dict[str, Any] | None, default: Context, user: Mapping[str, Any] | None = None
+) -> Context:
     """The run's Context; a run started without ``context=`` gets ``default``, and one whose
-    caller handed over plain JSON (Studio, the LangGraph server) gets it over the default."""
+    caller handed over plain JSON (Studio, the LangGraph server) gets it over the default.
+
+    ``user``: who the LangGraph server's auth proved the caller to be (``graphs/auth.py``).
+    It decides the user (recall, the daily cap's ledger, the audit log), the key id, and the
+    key's cap and policies, whatever the client's Context says, as ``tmo-graph serve`` does.
+    """
     if given is None:
-        return default
-    if isinstance(given, dict):
-        return Context(**{**default.__dict__, **given})
-    return given
+        context = default
+    elif isinstance(given, dict):
+        context = Context(**{**default.__dict__, **given})
+    else:
+        context = given
+    if user is None:
+        return context
+    policies = user.get("policies")
+    if policies and context.policy not in policies:
+        raise TmoGraphError(
+            f"this API key may not use the policy {context.policy!r}",
+            f"use one of: {', '.join(policies)}",
+        )
+    caps = [c for c in (context.daily_cost_cap_usd, user.get("daily_cost_cap_usd")) if c]
+    return dataclasses.replace(
+        context,
+        user_id=str(user["identity"]),
+        api_key_id=user.get("key_id"),
+        daily_cost_cap_usd=min(caps) if caps else None,
+    )
+
+
+# The permission tmo_graph.server.platform_auth gives a request served without keys.
+KEYLESS_PERMISSION = "tmo:keyless"
+
+
+def _auth_user() -> Mapping[str, Any] | None:
+    """The user the LangGraph server's auth set for this run (:func:`platform_user`)."""
+    try:
+        configurable = get_config().get("configurable", {})
+    except RuntimeError:  # outside a LangGraph run: no server, no user
+        return None
+    return platform_user(configurable.get("langgraph_auth_user"))
+
+
+def platform_user(user: Any) -> Mapping[str, Any] | None:
+    """``langgraph_auth_user`` as a mapping, or None: no such auth, LangGraph Studio's
+    developer, or a server without keys (the Context then stands, as with ``--no-auth``)."""
+    dump = getattr(user, "dict", None)  # langgraph_api's user object; a plain dict as is
+    data = dump() if callable(dump) else user
+    if not isinstance(data, Mapping) or not data.get("identity"):
+        return None
+    keyless = KEYLESS_PERMISSION in (data.get("permissions") or ())  # trusted loopback
+    return None if keyless or data.get("kind") == "StudioUser" else data
 
 
 def _as_node(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, Any]]:
@@ -68,7 +117,8 @@ def _as_node(fn: NodeFn, provider: ServiceProvider) -> Callable[..., dict[str, A
         services = provider.for_run(runtime.context)
         if runtime.store is not None:
             services = services.with_store(runtime.store)
-        return fn(state, _run_context(runtime.context, services.default_context), services)
+        context = _run_context(runtime.context, services.default_context, _auth_user())
+        return fn(state, context, services)
 
     node.__name__ = fn.__name__
     node.__doc__ = fn.__doc__

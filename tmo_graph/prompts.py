@@ -1,7 +1,10 @@
 """The messages each model sees: system prompt, recalled memory, recent turns, this turn.
 
-The device model sees the whole dialogue; a cloud request leaves out every private message
-(``additional_kwargs={"private": True}``) and the answers that followed it.
+The thread keeps the whole dialogue (what a chat UI shows); a model reads only its recent
+window (:func:`recent_window`: the last ``recent_turns`` finished turns, the current question
+with its tool calls and results, and the caller's system messages), and older turns only as
+recalled memory. The device model sees the whole window; a cloud request leaves out every
+private message (``additional_kwargs={"private": True}``) and the answers that followed it.
 
 Tool calling: an answer that called tools and the tools' results (``ToolMessage``) go to the
 cloud in OpenAI's shape (an assistant message with ``tool_calls``, ``tool`` messages), every
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from langchain_core.messages import (
@@ -23,12 +27,14 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langgraph.config import get_config
+from langgraph.constants import TAG_NOSTREAM
 
 from tmo_graph.errors import TmoGraphError
 
 # LEFT_OUT_ANSWER lives in confidence.py, whose echo guard also knows it; used here too.
 from tmo_graph.policy.confidence import LEFT_OUT_ANSWER, degenerate_text
-from tmo_graph.state import Recalled
+from tmo_graph.state import STREAM_HIDDEN, Recalled, State
 
 # The ``additional_kwargs`` key that marks a message private: it never goes to the cloud.
 PRIVATE = "private"
@@ -100,6 +106,58 @@ def shared_messages(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
         elif not hidden_turn and not is_private(message):
             out.append(message)
     return out
+
+
+def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
+    """Messages grouped into finished turns (a human message and its answers), oldest first.
+
+    The current question (the last human message) and what follows it (this turn's tool
+    calls and results) are not part of any finished turn, and system messages (the caller's
+    persona) belong to no turn: they stay in the dialogue. Tool results go with the answer
+    that called the tools, so a turn leaves the window whole (a result without its call is
+    a request no endpoint takes).
+    """
+    asked = max(
+        (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages)
+    )
+    turns: list[list[AnyMessage]] = []
+    for message in messages[:asked]:
+        if not isinstance(message, HumanMessage | AIMessage | ToolMessage):
+            continue
+        if isinstance(message, HumanMessage) or not turns:
+            turns.append([message])
+        else:
+            turns[-1].append(message)
+    return turns
+
+
+def recent_window(messages: Sequence[AnyMessage], recent_turns: int) -> list[AnyMessage]:
+    """What a model reads of the dialogue: the last ``recent_turns`` finished turns (grouped
+    as :func:`completed_turns` groups them), the current question with what follows it, and
+    every system message, in their order. Older turns reach a model only as recalled memory.
+
+    The thread keeps every message; only the model's input is cut. A dialogue already within
+    the window comes back as it is.
+    """
+    if isinstance(recent_turns, bool) or not isinstance(recent_turns, int) or recent_turns < 0:
+        raise TmoGraphError(
+            f"recent_turns must be a whole number >= 0, got {recent_turns!r}",
+            "set Context(recent_turns=...) to how many finished turns a model reads, e.g. 4",
+        )
+    turns = completed_turns(messages)
+    older = turns[: max(len(turns) - recent_turns, 0)]
+    if not older:
+        return list(messages)
+    left_out = {id(m) for turn in older for m in turn}
+    return [m for m in messages if id(m) not in left_out]
+
+
+def windowed(state: State, recent_turns: int) -> State:
+    """``state`` with ``messages`` cut to the models' :func:`recent_window`: what every
+    node that builds a model's input (or prices, scores or guards one) reads. Never written
+    back: the thread keeps the whole dialogue."""
+    window = recent_window(state.messages, recent_turns)
+    return state if len(window) == len(state.messages) else replace(state, messages=window)
 
 
 def system_prompt(messages: Sequence[AnyMessage], default: str) -> str:
@@ -277,3 +335,17 @@ def cloud_texts(
 
     cloud_messages(messages, recalled, persona, prompt, [], scrub=keep)
     return texts
+
+
+def hidden_call_tags(*tags: str) -> list[str]:
+    """The tags of an answer model call whose tokens must not reach a chat UI as they come (a
+    draft that may still be replaced, an answer that still carries placeholders): ``tags``
+    plus LangGraph's ``nostream``, so a UI streaming the run's ``messages`` never shows them
+    and gets the node's final message once instead. A run whose ``configurable`` sets
+    :data:`tmo_graph.state.STREAM_HIDDEN` to True (a surface that holds such tokens back
+    itself, :mod:`tmo_graph.conversation`) gets them, tagged only ``tags``."""
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # called outside a graph run: there is no stream to hide them from
+        configurable = {}
+    return list(tags) if configurable.get(STREAM_HIDDEN) is True else [*tags, TAG_NOSTREAM]

@@ -25,6 +25,10 @@ from typing_extensions import TypedDict
 # The tag on the tokens of a local draft that may still be replaced by a cloud answer: a
 # surface streams every other token as the final answer's.
 DRAFT_TAG = "draft"
+# A run whose ``configurable`` sets this key to True streams every answer token, drafts and
+# placeholders included (tagged, for a surface that holds them back itself: conversation.py).
+# Without it those runs carry LangGraph's ``nostream`` tag and a chat UI never sees them.
+STREAM_HIDDEN = "tmo_stream_hidden"
 
 
 class ModalitySpec(TypedDict, total=False):
@@ -163,6 +167,9 @@ class TurnRecord(TypedDict):
     device: NotRequired[DeviceReading]
     # The answer's tool calls (name, args, id) when the cloud answered by calling tools.
     tool_calls: NotRequired[list[dict[str, Any]]]
+    # Whom the turn ran for: Context.user_id, or on a LangGraph server the user its auth
+    # proved (langgraph_auth_user), whose memory, daily cap and audit entries it used.
+    user: NotRequired[str]
 
 
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:

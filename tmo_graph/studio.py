@@ -5,11 +5,17 @@ Compiled without a checkpointer: the LangGraph server persists threads itself. M
 on the first run, not at import. ``TMO_GRAPH_CONFIG`` names a YAML config (default: the
 built-in defaults, the same as configs/default.yaml); ``TMO_<SECTION>__<FIELD>`` variables
 override single settings.
+
+``provider`` holds the graph's services: the OpenAI-compatible routes mounted on the same
+server (``graphs/openai_app.py``) run on it, so the process loads one copy of each model.
 """
 
 import os
 
-from tmo_graph.graph import build_graph
+from tmo_graph.graph import make_builder
+from tmo_graph.services import ServiceProvider
 from tmo_graph.settings import load_settings
 
-graph = build_graph(settings=load_settings(os.environ.get("TMO_GRAPH_CONFIG")))
+settings = load_settings(os.environ.get("TMO_GRAPH_CONFIG"))
+provider = ServiceProvider(settings=settings)
+graph = make_builder(provider).compile(name="tmo-graph")

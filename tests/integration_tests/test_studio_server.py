@@ -55,7 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 90)
+        # The mounted OpenAI routes (langgraph.json http.app) load the models at start.
+        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 300)
         yield url
     finally:
         process.terminate()

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
 from tmo_graph.context import DEFAULT_SYSTEM_PROMPT, Context
 from tmo_graph.graph import build_graph
+from tmo_graph.state import STREAM_HIDDEN
 
 FRAME_BYTES = 400_000
 
@@ -119,6 +120,7 @@ def _data_url_bytes(url: str) -> bytes:
 
 def test_an_inline_data_url_is_stored_once_and_referenced(tmp_path: Path) -> None:
     import base64
+    import hashlib
 
     frame = camera_frame(tmp_path / "frame.jpg", 7)
     url = "data:image/jpeg;base64," + base64.b64encode(frame.read_bytes()).decode()
@@ -135,9 +137,10 @@ def test_an_inline_data_url_is_stored_once_and_referenced(tmp_path: Path) -> Non
     assert out["turns"][-1]["views_sent"] == ["image_1"]
     question = out["messages"][0]
     blocks = [b for b in question.content if isinstance(b, dict) and b["type"] == "image"]
-    assert (
-        blocks and blocks[0]["url"].startswith("file://") and "base64" not in str(question.content)
-    )
+    # The thread's media URL (a browser loads it from the server), not pixels nor a path.
+    sha = hashlib.sha256(frame.read_bytes()).hexdigest()
+    assert blocks and blocks[0]["url"] == f"/v1/threads/inline/media/{sha}"
+    assert blocks[0]["mime_type"] == "image/jpeg" and "base64" not in str(question.content)
     assert len(json.dumps(graph.get_state(config).values, default=str)) < 20_000
 
 
@@ -183,11 +186,14 @@ class StreamingLocal:
         raise AssertionError("the graph scores its own generation")
 
 
-def _stream(graph: Any, context: Context) -> list[tuple[str, list[str], str]]:
+def _stream(graph: Any, context: Context, hidden: bool = False) -> list[tuple[str, list[str], str]]:
+    """The run's ``messages`` stream as (text, tags, node); ``hidden``: as a surface that asks
+    for the hidden tokens (STREAM_HIDDEN) sees it."""
     tokens = []
+    configurable = {"thread_id": "s", **({STREAM_HIDDEN: True} if hidden else {})}
     for chunk, meta in graph.stream(
         {"messages": [("user", "Explain how induction hobs work.")]},
-        {"configurable": {"thread_id": "s"}},
+        {"configurable": configurable},
         context=context,
         stream_mode="messages",
     ):
@@ -195,18 +201,66 @@ def _stream(graph: Any, context: Context) -> list[tuple[str, list[str], str]]:
     return tokens
 
 
-def test_an_escalated_turn_streams_only_the_final_answer_untagged(tmp_path: Path) -> None:
+def test_an_escalated_turn_streams_only_the_final_answer(tmp_path: Path) -> None:
+    """What a chat UI streaming ``messages`` gets: the cloud's answer token by token, once;
+    the replaced draft never (LangGraph's ``nostream`` tag)."""
     final = "induction heats the pan itself"
     cloud = GenericFakeChatModel(messages=iter([AIMessage(content=final)]))
     services = fake_services(tmp_path, StreamingLocal("meh dunno", -3.0), cloud)
     graph = build_graph(services, checkpointer=InMemorySaver())
     tokens = _stream(graph, Context(policy="cascade"))
+    assert "".join(t for t, _, _ in tokens) == final  # no draft, nothing again from account
+    assert {node for _, _, node in tokens} == {"answer_cloud"}
+    assert len(tokens) > 1  # streamed token by token
+    assert graph.get_state({"configurable": {"thread_id": "s"}}).values["turns"][-1]["escalated"]
+
+
+def test_a_surface_that_asks_for_hidden_tokens_gets_the_draft_tagged(tmp_path: Path) -> None:
+    final = "induction heats the pan itself"
+    cloud = GenericFakeChatModel(messages=iter([AIMessage(content=final)]))
+    services = fake_services(tmp_path, StreamingLocal("meh dunno", -3.0), cloud)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    tokens = _stream(graph, Context(policy="cascade"), hidden=True)
     drafts = [t for t, tags, _ in tokens if "draft" in tags]
     shown = [t for t, tags, _ in tokens if "draft" not in tags]
     assert "".join(drafts) == "meh dunno"  # the replaced draft, tagged
     assert "".join(shown) == final  # the final answer, once, nothing from account
-    assert len(shown) > 1  # streamed token by token
-    assert graph.get_state({"configurable": {"thread_id": "s"}}).values["turns"][-1]["escalated"]
+
+
+def test_a_chat_ui_streams_the_cloud_answer_with_the_values_put_back(tmp_path: Path) -> None:
+    """The cloud was sent a placeholder and answers with it: a chat UI streaming ``messages``
+    gets the answer token by token with the address put back, once, never the placeholder."""
+    said = "I will write to [EMAIL_1] tonight, as you asked."
+    cloud = GenericFakeChatModel(messages=iter([AIMessage(content=said)]))
+    services = fake_services(tmp_path, FakeLocal(["x"]), cloud)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "pii"}}
+    parts = list(
+        graph.stream(
+            {"messages": [("user", "Send the recipe to anna@example.org tonight.")]},
+            config,
+            context=Context(policy="always-cloud"),
+            stream_mode="messages",
+        )
+    )
+    texts = [str(chunk.content) for chunk, _ in parts]
+    assert not any("[" in t or "EMAIL" in t for t in texts), texts
+    assert "".join(texts) == "I will write to anna@example.org tonight, as you asked."
+    assert len(texts) > 3  # token by token
+    stored = graph.get_state(config).values["messages"][-1]
+    assert {chunk.id for chunk, _ in parts} == {stored.id}  # one message, not sent again
+    assert {meta["langgraph_node"] for _, meta in parts} == {"answer_cloud"}
+    assert stored.content == "".join(texts)
+
+
+def test_a_kept_draft_reaches_a_chat_ui_once_as_the_final_message(tmp_path: Path) -> None:
+    services = fake_services(tmp_path, StreamingLocal("sure thing", -0.05), FakeCloud())
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    tokens = _stream(graph, Context(policy="cascade"))
+    # The draft's tokens were hidden; the check kept it: account's message carries it, once.
+    assert tokens == [("sure thing", [], "account")]
+    stored = graph.get_state({"configurable": {"thread_id": "s"}}).values["messages"]
+    assert stored[-1].content == "sure thing"
 
 
 def test_a_final_local_answer_streams_untagged(tmp_path: Path) -> None:

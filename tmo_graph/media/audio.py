@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.media.store import store_once
+from tmo_graph.media.store import parse_media_url, resolve_source, store_once
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,7 +174,8 @@ def is_inline(source: str) -> bool:
 def check_audio(source: str, max_seconds: float) -> AudioRef | None:
     """Check a clip without storing it: a file must be readable audio of at most
     ``max_seconds``, a data URL must decode to such audio. Returns the file's reference
-    (None for a data URL, which is stored only when the graph receives it)."""
+    (None for a data URL, which is stored only when the graph receives it, and for a
+    thread's media URL, which the graph resolves for its own thread only)."""
     if not isinstance(source, str) or not source.strip():
         raise TmoGraphError("an audio clip is empty", "give a file path or a data URL")
     source = source.strip()
@@ -185,6 +186,8 @@ def check_audio(source: str, max_seconds: float) -> AudioRef | None:
         )
     if is_inline(source):
         decode(audio_bytes(source), "an inline clip", max_seconds)
+        return None
+    if parse_media_url(source) is not None:  # a thread's stored clip: the graph resolves it
         return None
     path = _path_of(source)
     if not path.is_file():
@@ -201,9 +204,14 @@ def store_audio_bytes(data: bytes, folder: Path, max_seconds: float) -> AudioRef
     return AudioRef(str(path), digest, seconds, fmt)
 
 
-def store_audio(source: str, folder: Path, max_seconds: float) -> AudioRef:
-    """The reference for a clip given as a path, ``file://`` URL or data URL (stored)."""
+def store_audio(
+    source: str, folder: Path, max_seconds: float, thread_id: str | None = None
+) -> AudioRef:
+    """The reference for a clip given as a path, ``file://`` URL, data URL (stored) or the
+    media URL of ``thread_id`` (the run's thread) for a clip stored before."""
     source = source.strip() if isinstance(source, str) else source
+    if isinstance(source, str):
+        source = resolve_source(source, folder, thread_id)
     if isinstance(source, str) and is_inline(source):
         return store_audio_bytes(audio_bytes(source), folder, max_seconds)
     ref = check_audio(source, max_seconds)

@@ -1,7 +1,8 @@
 """Images by reference: the state keeps a path or URL plus a content hash, never pixels.
 
 A data URL sent by a caller is decoded once into the media folder (named by its SHA-256, so
-the same image is stored once) and replaced by that file's path. The bytes a cloud call
+the same image is stored once) and replaced by that file's path (in a thread's messages, by
+its URL: :func:`tmo_graph.media.store.media_url`). The bytes a cloud call
 carries are made only there, for the views it sends: downscaled to a longest side and
 re-encoded (:func:`cloud_image`).
 """
@@ -17,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.media.store import store_once
+from tmo_graph.media.store import parse_media_url, resolve_source, store_once
 
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp"}
 
@@ -29,14 +30,15 @@ def is_remote(ref: str) -> bool:
 
 def check_image(image: str) -> None:
     """Check without storing: a path must be a readable image file, a data URL must decode
-    to an image; http(s) URLs are left to the server that fetches them.
+    to an image; http(s) URLs are left to the server that fetches them, and a thread's media
+    URL to the graph (it reads only its own thread's).
 
     Raises :class:`TmoGraphError` naming the problem and the fix.
     """
     if not isinstance(image, str) or not image.strip():
         raise TmoGraphError("an image is empty", "give a file path, an http(s) URL or a data URL")
     image = image.strip()
-    if is_remote(image):
+    if is_remote(image) or parse_media_url(image) is not None:
         return
     if image.startswith("data:"):
         _image_format(_decode_data_url(image), "an inline image")
@@ -55,12 +57,14 @@ class ImageRef:
     sha256: str
 
 
-def store_image(image: str, folder: Path) -> ImageRef:
-    """The reference for ``image``: a path (checked), an http(s) URL, or a data URL (stored).
+def store_image(image: str, folder: Path, thread_id: str | None = None) -> ImageRef:
+    """The reference for ``image``: a path (checked), an http(s) URL, a data URL (stored), or
+    the media URL of ``thread_id`` (the run's thread) for an image stored before.
 
-    Raises :class:`TmoGraphError` for a missing file, bad base64 or bytes that are no image.
+    Raises :class:`TmoGraphError` for a missing file, bad base64, bytes that are no image, or
+    another thread's media URL.
     """
-    image = image.strip()
+    image = resolve_source(image.strip(), folder, thread_id)
     if is_remote(image):
         # Not fetched: the cloud fetches it; the hash names the URL, not its content.
         return ImageRef(image, hashlib.sha256(image.encode()).hexdigest())

@@ -82,6 +82,7 @@ def account(state: State, context: Context, services: Services) -> dict[str, Any
         masked=list(state.decision["masked"]),
         input_tokens=sum(c["input_tokens"] for c in state.calls),
         output_tokens=sum(c["output_tokens"] for c in state.calls),
+        user=context.user_id,
     )
     cloud_calls = [c for c in state.calls if c["where"] == "cloud"]
     if cloud_calls:  # the cloud's attempts and faults, and its circuit breaker after them

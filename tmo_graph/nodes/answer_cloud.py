@@ -3,7 +3,9 @@
 The images are made here and only here: each chosen view's file is downscaled to
 ``cloud.image_max_side`` and re-encoded into a data URL for this one request. Personal data
 in every text of the request is replaced by placeholders (:mod:`tmo_graph.guards.privacy`), which
-are put back into the answer on the device.
+are put back into the answer on the device. A chat UI streaming the run's ``messages`` never
+sees a placeholder: the cloud call is hidden (LangGraph's ``nostream`` tag) and the UI gets
+its tokens with the values put back (:class:`RestoredStream`).
 
 Hard budgets: every request may cost at most what is left. Its input is counted at the most
 it can be billed (one token per UTF-8 byte, images at the size sent) and
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -46,8 +49,10 @@ from langchain_core.messages import (
     BaseMessage,
     message_chunk_to_message,
 )
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
 from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config, get_stream_writer
+from langgraph.constants import TAG_NOSTREAM
 
 from tmo_graph.context import Context
 from tmo_graph.guards.audit import SentView
@@ -62,18 +67,26 @@ from tmo_graph.guards.faults import (
     within_deadline,
 )
 from tmo_graph.guards.metering import CloudMeter
-from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, Redactor, find_personal
+from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, Redactor, StreamRestorer, find_personal
 from tmo_graph.media.audio import CloudAudio, cloud_audio, store_audio
 from tmo_graph.media.images import CloudImage, cloud_image, store_image
 from tmo_graph.models.cloud_billing import CloudBilling, usage_tokens
 from tmo_graph.policy.budget import CALL_MARGIN_S
-from tmo_graph.prompts import cloud_messages, message_text, tool_texts, with_args
+from tmo_graph.prompts import (
+    cloud_messages,
+    hidden_call_tags,
+    message_text,
+    tool_texts,
+    windowed,
+    with_args,
+)
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, Candidate, State
 from tmo_graph.turn import budget_now, local_reserve
 
 
 def answer_cloud(state: State, context: Context, services: Services) -> dict[str, Any]:
+    state = windowed(state, context.recent_turns)  # the model reads the recent window only
     assert state.decision is not None
     billing = CloudBilling.for_endpoint(services.settings.cloud, services.costs)
     plan = audio_plan(state, services, billing, set(state.decision["views"]))
@@ -390,28 +403,87 @@ def _invoke(
     request: CloudRequest | None = None,
 ) -> AIMessage:
     """One request, streamed and cut at ``timeout`` seconds whatever the server does; with
-    the request's tools when it has some (passed as OpenAI's ``tools`` / ``tool_choice``)."""
+    the request's tools when it has some (passed as OpenAI's ``tools`` / ``tool_choice``).
+
+    An answer to a request that carries placeholders streams them (``[EMAIL_1]``): the call
+    is hidden from a chat UI's ``messages`` stream (:func:`hidden_call_tags`), which gets
+    the tokens with the values put back instead (:class:`RestoredStream`), or, for a request
+    with tools (whose calls' arguments stream too), the answer once as the turn's message."""
     kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    hidden = request is not None and bool(request.redactor.placeholders)
+    tags = hidden_call_tags() if hidden else []
+    if tags:
+        kwargs["config"] = {"tags": tags}
     if request is not None and request.tools:
         kwargs["tools"] = request.tools
         if request.tool_choice is not None:
             kwargs["tool_choice"] = request.tool_choice
     if isinstance(cloud, BaseChatOpenAI):  # other chat models keep their own timeouts
         kwargs["timeout"] = timeout
+    restores = request is not None and TAG_NOSTREAM in tags and not request.tools
 
     def consume(stop: threading.Event) -> AIMessage:
+        shown = RestoredStream(request.redactor.restorer()) if request and restores else None
         answer: AIMessageChunk | None = None
-        for chunk in cloud.stream(messages, **kwargs):
-            answer = chunk if answer is None else answer + chunk
-            if stop.is_set():  # the caller gave up: close the stream, stop paying
-                break
-        if answer is None:
-            raise EmptyAnswer("the cloud model sent no answer")
+        try:
+            for chunk in cloud.stream(messages, **kwargs):
+                answer = chunk if answer is None else answer + chunk
+                if shown is not None:
+                    shown.feed(chunk)
+                if stop.is_set():  # the caller gave up: close the stream, stop paying
+                    break
+            if answer is None:
+                raise EmptyAnswer("the cloud model sent no answer")
+        except BaseException as exc:
+            if shown is not None:
+                shown.failed(exc)
+            raise
         reply = message_chunk_to_message(answer)
         assert isinstance(reply, AIMessage)
+        if shown is not None:
+            shown.end(reply)
         return reply
 
     return within_deadline(consume, timeout)
+
+
+class RestoredStream:
+    """A cloud answer's tokens with the user's values put back, as a chat model run of its
+    own in the node's run: what a chat UI streaming ``messages`` shows, token by token,
+    under the answer's message id (so the turn's final message is not sent again). The
+    cloud call itself is hidden (``nostream``), so no placeholder reaches the UI; a piece
+    that may still become one is held back (:class:`StreamRestorer`)."""
+
+    NAME = "restored answer"
+
+    def __init__(self, restorer: StreamRestorer) -> None:
+        config = get_config()
+        manager = CallbackManager.configure(
+            inheritable_callbacks=config.get("callbacks"),
+            inheritable_tags=config.get("tags"),
+            inheritable_metadata=config.get("metadata"),
+        )
+        self.run = manager.on_chat_model_start({"name": self.NAME}, [[]], name=self.NAME)[0]
+        self.restorer = restorer
+        self.said: list[str] = []
+
+    def feed(self, chunk: AIMessageChunk) -> None:
+        if isinstance(chunk.content, str) and chunk.content:
+            self._token(self.restorer.feed(chunk.content), chunk.id)
+
+    def end(self, reply: AIMessage) -> None:
+        self._token(self.restorer.flush(), reply.id)
+        message = AIMessage(content="".join(self.said), id=reply.id)
+        self.run.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
+
+    def failed(self, exc: BaseException) -> None:
+        self.run.on_llm_error(exc)
+
+    def _token(self, text: str, message_id: str | None) -> None:
+        if text:
+            self.said.append(text)
+            piece = ChatGenerationChunk(message=AIMessageChunk(content=text, id=message_id))
+            self.run.on_llm_new_token(text, chunk=piece)
 
 
 def _answered(reply: AIMessage) -> None:

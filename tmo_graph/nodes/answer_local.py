@@ -7,8 +7,10 @@ cost left, so the answer is shortened to fit, generation stops at that deadline,
 not even one token fits the turn gets :data:`BUDGET_REACHED` with no model call.
 
 A local answer that may still be replaced by the cloud (the policy escalates, no cloud call
-has been made yet) is generated with the tag ``draft``, so a chat UI streaming the run can
-show it as provisional or hold it back.
+has been made yet) is a draft: generated with LangGraph's ``nostream`` tag, so a chat UI
+streaming the run's ``messages`` never shows it (the turn's final message, written by
+``account``, arrives once instead), and with the tag ``draft`` for a surface that asks for
+hidden tokens (:data:`tmo_graph.state.STREAM_HIDDEN`) and holds drafts back itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.budget import CALL_MARGIN_S
 from tmo_graph.policy.simple import make_policy
+from tmo_graph.prompts import hidden_call_tags, windowed
 from tmo_graph.services import Services
 from tmo_graph.state import DRAFT_TAG, CallRecord, State, TokenTrace
 from tmo_graph.turn import budget_now, local_dialogue, local_prompt_tokens
@@ -30,6 +33,7 @@ BUDGET_REACHED = (
 
 
 def answer_local(state: State, context: Context, services: Services) -> dict[str, Any]:
+    state = windowed(state, context.recent_turns)  # the model reads the recent window only
     may_be_replaced = (
         services.cloud is not None
         and make_policy(context).escalates
@@ -61,7 +65,7 @@ def answer_local(state: State, context: Context, services: Services) -> dict[str
     text, stats = services.local.answer(
         dialogue,
         max_new_tokens=n,
-        tags=[DRAFT_TAG] if may_be_replaced else None,
+        tags=hidden_call_tags(DRAFT_TAG) if may_be_replaced else None,
         max_time_s=seconds,
     )
     latency = services.clock() - start

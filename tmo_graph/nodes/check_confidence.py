@@ -10,13 +10,14 @@ from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.confidence import LEFT_OUT_ANSWER, confidence, degenerate
 from tmo_graph.policy.simple import escalation, make_policy
-from tmo_graph.prompts import message_text
+from tmo_graph.prompts import message_text, windowed
 from tmo_graph.services import Services
 from tmo_graph.state import State
 from tmo_graph.turn import budget_now, route_input
 
 
 def check_confidence(state: State, context: Context, services: Services) -> dict[str, Any]:
+    state = windowed(state, context.recent_turns)  # the answers the model saw, its window
     local = next((c for c in reversed(state.calls) if c["where"] == "local"), None)
     if local is None or state.local_tokens is None:
         return {}

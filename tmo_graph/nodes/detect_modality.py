@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage, ToolMessage
+from langgraph.config import get_config
 
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
@@ -31,6 +32,7 @@ from tmo_graph.media.audio import AudioRef, audio_bytes, mime_type, store_audio,
 from tmo_graph.media.audio import transcript as clip_transcript
 from tmo_graph.media.images import store_image
 from tmo_graph.media.modalities import check_views
+from tmo_graph.media.store import MEDIA_TYPES, media_url
 from tmo_graph.models.speech import Recogniser
 from tmo_graph.prompts import AUDIO_BLOCKS, TRANSCRIPT_KEY, question_index
 from tmo_graph.sections import AudioSettings
@@ -141,10 +143,11 @@ def message_media(message: HumanMessage, services: Services) -> MessageMedia:
     """The message's voice notes (transcribed) and images as stored references, over the
     per-call caps with a warning each."""
     folder, audio = services.media_dir, services.settings.audio
+    thread_id = run_thread()
     began = services.clock()
-    clips, with_clips = inline_audio(message, folder, audio, services.recogniser)
+    clips, with_clips = inline_audio(message, folder, audio, services.recogniser, thread_id)
     reading_s = services.clock() - began
-    images, rewritten = inline_images(with_clips or message, folder)
+    images, rewritten = inline_images(with_clips or message, folder, thread_id)
     media = MessageMedia(
         rewritten=rewritten or with_clips,
         images=images,
@@ -187,9 +190,28 @@ def _image_block_source(block: dict[str, Any]) -> str | None:
     return None
 
 
-def inline_images(message: HumanMessage, folder: Path) -> tuple[list[str], HumanMessage | None]:
+def run_thread() -> str | None:
+    """The run's thread id (None for a run without a thread, or outside a run)."""
+    try:
+        thread_id = get_config().get("configurable", {}).get("thread_id")
+    except RuntimeError:  # called outside a LangGraph run (a unit test of one function)
+        return None
+    return None if thread_id is None else str(thread_id)
+
+
+def stored_url(path: str, sha256: str, thread_id: str | None) -> str:
+    """What a rewritten message names stored media by: the thread's media URL, which a chat
+    UI loads from the server (tmo_graph.media.store), or, in a run without a thread (nothing
+    is kept for a UI), the file's ``file://`` URL."""
+    return f"file://{path}" if thread_id is None else media_url(thread_id, sha256)
+
+
+def inline_images(
+    message: HumanMessage, folder: Path, thread_id: str | None = None
+) -> tuple[list[str], HumanMessage | None]:
     """The message's images as references, and the message rewritten to hold references
-    instead of pixels (None when it holds none)."""
+    instead of pixels (None when it holds none); ``thread_id``: the run's thread, whose
+    media URLs name the stored images."""
     if isinstance(message.content, str):
         return [], None
     refs: list[str] = []
@@ -200,11 +222,16 @@ def inline_images(message: HumanMessage, folder: Path) -> tuple[list[str], Human
         if source is None:
             content.append(block)
             continue
-        ref = store_image(source, folder)
+        ref = store_image(source, folder, thread_id)
         refs.append(ref.ref)
         if source.startswith("data:"):  # pixels in the message: keep a reference instead
             changed = True
-            block = {"type": "image", "url": f"file://{ref.ref}", "id": ref.sha256}
+            block = {
+                "type": "image",
+                "url": stored_url(ref.ref, ref.sha256, thread_id),
+                "id": ref.sha256,
+                "mime_type": MEDIA_TYPES.get(Path(ref.ref).suffix[1:], "image/png"),
+            }
         content.append(block)
     rewritten = message.model_copy(update={"content": content}) if changed else None
     return refs, rewritten
@@ -241,10 +268,15 @@ def _audio_block_source(block: dict[str, Any]) -> str | bytes:
 
 
 def inline_audio(
-    message: HumanMessage, folder: Path, audio: AudioSettings, recogniser: Recogniser | None
+    message: HumanMessage,
+    folder: Path,
+    audio: AudioSettings,
+    recogniser: Recogniser | None,
+    thread_id: str | None = None,
 ) -> tuple[list[tuple[AudioRef, str]], HumanMessage | None]:
     """The message's voice notes as (reference, transcript), and the message rewritten to
-    hold each as a stored reference with its transcript (None when nothing changed)."""
+    hold each as a stored reference (the thread's media URL) with its transcript (None when
+    nothing changed)."""
     if isinstance(message.content, str):
         return [], None
     clips: list[tuple[AudioRef, str]] = []
@@ -258,7 +290,7 @@ def inline_audio(
         if isinstance(source, bytes):
             ref = store_audio_bytes(source, folder, audio.max_clip_seconds)
         else:
-            ref = store_audio(source, folder, audio.max_clip_seconds)
+            ref = store_audio(source, folder, audio.max_clip_seconds, thread_id)
         given = block.get("extras")
         extras: dict[str, Any] = given if isinstance(given, dict) else {}
         words = extras.get(TRANSCRIPT_KEY) if block.get("id") == ref.sha256 else None
@@ -267,7 +299,7 @@ def inline_audio(
         clips.append((ref, words))
         stored = {
             "type": "audio",
-            "url": f"file://{ref.ref}",
+            "url": stored_url(ref.ref, ref.sha256, thread_id),
             "id": ref.sha256,
             "mime_type": mime_type(ref.format),
             "extras": {**extras, TRANSCRIPT_KEY: words},

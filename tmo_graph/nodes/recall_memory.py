@@ -24,6 +24,7 @@ from tmo_graph.memory.recall import recall, remember
 from tmo_graph.policy.confidence import degenerate_text
 from tmo_graph.prompts import (
     LEFT_OUT_ANSWER,
+    completed_turns,
     message_text,
     shared_messages,
     tool_call_text,
@@ -31,29 +32,6 @@ from tmo_graph.prompts import (
 )
 from tmo_graph.services import Services
 from tmo_graph.state import State
-
-
-def completed_turns(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
-    """Messages grouped into finished turns (a human message and its answers), oldest first.
-
-    The current question (the last human message) and what follows it (this turn's tool
-    calls and results) are not part of any finished turn, and system messages (the caller's
-    persona) belong to no turn: they stay in the dialogue. Tool results go with the answer
-    that called the tools, so a turn leaves the window whole (a result without its call is
-    a request no endpoint takes).
-    """
-    asked = max(
-        (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=len(messages)
-    )
-    turns: list[list[AnyMessage]] = []
-    for message in messages[:asked]:
-        if not isinstance(message, HumanMessage | AIMessage | ToolMessage):
-            continue
-        if isinstance(message, HumanMessage) or not turns:
-            turns.append([message])
-        else:
-            turns[-1].append(message)
-    return turns
 
 
 def turn_text(turn: Sequence[AnyMessage]) -> str:

@@ -28,6 +28,7 @@ from tmo_graph.context import Context
 from tmo_graph.guards.privacy import kept_on_device
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
 from tmo_graph.policy.simple import best_cloud_action, make_policy
+from tmo_graph.prompts import windowed
 from tmo_graph.services import Services
 from tmo_graph.state import Decision, State
 from tmo_graph.turn import (
@@ -52,6 +53,8 @@ def quality_gap(state: State, services: Services) -> float | None:
 
 
 def route(state: State, context: Context, services: Services) -> dict[str, Any]:
+    # What the models would read (and the cloud would be billed for): the recent window.
+    state = windowed(state, context.recent_turns)
     policy = make_policy(context)
     privacy = services.settings.privacy
     # The device now (CPU, memory, battery, measured speeds): for the policy and the record.

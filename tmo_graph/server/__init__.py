@@ -4,7 +4,9 @@ routers), so any OpenAI client or chat UI talks to it unchanged. The app is
 (:mod:`tmo_graph.server.keys`) run without FastAPI installed.
 
 Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
-``GET /health``.
+``GET /v1/threads/{thread}/media/{sha256}`` (a thread's stored image or clip, for its owner),
+``GET /health``. The same app mounts on ``langgraph dev`` (:func:`app.create_platform_app`),
+whose own auth checks the same keys (:mod:`tmo_graph.server.platform_auth`).
 
 The modules, by concern: ``app`` (the app, its state, its start and stop), ``routes`` (the
 endpoints), ``auth`` (who is asking: the API key as a FastAPI dependency, the user, the
@@ -13,17 +15,20 @@ thread's owner), ``keys`` (the key file), ``limits`` (rate and size limits), ``s
 ``continuity`` (which thread a request that names none continues, or forks), ``turns``
 (turns as tasks), ``responses`` (a completion or its server-sent events),
 ``chores`` (a front-end's own requests: titles, tags ..., answered on the device),
+``media`` (a thread's stored media, for its owner), ``platform_auth`` (the LangGraph
+server's auth on the same keys),
 ``errors`` (OpenAI's error shape and the handlers), ``runtime`` (the app's typed state).
 
 Who may do what (:mod:`tmo_graph.server.keys`, :mod:`tmo_graph.threads.owners`):
 
 - Every ``/v1`` request needs an API key, ``Authorization: Bearer <key>`` (the ``openai``
-  client's ``api_key``): none, a wrong one or a revoked one is a 401. The key decides the
-  user (threads, memory and daily cap are the user's); a ``user`` field or ``x-tmo-user``
-  header naming anyone else is a 403, never honoured, except from a trusted proxy's key
-  (``proxy: true``), whose requests name their end user (also by ``server.end_user_header``),
-  who then acts as ``<key user>/<end user>``. A key may be limited to some policies
-  (403 for the others), to a daily cost cap and to a rate (429 with ``Retry-After``).
+  client's ``api_key``) or ``x-api-key``: none, a wrong one or a revoked one is a 401. The
+  key decides the user (threads, memory and daily cap are the user's); a ``user`` field or
+  ``x-tmo-user`` header naming anyone else is a 403, never honoured, except from a trusted
+  proxy's key (``proxy: true``), whose requests name their end user (also by
+  ``server.end_user_header``), who then acts as ``<key user>/<end user>``. A key may be
+  limited to some policies (403 for the others), to a daily cost cap and to a rate (429
+  with ``Retry-After``).
   Only a server on 127.0.0.1 may run without keys (``no_auth``); it then trusts the
   ``user`` field (else the ``x-tmo-user`` header, else the end-user header, else
   ``anonymous``).

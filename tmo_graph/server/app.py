@@ -1,6 +1,7 @@
 """The app: :func:`create_app` builds it (its typed state, the routes, the error handlers) and
-opens the graph and the thread store when it starts. The API it serves is described in
-:mod:`tmo_graph.server`."""
+opens the graph and the thread store when it starts; :func:`create_platform_app` is the same
+app for mounting on a LangGraph server (``langgraph.json`` ``http.app``). The API it serves is
+described in :mod:`tmo_graph.server`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import add_error_handlers
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
+from tmo_graph.server.media import router as media_router
 from tmo_graph.server.routes import router
 from tmo_graph.server.runtime import KeyCheck, ServerState
 from tmo_graph.server.turns import TurnRunner
@@ -25,9 +27,7 @@ from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
-    from langgraph.store.base import BaseStore
-
-    from tmo_graph.services import Services
+    from tmo_graph.services import ServiceProvider, Services
 
 
 def create_app(
@@ -42,6 +42,8 @@ def create_app(
     no_auth: bool = False,
     owners: ThreadOwners | None = None,
     chains: ThreadChains | None = None,
+    provider: ServiceProvider | None = None,
+    platform: bool = False,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -62,38 +64,50 @@ def create_app(
     thread store's tables when the app opens the store, else this process's memory (a
     passed ``graph``). With a passed ``graph``, ``services`` (its services) lets a forked
     dialogue carry the memory of the turns before the fork.
+
+    ``provider``: the services of another graph in this process (LangGraph's, see
+    :func:`create_platform_app`); the app's graph then runs on the very same services, loaded
+    once. ``platform=True``: the app is mounted on a LangGraph server (its media route also
+    serves the platform's threads; CORS and errors of other routes are left to the platform).
     """
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
     cfg = settings or (services.settings if services else None) or load_settings()
+    if graph is not None and provider is not None:
+        raise TmoGraphError(
+            "both a graph and a service provider were given",
+            "pass the graph (built on its services), or the provider to build one on",
+        )
     key_check = _key_check(cfg, keys, no_auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             compiled, thread_owners, thread_chains = graph, owners, chains
-            local = services.local if services is not None else None
-            memory = services.store if services is not None else None
+            ran = services
             if compiled is None:
-                compiled, opened, opened_chains, local, memory = await stack.enter_async_context(
-                    _default_graph(cfg, services, db)
+                compiled, opened, opened_chains, ran = await stack.enter_async_context(
+                    _default_graph(cfg, services, db, provider)
                 )
                 thread_owners = thread_owners or opened
                 thread_chains = thread_chains or opened_chains
+            memory = ran.memory if ran is not None else None
             runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory)
             app.state.server = ServerState(
                 settings=cfg,
                 keys=key_check,
                 owners=thread_owners or MemoryOwners(),
                 runner=runner,
-                local=local,
+                local=ran.local if ran is not None else None,
                 chains=thread_chains or MemoryChains(),
+                **({"media_dir": ran.media_dir} if ran is not None else {}),
+                platform_threads=platform,
             )
             yield
             await runner.drain()
 
     app = FastAPI(title="tmo-graph", lifespan=lifespan)
-    if cfg.server.cors_origins:
+    if cfg.server.cors_origins and not platform:
         from fastapi.middleware.cors import CORSMiddleware
 
         named = [cfg.server.thread_header.lower()] if cfg.server.thread_header else []
@@ -104,6 +118,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=[
                 "authorization",
+                "x-api-key",
                 "content-type",
                 "x-tmo-thread-id",
                 "x-tmo-user",
@@ -113,8 +128,30 @@ def create_app(
             expose_headers=["x-tmo-thread-id", "retry-after"],
         )
     add_error_handlers(app)
+    if platform:
+        # The app becomes the LangGraph server's app: its handlers would answer the
+        # platform's own 404s and 500s in OpenAI's shape. The routes here raise ApiError.
+        app.exception_handlers.pop(StarletteHTTPException, None)
+        app.exception_handlers.pop(Exception, None)
     app.include_router(router)
+    app.include_router(media_router)
     return app
+
+
+def create_platform_app(provider: ServiceProvider, settings: Settings) -> FastAPI:
+    """The OpenAI-compatible routes for ``langgraph.json`` ``http.app``: one process serves
+    LangGraph's API (``/threads``, ``/runs``, Studio) and ``/v1/chat/completions``.
+
+    The app's graph is built on ``provider``, the platform graph's own (``tmo_graph.studio``),
+    so the models load once, when the server starts. Its turns keep their threads in the
+    app's own thread store (the SQLite file, or PostgreSQL at ``threads.url``), as
+    ``tmo-graph serve`` does: the platform's checkpointer belongs to the platform's runs. The
+    API keys are the settings' (``server.keys_file``), the same the platform's auth checks
+    (``graphs/auth.py``); without any, the routes answer only on 127.0.0.1, as
+    ``tmo-graph serve --no-auth`` does.
+    """
+    keyless = not settings.server.keys and settings.server.keys_file is None
+    return create_app(settings=settings, provider=provider, no_auth=keyless, platform=True)
 
 
 def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCheck | None:
@@ -138,12 +175,15 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
 
 @asynccontextmanager
 async def _default_graph(
-    settings: Settings, services: Services | None, db: Path | None
-) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, LocalBackend, BaseStore | None]]:
+    settings: Settings,
+    services: Services | None,
+    db: Path | None,
+    provider: ServiceProvider | None = None,
+) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, Services]]:
     """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
-    owners and dialogue chains kept in the same store, the local model (it answers chores)
-    and the graph's memory."""
-    from tmo_graph.graph import build_graph
+    owners and dialogue chains kept in the same store, and the services it runs on (their
+    local model answers chores); on ``provider``'s services when given."""
+    from tmo_graph.graph import build_graph, make_builder
     from tmo_graph.services import build_services
     from tmo_graph.threads.store import (
         open_async_chains,
@@ -157,12 +197,12 @@ async def _default_graph(
         open_async_owners(settings, db) as owners,
         open_async_chains(settings, db) as chains,
     ):
+        if provider is not None:
+            # The provider's graph and this one share its services, and its per-run models.
+            services = await asyncio.to_thread(provider.get)
+            compiled = make_builder(provider).compile(checkpointer=saver, name="tmo-graph")
+            yield compiled, owners, chains, services
+            return
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield (
-            build_graph(services, checkpointer=saver),
-            owners,
-            chains,
-            services.local,
-            services.store,
-        )
+        yield build_graph(services, checkpointer=saver), owners, chains, services

@@ -36,10 +36,12 @@ class Caller:
 
 
 def _bearer(request: Request) -> str | None:
-    """The key in ``Authorization: Bearer <key>`` ('' when the header is malformed)."""
+    """The key in ``Authorization: Bearer <key>`` ('' when the header is malformed), else in
+    ``x-api-key`` (where langgraph_sdk and LangGraph's UIs send theirs)."""
     header = request.headers.get("authorization")
     if header is None:
-        return None
+        api_key = request.headers.get("x-api-key")
+        return None if api_key is None else api_key.strip()
     scheme, _, token = header.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 

@@ -4,6 +4,7 @@ the routes through the :func:`server_state` dependency."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 
@@ -12,7 +13,7 @@ from tmo_graph.server.errors import ApiError
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.turns import TurnRunner
-from tmo_graph.settings import Settings
+from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import ThreadOwners
 
@@ -36,6 +37,10 @@ class ServerState:
     local: LocalBackend | None = None  # answers front-end chores (None: chores get 503)
     # Each thread's dialogue by content, to find the thread of a request that names none.
     chains: ThreadChains = field(default_factory=MemoryChains)
+    # Where the graph stores the turns' images and clips (the services' media_dir).
+    media_dir: Path = field(default_factory=lambda: default_cache_dir() / "media")
+    # Mounted on a LangGraph server: the media route also serves the platform's threads.
+    platform_threads: bool = False
 
 
 async def server_state(request: Request) -> ServerState:

@@ -8,6 +8,7 @@ its dialogues (:func:`open_async_chains`) in the same store.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -90,7 +91,7 @@ async def open_async_checkpointer(
     settings: Settings, db_path: Path | None = None
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """:func:`open_checkpointer` for async graphs (the server): the same stores, async."""
-    url, db = _store(settings, db_path)
+    url, db = await asyncio.to_thread(_store, settings, db_path)  # mkdir: off the event loop
     if url is None:
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
@@ -133,9 +134,9 @@ async def _open_table(
 ) -> AsyncIterator[_T]:
     """A table in the same store as :func:`open_async_checkpointer`'s threads: the SQLite
     file, or the PostgreSQL database the workers share."""
-    url, db = _store(settings, db_path)
+    url, db = await asyncio.to_thread(_store, settings, db_path)
     if url is None:
-        table = sqlite(db)
+        table = await asyncio.to_thread(sqlite, db)  # connects and creates: off the loop
     else:
         psycopg = _psycopg()
         try:
