@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         "LANGGRAPH_NO_VERSION_CHECK": "1",
         "HF_HUB_OFFLINE": "1",
         "TMO_CLOUD__MODE": "off",  # every turn answered by the local model
+        "PYTHONPATH": str(ROOT),
         # The settings' own store (Chroma here): it must stay empty, the platform's is used.
         "TMO_MEMORY__PERSIST_DIR": str(work / "chroma"),
     }
@@ -49,7 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_answering(f"{url}/ok", process, log_path, "langgraph dev", 90)
+            # The mounted OpenAI routes (langgraph.json http.app) load the models at start.
+            wait_until_answering(f"{url}/ok", process, log_path, "langgraph dev", 300)
             yield url, work / "chroma"
         finally:
             process.terminate()
