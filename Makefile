@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install demo test unit integration lint format bench docs
+.PHONY: install demo test unit integration lint format bench docs agent-chat-ui
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ lint: $(STAMP)
 # The documentation site into site/ (git-ignored); a broken link or a bad docstring fails it.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# LangChain's agent-chat-ui (npm) against `langgraph dev`, driven in Debian's headless Chromium:
+# installs it under .cache/agent-chat-ui on first use (about 750 MB), screenshots and
+# report.json there too. Needs node, npm and `apt-get install chromium`.
+agent-chat-ui: $(STAMP)
+	$(PY) -m tests.integration_tests.agent_chat_ui
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix tmo_graph tests graphs bench examples
