@@ -80,7 +80,6 @@ CLOUD_TIMEOUT_S = "300"
 # What the privacy guard puts in place of personal data (``[EMAIL_1]``); the small cloud
 # stand-in sometimes echoes it lower-cased.
 PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:_[A-Za-z]+)*_\d+\]")
-WARM_UP = {"type": "human", "content": "Say hello."}
 POLL_S = 0.15
 SHOT_EVERY_S = 4.0
 MAX_SHOTS = 12  # screenshots per streaming answer
@@ -94,9 +93,10 @@ class Turn:
 
 
 TURNS = (
-    Turn("Hello! What is a heat pump?"),
-    # SmolLM2 as the cloud echoes the placeholder it gets for the address when asked this way.
+    # First, with no history: SmolLM2 as the cloud then writes a placeholder into its answer
+    # (seen here: "[EMAIL_2]", one it made up from the "[EMAIL_1]" it got for the address).
     Turn("Repeat after me, word for word: my e-mail address is ada.lovelace@example.com."),
+    Turn("Hello! What is a heat pump?"),
     Turn("What colours are in this picture?", image=True),
     Turn("How efficient is a heat pump in winter?"),
     Turn("What does it cost to run one?"),
@@ -151,7 +151,7 @@ class TurnSeen:
     redactions: dict[str, int] = field(default_factory=dict)
     streamed: list[str] = field(default_factory=list)  # the longest of each text while streaming
     max_answers_at_once: int = 0  # answer bubbles after this question at one moment
-    placeholders: list[str] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)  # in its answers while streaming
     seconds: float = 0.0
 
 
@@ -249,7 +249,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
-    """``langgraph dev`` serving this repository's langgraph.json with the default config."""
+    """``langgraph dev`` serving this repository's langgraph.json with the default config
+    (answers ``/ok`` in about 5 s)."""
     cli = Path(sys.executable).parent / "langgraph"
     if not cli.exists():
         raise RuntimeError("langgraph-cli is not installed: pip install -e '.[dev]'")
@@ -263,15 +264,13 @@ def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
         "TMO_CLOUD__TIMEOUT_S": CLOUD_TIMEOUT_S,
     }
     command = [str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
-    process = _start([*command, "--port", str(port)], REPO, env, out / "langgraph.log")
-    _wait_for(f"http://127.0.0.1:{port}/ok", process, out / "langgraph.log", 120)
-    return process
+    return _start([*command, "--port", str(port)], REPO, env, out / "langgraph.log")
 
 
 def start_ui(
     app: Path, out: Path, port: int, api_url: str, assistant: str
 ) -> subprocess.Popen[bytes]:
-    """agent-chat-ui's ``next dev``; the first page compiles in about a minute (next/font
+    """agent-chat-ui's ``next dev``; the first page compiles in 1-2 minutes (next/font
     cannot reach Google Fonts here and falls back to a local font)."""
     env = {
         **os.environ,
@@ -280,9 +279,7 @@ def start_ui(
         "NEXT_TELEMETRY_DISABLED": "1",
     }
     command = [str(app / "node_modules" / ".bin" / "next"), "dev", "-H", "127.0.0.1"]
-    process = _start([*command, "-p", str(port)], app, env, out / "next.log")
-    _wait_for(f"http://127.0.0.1:{port}/", process, out / "next.log", 400)
-    return process
+    return _start([*command, "-p", str(port)], app, env, out / "next.log")
 
 
 class Chat:
@@ -358,7 +355,7 @@ class Chat:
         return seen
 
     def _watch(self, seen: TurnSeen, view: dict[str, Any]) -> None:
-        """Note this turn's answer texts and any placeholder on the page."""
+        """Note this turn's answer texts and the placeholders in them while it streams."""
         bubbles = view["bubbles"]
         mine = [i for i, b in enumerate(bubbles) if b["role"] == "human"]
         mine = [i for i in mine if letters(bubbles[i]["text"]) == letters(seen.question)]
@@ -370,10 +367,9 @@ class Chat:
                 if not any(s.startswith(text) for s in seen.streamed):
                     seen.streamed = [s for s in seen.streamed if not text.startswith(s)]
                     seen.streamed.append(text)
-        for bubble in bubbles:
-            for found in PLACEHOLDER.findall(bubble["text"]):
-                if found not in seen.placeholders:
-                    seen.placeholders.append(found)
+                for found in PLACEHOLDER.findall(text):
+                    if found not in seen.placeholders:
+                        seen.placeholders.append(found)
 
     def image_width(self, src: str) -> int:
         width: int = self.page.evaluate(IMAGE_WIDTH_JS, src)
@@ -415,7 +411,12 @@ def check(report: Report) -> None:
         if seen.max_answers_at_once > 1:
             drafts.append(f"turn {seen.turn}: {seen.max_answers_at_once} answers at once")
         if seen.placeholders:
-            placeholders.append(f"turn {seen.turn}: {', '.join(seen.placeholders)} on screen")
+            shown = ", ".join(seen.placeholders)
+            placeholders.append(f"turn {seen.turn}: {shown} on screen while the answer streamed")
+        if kept := PLACEHOLDER.findall(seen.answer):
+            placeholders.append(
+                f"turn {seen.turn}: the final answer holds {', '.join(kept)} (no value put back)"
+            )
     humans = [letters(b["text"]) for b in report.final_bubbles if b["role"] == "human"]
     answers = [letters(b["text"]) for b in report.final_bubbles if b["role"] == "ai"]
     for seen in report.turns:
@@ -463,23 +464,20 @@ def run(
         folder.mkdir(parents=True)
     api_port, ui_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{api_port}"
-    step = time.monotonic()
-    langgraph = start_langgraph(out, api_port)
-    ui: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
+        step = time.monotonic()
+        servers.append(start_langgraph(out, api_port))
+        _wait_for(f"{api_url}/ok", servers[0], out / "langgraph.log", 120)
         report.timings["langgraph_start_s"] = round(time.monotonic() - step, 1)
         client = get_sync_client(url=api_url)
         assistant = client.assistants.create("tmo", context=ASSISTANT_CONTEXT, name="chat-ui")
         assistant_id = str(assistant["assistant_id"])
-        # One turn on a thread of its own loads the models while the UI compiles, so the
-        # chat's first answer streams at the speed of the others.
-        warm_thread = client.threads.create()["thread_id"]
-        warm = client.runs.create(warm_thread, assistant_id, input={"messages": [WARM_UP]})
+        # No warm-up: the first turn loads the models, as on a fresh `langgraph dev`.
         step = time.monotonic()
-        ui = start_ui(app, out, ui_port, api_url, assistant_id)
+        servers.append(start_ui(app, out, ui_port, api_url, assistant_id))
+        _wait_for(f"http://127.0.0.1:{ui_port}/", servers[1], out / "next.log", 400)
         report.timings["ui_start_s"] = round(time.monotonic() - step, 1)
-        client.runs.join(warm_thread, warm["run_id"])
-        report.timings["models_ready_s"] = round(time.monotonic() - step, 1)
         step = time.monotonic()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
@@ -516,9 +514,8 @@ def run(
             browser.close()
         report.timings["scenario_s"] = round(time.monotonic() - step, 1)
     finally:
-        if ui is not None:
-            _stop(ui)
-        _stop(langgraph)
+        for server in reversed(servers):
+            _stop(server)
         shutil.rmtree(REPO / ".langgraph_api", ignore_errors=True)
     check(report)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -59,6 +59,16 @@ def test_a_placeholder_on_screen_fails() -> None:
     assert report.failed() == ["no_placeholder"]
 
 
+def test_a_placeholder_left_in_the_final_answer_fails() -> None:
+    report = _report(["My address is"])
+    report.turns[0].answer = "My address is [EMAIL_2]."
+    report.final_bubbles[1]["text"] = "My address is [EMAIL_2]."
+    check(report)
+    assert report.checks["no_placeholder"] == [
+        "turn 1: the final answer holds [EMAIL_2] (no value put back)"
+    ]
+
+
 def test_a_missing_answer_fails_the_history_check() -> None:
     report = _report(["A heat pump"], shown="A heat pump moves heat.")
     assert report.failed() == ["whole_history"]
