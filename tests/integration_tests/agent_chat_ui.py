@@ -65,6 +65,7 @@ TEMPLATE = "package/templates/nextjs/"  # the agent-chat-ui app inside the packa
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "agent-chat-ui"
 STAMP = ".tmo-installed"
+IMAGE_TURN = 3  # the turn that carries the PNG (sent through the SDK: see the docstring)
 # Every local draft escalates (confidence is below 1.0), so the cloud answer replaces it; the
 # budgets are for the whole dialogue and this CPU answers slowly: short answers.
 ASSISTANT_CONTEXT = {
@@ -97,7 +98,7 @@ TURNS = (
     # (seen here: "[EMAIL_2]", one it made up from the "[EMAIL_1]" it got for the address).
     Turn("Repeat after me, word for word: my e-mail address is ada.lovelace@example.com."),
     Turn("Hello! What is a heat pump?"),
-    Turn("What colours are in this picture?", image=True),
+    Turn("What colours are in this picture?", image=True),  # IMAGE_TURN
     Turn("How efficient is a heat pump in winter?"),
     Turn("What does it cost to run one?"),
     Turn("Sum up our chat in one sentence."),
@@ -268,7 +269,7 @@ def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def start_ui(
-    app: Path, out: Path, port: int, api_url: str, assistant: str
+    app: Path, out: Path, port: int, api_url: str, assistant: str, api_key: str | None = None
 ) -> subprocess.Popen[bytes]:
     """agent-chat-ui's ``next dev``; the first page compiles in 1-2 minutes (next/font
     cannot reach Google Fonts here and falls back to a local font)."""
@@ -278,6 +279,8 @@ def start_ui(
         "NEXT_PUBLIC_ASSISTANT_ID": assistant,
         "NEXT_TELEMETRY_DISABLED": "1",
     }
+    if api_key:  # the UI sends it as X-Api-Key, as langgraph_sdk does
+        env["NEXT_PUBLIC_LANGSMITH_API_KEY"] = api_key
     command = [str(app / "node_modules" / ".bin" / "next"), "dev", "-H", "127.0.0.1"]
     return _start([*command, "-p", str(port)], app, env, out / "next.log")
 
@@ -427,7 +430,8 @@ def check(report: Report) -> None:
     # Without a replaced draft and a redacted address on the cloud route, the two checks above
     # would pass without having tested anything.
     exercised = []
-    if not any(t.escalated_draft and t.route == "cloud" and t.streamed for t in report.turns):
+    typed = [t for t in report.turns if t.turn != IMAGE_TURN]
+    if not any(t.escalated_draft and t.route == "cloud" for t in typed):
         exercised.append("no turn typed in the UI had its draft replaced by the cloud's answer")
     if not any(t.redactions.get("email") and t.route == "cloud" for t in report.turns):
         exercised.append("no turn went to the cloud with an e-mail address replaced")
@@ -446,10 +450,14 @@ def check(report: Report) -> None:
 
 
 def run(
-    out: Path = CACHE / "run", shots: Path = CACHE / "screenshots", app: Path | None = None
+    out: Path = CACHE / "run",
+    shots: Path = CACHE / "screenshots",
+    app: Path | None = None,
+    api_key: str | None = None,
 ) -> Report:
     """The whole scenario: servers' logs and ``report.json`` into ``out``, screenshots into
-    ``shots`` (both emptied first)."""
+    ``shots`` (both emptied first). ``api_key``: for a server whose langgraph.json names an
+    ``auth`` handler; the SDK and the UI both send it as ``X-Api-Key``."""
     from langgraph_sdk import get_sync_client
     from playwright.sync_api import sync_playwright
 
@@ -470,12 +478,12 @@ def run(
         servers.append(start_langgraph(out, api_port))
         _wait_for(f"{api_url}/ok", servers[0], out / "langgraph.log", 120)
         report.timings["langgraph_start_s"] = round(time.monotonic() - step, 1)
-        client = get_sync_client(url=api_url)
+        client = get_sync_client(url=api_url, api_key=api_key)
         assistant = client.assistants.create("tmo", context=ASSISTANT_CONTEXT, name="chat-ui")
         assistant_id = str(assistant["assistant_id"])
         # No warm-up: the first turn loads the models, as on a fresh `langgraph dev`.
         step = time.monotonic()
-        servers.append(start_ui(app, out, ui_port, api_url, assistant_id))
+        servers.append(start_ui(app, out, ui_port, api_url, assistant_id, api_key))
         _wait_for(f"http://127.0.0.1:{ui_port}/", servers[1], out / "next.log", 400)
         report.timings["ui_start_s"] = round(time.monotonic() - step, 1)
         step = time.monotonic()
@@ -527,11 +535,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=CACHE / "run", help="logs and report.json")
     parser.add_argument("--shots", type=Path, default=CACHE / "screenshots", help="screenshots")
     parser.add_argument("--install-only", action="store_true", help="install the UI and stop")
+    parser.add_argument("--api-key", help="a key for a server with auth (sent as X-Api-Key)")
     args = parser.parse_args()
     if args.install_only:
         print(ensure_app())
         return
-    report = run(args.out, args.shots)
+    report = run(args.out, args.shots, api_key=args.api_key)
     for name, problems in report.checks.items():
         print(f"{'ok  ' if not problems else 'FAIL'} {name}")
         for problem in problems:
