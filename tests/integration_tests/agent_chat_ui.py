@@ -10,7 +10,7 @@ shows only the text parts of a message (``getContentString``). So the image turn
 through ``langgraph_sdk`` on the UI's own thread (as a client with uploads would send it: a
 LangChain ``image`` block with base64 data) and the page is reloaded to show it.
 
-Run (75-100 s and 748 MB to install, reused; then 6-10 minutes on 2 shared cores)::
+Run (75-100 s and 748 MB to install, reused; then 4-10 minutes on 2 shared cores)::
 
     apt-get install -y chromium             # Debian's; no ``playwright install``
     .venv/bin/python -m tests.integration_tests.agent_chat_ui    # or: make agent-chat-ui
