@@ -15,21 +15,26 @@ Run (75-100 s and 748 MB to install, reused; then 4-10 minutes on 2 shared cores
     apt-get install -y chromium             # Debian's; no ``playwright install``
     .venv/bin/python -m tests.integration_tests.agent_chat_ui    # or: make agent-chat-ui
 
-It starts ``langgraph dev`` (graphs/tmo.py, the default config: SmolLM2 on the device, the
-loopback ``transformers serve`` as the cloud), makes an assistant whose context is
-``cascade`` with ``confidence_threshold`` 1.0 (every local draft escalates), starts the UI
-with ``next dev`` (NEXT_PUBLIC_API_URL, NEXT_PUBLIC_ASSISTANT_ID) and chats 6 turns, one with
-an e-mail address and one with a PNG made here. While an answer streams the page's DOM is
-read every 0.15 s and a screenshot taken every few seconds; after each turn another one
-(``.cache/agent-chat-ui/run/screenshots``, ignored by git). ``report.json`` holds what was
-seen and each check:
+It starts ``langgraph dev`` (langgraph.json; the default config: SmolLM2 on the device, the
+loopback ``transformers serve`` as the cloud) with the ``routing:`` defaults set to
+``cascade`` at ``confidence_threshold`` 1.0 (every local draft escalates; ``SCENARIO_ENV``),
+starts the UI with ``next dev`` (NEXT_PUBLIC_API_URL, NEXT_PUBLIC_ASSISTANT_ID=tmo) and chats
+6 turns, one with an e-mail address and one with a PNG made here. While an answer streams
+the page's DOM is read every 0.15 s and a screenshot taken every few seconds; after each turn
+another one (``.cache/agent-chat-ui/screenshots``, ignored by git). ``.cache/agent-chat-ui/run``
+holds the servers' logs and ``report.json``: what was seen and each check, a list of
+problems (empty: passed):
 
+- ``scenario_exercised``: a typed turn's draft was replaced by the cloud's answer and a turn
+  went to the cloud with an address redacted (else the next two checks tested nothing);
 - ``no_draft_while_streaming``: every answer text on screen while streaming is a prefix of
-  the turn's final answer (no escalated draft, no other model call such as a "Hello!");
-- ``no_placeholder``: no ``[EMAIL_1]``-style placeholder on screen, ever;
+  the turn's final answer, one answer bubble a turn (no escalated draft, no other model call
+  such as a warm-up's "Hello!");
+- ``no_placeholder``: no ``[EMAIL_1]``-style placeholder in an answer while it streams, nor
+  left in a final answer;
 - ``whole_history``: after turn 6 all 6 questions and all 6 answers are on screen;
 - ``image_reference_loads``: the image reference the thread keeps loads in the browser
-  (``naturalWidth > 0``);
+  (``naturalWidth > 0``; a path is taken as the API server's);
 - ``image_in_ui``: an ``<img>`` in the conversation has ``naturalWidth > 0`` (this UI version
   never draws one).
 """
@@ -66,18 +71,22 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "agent-chat-ui"
 STAMP = ".tmo-installed"
 IMAGE_TURN = 3  # the turn that carries the PNG (sent through the SDK: see the docstring)
-# Every local draft escalates (confidence is below 1.0), so the cloud answer replaces it; the
-# budgets are for the whole dialogue and this CPU answers slowly: short answers.
-ASSISTANT_CONTEXT = {
-    "policy": "cascade",
-    "confidence_threshold": 1.0,
-    "user_id": "chat-ui",
-    "latency_budget_s": 3600.0,
-    "cost_budget_usd": 1.0,
-    "max_answer_tokens": 48,
+# The server's settings for the scenario (``TMO_<SECTION>__<FIELD>``): the ``routing:``
+# defaults are the Context of a run that names none, as agent-chat-ui's runs of the graph's
+# own assistant ("tmo"). Every local draft escalates (its confidence is below 1.0), so the
+# cloud's answer replaces it; the budgets are for the whole dialogue and this CPU is slow:
+# short answers, and a patient cloud (the loopback stand-in shares 2 cores with the device
+# model, the UI and the browser).
+SCENARIO_ENV = {
+    "TMO_ROUTING__POLICY": "cascade",
+    "TMO_ROUTING__CONFIDENCE_THRESHOLD": "1.0",
+    "TMO_ROUTING__LATENCY_BUDGET_S": "3600",
+    "TMO_ROUTING__COST_BUDGET_USD": "1.0",
+    "TMO_LOCAL__MAX_NEW_TOKENS": "48",
+    "TMO_CLOUD__MAX_TOKENS": "48",
+    "TMO_CLOUD__TIMEOUT_S": "300",
 }
-# The loopback cloud shares 2 cores with the device model, the UI and the browser.
-CLOUD_TIMEOUT_S = "300"
+ASSISTANT = "tmo"  # the graph's own assistant (langgraph.json), as NEXT_PUBLIC_ASSISTANT_ID
 # What the privacy guard puts in place of personal data (``[EMAIL_1]``); the small cloud
 # stand-in sometimes echoes it lower-cased.
 PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:_[A-Za-z]+)*_\d+\]")
@@ -250,8 +259,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
-    """``langgraph dev`` serving this repository's langgraph.json with the default config
-    (answers ``/ok`` in about 5 s)."""
+    """``langgraph dev`` serving this repository's langgraph.json: the default config with
+    :data:`SCENARIO_ENV` over it (``/ok`` answers once the models are loaded when
+    langgraph.json mounts the OpenAI routes)."""
     cli = Path(sys.executable).parent / "langgraph"
     if not cli.exists():
         raise RuntimeError("langgraph-cli is not installed: pip install -e '.[dev]'")
@@ -262,7 +272,7 @@ def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TMO_MEMORY__PERSIST_DIR": str(out / "memory"),
-        "TMO_CLOUD__TIMEOUT_S": CLOUD_TIMEOUT_S,
+        **SCENARIO_ENV,
     }
     command = [str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
     return _start([*command, "--port", str(port)], REPO, env, out / "langgraph.log")
@@ -476,14 +486,12 @@ def run(
     try:
         step = time.monotonic()
         servers.append(start_langgraph(out, api_port))
-        _wait_for(f"{api_url}/ok", servers[0], out / "langgraph.log", 120)
+        _wait_for(f"{api_url}/ok", servers[0], out / "langgraph.log", 400)
         report.timings["langgraph_start_s"] = round(time.monotonic() - step, 1)
         client = get_sync_client(url=api_url, api_key=api_key)
-        assistant = client.assistants.create("tmo", context=ASSISTANT_CONTEXT, name="chat-ui")
-        assistant_id = str(assistant["assistant_id"])
         # No warm-up: the first turn loads the models, as on a fresh `langgraph dev`.
         step = time.monotonic()
-        servers.append(start_ui(app, out, ui_port, api_url, assistant_id, api_key))
+        servers.append(start_ui(app, out, ui_port, api_url, ASSISTANT, api_key))
         _wait_for(f"http://127.0.0.1:{ui_port}/", servers[1], out / "next.log", 400)
         report.timings["ui_start_s"] = round(time.monotonic() - step, 1)
         step = time.monotonic()
@@ -492,7 +500,7 @@ def run(
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{ui_port}/", timeout=300_000)
             page.locator("form textarea").wait_for(timeout=120_000)
-            chat = Chat(page, client, assistant_id, out, shots)
+            chat = Chat(page, client, ASSISTANT, out, shots)
             for number, turn in enumerate(TURNS, start=1):
                 seen = chat.sdk_turn(number, turn) if turn.image else chat.type_turn(number, turn)
                 values = client.threads.get_state(chat.thread_id())["values"]
@@ -509,7 +517,9 @@ def run(
                 if turn.image:
                     report.image_reference = _image_reference(values)
                     if report.image_reference:
-                        report.image_reference_width = chat.image_width(report.image_reference)
+                        # A path such as /v1/threads/<id>/media/<sha256> is the API server's.
+                        src = urllib.parse.urljoin(f"{api_url}/", report.image_reference)
+                        report.image_reference_width = chat.image_width(src)
             final = chat.snapshot()
             report.final_bubbles, report.ui_images = final["bubbles"], final["images"]
             # The whole conversation in one picture: a viewport as tall as the thread.
