@@ -174,6 +174,8 @@ class Report:
 
     turns: list[TurnSeen] = field(default_factory=list)
     final_bubbles: list[dict[str, str]] = field(default_factory=list)
+    # The thread's messages after turn 6 (type and start): what the UI was given to show.
+    state_messages: list[str] = field(default_factory=list)
     image_reference: str | None = None
     image_reference_width: int = 0
     ui_images: list[dict[str, Any]] = field(default_factory=list)
@@ -538,6 +540,9 @@ def run(
                         # A path such as /v1/threads/<id>/media/<sha256> is the API server's.
                         src = urllib.parse.urljoin(f"{api_url}/", report.image_reference)
                         report.image_reference_width = chat.image_width(src)
+            report.state_messages = [
+                f"{m.get('type')}: {str(m.get('content'))[:60]}" for m in values["messages"]
+            ]
             final = chat.snapshot()
             report.final_bubbles, report.ui_images = final["bubbles"], final["images"]
             # The whole conversation in one picture: a viewport as tall as the thread.
