@@ -10,7 +10,7 @@ shows only the text parts of a message (``getContentString``). So the image turn
 through ``langgraph_sdk`` on the UI's own thread (as a client with uploads would send it: a
 LangChain ``image`` block with base64 data) and the page is reloaded to show it.
 
-Run (75-100 s and 748 MB to install, reused; then 4-10 minutes on 2 shared cores)::
+Run (75-100 s and 748 MB to install, reused; then 3-10 minutes on 2 shared cores)::
 
     apt-get install -y chromium             # Debian's; no ``playwright install``
     .venv/bin/python -m tests.integration_tests.agent_chat_ui    # or: make agent-chat-ui
@@ -286,7 +286,7 @@ def start_langgraph(out: Path, port: int) -> subprocess.Popen[bytes]:
 def start_ui(
     app: Path, out: Path, port: int, api_url: str, assistant: str, api_key: str | None = None
 ) -> subprocess.Popen[bytes]:
-    """agent-chat-ui's ``next dev``; the first page compiles in 1-2 minutes (next/font
+    """agent-chat-ui's ``next dev``; the first page compiles in 40-140 s (next/font
     cannot reach Google Fonts here and falls back to a local font)."""
     env = {
         **os.environ,

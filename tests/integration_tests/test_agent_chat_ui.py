@@ -2,7 +2,7 @@
 (``agent_chat_ui.py`` says where the UI comes from and what the scenario does).
 
 The checks' own tests run always (made-up observations, no browser). The scenario installs
-the UI (npm, about 750 MB under .cache/agent-chat-ui, reused) and takes 4-10 minutes on
+the UI (npm, about 750 MB under .cache/agent-chat-ui, reused) and takes 3-10 minutes on
 2 cores, so it runs only with ``TMO_TEST_AGENT_CHAT_UI=1``; it needs node, npm, Debian's
 chromium and the ``playwright`` package.
 """
