@@ -216,6 +216,28 @@ class Context:
         return cls(**values)
 
 
+
+# Which fields a Context's caller named. LangGraph builds a run's Context from plain JSON (the
+# LangGraph server, Studio, an assistant's context) as ``Context(**given)``, so the fields left
+# out hold the class's defaults; the graph fills those from the config's ``routing:`` section
+# instead (:func:`named_fields`). ``dataclasses.replace`` names every field.
+_dataclass_init = Context.__init__
+
+
+def _init_naming_fields(self: Context, **values: Any) -> None:
+    _dataclass_init(self, **values)
+    object.__setattr__(self, "_named", frozenset(values))
+
+
+Context.__init__ = _init_naming_fields  # type: ignore[method-assign]
+
+
+def named_fields(context: Context) -> frozenset[str]:
+    """The fields ``context``'s caller named (every field for one made some other way)."""
+    named = getattr(context, "_named", None)
+    return named if named is not None else frozenset(f.name for f in fields(Context))
+
+
 def _numbers_model() -> type[BaseModel]:
     """The numbers of a :class:`Context` and their ranges, as one pydantic model: those the
     config's ``routing:`` section also sets as :class:`RoutingDefaults` declares them, then

@@ -24,7 +24,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tmo_graph.context import Context
+from tmo_graph.context import Context, named_fields
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.nodes.account import account
 from tmo_graph.nodes.answer_cloud import after_cloud, answer_cloud
@@ -53,8 +53,10 @@ NODES: tuple[NodeFn, ...] = (
 def _run_context(
     given: Context | dict[str, Any] | None, default: Context, user: Mapping[str, Any] | None = None
 ) -> Context:
-    """The run's Context; a run started without ``context=`` gets ``default``, and one whose
-    caller handed over plain JSON (Studio, the LangGraph server) gets it over the default.
+    """The run's Context: the fields its caller named over ``default`` (the config's
+    ``routing:`` defaults); a run started without ``context=`` gets ``default``. LangGraph
+    turns the plain JSON of Studio and the LangGraph server into ``Context(**given)``, so the
+    fields a client left out are told apart by :func:`~tmo_graph.context.named_fields`.
 
     ``user``: who the LangGraph server's auth proved the caller to be (``graphs/auth.py``).
     It decides the user (recall, the daily cap's ledger, the audit log), the key id, and the
@@ -63,9 +65,10 @@ def _run_context(
     if given is None:
         context = default
     elif isinstance(given, dict):
-        context = Context(**{**default.__dict__, **given})
-    else:
-        context = given
+        context = dataclasses.replace(default, **given)
+    else:  # the fields the caller left out take the config's defaults, not the class's
+        named = named_fields(given)
+        context = dataclasses.replace(default, **{name: getattr(given, name) for name in named})
     if user is None:
         return context
     policies = user.get("policies")

@@ -397,3 +397,21 @@ def test_without_a_cloud_a_cascade_answer_is_final_not_a_draft(tmp_path: Path) -
     tokens = _stream(graph, Context(policy="cascade"))
     assert all("draft" not in tags for _, tags, _ in tokens)
     assert "".join(t for t, _, _ in tokens) == "only me"
+
+
+def test_context_fields_a_run_leaves_out_take_the_configured_defaults(tmp_path: Path) -> None:
+    """LangGraph builds a run's Context from the JSON a client sent (Studio, the LangGraph
+    server, an assistant) as ``Context(**given)``: the fields left out must take the
+    config's ``routing:`` values, not the class's defaults; the fields named stand."""
+    from tmo_graph.context import named_fields
+    from tmo_graph.settings import Settings
+
+    assert named_fields(Context(policy="cascade")) == {"policy"}
+    settings = Settings(routing={"policy": "always-cloud", "recent_turns": 7})
+    cloud = FakeCloud(responses=["cloud answer"])
+    graph = build_graph(fake_services(tmp_path, cloud=cloud, settings=settings))
+    ask = {"messages": [("user", "hello")]}
+    out = graph.invoke(ask, context={"user_id": "ada"})  # as langgraph dev passes it
+    assert out["turns"][-1]["route"] == "cloud"
+    out = graph.invoke(ask, context=Context(user_id="ada", policy="always-local"))
+    assert out["turns"][-1]["route"] == "local"

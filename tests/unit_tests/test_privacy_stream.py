@@ -198,3 +198,19 @@ def test_a_bad_map_is_refused(bad: Any, message: str) -> None:
 def test_a_non_text_piece_is_refused() -> None:
     with pytest.raises(TmoGraphError, match="a streamed piece must be a string"):
         StreamRestorer(MAP).feed(None)  # type: ignore[arg-type]
+
+
+def test_a_placeholder_the_cloud_made_up_never_reaches_the_user() -> None:
+    """The cloud saw [EMAIL_1] and answered with [EMAIL_2]: no value stands behind it, so
+    neither the stream nor the whole answer shows the code; other brackets stay as written."""
+    restorer = StreamRestorer({"[EMAIL_1]": "ada@example.org"})
+    pieces = ["Write to [EMAIL_1] or [EM", "AIL_", "2] (see [1], [", "a", "]) [PHONE_3"]
+    shown = [restorer.feed(piece) for piece in pieces] + [restorer.flush()]
+    # An unfinished code at the very end stays as the cloud wrote it.
+    assert "".join(shown) == "Write to ada@example.org or (unknown email) (see [1], [a]) [PHONE_3"
+    assert not any("[EM" in piece or "AIL_" in piece for piece in shown)
+    redactor = Redactor()
+    redactor.redact("mail ada@example.org")
+    assert redactor.restore("[EMAIL_1], [EMAIL_2], [CARD_1], [NOTE_1]") == (
+        "ada@example.org, (unknown email), (unknown card), [NOTE_1]"
+    )

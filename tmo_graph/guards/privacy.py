@@ -65,6 +65,24 @@ __all__ = [
 ]
 
 KINDS: tuple[str, ...] = get_args(PersonalKind)
+# Any placeholder a Redactor writes. A cloud model may also write one it was never sent (it
+# saw [EMAIL_1] and answers with [EMAIL_2]): no value stands behind that, so the user sees
+# "(unknown email)" instead of a bracket code.
+_ANY_PLACEHOLDER = re.compile(r"\[(" + "|".join(k.upper() for k in KINDS) + r")_\d+\]")
+_PLACEHOLDER_START = re.compile(r"\[[A-Z]{0,8}(?:_\d{0,6})?\Z")  # "[", "[EMA", "[EMAIL_1"
+
+
+def put_back(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each placeholder in ``values`` (placeholder -> value) replaced by its
+    value, and any other placeholder-shaped code by "(unknown KIND)"."""
+    for placeholder in sorted(values, key=len, reverse=True):
+        if not _ANY_PLACEHOLDER.fullmatch(placeholder):  # a hand-made map's odd key
+            text = text.replace(placeholder, values[placeholder])
+    return _ANY_PLACEHOLDER.sub(
+        lambda m: values.get(m.group(), f"(unknown {m.group(1).lower()})"), text
+    )
+
+
 # The key of the custom stream event that carries a turn's {placeholder: value} map.
 PLACEHOLDERS_EVENT = "tmo_placeholders"
 # When two finds overlap, the more specific kind wins (an IBAN's digits are no card number,
@@ -241,10 +259,9 @@ class Redactor:
         return "".join(out) + text[last:]
 
     def restore(self, text: str) -> str:
-        """``text`` with this request's placeholders put back (the answer, on the device)."""
-        for value, placeholder in self.placeholders.items():
-            text = text.replace(placeholder, value)
-        return text
+        """``text`` with this request's placeholders put back (the answer, on the device),
+        and any placeholder the cloud made up shown as "(unknown KIND)"."""
+        return put_back(text, {p: v for v, p in self.placeholders.items()})
 
     def restorer(self) -> StreamRestorer:
         """A :class:`StreamRestorer` for an answer to this request."""
@@ -336,16 +353,10 @@ class StreamRestorer:
                     'pass {"[EMAIL_1]": "anna@example.org", ...} (Redactor.restorer() makes it)',
                 )
         self.placeholders = dict(placeholders)
-        longest_first = sorted(self.placeholders, key=len, reverse=True)
-        self._pattern = (
-            re.compile("|".join(re.escape(p) for p in longest_first)) if longest_first else None
-        )
         self._held = ""  # raw text that may still become a placeholder
 
     def _restore(self, text: str) -> str:
-        if self._pattern is None:
-            return text
-        return self._pattern.sub(lambda m: self.placeholders[m.group()], text)
+        return put_back(text, self.placeholders)
 
     def feed(self, text: str) -> str:
         """The restored text that can be shown after this piece of the stream."""
@@ -358,8 +369,10 @@ class StreamRestorer:
         start = raw.rfind("[")
         # A placeholder holds one "[", at its start: only the text from the last "[" on can
         # be an unfinished one.
-        if start != -1 and any(
-            p.startswith(raw[start:]) and p != raw[start:] for p in self.placeholders
+        tail = raw[start:]
+        if start != -1 and (
+            _PLACEHOLDER_START.match(tail)
+            or any(p.startswith(tail) and p != tail for p in self.placeholders)
         ):
             raw, self._held = raw[:start], raw[start:]
         else:
