@@ -216,7 +216,6 @@ class Context:
         return cls(**values)
 
 
-
 # Which fields a Context's caller named. LangGraph builds a run's Context from plain JSON (the
 # LangGraph server, Studio, an assistant's context) as ``Context(**given)``, so the fields left
 # out hold the class's defaults; the graph fills those from the config's ``routing:`` section
