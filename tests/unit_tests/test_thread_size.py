@@ -16,11 +16,13 @@ import base64
 import io
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
@@ -50,9 +52,11 @@ def _noise_png(side: int) -> bytes:
 def _stored(db: Path) -> int:
     """Bytes the saver stored: every checkpoint, its metadata and every write."""
     with sqlite3.connect(db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'writes'").fetchone():
+            return 0  # the saver makes its tables at its first write
         row = conn.execute(
-            "SELECT (SELECT SUM(LENGTH(checkpoint) + LENGTH(metadata)) FROM checkpoints)"
-            " + (SELECT SUM(LENGTH(value)) FROM writes)"
+            "SELECT (SELECT COALESCE(SUM(LENGTH(checkpoint) + LENGTH(metadata)), 0)"
+            " FROM checkpoints) + (SELECT COALESCE(SUM(LENGTH(value)), 0) FROM writes)"
         ).fetchone()
     return int(row[0])
 
@@ -71,44 +75,46 @@ def _question(i: int) -> str:
     return f"question number {i} about cooking pasta tonight"
 
 
-def test_a_200_turn_threads_database_grows_linearly_and_pixels_only_as_input(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "threads.sqlite"
+def image_url() -> str:
+    """A data URL of about 270 KB that no compression makes smaller."""
+    return f"data:image/png;base64,{base64.b64encode(_noise_png(256)).decode()}"
+
+
+def run_thread(
+    saver: BaseCheckpointSaver[Any], tmp_path: Path, stored: Callable[[], int], url: str
+) -> tuple[list[int], dict[str, Any]]:
+    """Run a ``TURNS``-turn thread as the surfaces do (``durability="sync"``), turn
+    ``IMAGE_TURN`` with the image ``url``; the bytes ``stored()`` grew by at each turn and
+    the thread's final values."""
     local = FakeLocal(["a fine local answer of some words"], logprob=-0.05)
+    graph = build_graph(fake_services(tmp_path, local, None), checkpointer=saver)
     context = Context(policy="always-local")
     config = {"configurable": {"thread_id": "long"}}
-    png = _noise_png(256)  # about 200 KB that no compression makes smaller
-    url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-    assert len(url) > 200_000
-    stored = [0]
-    with SqliteSaver.from_conn_string(str(db)) as saver:
-        graph = build_graph(fake_services(tmp_path, local, None), checkpointer=saver)
-        for i in range(TURNS):
-            content: Any = _question(i)
-            if i == IMAGE_TURN:
-                content = [
-                    {"type": "text", "text": content},
-                    {"type": "image_url", "image_url": url},
-                ]
-            graph.invoke(
-                {"messages": [HumanMessage(content=content)]}, config, context=context,
-                durability="sync",
-            )  # fmt: skip
-            stored.append(_stored(db))
-        values = graph.get_state(config).values
-    per_turn = [b - a for a, b in zip(stored, stored[1:], strict=False)]
+    sizes = [stored()]
+    for i in range(TURNS):
+        content: Any = _question(i)
+        if i == IMAGE_TURN:
+            content = [{"type": "text", "text": content}, {"type": "image_url", "image_url": url}]
+        graph.invoke(
+            {"messages": [HumanMessage(content=content)]}, config, context=context,
+            durability="sync",
+        )  # fmt: skip
+        sizes.append(stored())
+    per_turn = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+    return per_turn, graph.get_state(config).values
+
+
+def check_growth(per_turn: list[int], values: dict[str, Any], url: str) -> None:
+    """Linear growth, the image turn's pixels only as its input, the thread read back whole."""
     first, last = sum(per_turn[:50]) / 50, sum(per_turn[-50:]) / 50
-    # Linear: the last 50 turns cost about what the first 50 did (the whole state at every
-    # step cost 6 times as much a turn there, and ever more), and a bounded number of bytes.
+    # Linear: the last 50 turns cost about what the first 50 did (storing the whole state at
+    # every step cost 6 times as much a turn there, and ever more), and a bounded size.
     assert last <= BYTES_PER_TURN, (first, last)
     assert last <= 1.3 * first, (first, last)
     # The image turn: its pixels only as the caller's input, which LangGraph records twice
     # (the input checkpoint's ``__start__`` and that step's write to ``messages``); from
-    # detect_modality on, the dialogue holds the media reference and no step stores them
-    # again (with the whole state a step, the step after the input stored a third copy).
+    # detect_modality on, the dialogue holds the media reference.
     assert per_turn[IMAGE_TURN] <= BYTES_PER_TURN + 2 * len(url), per_turn[IMAGE_TURN]
-    assert _rows_holding(db, url[-2000:].encode()) == 2
     asked = values["messages"][2 * IMAGE_TURN]
     assert "base64" not in str(asked.content) and _question(IMAGE_TURN) in str(asked.content)
     # The thread reads back whole: every question and answer in order, every turn record.
@@ -117,6 +123,18 @@ def test_a_200_turn_threads_database_grows_linearly_and_pixels_only_as_input(
     assert values["messages"][-2].content == _question(TURNS - 1)
     assert [r["turn"] for r in values["turns"]] == list(range(TURNS))
     assert values["turn_count"] == TURNS
+
+
+def test_a_200_turn_threads_sqlite_database_grows_linearly_and_pixels_only_as_input(
+    tmp_path: Path,
+) -> None:
+    db, url = tmp_path / "threads.sqlite", image_url()
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        per_turn, values = run_thread(saver, tmp_path, lambda: _stored(db), url)
+    check_growth(per_turn, values, url)
+    # No step after the input stored the pixels again (with the whole state at every step,
+    # the step after the input stored a third copy).
+    assert _rows_holding(db, url[-2000:].encode()) == 2
 
 
 def _run_turns(graph: Any, config: dict[str, Any], questions: list[str]) -> None:
