@@ -12,7 +12,8 @@ a checkpoint stores only the step's new messages and records (its writes) and, e
 ``SNAPSHOT_EVERY`` updates, the whole list; reading a checkpoint replays the writes since
 the last snapshot. A thread's stored size then grows with its turns, not with their square
 (docs/graph.md, "What a thread stores"). ``messages`` uses LangGraph's own batch reducer
-for it, ``_messages_delta_reducer`` (add_messages' rules: replace by id, RemoveMessage):
+for it, ``_messages_delta_reducer`` (add_messages' rules: append, replace by id,
+RemoveMessage; unlike add_messages, removing an unknown id is ignored, not an error):
 LangGraph recognises that reducer and gives every message written to it an id before the
 write is saved (a ``("user", ...)`` tuple too), so a replay rebuilds the same messages and a
 node's replacement of one (detect_modality's media reference) replaces it again.
@@ -31,6 +32,8 @@ from langchain_core.messages import AnyMessage
 from langgraph.channels.delta import DeltaChannel
 from langgraph.graph.message import _messages_delta_reducer
 from typing_extensions import TypedDict
+
+from tmo_graph.errors import TmoGraphError
 
 # The tag on the tokens of a local draft that may still be replaced by a cloud answer: a
 # surface streams every other token as the final answer's.
@@ -188,7 +191,14 @@ SNAPSHOT_EVERY = 100
 
 
 def append_turns(turns: list[TurnRecord], writes: Sequence[list[TurnRecord]]) -> list[TurnRecord]:
-    """Turn records accumulate (DeltaChannel's reducer: a batch is its writes in order)."""
+    """Turn records accumulate (DeltaChannel's reducer: a batch is its writes in order, so
+    replaying saved writes in one batch gives what they gave one step at a time)."""
+    for write in writes:
+        if not isinstance(write, list):
+            raise TmoGraphError(
+                f"a write to `turns` must be a list of turn records, not {type(write).__name__}",
+                "return {'turns': [record]} from the node",
+            )
     return [*turns, *(record for write in writes for record in write)]
 
 

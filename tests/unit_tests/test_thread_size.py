@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -28,6 +29,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from tests.unit_tests.fakes import FakeLocal, fake_services
 from tmo_graph.context import Context
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.state import append_turns
@@ -203,3 +205,9 @@ def test_the_growing_channels_are_delta_channels_with_batching_invariant_reducer
     start: list[Any] = [{"turn": -1}]
     assert append_turns(append_turns(start, [a]), [b, c]) == append_turns(start, [a, b, c])
     assert append_turns(start, []) == start
+
+
+def test_a_turn_record_written_without_its_list_is_a_clear_error() -> None:
+    with pytest.raises(TmoGraphError, match="must be a list of turn records, not dict") as info:
+        append_turns([], [{"turn": 0}])  # type: ignore[list-item]
+    assert "return {'turns': [record]}" in str(info.value)
