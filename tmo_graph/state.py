@@ -7,20 +7,33 @@ path or URL plus a content hash, and data URLs are made inside the cloud call fo
 actually sends. The per-turn fields of :class:`State` are scratch that
 ``account`` clears when the turn ends.
 
+``messages`` and ``turns`` grow every turn, so each is a LangGraph ``DeltaChannel`` (beta):
+a checkpoint stores only the step's new messages and records (its writes) and, every
+``SNAPSHOT_EVERY`` updates, the whole list; reading a checkpoint replays the writes since
+the last snapshot. A thread's stored size then grows with its turns, not with their square
+(docs/graph.md, "What a thread stores"). ``messages`` uses LangGraph's own batch reducer
+for it, ``_messages_delta_reducer`` (add_messages' rules: append, replace by id,
+RemoveMessage; unlike add_messages, removing an unknown id is ignored, not an error):
+LangGraph recognises that reducer and gives every message written to it an id before the
+write is saved (a ``("user", ...)`` tuple too), so a replay rebuilds the same messages and a
+node's replacement of one (detect_modality's media reference) replaces it again.
+
 The TypedDicts come from ``typing_extensions``: on Python < 3.12 pydantic (and with it the
 LangGraph server and Studio) cannot build a schema from ``typing.TypedDict``.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
-from langgraph.graph import add_messages
+from langgraph.channels.delta import DeltaChannel
+from langgraph.graph.message import _messages_delta_reducer
 from typing_extensions import TypedDict
+
+from tmo_graph.errors import TmoGraphError
 
 # The tag on the tokens of a local draft that may still be replaced by a cloud answer: a
 # surface streams every other token as the final answer's.
@@ -172,6 +185,29 @@ class TurnRecord(TypedDict):
     user: NotRequired[str]
 
 
+# Updates of a growing channel between two full snapshots of it: ``messages`` takes 2-3 a
+# turn, ``turns`` one. Fewer snapshots store less; more bound the writes a read replays.
+SNAPSHOT_EVERY = 100
+
+
+def append_turns(turns: list[TurnRecord], writes: Sequence[list[TurnRecord]]) -> list[TurnRecord]:
+    """Turn records accumulate (DeltaChannel's reducer: a batch is its writes in order, so
+    replaying saved writes in one batch gives what they gave one step at a time)."""
+    for write in writes:
+        if not isinstance(write, list):
+            raise TmoGraphError(
+                f"a write to `turns` must be a list of turn records, not {type(write).__name__}",
+                "return {'turns': [record]} from the node",
+            )
+    return [*turns, *(record for write in writes for record in write)]
+
+
+Messages = Annotated[
+    Sequence[AnyMessage], DeltaChannel(_messages_delta_reducer, snapshot_frequency=SNAPSHOT_EVERY)
+]
+Turns = Annotated[list[TurnRecord], DeltaChannel(append_turns, snapshot_frequency=SNAPSHOT_EVERY)]
+
+
 def merge_personal(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
     """Personal values found in the thread accumulate (value -> kind)."""
     return {**left, **right}
@@ -192,7 +228,7 @@ class InputState:
     function): per-turn scratch that ``account`` clears, so a caller offers them every turn.
     """
 
-    messages: Annotated[Sequence[AnyMessage], add_messages] = field(default_factory=list)
+    messages: Messages = field(default_factory=list)
     views: dict[str, ModalitySpec] = field(default_factory=dict)
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | dict[str, Any] | None = None
@@ -202,8 +238,8 @@ class InputState:
 class OutputState:
     """What a run returns: the dialogue, its turn records and the budget left."""
 
-    messages: Annotated[Sequence[AnyMessage], add_messages] = field(default_factory=list)
-    turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
+    messages: Messages = field(default_factory=list)
+    turns: Turns = field(default_factory=list)
     budget_left: Budget | None = None
 
 
@@ -213,7 +249,7 @@ class State(InputState):
     ``account`` at the end of every turn."""
 
     budget_left: Budget | None = None  # set by the first turn's account from the Context
-    turns: Annotated[list[TurnRecord], operator.add] = field(default_factory=list)
+    turns: Turns = field(default_factory=list)
     turn_count: int = 0  # turns completed
     # How many of the finished turns in ``messages`` (from the first) have left the recent
     # window: stored in memory (all but private ones) and their personal values noted, each

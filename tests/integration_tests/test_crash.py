@@ -85,8 +85,9 @@ def test_the_chat_command_answers_a_cut_short_turn_first(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "the last turn was cut short; it is answered first" in done.stdout
-    with SqliteSaver.from_conn_string(str(db)) as saver:
-        values = saver.get({"configurable": {"thread_id": "t"}})["channel_values"]
+    with SqliteSaver.from_conn_string(str(db)) as saver:  # the dialogue, as the graph reads it
+        graph = build_graph(fake_services(tmp_path), checkpointer=saver)
+        values = graph.get_state({"configurable": {"thread_id": "t"}}).values
     assert [r["turn"] for r in values["turns"]] == [0, 1]
     assert [m.type for m in values["messages"]] == ["human", "ai", "human", "ai"]
     assert [m.content for m in values["messages"] if m.type == "human"] == ["First?", "Second?"]

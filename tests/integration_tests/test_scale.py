@@ -27,7 +27,7 @@ import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from tests.integration_tests.servers import wait_until_answering
-from tests.unit_tests.fakes import FakeCloud, FakeLocal
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -247,10 +247,9 @@ def test_two_workers_serve_one_thread_alternately(
                 opened.conn.close()
 
     # A third connection, after both workers closed theirs, still finds the whole thread.
-    with open_checkpointer(settings) as saver:
-        checkpoint = saver.get_tuple(config)
-        assert checkpoint is not None
-        assert len(checkpoint.checkpoint["channel_values"]["turns"]) == len(TEXTS)
+    with open_checkpointer(settings) as saver:  # the state as the graph reads it
+        values = build_graph(fake_services(tmp_path), checkpointer=saver).get_state(config).values
+        assert len(values["turns"]) == len(TEXTS)
 
 
 def test_unreachable_postgres_says_what_and_how_to_fix() -> None:
@@ -370,8 +369,9 @@ def test_two_server_workers_share_one_thread_through_the_openai_api(
         for worker in workers:
             worker.stop()
     # A third process reads the thread back from PostgreSQL: every turn, in order.
-    with open_checkpointer(settings) as saver:
-        values = saver.get({"configurable": {"thread_id": thread}})["channel_values"]
+    with open_checkpointer(settings) as saver:  # the state as the graph reads it
+        graph = build_graph(fake_services(tmp_path), checkpointer=saver)
+        values = graph.get_state({"configurable": {"thread_id": thread}}).values
     assert [r["turn"] for r in values["turns"]] == list(range(len(TEXTS)))
     assert [seen[-1]["content"] for seen in locals_[0].seen] == [*TEXTS[0::2], "A new dialogue."]
     assert [seen[-1]["content"] for seen in locals_[1].seen] == TEXTS[1::2]  # bob never got in

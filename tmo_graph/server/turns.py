@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
+from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import Checkpoint
 
 from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn
@@ -104,7 +106,7 @@ class TurnRunner:
             saved = await saver.aget_tuple(snapshot.config)
             if saved is None:
                 return False
-            checkpoint = saved.checkpoint
+            checkpoint = _standalone(saved.checkpoint, self.graph, snapshot.values)
             await saver.aput(
                 {"configurable": {"thread_id": target, "checkpoint_ns": ""}},
                 checkpoint,
@@ -178,6 +180,17 @@ class TurnRunner:
         """Let running turns finish (shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=60)
+
+
+def _standalone(checkpoint: Checkpoint, graph: Any, values: Mapping[str, Any]) -> Checkpoint:
+    """``checkpoint`` holding the whole value of every ``DeltaChannel`` (the dialogue, the turn
+    records): such a channel stores only a step's writes, which its thread's earlier
+    checkpoints complete; a copy in a new thread has none, so it carries the values, read
+    back by LangGraph as the channel's seed."""
+    deltas = [k for k, ch in graph.channels.items() if isinstance(ch, DeltaChannel)]
+    channel_values = dict(checkpoint["channel_values"])
+    channel_values.update({k: values[k] for k in deltas if k in values})
+    return {**checkpoint, "channel_values": channel_values}
 
 
 def _remembered_before(values: Mapping[str, Any], turns: int) -> int:
