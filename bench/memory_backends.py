@@ -209,9 +209,16 @@ class PgServer:
     handle: Any = None
     tables: list[str] = field(default_factory=list)
 
-    def start(self) -> None:
-        import pgserver  # ships PostgreSQL with pgvector; as root it runs as the user pgserver
-        import psycopg
+    def start(self) -> bool:
+        """Start the server; False (and why) when pgserver or psycopg is not installed."""
+        try:  # ships PostgreSQL with pgvector; as root it runs the server as the user pgserver
+            import pgserver
+            import psycopg
+        except ImportError as exc:
+            print(
+                f"no pgvector rows: {exc.name} is not installed (pip install -e '.[bench,scale]')"
+            )
+            return False
 
         self.handle = pgserver.get_server(self.folder, cleanup_mode="delete")
         self.uri = self.handle.get_uri()
@@ -220,6 +227,7 @@ class PgServer:
             version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             server = conn.execute("SHOW server_version").fetchone()
             print(f"PostgreSQL {server[0] if server else '?'}, pgvector {version.fetchone()}")
+        return True
 
     def stop(self) -> None:
         if self.handle is not None:
@@ -384,19 +392,19 @@ def main() -> None:
         parser.error(f"--sizes: {sorted(unknown)} not among {SIZES} (memory_data.SIZES)")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if not 1 <= args.pg_ef <= 1000:
+        parser.error(f"--pg-ef {args.pg_ef}: pgvector accepts hnsw.ef_search from 1 to 1000")
 
     corpora, questions = load(sizes=sizes)
     tuned = {"ef_search": args.chroma_ef, "max_neighbors": args.chroma_m,
              "ef_construction": args.chroma_efc}  # fmt: skip
     pg_tuned = {"m": args.pg_m, "ef_construction": args.pg_efc}
-    if not 1 <= args.pg_ef <= 1000:
-        parser.error(f"--pg-ef {args.pg_ef}: pgvector accepts hnsw.ef_search from 1 to 1000")
     all_results: dict[int, dict[str, Measured]] = {}
     record: dict[str, Any] = {"settings": vars(args), "load_before": load_average(), "sizes": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tmo-memory-bench-") as tmp:
         server = PgServer(Path(tmp) / "pg")
-        server.start()
+        with_pg = server.start()
         try:
             for size in sizes:
                 data = corpora[size]
@@ -408,10 +416,13 @@ def main() -> None:
                 backends: list[Backend] = [
                     Chroma("chroma default", Path(tmp) / f"c-{size}-d", {}),
                     Chroma("chroma tuned", Path(tmp) / f"c-{size}-t", tuned),
-                    Pgvector("pgvector default", server, {}, 40),
-                    Pgvector("pgvector tuned", server, pg_tuned, args.pg_ef),
                     InProcess(),
                 ]
+                if with_pg:
+                    backends[2:2] = [
+                        Pgvector("pgvector default", server, {}, 40),
+                        Pgvector("pgvector tuned", server, pg_tuned, args.pg_ef),
+                    ]
                 results = measure(backends, data, questions, args.runs)
                 for backend in backends:
                     backend.close()
