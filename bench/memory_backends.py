@@ -346,7 +346,7 @@ def report(size: int, results: dict[str, Measured], exact_found: int, exact_ms: 
         )
     exact = ("exact (numpy, 1 thread)", "1.000", "1.00", f"{exact_found}/20", f"{exact_ms:.2f}")
     table.add_row(*exact, "", "")
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 def plot(all_results: dict[int, dict[str, Measured]], path: Path) -> None:
