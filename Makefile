@@ -60,6 +60,9 @@ bench: $(STAMP)
 	$(PY) bench/first_token.py
 	# The first run embeds 100,000 turns (about 8 minutes); reruns use the cached collection.
 	$(PY) bench/recall_scale.py
+	# Chroma, pgvector (the bench extra) and the in-process index at 10,000 and 100,000 turns:
+	# about 20 minutes, most of it building the HNSW indexes; the vectors are cached.
+	$(PY) bench/memory_backends.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/chat_model_overhead.py
 	$(PY) bench/server_overhead.py

@@ -112,7 +112,7 @@ def _time(rng: random.Random) -> str:
     return f"{rng.randrange(6, 23)}:{rng.choice(['00', '15', '20', '30', '40', '45', '05'])}"
 
 
-def _everyday(rng: random.Random) -> tuple[str, str]:
+def everyday(rng: random.Random) -> tuple[str, str]:
     """One generated turn: (what the user said, what the assistant answered)."""
     name, other = rng.sample(NAMES, 2)
     place, thing, food = rng.choice(PLACES), rng.choice(THINGS), rng.choice(FOODS)
@@ -189,7 +189,7 @@ def corpus(stored: int, facts: int, seed: int) -> tuple[list[tuple[str, int, str
             text = f"User: {said}\nAssistant: Got it, I'll remember that."
         else:
             while True:
-                said, answer = _everyday(rng)
+                said, answer = everyday(rng)
                 text = f"User: {said}\nAssistant: {answer}"
                 if text not in seen:
                     break
