@@ -32,6 +32,7 @@ from tmo_graph.memory.recall import (
     recall,
     remember,
     stored_turns,
+    thread_namespace,
 )
 from tmo_graph.memory.stores import postgres_store
 from tmo_graph.services import Services
@@ -266,3 +267,31 @@ def test_the_chroma_store_keeps_langgraphs_store_contract(tmp_path: Path) -> Non
         store.search(("docs",), filter={"n": {"$in": [1]}})
     with pytest.raises(TmoGraphError, match="needs LangChain Embeddings"):
         ChromaStore(chroma_client(tmp_path / "c"), object())  # type: ignore[arg-type]
+
+
+def test_the_stores_search_with_the_measured_hnsw_settings(
+    tmp_path: Path, pgvector: PgVector
+) -> None:
+    """Chroma's and pgvector's HNSW defaults lost rare turns among 100,000 (docs/memory.md,
+    "Measured"): the collections and the index are made with the tuned settings, and
+    PostgreSQL searches at hnsw.ef_search 1000."""
+    from tmo_graph.memory.chroma_store import CHROMA_HNSW
+    from tmo_graph.memory.stores import PG_EF_SEARCH
+
+    client = chroma_client(tmp_path / "chroma")
+    ChromaStore(client, WordEmbeddings(), fields=FIELDS).put(
+        thread_namespace("ada", "t1"), "0", {"text": "the gate code is 1948"}
+    )
+    (collection,) = client.list_collections()
+    hnsw = collection.configuration["hnsw"]
+    assert {key: hnsw[key] for key in CHROMA_HNSW} == CHROMA_HNSW
+    store = postgres_store(pgvector.socket_url, WordEmbeddings(), dims=DIMS)
+    try:
+        with store.conn.connection() as conn:  # type: ignore[union-attr]
+            ef = conn.execute("SHOW hnsw.ef_search").fetchone()
+            indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef ~ 'hnsw'")
+            definitions = [row["indexdef"] for row in indexes.fetchall()]
+    finally:
+        store.conn.close()
+    assert ef == {"hnsw.ef_search": str(PG_EF_SEARCH)}
+    assert definitions and all("m='32'" in d and "ef_construction='200'" in d for d in definitions)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from langchain_core.embeddings import Embeddings
 from langgraph.store.base import BaseStore
+from langgraph.store.postgres.base import ANNIndexConfig, HNSWConfig, PostgresIndexConfig
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory.chroma_store import ChromaStore
@@ -49,6 +50,12 @@ class QueryCache(Embeddings):
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.inner.embed_documents(texts)
+
+
+# pgvector's HNSW as bench/memory_backends.py measured it (docs/memory.md): 32 links and
+# ef_construction 200 instead of pgvector's 16 and 64, ef_search at its maximum.
+PG_HNSW: HNSWConfig = {"kind": "hnsw", "vector_type": "vector", "m": 32, "ef_construction": 200}
+PG_EF_SEARCH = 1000
 
 
 def open_store(settings: Settings, embeddings: Embeddings) -> BaseStore:
@@ -141,6 +148,9 @@ def postgres_store(url: str, embeddings: Embeddings, dims: int | None = None) ->
         "prepare_threshold": 0,
         "row_factory": dict_row,
         "connect_timeout": CONNECT_TIMEOUT_S,
+        # pgvector's default ef_search (40) found 3 of 20 rare facts among 100,000 turns;
+        # 1000 (its maximum) 9 (docs/memory.md, "Measured").
+        "options": f"-c hnsw.ef_search={PG_EF_SEARCH}",
     }
     pool: Any = ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=8, open=False)
     try:
@@ -148,16 +158,14 @@ def postgres_store(url: str, embeddings: Embeddings, dims: int | None = None) ->
     except Exception as exc:  # PoolTimeout, psycopg.OperationalError
         pool.close()
         raise _unreachable(url, exc) from None
-    store = PostgresStore(
-        pool,
-        index={
-            "dims": size,
-            "embed": embeddings,
-            "fields": list(FIELDS),
-            "distance_type": "cosine",
-            "ann_index_config": {"kind": "hnsw", "vector_type": "vector"},
-        },
-    )
+    index: PostgresIndexConfig = {
+        "dims": size,
+        "embed": embeddings,
+        "fields": list(FIELDS),
+        "distance_type": "cosine",
+        "ann_index_config": cast(ANNIndexConfig, PG_HNSW),  # typed as HNSWConfig's base
+    }
+    store = PostgresStore(pool, index=index)
     try:
         store.setup()
     except psycopg.Error as exc:
