@@ -34,6 +34,23 @@ class PgVector:
     url: str
     socket_url: str
 
+    def fresh(self) -> PgVector:
+        """A new, empty database (with the vector extension) on the same server: tests that
+        share the session's server do not see each other's tables (nor their vector sizes)."""
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.socket_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url, socket_url = (
+            u.replace("/postgres", f"/{name}", 1) for u in (self.url, self.socket_url)
+        )
+        with psycopg.connect(socket_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        return PgVector(url, socket_url)
+
 
 def pg_bin() -> Path | None:
     """The wheel's PostgreSQL binaries, or None when the package is not installed."""

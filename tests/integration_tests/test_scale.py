@@ -182,7 +182,7 @@ def test_two_workers_serve_one_thread_alternately(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    vectors = request.getfixturevalue("pgvector").url if memory == "pgvector" else None
+    vectors = request.getfixturevalue("pgvector").fresh().url if memory == "pgvector" else None
     settings = _settings(postgres, chroma, vectors)
     shared = f"shared-{memory}"  # one thread store for both runs: a thread of each's own
     bob = f"bob-{memory}"
@@ -194,9 +194,6 @@ def test_two_workers_serve_one_thread_alternately(
             # machine, so it gets a fresh one (as a second process would).
             assert graph_a.store.client is memory_clients._CLIENTS[chroma]
             monkeypatch.setattr(memory_clients, "_CLIENTS", {})
-        else:  # a pool per worker; one database for the session: start empty
-            with graph_a.store.conn.connection() as conn:
-                conn.execute("TRUNCATE store, store_vectors")
         graph_b, local_b = _worker(stack, settings, "B", tmp_path)
         assert graph_a.checkpointer is not graph_b.checkpointer
         assert graph_a.checkpointer.conn is not graph_b.checkpointer.conn

@@ -82,9 +82,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         if request.param == "chroma":
             return ChromaStore(chroma_client(tmp_path / "chroma"), embeddings, fields=FIELDS)
         server: PgVector = request.getfixturevalue("pgvector")
-        store = postgres_store(server.socket_url, embeddings, dims=DIMS)
-        with store.conn.connection() as conn:  # type: ignore[union-attr]
-            conn.execute("TRUNCATE store, store_vectors")  # one server for the session
+        store = postgres_store(server.fresh().socket_url, embeddings, dims=DIMS)
         opened.append(store)
         return store
 
@@ -285,7 +283,7 @@ def test_the_stores_search_with_the_measured_hnsw_settings(
     (collection,) = client.list_collections()
     hnsw = collection.configuration["hnsw"]
     assert {key: hnsw[key] for key in CHROMA_HNSW} == CHROMA_HNSW
-    store = postgres_store(pgvector.socket_url, WordEmbeddings(), dims=DIMS)
+    store = postgres_store(pgvector.fresh().socket_url, WordEmbeddings(), dims=DIMS)
     try:
         with store.conn.connection() as conn:  # type: ignore[union-attr]
             ef = conn.execute("SHOW hnsw.ef_search").fetchone()
@@ -295,3 +293,12 @@ def test_the_stores_search_with_the_measured_hnsw_settings(
         store.conn.close()
     assert ef == {"hnsw.ef_search": str(PG_EF_SEARCH)}
     assert definitions and all("m='32'" in d and "ef_construction='200'" in d for d in definitions)
+
+
+def test_turns_that_read_alike_are_stored_in_one_call(make_store: StoreFactory) -> None:
+    """Two finished turns with the same text (a user asking the same thing twice) are both
+    stored and recalled, on every backend (InMemoryStore fails on such a batch)."""
+    store = make_store(WordEmbeddings())
+    same = "User: what is the gate code\\nAssistant: 1948"
+    remember(store, user_id="ada", thread_id="t1", turns=[(0, same), (1, same), (2, "other")])
+    assert sorted(stored_turns(store, user_id="ada", thread_id="t1")) == [0, 1, 2]

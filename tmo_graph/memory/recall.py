@@ -65,14 +65,20 @@ def remember(
     if not turns:
         return
     namespace = thread_namespace(user_id, thread_id)
-    _check(store).batch(
-        [
-            PutOp(
-                namespace, str(number), {"text": text, "turn": int(number), "thread_id": thread_id}
-            )
-            for number, text in turns
-        ]
-    )
+    # One batch holds no text twice: LangGraph 1.2's InMemoryStore embeds each distinct text
+    # once and then fails to match vectors to items ("Number of embeddings (1) does not match
+    # number of indices (2)") when two turns of a batch read alike.
+    batches: list[list[PutOp]] = [[]]
+    seen: set[str] = set()
+    for number, text in turns:
+        if text in seen:
+            batches.append([])
+            seen.clear()
+        seen.add(text)
+        value = {"text": text, "turn": int(number), "thread_id": thread_id}
+        batches[-1].append(PutOp(namespace, str(number), value))
+    for batch in batches:
+        _check(store).batch(batch)
 
 
 def recall(
