@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration_tests.servers import wait_until_answering
+from tests.integration_tests.servers import langgraph_dev
 from tests.unit_tests.fakes import png_bytes
-from tmo_graph.models.cloud import free_port
 from tmo_graph.server.keys import add_key
 from tmo_graph.settings import Settings
 
@@ -68,51 +63,17 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    cli = Path(sys.executable).parent / "langgraph"
-    if not cli.exists():
-        pytest.skip("langgraph-cli is not installed (pip install 'tmo-graph[dev]')")
     work = tmp_path_factory.mktemp("platform")
     secrets = {n: add_key(work / "keys.yaml", n, f"{n}-key")[1] for n in ("alice", "bob")}
-    port = free_port()
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
         "TMO_CLOUD__MODE": "off",  # every turn answered on the device
         "TMO_SERVER__KEYS_FILE": str(work / "keys.yaml"),
         # Threads, media, memory and ledgers of this test only; the converted model is shared.
         "TMO_LOCAL__CACHE_DIR": str(Settings().model_cache_dir()),
         "TMO_GRAPH_CACHE": str(work / "cache"),
     }
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(cli),
-            "dev",
-            "--no-browser",
-            "--no-reload",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # The mounted app loads the models while the server starts.
-        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 300)
-        yield Platform(url, process.pid, secrets, rss_bytes(process.pid))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-        shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
+    with langgraph_dev(work, env) as server:
+        yield Platform(server.url, server.pid, secrets, rss_bytes(server.pid))
 
 
 def _status(error: BaseException) -> int:

@@ -5,10 +5,6 @@ answers it from there, scoped per user and thread as everywhere else."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration_tests.servers import wait_until_answering
+from tests.integration_tests.servers import langgraph_dev
 from tmo_graph.memory.recall import thread_namespace, user_namespace
-from tmo_graph.models.cloud import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,37 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    cli = Path(sys.executable).parent / "langgraph"
-    if not cli.exists():
-        pytest.skip("langgraph-cli is not installed (pip install 'tmo-graph[dev]')")
     work = tmp_path_factory.mktemp("studio-memory")
-    port = free_port()
     env = {
-        **os.environ,
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
         "TMO_CLOUD__MODE": "off",  # every turn answered by the local model
-        "PYTHONPATH": str(ROOT),
         # The settings' own store (Chroma here): it must stay empty, the platform's is used.
         "TMO_MEMORY__PERSIST_DIR": str(work / "chroma"),
     }
-    log_path = work / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            # The mounted OpenAI routes (langgraph.json http.app) load the models at start.
-            wait_until_answering(f"{url}/ok", process, log_path, "langgraph dev", 300)
-            yield url, work / "chroma"
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
+    with langgraph_dev(work, env) as server:
+        yield server.url, work / "chroma"
 
 
 def _turn(client: Any, thread: str, text: str, context: dict[str, Any]) -> list[dict[str, Any]]:

@@ -3,18 +3,13 @@ with non-null input / output / context schemas and a real turn answered through 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration_tests.servers import wait_until_answering
-from tmo_graph.models.cloud import free_port
+from tests.integration_tests.servers import langgraph_dev
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,47 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    cli = Path(sys.executable).parent / "langgraph"
-    if not cli.exists():
-        pytest.skip("langgraph-cli is not installed (pip install 'tmo-graph[dev]')")
     work = tmp_path_factory.mktemp("studio")
-    port = free_port()
     env = {
-        **os.environ,
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
         # No loopback cloud: the turn below is answered on the device.
         "TMO_CLOUD__MODE": "off",
         "TMO_MEMORY__PERSIST_DIR": str(work / "memory"),
     }
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(cli),
-            "dev",
-            "--no-browser",
-            "--no-reload",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # The mounted OpenAI routes (langgraph.json http.app) load the models at start.
-        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 300)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-        shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
+    with langgraph_dev(work, env) as server:
+        yield server.url
 
 
 def _assistant(url: str) -> str:

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration_tests.servers import wait_until_answering
+from tests.integration_tests.servers import langgraph_dev
 from tmo_graph.models.cloud import free_port
 
 pytestmark = pytest.mark.integration
@@ -127,16 +123,8 @@ def cloud() -> Iterator[StandInCloud]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cloud: StandInCloud) -> Iterator[str]:
-    cli = Path(sys.executable).parent / "langgraph"
-    if not cli.exists():
-        pytest.skip("langgraph-cli is not installed (pip install 'tmo-graph[dev]')")
     work = tmp_path_factory.mktemp("ui-stream")
-    port = free_port()
     env = {
-        **os.environ,
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
         "TMO_CLOUD__MODE": "remote",
         "TMO_CLOUD__BASE_URL": cloud.base_url,
         "TMO_CLOUD__MODEL": "stand-in",
@@ -146,21 +134,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, cloud: StandInCloud) -> Ite
         "TMO_TEST_STAND_IN_KEY": "stand-in",
         "TMO_CLOUD__API_KEY_ENV": "TMO_TEST_STAND_IN_KEY",
     }
-    log = (work / "server.log").open("w")
-    command = [str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Up to 300 s: a langgraph.json that mounts the OpenAI routes loads the models at start.
-        wait_until_answering(f"{url}/ok", process, work / "server.log", "langgraph dev", 300)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-        shutil.rmtree(ROOT / ".langgraph_api", ignore_errors=True)
+    with langgraph_dev(work, env) as server:
+        yield server.url
 
 
 def _turn(client: Any, thread: str, question: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
