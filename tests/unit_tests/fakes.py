@@ -180,3 +180,22 @@ class ToolCloud(BaseChatModel):
         usage = {"input_tokens": 50, "output_tokens": 10, "total_tokens": 60}
         message = reply.model_copy(update={"usage_metadata": usage})
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class WordTokenizer:
+    """A tokenizer for the local model's context guard: one token per word; the chat
+    template adds a role token per message and one to answer."""
+
+    eos_token_id = 0
+
+    def __init__(self, model_max_length: int) -> None:
+        self.model_max_length = model_max_length
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        return text.split()
+
+    def decode(self, ids: list[str]) -> str:
+        return " ".join(ids)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
+        return [1] * (sum(len(m["content"].split()) + 1 for m in messages) + 1)

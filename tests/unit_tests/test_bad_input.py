@@ -16,7 +16,14 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services, png_bytes
+from tests.unit_tests.fakes import (
+    FakeCloud,
+    FakeLocal,
+    Stats,
+    WordTokenizer,
+    fake_services,
+    png_bytes,
+)
 from tmo_graph.cli import talk
 from tmo_graph.cli.app import app
 from tmo_graph.cli.common import write_json
@@ -328,25 +335,8 @@ def test_the_default_cap_is_four() -> None:
 # --- 10. a message longer than the local model's context ------------------------------------
 
 
-class _WordTokenizer:
-    """One token per word; the chat template adds a role token per message and one to answer."""
-
-    model_max_length = 40
-    eos_token_id = 0
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
-        return text.split()
-
-    def decode(self, ids: list[str]) -> str:
-        return " ".join(ids)
-
-    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
-        words = sum(len(m["content"].split()) + 1 for m in messages)
-        return [1] * (words + 1)
-
-
 def _model(max_new_tokens: int = 10) -> LocalModel:
-    return LocalModel(_WordTokenizer(), object(), Path("."), 0.0, max_new_tokens)
+    return LocalModel(WordTokenizer(40), object(), Path("."), 0.0, max_new_tokens)
 
 
 def test_a_short_prompt_is_left_alone() -> None:

@@ -21,7 +21,7 @@ from langchain_core.messages import (
 )
 from langgraph.checkpoint.memory import InMemorySaver
 
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, Stats, WordTokenizer, fake_services
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -134,29 +134,13 @@ def test_each_model_reads_only_the_window_of_a_200_turn_thread(tmp_path: Path) -
     assert stored[-1].content == "boil it 9 minutes"
 
 
-class _WordTokenizer:
-    """One token per word; the chat template adds one per message and one to answer."""
-
-    model_max_length = 200
-    eos_token_id = 0
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
-        return text.split()
-
-    def decode(self, ids: list[str]) -> str:
-        return " ".join(ids)
-
-    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
-        return [1] * (sum(len(m["content"].split()) + 1 for m in messages) + 1)
-
-
 class _GuardedLocal(FakeLocal):
     """A fake answer behind the real LocalModel's context guard; records the prompt's
     token count as the model would read it."""
 
     def __init__(self) -> None:
         super().__init__(answers=["fine"], logprob=-0.05)
-        self.guard = LocalModel(_WordTokenizer(), object(), Path("."), 0.0, max_new_tokens=16)
+        self.guard = LocalModel(WordTokenizer(200), object(), Path("."), 0.0, max_new_tokens=16)
         self.read: list[int] = []
 
     def answer(
