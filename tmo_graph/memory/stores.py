@@ -13,18 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from langchain_core.embeddings import Embeddings
 from langgraph.store.base import BaseStore
-from langgraph.store.postgres.base import ANNIndexConfig, HNSWConfig, PostgresIndexConfig
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.memory.chroma_store import ChromaStore
 from tmo_graph.memory.clients import chroma_client, chroma_server_client
 from tmo_graph.memory.recall import FIELDS
 from tmo_graph.settings import Settings
+
+if TYPE_CHECKING:  # the postgres extra may be absent; the store imports it when used
+    from langgraph.store.postgres.base import ANNIndexConfig, HNSWConfig, PostgresIndexConfig
 
 # Seconds to wait for PostgreSQL before saying it is unreachable (libpq waits forever).
 CONNECT_TIMEOUT_S = 10
@@ -163,7 +165,7 @@ def postgres_store(url: str, embeddings: Embeddings, dims: int | None = None) ->
         "embed": embeddings,
         "fields": list(FIELDS),
         "distance_type": "cosine",
-        "ann_index_config": cast(ANNIndexConfig, PG_HNSW),  # typed as HNSWConfig's base
+        "ann_index_config": cast("ANNIndexConfig", PG_HNSW),  # typed as HNSWConfig's base
     }
     store = PostgresStore(pool, index=index)
     try:
