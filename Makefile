@@ -45,9 +45,10 @@ docs: $(STAMP)
 
 # LangChain's agent-chat-ui (npm) against `langgraph dev`, driven in Debian's headless Chromium:
 # installs it under .cache/agent-chat-ui on first use (about 750 MB), screenshots and
-# report.json there too. Needs node, npm and `apt-get install chromium`.
+# report.json there too. Needs node, npm and `apt-get install chromium`. APP=DIR: a checkout of
+# today's agent-chat-ui (github.com/langchain-ai/agent-chat-ui) instead of the npm copy.
 agent-chat-ui: $(STAMP)
-	$(PY) -m tests.integration_tests.agent_chat_ui
+	$(PY) -m tests.integration_tests.agent_chat_ui $(if $(APP),--app $(APP))
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix tmo_graph tests graphs bench examples

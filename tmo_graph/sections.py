@@ -192,6 +192,14 @@ class ThreadSettings(_Section):
         description="PostgreSQL URL for the thread checkpoints (postgresql://user@host:5432/db); "
         "None: a SQLite file on this machine",
     )
+    image_preview_px: int = Field(
+        64,
+        ge=0,
+        le=256,
+        description="longest side of the preview a thread's message keeps of an image it was "
+        "sent (a JPEG of a few KB, for chat UIs that draw only inline images, such as "
+        "agent-chat-ui; the image itself stays in the media folder); 0: no preview",
+    )
 
 
 PersonalKind = Literal["email", "phone", "card", "iban", "secret", "address"]

@@ -1,25 +1,34 @@
 """Drive LangChain's agent-chat-ui in headless Chromium against ``langgraph dev``.
 
-Where the UI comes from: agent-chat-ui is a repository, not an npm package, but the npm
-package ``create-agent-chat-app`` (0.1.6, by LangChain) ships its Next.js app as
-``templates/nextjs`` inside the tarball: the same ``src/`` (``providers/Stream.tsx`` with
-``useStream``, ``components/thread``) as agent-chat-ui of spring 2025. ``ensure_app`` takes
-that folder from ``npm pack`` and runs ``npm install`` in it; nothing comes from outside the
-npm registry. It is an older agent-chat-ui than today's: no image upload and a human bubble
-shows only the text parts of a message (``getContentString``). So the image turn goes in
-through ``langgraph_sdk`` on the UI's own thread (as a client with uploads would send it: a
-LangChain ``image`` block with base64 data) and the page is reloaded to show it.
+Where the UI comes from: agent-chat-ui is a repository, not an npm package.
 
-Run (75-100 s and 748 MB to install, reused; then 3-10 minutes on 2 shared cores)::
+- Today's agent-chat-ui, from a checkout of it (``--app DIR``, ``TMO_AGENT_CHAT_UI_APP``;
+  ``npm install`` runs there once): it uploads images (the ``image`` block with
+  ``mimeType``/``data``) and draws a human message's image from its inline data, which is
+  why a thread keeps a 64-px preview beside the image's reference
+  (``threads.image_preview_px``). Its source is on GitHub, outside the registries CI reaches,
+  so CI cannot fetch it.
+- Without ``--app`` (CI): the npm package ``create-agent-chat-app`` (0.1.6, by LangChain)
+  ships the Next.js app as ``templates/nextjs`` inside its tarball: agent-chat-ui of spring
+  2025 (``providers/Stream.tsx`` with ``useStream``, ``components/thread``). ``ensure_app``
+  takes that folder from ``npm pack`` and runs ``npm install`` in it. That version has no
+  image upload and draws only the text of a human message (``getContentString``), so the
+  image turn goes in through ``langgraph_sdk`` on the UI's own thread (a LangChain ``image``
+  block with base64 data) and the page is reloaded; ``image_in_ui`` fails there.
+
+Run (75-100 s and about 750 MB to install, reused; then 3-10 minutes on 2 shared cores)::
 
     apt-get install -y chromium             # Debian's; no ``playwright install``
     .venv/bin/python -m tests.integration_tests.agent_chat_ui    # or: make agent-chat-ui
+    git clone https://github.com/langchain-ai/agent-chat-ui /tmp/agent-chat-ui
+    .venv/bin/python -m tests.integration_tests.agent_chat_ui --app /tmp/agent-chat-ui
 
 It starts ``langgraph dev`` (langgraph.json; the default config: SmolLM2 on the device, the
 loopback ``transformers serve`` as the cloud), makes an assistant whose context is
 ``cascade`` at ``confidence_threshold`` 1.0 (every local draft escalates),
 starts the UI with ``next dev`` (NEXT_PUBLIC_API_URL, NEXT_PUBLIC_ASSISTANT_ID) and chats
-6 turns, one with an e-mail address and one with a PNG made here. While an answer streams
+6 turns, one with an e-mail address and one with a PNG made here (uploaded through the
+UI's file input where it has one). While an answer streams
 the page's DOM is read every 0.15 s and a screenshot taken every few seconds; after each turn
 another one (``.cache/agent-chat-ui/screenshots``, ignored by git). ``.cache/agent-chat-ui/run``
 holds the servers' logs and ``report.json``: what was seen and each check, a list of
@@ -35,8 +44,8 @@ problems (empty: passed):
 - ``whole_history``: after turn 6 all 6 questions and all 6 answers are on screen;
 - ``image_reference_loads``: the image reference the thread keeps loads in the browser
   (``naturalWidth > 0``; a path is taken as the API server's);
-- ``image_in_ui``: an ``<img>`` in the conversation has ``naturalWidth > 0`` (this UI version
-  never draws one).
+- ``image_in_ui``: an ``<img>`` in the conversation has ``naturalWidth > 0`` after turn 6
+  (the npm version never draws one).
 """
 
 from __future__ import annotations
@@ -70,7 +79,8 @@ TEMPLATE = "package/templates/nextjs/"  # the agent-chat-ui app inside the packa
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "agent-chat-ui"
 STAMP = ".tmo-installed"
-IMAGE_TURN = 3  # the turn that carries the PNG (sent through the SDK: see the docstring)
+IMAGE_TURN = 3  # the turn that carries the PNG (uploaded, or sent through the SDK)
+FILE_INPUT = "input[type=file]"  # today's agent-chat-ui's upload (the npm version has none)
 # The scenario's Context, given to an assistant of the graph that agent-chat-ui then runs
 # (NEXT_PUBLIC_ASSISTANT_ID): every local draft escalates (its confidence is below 1.0), so
 # the cloud's answer replaces it; the budgets are for the whole dialogue and this CPU is slow.
@@ -179,6 +189,7 @@ class Report:
     image_reference: str | None = None
     image_reference_width: int = 0
     ui_images: list[dict[str, Any]] = field(default_factory=list)
+    image_sent_by: str = ""  # "upload": through the UI's file input; "sdk": the UI has none
     timings: dict[str, float] = field(default_factory=dict)
     checks: dict[str, list[str]] = field(default_factory=dict)
 
@@ -192,6 +203,32 @@ def letters(text: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFKC", text).lower() if ch.isalpha())
 
 
+def _need_node() -> None:
+    for tool in ("npm", "node"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not on PATH: apt-get install -y nodejs npm")
+
+
+def checkout_app(folder: Path) -> Path:
+    """A checkout of agent-chat-ui (``git clone https://github.com/langchain-ai/agent-chat-ui``),
+    with ``npm install`` run in it once."""
+    folder = folder.expanduser().resolve()
+    if not (folder / "package.json").is_file() or not (folder / "src" / "providers").is_dir():
+        raise RuntimeError(
+            f"{folder} is not a checkout of agent-chat-ui (no package.json and src/providers): "
+            "git clone https://github.com/langchain-ai/agent-chat-ui and pass that folder"
+        )
+    if not (folder / "node_modules" / ".bin" / "next").exists():
+        _need_node()
+        print(f"npm install in {folder}", flush=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            check=True,
+        )
+    return folder
+
+
 def ensure_app(cache: Path = CACHE) -> Path:
     """agent-chat-ui's app folder with its node_modules: taken from ``npm pack`` of
     create-agent-chat-app and installed once, reused while the stamp names the version."""
@@ -199,9 +236,7 @@ def ensure_app(cache: Path = CACHE) -> Path:
     stamp = app / STAMP
     if stamp.exists() and stamp.read_text().strip() == PACKAGE_VERSION:
         return app
-    for tool in ("npm", "node"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not on PATH: apt-get install -y nodejs npm")
+    _need_node()
     print(f"installing agent-chat-ui from {PACKAGE}@{PACKAGE_VERSION} into {app}", flush=True)
     started = time.monotonic()
     if app.exists():
@@ -333,8 +368,13 @@ class Chat:
         return query["threadId"][0]
 
     def type_turn(self, number: int, turn: Turn) -> TurnSeen:
-        """Type the question, then read the page until the run has finished."""
+        """Type the question (attach the picture through the UI's file input for the image
+        turn), then read the page until the run has finished."""
         seen = TurnSeen(number, turn.text)
+        if turn.image:
+            self.png.write_bytes(small_png())
+            self.page.locator(FILE_INPUT).set_input_files(str(self.png))
+            self.page.locator("form img").first.wait_for(timeout=30_000)  # the preview
         box = self.page.locator("form textarea")
         box.fill(turn.text)
         box.press("Enter")
@@ -459,7 +499,7 @@ def check(report: Report) -> None:
     # Without a replaced draft and a redacted address on the cloud route, the two checks above
     # would pass without having tested anything.
     exercised = []
-    typed = [t for t in report.turns if t.turn != IMAGE_TURN]
+    typed = [t for t in report.turns if t.turn != IMAGE_TURN or report.image_sent_by == "upload"]
     if not any(t.escalated_draft and t.route == "cloud" for t in typed):
         exercised.append("no turn typed in the UI had its draft replaced by the cloud's answer")
     if not any(t.redactions.get("email") and t.route == "cloud" for t in report.turns):
@@ -485,8 +525,9 @@ def run(
     api_key: str | None = None,
 ) -> Report:
     """The whole scenario: servers' logs and ``report.json`` into ``out``, screenshots into
-    ``shots`` (both emptied first). ``api_key``: for a server whose langgraph.json names an
-    ``auth`` handler; the SDK and the UI both send it as ``X-Api-Key``."""
+    ``shots`` (both emptied first). ``app``: a checkout of agent-chat-ui (else the npm
+    package's). ``api_key``: for a server whose langgraph.json names an ``auth`` handler; the
+    SDK and the UI both send it as ``X-Api-Key``."""
     from langgraph_sdk import get_sync_client
     from playwright.sync_api import sync_playwright
 
@@ -494,7 +535,7 @@ def run(
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
     report = Report()
     started = time.monotonic()
-    app = app or ensure_app()
+    app = checkout_app(app) if app else ensure_app()
     report.timings["install_s"] = round(time.monotonic() - started, 1)
     for folder in (out, shots):
         shutil.rmtree(folder, ignore_errors=True)
@@ -521,8 +562,11 @@ def run(
             page.goto(f"http://127.0.0.1:{ui_port}/", timeout=300_000)
             page.locator("form textarea").wait_for(timeout=120_000)
             chat = Chat(page, client, assistant, out, shots)
+            uploads = page.locator(FILE_INPUT).count() > 0
+            report.image_sent_by = "upload" if uploads else "sdk"
             for number, turn in enumerate(TURNS, start=1):
-                seen = chat.sdk_turn(number, turn) if turn.image else chat.type_turn(number, turn)
+                by_sdk = turn.image and not uploads
+                seen = chat.sdk_turn(number, turn) if by_sdk else chat.type_turn(number, turn)
                 values = client.threads.get_state(chat.thread_id())["values"]
                 record = _last_record(values)
                 seen.answer, seen.route = str(record.get("answer", "")), record.get("route")
@@ -569,11 +613,17 @@ def main() -> None:
     parser.add_argument("--shots", type=Path, default=CACHE / "screenshots", help="screenshots")
     parser.add_argument("--install-only", action="store_true", help="install the UI and stop")
     parser.add_argument("--api-key", help="a key for a server with auth (sent as X-Api-Key)")
+    parser.add_argument(
+        "--app",
+        type=Path,
+        default=os.environ.get("TMO_AGENT_CHAT_UI_APP") or None,
+        help="a checkout of agent-chat-ui (default: the npm package's older copy)",
+    )
     args = parser.parse_args()
     if args.install_only:
-        print(ensure_app())
+        print(checkout_app(args.app) if args.app else ensure_app())
         return
-    report = run(args.out, args.shots, api_key=args.api_key)
+    report = run(args.out, args.shots, app=args.app, api_key=args.api_key)
     for name, problems in report.checks.items():
         print(f"{'ok  ' if not problems else 'FAIL'} {name}")
         for problem in problems:

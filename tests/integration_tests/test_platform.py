@@ -9,6 +9,8 @@ the OpenAI-compatible routes mounted (graphs/openai_app.py), on the real local m
   process holds one copy of the local model (its resident memory does not grow by a model
   when both surfaces have answered).
 - A platform thread's image is served to its owner by the URL its message holds.
+- The OpenAI routes remember in the platform's store (langgraph.json ``store.index``), under
+  the user the key proved, where langgraph_sdk's store API finds them.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         # Threads, media, memory and ledgers of this test only; the converted model is shared.
         "TMO_LOCAL__CACHE_DIR": str(Settings().model_cache_dir()),
         "TMO_GRAPH_CACHE": str(work / "cache"),
+        "TMO_ROUTING__RECENT_TURNS": "1",  # a turn leaves the window (into memory) at once
     }
     with langgraph_dev(work, env) as server:
         yield Platform(server.url, server.pid, secrets, rss_bytes(server.pid))
@@ -189,3 +192,22 @@ def test_the_openai_routes_share_the_port_and_the_one_local_model(platform: Plat
     # The platform's own routes still answer beside the mounted ones.
     assert httpx.get(f"{platform.url}/ok").status_code == 200
     assert alice.assistants.search(graph_id="tmo")
+
+
+def test_the_openai_routes_remember_in_the_platforms_store(platform: Platform) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{platform.url}/v1", api_key=platform.secrets["bob"], max_retries=0)
+    chat: list[dict[str, str]] = []
+    thread = ""
+    for question in ("My cat is called Pixel.", "Name a colour.", "Name a fruit."):
+        chat.append({"role": "user", "content": question})
+        raw = client.chat.completions.with_raw_response.create(
+            model="tmo-always-local", messages=chat, max_tokens=8
+        )
+        thread = raw.headers["x-tmo-thread-id"]
+        chat.append({"role": "assistant", "content": raw.parse().choices[0].message.content or ""})
+    # The platform's own store (langgraph_sdk's /store routes), not the settings' Chroma.
+    items = platform.sdk("bob").store.search_items(("tmo_memory", "bob", thread), limit=10)
+    texts = [str(item["value"].get("text", "")) for item in items["items"]]
+    assert any("Pixel" in text for text in texts), texts

@@ -141,6 +141,8 @@ def test_an_inline_data_url_is_stored_once_and_referenced(tmp_path: Path) -> Non
     sha = hashlib.sha256(frame.read_bytes()).hexdigest()
     assert blocks and blocks[0]["url"] == f"/v1/threads/inline/media/{sha}"
     assert blocks[0]["mime_type"] == "image/jpeg" and "base64" not in str(question.content)
+    # Beside it only a preview of at most 64 px (chat UIs that draw only inline images).
+    assert len(blocks[0]["data"]) < 8_000 < len(url)
     assert len(json.dumps(graph.get_state(config).values, default=str)) < 20_000
 
 

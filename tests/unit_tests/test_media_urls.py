@@ -24,6 +24,7 @@ from tmo_graph.media.store import (
     store_once,
     stored_file,
 )
+from tmo_graph.settings import Settings
 
 SHA = "ab" * 32
 
@@ -83,12 +84,14 @@ def test_the_state_holds_the_url_and_the_cloud_still_gets_the_pixels(tmp_path: P
     out = _image_turn(graph, "t1", "data:image/png;base64," + base64.b64encode(data).decode())
     sha = hashlib.sha256(data).hexdigest()
     block = next(b for b in out["messages"][0].content if b.get("type") == "image")
+    preview = {k: block.pop(k) for k in ("mimeType", "data")}
     assert block == {
         "type": "image",
         "url": f"/v1/threads/t1/media/{sha}",
         "id": sha,
         "mime_type": "image/png",
     }
+    assert preview["mimeType"] == "image/jpeg" and base64.b64decode(preview["data"])
     sent = [p for p in cloud.sent[-1][-1].content if p.get("type") == "image_url"]
     assert sent and base64.b64decode(sent[0]["image_url"]["url"].partition(",")[2])
     # A message that names the thread's own media (an edit or a retry resends it) is read
@@ -131,3 +134,70 @@ def test_the_platforms_user_decides_the_runs_user_key_cap_and_policies() -> None
     assert _run_context(given, default).user_id == "mallory"
     with pytest.raises(TmoGraphError, match="may not use the policy 'cascade'"):
         _run_context(given, default, {**user, "policies": ["always-local"]})
+
+
+def _camera_frame_url(width: int = 4000, height: int = 3000) -> tuple[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 64).convert("RGB").save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode(), data
+
+
+def test_a_thread_keeps_a_small_preview_a_ui_draws_and_the_cloud_gets_the_frame(
+    tmp_path: Path,
+) -> None:
+    """agent-chat-ui draws a human message's image only from inline data (LangChain.js's
+    ``mimeType``/``data``): the state keeps a preview of at most 64 px beside the
+    reference; the cloud still gets the stored frame at its own size."""
+    import io
+
+    from PIL import Image
+
+    cloud = FakeCloud()
+    cloud.sent = []
+    services = fake_services(tmp_path, FakeLocal(["x"]), cloud, scores={})
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    url, frame = _camera_frame_url()
+    assert len(frame) > 3_000_000  # a 12-megapixel camera frame
+    out = _image_turn(graph, "t1", url)
+    block = next(b for b in out["messages"][0].content if b.get("type") == "image")
+    preview = base64.b64decode(block["data"])
+    with Image.open(io.BytesIO(preview)) as img:
+        assert max(img.size) == 64 and img.format == "JPEG"
+    assert len(preview) < 6_000 and block["mimeType"] == "image/jpeg"
+    assert block["url"] == f"/v1/threads/t1/media/{hashlib.sha256(frame).hexdigest()}"
+    sent = next(p for p in cloud.sent[-1][-1].content if p.get("type") == "image_url")
+    with Image.open(
+        io.BytesIO(base64.b64decode(sent["image_url"]["url"].partition(",")[2]))
+    ) as img:
+        assert max(img.size) == services.settings.cloud.image_max_side
+
+
+def test_no_preview_when_the_config_says_0_and_a_langchain_js_block_is_read(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.model_validate({"threads": {"image_preview_px": 0}})
+    services = fake_services(tmp_path, FakeLocal(["x"]), FakeCloud(), scores={}, settings=settings)
+    graph = build_graph(services, checkpointer=InMemorySaver())
+    data = png_bytes("blue")
+    # The block agent-chat-ui sends for an upload (LangChain.js's field names).
+    upload = {"type": "image", "mimeType": "image/png", "data": base64.b64encode(data).decode()}
+    out = graph.invoke(
+        {"messages": [("user", [{"type": "text", "text": "and this?"}, upload])]},
+        {"configurable": {"thread_id": "js"}},
+        context=Context(policy="always-local"),
+    )
+    block = next(b for b in out["messages"][0].content if b.get("type") == "image")
+    sha = hashlib.sha256(data).hexdigest()
+    assert block == {
+        "type": "image",
+        "url": f"/v1/threads/js/media/{sha}",
+        "id": sha,
+        "mime_type": "image/png",
+    }
+    with pytest.raises(ValueError, match="image_preview_px"):
+        Settings.model_validate({"threads": {"image_preview_px": 1000}})

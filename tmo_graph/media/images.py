@@ -1,4 +1,5 @@
-"""Images by reference: the state keeps a path or URL plus a content hash, never pixels.
+"""Images by reference: the state keeps a path or URL plus a content hash, never the pixels
+(a thread's message adds a preview of at most 64 px: :func:`image_preview`).
 
 A data URL sent by a caller is decoded once into the media folder (named by its SHA-256, so
 the same image is stored once) and replaced by that file's path (in a thread's messages, by
@@ -148,6 +149,16 @@ def cloud_image(ref: str, max_side: int) -> CloudImage:
             f"image file {path} is gone", "keep the dialogue's image files while it runs"
         )
     return _encoded(str(path), path.stat().st_mtime_ns, max_side)
+
+
+def image_preview(ref: str, side: int) -> dict[str, str]:
+    """A preview of the stored image at ``ref``, at most ``side`` pixels on its longest
+    side, as the fields LangChain.js's image block and agent-chat-ui draw inline:
+    ``{"mimeType": ..., "data": <base64>}`` (a few KB at 64 px)."""
+    if side < 1:
+        raise TmoGraphError(f"a preview needs a side >= 1, got {side}", "use e.g. 64")
+    head, _, data = cloud_image(ref, side).url.partition(",")
+    return {"mimeType": head.removeprefix("data:").removesuffix(";base64"), "data": data}
 
 
 @lru_cache(maxsize=64)

@@ -2,11 +2,13 @@
 and the URL a chat UI loads them by.
 
 A message in a thread's state names its stored image or clip by a relative URL,
-``/v1/threads/<thread id>/media/<sha256>`` (:func:`media_url`), never by pixels and never by
-a ``file://`` path a browser cannot open. ``tmo-graph serve``, and the same routes mounted on
-``langgraph dev``, serve that URL to the thread's owner (``tmo_graph.server.media``). The
-models read the bytes from this folder: :func:`resolve_source` turns the URL back into the
-stored file, for the run's own thread only.
+``/v1/threads/<thread id>/media/<sha256>`` (:func:`media_url`), never by its pixels and never
+by a ``file://`` path a browser cannot open; beside it, only a preview of at most
+``threads.image_preview_px`` (64 px, a few KB) for chat UIs that draw inline images only.
+``tmo-graph serve``, and the same routes mounted on ``langgraph dev``, serve that URL to the
+thread's owner (``tmo_graph.server.media``). The models read the bytes from this folder:
+:func:`resolve_source` turns the URL back into the stored file, for the run's own thread
+only.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.media.audio import AudioRef, audio_bytes, mime_type, store_audio, store_audio_bytes
 from tmo_graph.media.audio import transcript as clip_transcript
-from tmo_graph.media.images import store_image
+from tmo_graph.media.images import image_preview, store_image
 from tmo_graph.media.modalities import check_views
 from tmo_graph.media.store import MEDIA_TYPES, media_url
 from tmo_graph.models.speech import Recogniser
@@ -147,7 +147,8 @@ def message_media(message: HumanMessage, services: Services) -> MessageMedia:
     began = services.clock()
     clips, with_clips = inline_audio(message, folder, audio, services.recogniser, thread_id)
     reading_s = services.clock() - began
-    images, rewritten = inline_images(with_clips or message, folder, thread_id)
+    preview_px = services.settings.threads.image_preview_px
+    images, rewritten = inline_images(with_clips or message, folder, thread_id, preview_px)
     media = MessageMedia(
         rewritten=rewritten or with_clips,
         images=images,
@@ -186,7 +187,8 @@ def _image_block_source(block: dict[str, Any]) -> str | None:
                 "an image block has neither url nor base64 data",
                 "send {'type': 'image', 'base64': ..., 'mime_type': 'image/png'}",
             )
-        return f"data:{block.get('mime_type', 'image/png')};base64,{data}"
+        mime = block.get("mime_type") or block.get("mimeType") or "image/png"  # Python, JS
+        return f"data:{mime};base64,{data}"
     return None
 
 
@@ -207,11 +209,13 @@ def stored_url(path: str, sha256: str, thread_id: str | None) -> str:
 
 
 def inline_images(
-    message: HumanMessage, folder: Path, thread_id: str | None = None
+    message: HumanMessage, folder: Path, thread_id: str | None = None, preview_px: int = 0
 ) -> tuple[list[str], HumanMessage | None]:
     """The message's images as references, and the message rewritten to hold references
     instead of pixels (None when it holds none); ``thread_id``: the run's thread, whose
-    media URLs name the stored images."""
+    media URLs name the stored images. ``preview_px`` > 0: a thread's message keeps a
+    preview that small beside the reference (``mimeType``/``data``: agent-chat-ui draws only
+    inline images; the models never read it: they read the stored file)."""
     if isinstance(message.content, str):
         return [], None
     refs: list[str] = []
@@ -232,6 +236,8 @@ def inline_images(
                 "id": ref.sha256,
                 "mime_type": MEDIA_TYPES.get(Path(ref.ref).suffix[1:], "image/png"),
             }
+            if thread_id is not None and preview_px > 0:
+                block |= image_preview(ref.ref, preview_px)
         content.append(block)
     rewritten = message.model_copy(update={"content": content}) if changed else None
     return refs, rewritten

@@ -6,7 +6,7 @@ described in :mod:`tmo_graph.server`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,12 @@ from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
+    from langgraph.store.base import BaseStore
+
     from tmo_graph.services import ServiceProvider, Services
+
+# How the app gets the LangGraph server's own store when it starts (langgraph_api's get_store).
+StoreGetter = Callable[[], Awaitable["BaseStore"]]
 
 
 def create_app(
@@ -44,6 +49,7 @@ def create_app(
     chains: ThreadChains | None = None,
     provider: ServiceProvider | None = None,
     platform: bool = False,
+    platform_store: StoreGetter | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -69,6 +75,8 @@ def create_app(
     :func:`create_platform_app`); the app's graph then runs on the very same services, loaded
     once. ``platform=True``: the app is mounted on a LangGraph server (its media route also
     serves the platform's threads; CORS and errors of other routes are left to the platform).
+    ``platform_store``: gives the platform's store when the app starts; the app's turns then
+    remember and recall in it, as the platform's runs do (with ``provider`` only).
     """
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
@@ -87,7 +95,7 @@ def create_app(
             ran = services
             if compiled is None:
                 compiled, opened, opened_chains, ran = await stack.enter_async_context(
-                    _default_graph(cfg, services, db, provider)
+                    _default_graph(cfg, services, db, provider, platform_store)
                 )
                 thread_owners = thread_owners or opened
                 thread_chains = thread_chains or opened_chains
@@ -138,20 +146,26 @@ def create_app(
     return app
 
 
-def create_platform_app(provider: ServiceProvider, settings: Settings) -> FastAPI:
+def create_platform_app(
+    provider: ServiceProvider, settings: Settings, store: StoreGetter | None = None
+) -> FastAPI:
     """The OpenAI-compatible routes for ``langgraph.json`` ``http.app``: one process serves
     LangGraph's API (``/threads``, ``/runs``, Studio) and ``/v1/chat/completions``.
 
     The app's graph is built on ``provider``, the platform graph's own (``tmo_graph.studio``),
     so the models load once, when the server starts. Its turns keep their threads in the
     app's own thread store (the SQLite file, or PostgreSQL at ``threads.url``), as
-    ``tmo-graph serve`` does: the platform's checkpointer belongs to the platform's runs. The
+    ``tmo-graph serve`` does: the platform's checkpointer belongs to the platform's runs. Their
+    memory is the platform's store when ``store`` gives it (``graphs/openai_app.py`` passes
+    LangGraph's ``get_store``), so a user's turns on either surface are recalled on both. The
     API keys are the settings' (``server.keys_file``), the same the platform's auth checks
     (``graphs/auth.py``); without any, the routes answer only on 127.0.0.1, as
     ``tmo-graph serve --no-auth`` does.
     """
     keyless = not settings.server.keys and settings.server.keys_file is None
-    return create_app(settings=settings, provider=provider, no_auth=keyless, platform=True)
+    return create_app(
+        settings=settings, provider=provider, no_auth=keyless, platform=True, platform_store=store
+    )
 
 
 def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCheck | None:
@@ -179,10 +193,12 @@ async def _default_graph(
     services: Services | None,
     db: Path | None,
     provider: ServiceProvider | None = None,
+    platform_store: StoreGetter | None = None,
 ) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, Services]]:
     """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
     owners and dialogue chains kept in the same store, and the services it runs on (their
-    local model answers chores); on ``provider``'s services when given."""
+    local model answers chores); on ``provider``'s services when given, with
+    ``platform_store``'s store as their memory."""
     from tmo_graph.graph import build_graph, make_builder
     from tmo_graph.services import build_services
     from tmo_graph.threads.store import (
@@ -200,7 +216,12 @@ async def _default_graph(
         if provider is not None:
             # The provider's graph and this one share its services, and its per-run models.
             services = await asyncio.to_thread(provider.get)
-            compiled = make_builder(provider).compile(checkpointer=saver, name="tmo-graph")
+            store = await platform_store() if platform_store is not None else None
+            if store is not None:
+                services = services.with_store(store)
+            compiled = make_builder(provider).compile(
+                checkpointer=saver, store=store, name="tmo-graph"
+            )
             yield compiled, owners, chains, services
             return
         if services is None:
