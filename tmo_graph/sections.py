@@ -400,6 +400,54 @@ class ServerSettings(_Section):
         return check_rate(value)
 
 
+MetricsAccess = Literal["off", "local", "key", "open"]
+TracesExporter = Literal["off", "console", "otlp"]
+
+
+class TelemetrySettings(_Section):
+    """What the server tells about itself: Prometheus metrics on ``GET /metrics`` and
+    OpenTelemetry spans per turn and per node (docs/observability.md). Neither carries
+    message text, user or thread ids, view names or any personal value."""
+
+    metrics: MetricsAccess = Field(
+        "local",
+        description="GET /metrics: off (404), local (peers on 127.0.0.1 / ::1 only), key (any "
+        "valid API key, as a Bearer token), open (anyone who reaches the port)",
+    )
+    traces: TracesExporter = Field(
+        "off",
+        description="OpenTelemetry spans per turn and per node: off, console (stdout), otlp "
+        "(OTLP over HTTP to otlp_endpoint)",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="traces: otlp: the collector's OTLP/HTTP traces URL, e.g. "
+        "http://127.0.0.1:4318/v1/traces; null: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces",
+    )
+    service_name: str = Field(
+        "tmo-graph", min_length=1, max_length=128, description="the spans' service.name"
+    )
+
+    @field_validator("metrics", "traces", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `off` as false: that is what it meant.
+        return "off" if value is False else value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError(
+                "must be an http(s) URL of an OTLP/HTTP collector, e.g. "
+                "http://127.0.0.1:4318/v1/traces"
+            )
+        return value
+
+
 class DeviceSettings(_Section):
     profile: str = Field("Jetson TX2", description="paper device profile for local energy")
     usd_per_kwh: float = Field(0.1668, ge=0)

@@ -50,6 +50,7 @@ from tmo_graph.sections import (
     RoutingDefaults,
     ServerSettings,
     SpendingSettings,
+    TelemetrySettings,
     ThreadSettings,
 )
 
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     spending: SpendingSettings = SpendingSettings()
     server: ServerSettings = ServerSettings()
     audio: AudioSettings = AudioSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
 

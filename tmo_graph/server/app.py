@@ -19,6 +19,8 @@ from tmo_graph.server.errors import add_error_handlers
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.media import router as media_router
+from tmo_graph.server.metrics import check_metrics_access, observe, open_tracer
+from tmo_graph.server.metrics import router as metrics_router
 from tmo_graph.server.routes import router
 from tmo_graph.server.runtime import KeyCheck, ServerState
 from tmo_graph.server.turns import TurnRunner
@@ -28,6 +30,7 @@ from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
     from langgraph.store.base import BaseStore
+    from opentelemetry.trace import Tracer
 
     from tmo_graph.services import ServiceProvider, Services
 
@@ -50,6 +53,7 @@ def create_app(
     provider: ServiceProvider | None = None,
     platform: bool = False,
     platform_store: StoreGetter | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -77,6 +81,10 @@ def create_app(
     serves the platform's threads; CORS and errors of other routes are left to the platform).
     ``platform_store``: gives the platform's store when the app starts; the app's turns then
     remember and recall in it, as the platform's runs do (with ``provider`` only).
+
+    ``GET /metrics`` and the spans per turn and node follow ``telemetry:``
+    (:mod:`tmo_graph.server.metrics`); ``tracer``: the spans' tracer instead of the one
+    ``telemetry.traces`` names (tests pass one on an in-memory exporter).
     """
     if max_concurrent_turns < 1:
         raise TmoGraphError("max_concurrent_turns must be >= 1", "use e.g. 32")
@@ -87,6 +95,7 @@ def create_app(
             "pass the graph (built on its services), or the provider to build one on",
         )
     key_check = _key_check(cfg, keys, no_auth)
+    check_metrics_access(cfg, key_check is not None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +108,10 @@ def create_app(
                 )
                 thread_owners = thread_owners or opened
                 thread_chains = thread_chains or opened_chains
+            spans = tracer if tracer is not None else stack.enter_context(open_tracer(cfg))
+            compiled, metrics = observe(compiled, cfg, ran, spans)
+            if metrics is not None:
+                stack.callback(metrics.close)
             memory = ran.memory if ran is not None else None
             runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory)
             app.state.server = ServerState(
@@ -110,6 +123,7 @@ def create_app(
                 chains=thread_chains or MemoryChains(),
                 **({"media_dir": ran.media_dir} if ran is not None else {}),
                 platform_threads=platform,
+                metrics=metrics,
             )
             yield
             await runner.drain()
@@ -143,6 +157,7 @@ def create_app(
         app.exception_handlers.pop(Exception, None)
     app.include_router(router)
     app.include_router(media_router)
+    app.include_router(metrics_router)
     return app
 
 

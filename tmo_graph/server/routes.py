@@ -113,14 +113,25 @@ async def _thread(place: Place, caller: Caller, state: ServerState, header: str 
     return fork
 
 
-def _recorder(state: ServerState, scope: str, history: History, thread_id: str) -> AfterTurn:
-    """Record, after the turn, the dialogue as the client will resend it as the thread's."""
+def _recorder(
+    state: ServerState, scope: str, history: History, thread_id: str, chain: bool
+) -> AfterTurn:
+    """After the turn: count it (and a crashed one it completed first) in the metrics and,
+    when ``chain``, record the dialogue as the client will resend it as the thread's."""
 
     async def record(finished: Finished) -> None:
         turn = finished.done.record
-        await state.chains.add(
-            scope, history.answered(turn["answer"], turn.get("tool_calls")), thread_id, turn["turn"]
-        )
+        if state.metrics is not None:
+            for done in (finished.done.resumed, turn):
+                if done is not None:
+                    state.metrics.turn(done)
+        if chain:
+            await state.chains.add(
+                scope,
+                history.answered(turn["answer"], turn.get("tool_calls")),
+                thread_id,
+                turn["turn"],
+            )
 
     return record
 
@@ -158,7 +169,7 @@ async def chat_completions(
     done = 0 if place.thread_id is None else await state.runner.turns_done(thread_id)
     stored = [] if place.thread_id is None else await state.runner.stored(thread_id)
     messages = await asyncio.to_thread(chat.new_messages, stored)
-    after = _recorder(state, scope, history, thread_id) if complete(place, done) else None
+    after = _recorder(state, scope, history, thread_id, complete(place, done))
     key = caller.key
     context = Context.from_settings(
         state.settings,

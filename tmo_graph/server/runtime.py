@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -16,6 +17,9 @@ from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
 from tmo_graph.threads.owners import ThreadOwners
+
+if TYPE_CHECKING:
+    from tmo_graph.observe.metrics import TurnMetrics
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class ServerState:
     media_dir: Path = field(default_factory=lambda: default_cache_dir() / "media")
     # Mounted on a LangGraph server: the media route also serves the platform's threads.
     platform_threads: bool = False
+    # The turns' Prometheus metrics (None: telemetry.metrics is off).
+    metrics: TurnMetrics | None = None
 
 
 async def server_state(request: Request) -> ServerState:
