@@ -65,6 +65,7 @@ class Turn:
     question: Any  # the user message's content
     model: str
     cloud_fails: bool = False
+    stream: bool = False
     tmo: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     answer: str = ""
@@ -75,8 +76,9 @@ def _image() -> str:
 
 
 def _script() -> list[Turn]:
-    """Local, cloud text, cloud with an image, an escalation, then two fall-backs: a refused
-    connection (which opens the circuit: one failure is enough here) and the open circuit."""
+    """Local, cloud text, cloud with an image, an escalation (streamed), then two fall-backs:
+    a refused connection (which opens the circuit: one failure is enough here) and the open
+    circuit."""
     return [
         Turn(f"Hello, my mail is {EMAIL}. What is a good tea?", "tmo-always-local"),
         Turn(f"Call me at {PHONE} about the boiling pot, please.", "tmo-always-cloud"),
@@ -87,7 +89,7 @@ def _script() -> list[Turn]:
             ],
             "tmo-always-cloud",
         ),
-        Turn("Explain how an induction hob heats a pan.", "tmo-cascade-1"),
+        Turn("Explain how an induction hob heats a pan.", "tmo-cascade-1", stream=True),
         Turn("Is the kettle still on?", "tmo-always-cloud", cloud_fails=True),
         Turn("And the oven?", "tmo-always-cloud", cloud_fails=True),
     ]
@@ -122,19 +124,32 @@ def dialogue(tmp_path: Path) -> Iterator[tuple[TestClient, list[Turn], InMemoryS
     with TestClient(app) as client:
         for turn in turns:
             cloud.fail = turn.cloud_fails
-            response = client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": turn.model,
-                    "messages": [{"role": "user", "content": turn.question}],
-                },
-            )
-            assert response.status_code == 200, response.text
-            body = response.json()
-            turn.tmo, turn.usage = body["tmo"], body["usage"]
-            turn.answer = body["choices"][0]["message"]["content"]
+            _play(client, turn)
         yield client, turns, exporter
     provider.shutdown()
+
+
+def _play(client: TestClient, turn: Turn) -> None:
+    """Send the turn, plain or streamed, and keep what the response says of it."""
+    body: dict[str, Any] = {
+        "model": turn.model,
+        "messages": [{"role": "user", "content": turn.question}],
+    }
+    if turn.stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    if not turn.stream:
+        reply = response.json()
+        turn.tmo, turn.usage = reply["tmo"], reply["usage"]
+        turn.answer = reply["choices"][0]["message"]["content"]
+        return
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events if e != "[DONE]"]
+    turn.answer = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+    )
+    turn.tmo, turn.usage = chunks[-1]["tmo"], chunks[-1]["usage"]
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -417,3 +432,21 @@ def test_several_workers_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "missing")
     bad = subprocess.run([sys.executable, "-c", reader], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "is not a folder" in bad.stderr and "mkdir -p" in bad.stderr
+
+
+def test_console_traces_print_the_spans_without_the_text(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    settings = _settings(traces="console")
+    services = fake_services(tmp_path, TimedLocal(answers=["Tea."]), None, settings=settings)
+    app = create_app(build_graph(services, checkpointer=InMemorySaver()), settings, no_auth=True)
+    question = f"Which tea for {EMAIL}?"
+    with TestClient(app) as client:
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "tmo-always-local", "messages": [{"role": "user", "content": question}]},
+        )
+    out = capfd.readouterr().out
+    assert '"name": "tmo.turn"' in out and '"name": "answer_local"' in out
+    assert '"tmo.route": "local"' in out
+    assert EMAIL not in out and "Which tea" not in out

@@ -11,6 +11,7 @@ personal value (docs/observability.md).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,8 @@ def tracer_provider(telemetry: TelemetrySettings) -> TracerProvider | None:
         ) from None
     provider = TracerProvider(resource=Resource.create({"service.name": telemetry.service_name}))
     if telemetry.traces == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        # sys.stdout as it is now (the exporter's default is the one at its import).
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
         return provider
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
