@@ -385,7 +385,8 @@ def test_telemetry_settings_fail_with_the_fix(
 
 def test_several_workers_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
     """Two worker processes count a turn each into PROMETHEUS_MULTIPROC_DIR; a third's
-    /metrics exposition sees both."""
+    /metrics exposition sees both. A worker that stopped (``close``) leaves the live gauges:
+    its open circuit is not shown."""
     folder = tmp_path / "prom"
     folder.mkdir()
     record = {
@@ -398,6 +399,7 @@ def test_several_workers_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         "latency_s": 0.5,
         "cost_usd": 0.01,
         "breaker": "closed",
+        "device": {"local_tokens_per_s": 17.5},
     }
     worker = textwrap.dedent(
         f"""
@@ -406,6 +408,8 @@ def test_several_workers_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         m = TurnMetrics()
         m.turn(json.loads({json.dumps(json.dumps(record))}))
         m.node("route", 0.2)
+        if STOPS:
+            m.close()
         """
     )
     reader = (
@@ -417,17 +421,28 @@ def test_several_workers_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
         "PATH": "/usr/bin:/bin",
     }
-    for _ in range(2):
+    stopped = {**record, "breaker": "open"}
+    for code in (
+        worker,
+        worker,
+        worker.replace(json.dumps(json.dumps(record)), json.dumps(json.dumps(stopped))),
+    ):
+        stops = "True" if code is not worker else "False"
         done = subprocess.run(
-            [sys.executable, "-c", worker], env=env, capture_output=True, text=True
+            [sys.executable, "-c", f"STOPS = {stops}\n{code}"],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert done.returncode == 0, done.stderr[-2000:]
     shown = subprocess.run([sys.executable, "-c", reader], env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     samples = _samples(shown.stdout)
-    assert _value(samples, "tmo_turns_total", route="cloud_views", policy="rules") == 2
-    assert _value(samples, "tmo_escalations_total", policy="rules") == 2
-    assert _value(samples, "tmo_node_seconds_count", node="route") == 2
+    assert _value(samples, "tmo_turns_total", route="cloud_views", policy="rules") == 3
+    assert _value(samples, "tmo_escalations_total", policy="rules") == 3
+    assert _value(samples, "tmo_node_seconds_count", node="route") == 3
+    assert _value(samples, "tmo_cloud_breaker_state", endpoint="unknown") == 0  # 2 if shown
+    assert _value(samples, "tmo_local_decode_tokens_per_second") == 17.5
     # A folder that does not exist is named, with the fix.
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "missing")
     bad = subprocess.run([sys.executable, "-c", reader], env=env, capture_output=True, text=True)

@@ -210,6 +210,14 @@ class TurnMetrics:
             registry=r,
         )
 
+        self.local_decode = Gauge(
+            "tmo_local_decode_tokens_per_second",
+            "The device model's measured decode speed (tokens/s, prompt reading excluded) the "
+            "last turn's budgets used",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+
     def turn(self, record: Mapping[str, Any]) -> None:
         """Count one finished turn from its record."""
         route, policy = route_label(record), policy_label(record)
@@ -223,6 +231,9 @@ class TurnMetrics:
             self.budget_reached.inc()
         self.turn_cost.inc(max(float(record.get("cost_usd") or 0.0), 0.0))
         self.turn_seconds.labels(route=route).observe(float(record.get("latency_s") or 0.0))
+        device = record.get("device") or {}
+        if device.get("local_tokens_per_s"):
+            self.local_decode.set(float(device["local_tokens_per_s"]))
         state = record.get("breaker")
         if state in BREAKER_STATES:
             self.breaker.labels(endpoint=self.endpoint).set(BREAKER_STATES[state])
