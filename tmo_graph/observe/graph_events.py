@@ -42,7 +42,7 @@ class _Run:
 
 
 def _field(values: Any, name: str) -> Any:
-    """A field of a node's input state (a dataclass or a mapping)."""
+    """A field of a node's input state (a dataclass or a mapping) or of its update."""
     if isinstance(values, Mapping):
         return values.get(name)
     return getattr(values, name, None)
@@ -119,15 +119,14 @@ class GraphObserver(BaseCallbackHandler):
         seconds = time.perf_counter() - run.start
         if self.metrics is not None:
             self.metrics.node(run.node, seconds)
-        calls = _field(outputs, "calls") if isinstance(outputs, Mapping) else None
-        for call in calls or []:
+        for call in _field(outputs, "calls") or []:
             if isinstance(call, Mapping):
                 if self.metrics is not None:
                     self.metrics.call(call)
                 if run.span is not None:
                     run.span.set_attributes(call_attributes(call))
         if run.node == ACCOUNT_NODE and turn is not None and turn.span is not None:
-            records = outputs.get("turns") if isinstance(outputs, Mapping) else None
+            records = _field(outputs, "turns")
             if records:
                 record = records[-1]
                 kinds = [turn.kinds.get(n, "other") for n in record.get("views_sent") or []]

@@ -5,8 +5,10 @@ routers), so any OpenAI client or chat UI talks to it unchanged. The app is
 
 Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
 ``GET /v1/threads/{thread}/media/{sha256}`` (a thread's stored image or clip, for its owner),
-``GET /health``. The same app mounts on ``langgraph dev`` (:func:`app.create_platform_app`),
-whose own auth checks the same keys (:mod:`tmo_graph.server.platform_auth`).
+``GET /health``, ``GET /metrics`` (Prometheus, as ``telemetry.metrics`` allows:
+:mod:`tmo_graph.server.metrics`). The same app mounts on ``langgraph dev``
+(:func:`app.create_platform_app`), whose own auth checks the same keys
+(:mod:`tmo_graph.server.platform_auth`).
 
 The modules, by concern: ``app`` (the app, its state, its start and stop), ``routes`` (the
 endpoints), ``auth`` (who is asking: the API key as a FastAPI dependency, the user, the

@@ -19,7 +19,7 @@ from tmo_graph.server.errors import add_error_handlers
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.media import router as media_router
-from tmo_graph.server.metrics import check_metrics_access, observe, open_tracer
+from tmo_graph.server.metrics import check_metrics_access, open_tracer, with_telemetry
 from tmo_graph.server.metrics import router as metrics_router
 from tmo_graph.server.routes import router
 from tmo_graph.server.runtime import KeyCheck, ServerState
@@ -109,7 +109,7 @@ def create_app(
                 thread_owners = thread_owners or opened
                 thread_chains = thread_chains or opened_chains
             spans = tracer if tracer is not None else stack.enter_context(open_tracer(cfg))
-            compiled, metrics = observe(compiled, cfg, ran, spans)
+            compiled, metrics = with_telemetry(compiled, cfg, ran, spans)
             if metrics is not None:
                 stack.callback(metrics.close)
             memory = ran.memory if ran is not None else None

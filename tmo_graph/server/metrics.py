@@ -2,8 +2,8 @@
 turns' Prometheus metrics (:mod:`tmo_graph.observe.metrics`), for whom ``telemetry.metrics``
 lets read them: ``local`` (the default) peers on 127.0.0.1 / ::1 only, ``key`` any valid API
 key (Prometheus' ``authorization: {credentials: KEY}``), ``open`` anyone, ``off`` no one
-(404); and the app's graph wired to feed them and the spans (:func:`observe`). They carry
-no user, thread, text or view name."""
+(404); and the app's graph wired to feed them and the spans (:func:`with_telemetry`). They
+carry no user, thread, text or view name."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def open_tracer(settings: Settings) -> Iterator[Tracer | None]:
         provider.shutdown()
 
 
-def observe(
+def with_telemetry(
     graph: Any, settings: Settings, services: Services | None, tracer: Tracer | None
 ) -> tuple[Any, TurnMetrics | None]:
     """``graph`` with the callback that times its nodes for the metrics and the spans, and
