@@ -23,5 +23,7 @@ def test_every_import_contract_is_kept() -> None:
         "layers: surfaces > conversation",
         "only server/",
         "surfaces never import a node",
+        "observe reads records only",
+        "no part needs observe",
     ):
         assert f"{name}" in out, f"contract {name!r} is missing from pyproject.toml"
