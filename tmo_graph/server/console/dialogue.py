@@ -3,8 +3,9 @@ record read as badges (route, views, confidence, escalated, fell back, latency, 
 the device, and the audit log's lines of its cloud requests.
 
 Read from the thread's checkpointed state (``messages`` and the turn records ``turns``) and the
-audit log; nothing here holds a placeholder's value (the state's ``personal`` is never read)
-and a private turn's text is shown only to the thread's owner.
+audit log; nothing here holds a placeholder's value (the state's ``personal`` is never read).
+Someone else than the thread's owner (an admin) sees no private turn's words, and the other
+turns' words with their personal data replaced by placeholders, as the cloud saw them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from langchain_core.messages import AnyMessage
 
 from tmo_graph.guards.audit import AuditEntry
+from tmo_graph.guards.privacy import Redactor
 from tmo_graph.media.store import parse_media_url
 from tmo_graph.policy.base import Action
 from tmo_graph.policy.budget import CostModel
@@ -97,7 +99,11 @@ def _segments(messages: Sequence[AnyMessage]) -> list[list[AnyMessage]]:
 
 
 def _always_cloud_usd(
-    record: Mapping[str, Any], prompt_chars: int, cloud_usd: float | None, costs: CostModel
+    record: Mapping[str, Any],
+    private: bool,
+    prompt_chars: int,
+    cloud_usd: float | None,
+    costs: CostModel,
 ) -> float:
     """What an always-cloud policy would have paid the cloud for this turn: a cloud turn what
     it paid (its audit lines, else its record's cost); a private turn nothing (every policy
@@ -105,6 +111,8 @@ def _always_cloud_usd(
     the route uses, on the dialogue's text so far and an answer as long as the device's."""
     if record.get("route") == "cloud":
         return float(cloud_usd if cloud_usd is not None else record.get("cost_usd", 0.0))
+    if private:
+        return 0.0
     answer_tokens = max(int(record.get("output_tokens") or 0), 1)
     return costs.expected(Action("cloud", ()), prompt_chars, cloud_tokens=answer_tokens).cost_usd
 
@@ -132,6 +140,8 @@ def turn_views(
     )
     views: list[TurnView] = []
     used = sum(attempts[:offset_r])
+    # For someone else: one redactor over the thread, so a value keeps its placeholder.
+    shown = (lambda text: text) if owner_view else Redactor().redact
     for i, record in enumerate(records):
         lines = list(audit[used : used + attempts[i]]) if matched else None
         used += attempts[i]
@@ -145,10 +155,12 @@ def turn_views(
         images = [h for m in asked for h in _images(m)]
         view = TurnView(
             number=int(record.get("turn", i)),
-            question="\n".join(message_text(m) for m in asked if m.type == "human") if show else "",
+            question=shown("\n".join(message_text(m) for m in asked if m.type == "human"))
+            if show
+            else "",
             images=images if show else [],
             private=private,
-            answer=str(record.get("answer", "")) if show else "",
+            answer=shown(str(record.get("answer", ""))) if show else "",
             record=dict(record),
             route=route_of(record),
             clips=list(record.get("audio_sent") or []),
@@ -161,7 +173,7 @@ def turn_views(
                 view.sent_images.append(Thumbnail(name, images[int(n) - 1]))
             elif name not in view.clips:
                 view.sent_other.append(name)
-        view.always_cloud_usd = _always_cloud_usd(record, chars, view.cloud_usd, costs)
+        view.always_cloud_usd = _always_cloud_usd(record, private, chars, view.cloud_usd, costs)
         chars += len(str(record.get("answer", ""))) if not private else 0
         views.append(view)
     return views
