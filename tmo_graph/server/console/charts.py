@@ -57,7 +57,7 @@ def stacked_bars(by_day: Mapping[str, Mapping[str, int]], title: str) -> str:
     if not by_day:
         return _svg(f'<text x="{PAD}" y="{H / 2}">no turns yet</text>', title)
     top = max(sum(mix.values()) for mix in by_day.values()) or 1
-    slot = (W - 2 * PAD) / len(by_day)
+    slot = (W - 2 * PAD - 110) / len(by_day)  # the legend on the right
     bars = []
     for i, (day, mix) in enumerate(by_day.items()):
         y: float = H - PAD
