@@ -252,3 +252,21 @@ def test_owners_list_their_threads_newest_first(tmp_path: Path) -> None:
 
     asyncio.run(run(MemoryOwners()))
     asyncio.run(run(SqliteOwners(tmp_path / "owners.sqlite")))
+
+
+def test_keys_add_admin_marks_the_key_an_admin_in_the_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tmo_graph.cli.app import app
+    from tmo_graph.server.keys import read_key_file
+
+    file = tmp_path / "keys.yaml"
+    args = ["keys", "add", "--file", str(file), "--id"]
+    out = CliRunner().invoke(app, [*args, "ops", "--user", "ops", "--admin"])
+    assert out.exit_code == 0, out.output
+    assert "admin" in out.output
+    CliRunner().invoke(app, [*args, "plain", "--user", "ann"])
+    assert [(k.id, k.admin) for k in read_key_file(file)] == [("ops", True), ("plain", False)]
+    assert "admin: true" in file.read_text() and file.read_text().count("admin") == 1
+    listed = CliRunner().invoke(app, ["keys", "list", "--file", str(file)])
+    assert "active admin" in listed.output
