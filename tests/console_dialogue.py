@@ -30,10 +30,13 @@ CAP_USD = 0.25
 
 class UnsureLocal:
     """A local model that streams its draft word by word (through a LangChain model, as the
-    real one does) and is unsure of it, so a cascade escalates; ``delay`` s a word."""
+    real one does) and is unsure of it (``logprob`` -3: a cascade escalates; -0.05: it keeps
+    the draft); ``delay`` s a word."""
 
-    def __init__(self, text: str = "a hesitant local draft", delay: float = 0.0) -> None:
-        self.text, self.delay = text, delay
+    def __init__(
+        self, text: str = "a hesitant local draft", delay: float = 0.0, logprob: float = -3.0
+    ) -> None:
+        self.text, self.delay, self.logprob = text, delay, logprob
 
     def answer(
         self, messages: Any, max_new_tokens: Any = None, tags: Any = None, max_time_s: Any = None
@@ -44,7 +47,7 @@ class UnsureLocal:
             parts.append(str(chunk.content))
             time.sleep(self.delay)
         n = len(self.text.split())
-        return "".join(parts), Stats([-3.0] * n, [6.5] * n)
+        return "".join(parts), Stats([self.logprob] * n, [0.5 - 2.0 * self.logprob] * n)
 
 
 class SlowCloud(FakeCloud):

@@ -270,3 +270,58 @@ def test_keys_add_admin_marks_the_key_an_admin_in_the_file(tmp_path: Path) -> No
     assert "admin: true" in file.read_text() and file.read_text().count("admin") == 1
     listed = CliRunner().invoke(app, ["keys", "list", "--file", str(file)])
     assert "active admin" in listed.output
+
+
+def test_a_kept_draft_streams_marked_then_once_unmarked(tmp_path: Path) -> None:
+    """astream_turn(drafts=True): the draft's pieces marked as they come; when the check
+    keeps the draft, the same pieces again as the final answer (unmarked)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from tests.console_dialogue import UnsureLocal
+    from tests.unit_tests.fakes import FakeCloud, fake_services
+    from tmo_graph.context import Context
+    from tmo_graph.conversation import Done, Token, astream_turn
+    from tmo_graph.graph import build_graph
+
+    cloud = FakeCloud()  # there is a cloud to escalate to: the draft may be replaced
+    cloud.sent = []
+    services = fake_services(tmp_path, UnsureLocal("sure of it", logprob=-0.05), cloud)  # type: ignore[arg-type]
+    graph = build_graph(services, checkpointer=InMemorySaver())
+
+    async def run(drafts: bool) -> list[Any]:
+        inputs = {"messages": [("user", "hi")]}
+        context = Context(policy="cascade")
+        return [e async for e in astream_turn(graph, inputs, f"t{drafts}", context, drafts=drafts)]
+
+    events = asyncio.run(run(True))
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert "".join(t.text for t in tokens if t.draft) == "sure of it"
+    assert "".join(t.text for t in tokens if not t.draft) == "sure of it"
+    assert max(i for i, t in enumerate(tokens) if t.draft) < min(
+        i for i, t in enumerate(tokens) if not t.draft
+    )
+    assert isinstance(events[-1], Done) and events[-1].record["route"] == "local"
+    assert not cloud.sent
+    # Without drafts asked for (the OpenAI stream), no draft is ever yielded.
+    assert not any(isinstance(e, Token) and e.draft for e in asyncio.run(run(False)))
+
+
+def test_breaker_openings_count_turns_where_the_breaker_opened(tmp_path: Path) -> None:
+    from tmo_graph.server.console.dialogue import TurnView, route_of
+    from tmo_graph.server.console.overview import build_overview
+    from tmo_graph.server.console.reading import ThreadData
+    from tmo_graph.threads.owners import OwnedThread
+
+    def turn(n: int, breaker: str | None, fallback: str | None = None) -> TurnView:
+        record: dict[str, Any] = {"turn": n, "route": "cloud" if breaker else "local"}
+        record |= {"latency_s": 1.0 + n, "fallback": fallback, "escalated": False}
+        if breaker:
+            record["breaker"] = breaker
+        return TurnView(n, "", [], False, "", record, route_of(record), time=f"2026-01-0{n + 1}T00")
+
+    states = ["closed", "open", "open", None, "half-open", "closed", "open"]
+    turns = [turn(i, b, "timeout" if b == "open" else None) for i, b in enumerate(states)]
+    view = build_overview([ThreadData(OwnedThread("t", "u", 0.0), turns, [])], [], [], None)
+    assert view.breaker_openings == 2 and view.fallbacks == 3 and view.turns == 7
+    assert sum(sum(m.values()) for m in view.routes_by_day.values()) == 7
+    assert view.latency["device"] == (4.0, 4.0)

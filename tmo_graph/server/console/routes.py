@@ -43,9 +43,12 @@ from tmo_graph.server.media import names_media
 from tmo_graph.server.runtime import ServerState, server_state
 from tmo_graph.server.schemas import model_id, parse_model
 from tmo_graph.server.turns import Finished
+from tmo_graph.threads.owners import OwnedThread
 
 HERE = Path(__file__).parent
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+# The threads a page reads (each is one state read): the most recently started.
+MAX_THREADS = 200
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 AppState = Annotated[ServerState, Depends(server_state)]
@@ -80,17 +83,20 @@ def _error_page(error: ApiError, viewer: Viewer | None = None) -> HTMLResponse:
     return _page("error.html", error.status, error=error, viewer=viewer)
 
 
-async def _owned(state: ServerState, viewer: Viewer, thread_id: str) -> Any:
+async def _owned(state: ServerState, viewer: Viewer, thread_id: str) -> OwnedThread:
     """The thread, when the viewer may open it; else the API's 404 (ids cannot be probed)."""
     thread_header(thread_id)  # malformed: 400
-    for owned in await visible_threads(state, viewer):
-        if owned.thread_id == thread_id:
-            return owned
-    raise ApiError(
-        404,
-        f"no thread {thread_id!r} for this caller",
-        "not_found_error",
-        code="thread_not_found",
+    owner = await state.owners.owner(thread_id)
+    if owner is None or not viewer.sees(owner):
+        raise ApiError(
+            404,
+            f"no thread {thread_id!r} for this caller",
+            "not_found_error",
+            code="thread_not_found",
+        )
+    return next(
+        (t for t in await state.owners.threads(owner) if t.thread_id == thread_id),
+        OwnedThread(thread_id, owner, 0.0),
     )
 
 
@@ -105,7 +111,11 @@ async def login_page() -> HTMLResponse:
 @router.post("/login", response_model=None)
 async def login(request: Request, state: AppState) -> HTMLResponse | RedirectResponse:
     """The form's key, checked, into the cookie; back to the threads."""
-    form = parse_qs((await request.body())[:4096].decode(errors="replace"))
+    try:
+        raw = await read_body(request.stream(), request.headers.get("content-length"), 4096)
+    except LimitExceeded as exc:
+        raise ApiError(exc.status, "the login form takes one API key", param="key") from None
+    form = parse_qs(raw.decode(errors="replace"))
     key = (form.get("key") or [""])[0].strip()
     try:
         check_key(key or None, request, state)
@@ -134,10 +144,11 @@ async def logout() -> RedirectResponse:
 
 
 async def _threads(state: ServerState, viewer: Viewer) -> list[ThreadData]:
+    """The viewer's threads (the most recently started :data:`MAX_THREADS`), newest answer
+    first."""
     audit = audit_lines(state)
-    threads = [
-        await read_thread(state, t, viewer, audit) for t in await visible_threads(state, viewer)
-    ]
+    owned = (await visible_threads(state, viewer))[:MAX_THREADS]
+    threads = [await read_thread(state, t, viewer, audit) for t in owned]
     return sorted(threads, key=lambda t: t.updated, reverse=True)
 
 
