@@ -130,6 +130,18 @@ def test_an_admin_sees_no_private_words_and_no_personal_values(served: Any) -> N
     assert PRIVATE_WORDS in own and "only its owner can continue it" not in own
 
 
+def test_no_page_an_admin_reads_holds_a_private_word_or_a_personal_value(served: Any) -> None:
+    client, _, script, _ = served
+    pages = ["/console", "/console/overview", "/console/api/threads", "/console/api/overview"]
+    for thread in script.threads.values():
+        pages += [f"/console/threads/{thread}", f"/console/api/threads/{thread}"]
+    for path in pages:
+        page = client.get(path, headers=bearer("root"))
+        assert page.status_code == 200, path
+        for planted in (PRIVATE_WORDS, "4711", EMAIL, "alice.private"):
+            assert planted not in page.text, (path, planted)
+
+
 def test_the_media_of_a_thread_for_its_owner_and_an_admin_only(served: Any) -> None:
     client, _, script, _ = served
     thread = script.threads["alice"]
@@ -214,6 +226,16 @@ def test_the_chat_box_streams_the_draft_marked_then_the_final_answer_once(served
     record = _records(graph, thread)[-1]
     assert done["escalated"] is True and done["cost_usd"] == record["cost_usd"]
     assert done["turn"] == record["turn"] == 6
+    # Without a thread: a new one, the caller's.
+    fresh = {"message": "A new topic.", "model": "tmo-always-local"}
+    started = _events(client.post("/console/chat", headers=headers, json=fresh).text)
+    new_thread = started[0][1]["thread_id"]
+    assert new_thread != thread and started[-1][1]["route"] == "local"
+    listed = client.get("/console/api/threads", headers=bearer("alice")).json()["threads"]
+    assert listed[0]["thread_id"] == new_thread and listed[0]["turns"] == 1
+    assert (
+        client.get(f"/console/api/threads/{new_thread}", headers=bearer("bob")).status_code == 404
+    )
 
 
 def test_login_puts_the_key_in_a_strict_http_only_cookie_never_a_url(served: Any) -> None:
