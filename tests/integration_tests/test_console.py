@@ -65,6 +65,7 @@ def _records(graph: Any, thread: str) -> list[dict[str, Any]]:
 
 def _log_in(page: Any, url: str, user: str) -> None:
     page.goto(f"{url}/console")
+    page.screenshot(path=str(SHOTS / "login.png"))
     page.fill("#key", SECRETS[user])
     page.click("#login")
     page.wait_for_selector("#threads")
@@ -155,6 +156,7 @@ def test_the_console_in_a_browser(server: Any) -> None:
         page = context.new_page()
         _log_in(page, url, "root")
         assert page.locator("#threads tbody tr").count() == 2
+        page.screenshot(path=str(SHOTS / "threads-admin.png"), full_page=True)
         assert page.goto(f"{url}/console/threads/{alice}").status == 200
         text = page.content()
         assert PRIVATE_WORDS not in text and EMAIL not in text and "[EMAIL_1]" in text
