@@ -23,6 +23,7 @@ form puts the key in an HttpOnly cookie (:mod:`.access`); a script may send it a
 header instead. A key that opens another user's thread gets the API's 404.
 
 The modules: ``access`` (who is looking), ``reading`` (threads, states, audit lines),
+``chat`` (the chat box's turn and stream),
 ``dialogue`` (one thread's turns), ``overview`` (the admin's numbers), ``charts`` (SVG),
 ``routes`` (the endpoints).
 """

@@ -1,10 +1,9 @@
 """The console's endpoints (all under ``/console``): the login form, the pages, their JSON, a
-thread's media, the chat box's stream and the static files. See :mod:`tmo_graph.server.console`."""
+thread's media and the static files; the chat box's stream is :mod:`.chat`. See
+:mod:`tmo_graph.server.console`."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
@@ -12,37 +11,21 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from langchain_core.messages import HumanMessage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tmo_graph.context import Context
-from tmo_graph.conversation import Token, turn_summary
 from tmo_graph.media.store import MEDIA_TYPES, stored_file
-from tmo_graph.server.auth import (
-    allowed_policies,
-    check_key,
-    check_policy,
-    thread_header,
-    thread_of,
-)
+from tmo_graph.server.auth import allowed_policies, check_key, thread_header
 from tmo_graph.server.console import charts
-from tmo_graph.server.console.access import (
-    COOKIE,
-    Viewer,
-    require_admin,
-    require_csrf,
-    viewer_of,
-)
+from tmo_graph.server.console.access import COOKIE, Viewer, require_admin, viewer_of
+from tmo_graph.server.console.chat import router as chat_router
 from tmo_graph.server.console.overview import Overview, build_overview
 from tmo_graph.server.console.reading import ThreadData, audit_lines, read_thread, visible_threads
-from tmo_graph.server.errors import ApiError, api_error, bad, invalid
+from tmo_graph.server.errors import ApiError
 from tmo_graph.server.limits import LimitExceeded, read_body
 from tmo_graph.server.media import names_media
 from tmo_graph.server.runtime import ServerState, server_state
-from tmo_graph.server.schemas import model_id, parse_model
-from tmo_graph.server.turns import Finished
+from tmo_graph.server.schemas import model_id
 from tmo_graph.threads.owners import OwnedThread
 
 HERE = Path(__file__).parent
@@ -51,6 +34,7 @@ STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 MAX_THREADS = 200
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+router.include_router(chat_router)
 AppState = Annotated[ServerState, Depends(server_state)]
 # Pages: no caching, no framing, scripts and styles from this server only.
 PAGE_HEADERS = {
@@ -317,88 +301,3 @@ async def static(name: str) -> FileResponse:
     if name not in STATIC:
         raise ApiError(404, f"no static file {name[:64]!r}", "not_found_error")
     return FileResponse(HERE / "static" / name, media_type=STATIC[name])
-
-
-# ---- the chat box --------------------------------------------------------------------------
-
-
-class ConsoleChat(BaseModel):
-    """What the chat box sends."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    message: str = Field(min_length=1)
-    model: str = "tmo-cascade"
-    private: bool = False
-    thread_id: str | None = None  # None: a new thread
-
-
-def _event(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-async def _stream(queue: Any, thread_id: str) -> AsyncIterator[str]:
-    """The turn as server-sent events: ``thread``, ``draft`` pieces (may still be replaced),
-    ``token`` pieces of the final answer, then ``done`` with the turn's summary (or
-    ``error``)."""
-    yield _event("thread", {"thread_id": thread_id})
-    while True:
-        event = await queue.get()
-        if isinstance(event, Token):
-            yield _event("draft" if event.draft else "token", {"text": event.text})
-        elif isinstance(event, Finished):
-            record = event.done.record
-            summary = turn_summary(record, thread_id)
-            summary["redactions"] = dict(record.get("redactions") or {})
-            summary["audio_sent"] = list(record.get("audio_sent") or [])
-            summary.pop("transcripts", None)
-            yield _event("done", summary)
-            return
-        else:
-            yield _event("error", {"message": api_error(event).message})
-            return
-
-
-@router.post("/chat", response_model=None)
-async def chat(request: Request, state: AppState) -> StreamingResponse:
-    """One turn of the viewer's own thread (or a new one), streamed with its drafts; the
-    thread lock, the owner check, the policy check and the daily cap are the API's."""
-    require_csrf(request)
-    viewer = viewer_of(request, state)
-    try:
-        raw = await read_body(
-            request.stream(),
-            request.headers.get("content-length"),
-            state.settings.server.max_body_bytes,
-        )
-    except LimitExceeded as exc:
-        raise ApiError(exc.status, exc.message, param=exc.param) from None
-    try:
-        body = ConsoleChat.model_validate_json(raw)
-    except ValidationError as exc:
-        raise invalid(exc.errors()) from None
-    caller = viewer.caller
-    policy, threshold = parse_model(body.model)
-    check_policy(caller, policy, body.model, state.settings)
-    named = thread_header(body.thread_id) if body.thread_id else None
-    thread_id = await thread_of(named, caller, state.owners)  # another's: 404, admin or not
-    if len(body.message) > 20_000:
-        raise bad("the message is longer than 20000 characters; shorten it", "message")
-    key = caller.key
-    context = Context.from_settings(
-        state.settings,
-        user_id=caller.user,
-        policy=policy,
-        confidence_threshold=threshold,
-        daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
-        api_key_id=key.id if key else None,
-    )
-    message = HumanMessage(
-        body.message, additional_kwargs={"private": True} if body.private else {}
-    )
-    queue = state.runner.start({"messages": [message]}, thread_id, context, drafts=True)
-    return StreamingResponse(
-        _stream(queue, thread_id),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-tmo-thread-id": thread_id},
-    )
