@@ -347,3 +347,19 @@ def test_breaker_openings_count_turns_where_the_breaker_opened(tmp_path: Path) -
     assert view.breaker_openings == 2 and view.fallbacks == 3 and view.turns == 7
     assert sum(sum(m.values()) for m in view.routes_by_day.values()) == 7
     assert view.latency["device"] == (4.0, 4.0)
+
+
+def test_on_the_sqlite_thread_store_turns_have_their_checkpoint_times(tmp_path: Path) -> None:
+    """The app's own store (owners table, AsyncSqliteSaver): the same lists, each turn dated."""
+    _, services = build(tmp_path)
+    app = create_app(services=services, db=tmp_path / "threads.sqlite", keys=keys())
+    with TestClient(app) as client:
+        script = run_script(client)
+        listed = client.get("/console/api/threads", headers=bearer("alice")).json()["threads"]
+        assert [t["thread_id"] for t in listed] == [script.threads["alice"]]
+        thread = client.get(
+            f"/console/api/threads/{listed[0]['thread_id']}", headers=bearer("alice")
+        )
+        times = [t["time"] for t in thread.json()["dialogue"]]
+    assert len(times) == 6 and all(times) and times == sorted(times)
+    assert listed[0]["updated"] == times[-1]
