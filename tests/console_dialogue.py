@@ -75,10 +75,13 @@ def keys() -> KeyRing:
     )
 
 
-def build(tmp: Path, delay: float = 0.0) -> tuple[Any, Services]:
-    """The graph (fakes, in-memory checkpoints) and its services (audit log, media in ``tmp``)."""
+def build(tmp: Path, delay: float = 0.0, threads_url: str | None = None) -> tuple[Any, Services]:
+    """The graph (fakes, in-memory checkpoints) and its services (audit log, media in ``tmp``;
+    ``threads_url``: the app's own thread store on that PostgreSQL)."""
     settings = Settings(
-        audit={"path": str(tmp / "audit.jsonl")}, spending={"ledger": str(tmp / "spend.sqlite")}
+        audit={"path": str(tmp / "audit.jsonl")},
+        spending={"ledger": str(tmp / "spend.sqlite")},
+        threads={"url": threads_url},
     )
     cloud = SlowCloud(answer="The cloud's considered answer.", delay=delay)
     cloud.sent = []

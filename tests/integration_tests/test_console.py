@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from tests.console_dialogue import EMAIL, PRIVATE_WORDS, SECRETS, Script, build, keys, run_script
+from tests.integration_tests.test_scale import postgres  # noqa: F401 (the fixture)
 from tmo_graph.guards.audit import read_audit
 from tmo_graph.models.cloud import free_port
 from tmo_graph.server.app import create_app
@@ -173,3 +174,26 @@ def test_the_console_in_a_browser(server: Any) -> None:
             page.screenshot(path=str(ROOT / "docs/img/console-overview.png"), full_page=True)
         context.close()
         browser.close()
+
+
+def test_the_console_on_postgresql_lists_owners_and_dates_turns(
+    tmp_path: Path,
+    postgres: str,  # noqa: F811 (the fixture)
+) -> None:
+    """Workers sharing PostgreSQL: the owners table lists each user's threads, newest first,
+    and the checkpoints date the turns."""
+    from fastapi.testclient import TestClient
+
+    _, services = build(tmp_path, threads_url=postgres)
+    app = create_app(services=services, keys=keys())
+    with TestClient(app) as client:
+        first = run_script(client)
+        second = run_script(client)
+        headers = {"authorization": f"Bearer {SECRETS['alice']}"}
+        listed = client.get("/console/api/threads", headers=headers).json()["threads"]
+        assert [t["thread_id"] for t in listed] == [second.threads["alice"], first.threads["alice"]]
+        admin = {"authorization": f"Bearer {SECRETS['root']}"}
+        assert len(client.get("/console/api/threads", headers=admin).json()["threads"]) == 4
+        dialogue = client.get(f"/console/api/threads/{listed[0]['thread_id']}", headers=headers)
+        times = [t["time"] for t in dialogue.json()["dialogue"]]
+    assert len(times) == 6 and all(times) and times == sorted(times)
