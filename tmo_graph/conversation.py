@@ -60,9 +60,11 @@ class ThreadBusy(TmoGraphError):
 
 @dataclass(frozen=True)
 class Token:
-    """A piece of the final answer, as it streams."""
+    """A piece of the final answer, as it streams; ``draft``: a piece of a local draft the
+    confidence check may still replace (only to a caller that asked for drafts)."""
 
     text: str
+    draft: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,8 @@ def _busy(thread_id: str, wait_s: float) -> ThreadBusy:
 class _Turn:
     """What one turn has streamed so far: tokens shown, draft tokens held back, the state."""
 
-    def __init__(self) -> None:
+    def __init__(self, drafts: bool = False) -> None:
+        self.show_drafts = drafts  # also yield draft tokens (marked), besides holding them
         self.shown: list[str] = []
         self.drafts: list[str] = []
         self.values: dict[str, Any] = {}
@@ -272,7 +275,7 @@ class _Turn:
             return None
         if DRAFT_TAG in (meta.get("tags") or []):
             self.drafts.append(content)
-            return None
+            return Token(content, draft=True) if self.show_drafts and content else None
         if node == "answer_cloud" and self.restorer is not None:
             content = self.restorer.feed(content)
         return self._show(content)
@@ -374,15 +377,18 @@ async def astream_turn(
     thread_id: str,
     context: Context | None = None,
     wait_s: float = 30.0,
+    drafts: bool = False,
 ) -> AsyncIterator[Token | Done]:
-    """:func:`stream_turn` for async callers (the event loop is never blocked by the wait)."""
+    """:func:`stream_turn` for async callers (the event loop is never blocked by the wait).
+    ``drafts``: also yield a local draft's tokens as they come, marked ``draft`` (the final
+    answer's tokens follow unmarked, a kept draft's again), for a UI that greys them."""
     config = _config(thread_id, inputs)
     held = _thread_lock(thread_id)
     if not await asyncio.to_thread(held.lock.acquire, True, wait_s):
         raise _busy(thread_id, wait_s)
     try:
         resumed = await afinish_interrupted(graph, config, context)
-        turn = _Turn()
+        turn = _Turn(drafts)
         events = graph.astream(
             inputs, config, context=context, stream_mode=STREAM_MODES, **_durable(graph)
         )

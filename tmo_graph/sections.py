@@ -290,6 +290,11 @@ class ApiKey(BaseModel):
         description="a trusted proxy (e.g. Open WebUI): its requests name their end user (the "
         "user field, x-tmo-user or server.end_user_header), who then acts as '<user>/<end user>'",
     )
+    admin: bool = Field(
+        False,
+        description="the console (/console) shows this key every user's threads and the "
+        "overview; no other power in /v1",
+    )
     revoked: bool = False
 
     @field_validator("id")

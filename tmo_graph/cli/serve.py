@@ -106,7 +106,7 @@ def _key_ring(settings: Settings, ring_type: Any) -> Any:
 keys_app = typer.Typer(
     help="API keys of `tmo-graph serve`. A key file (YAML, or JSON for a .json name) holds "
     "`keys:`, a list of {id, user, sha256, policies?, daily_cost_cap_usd?, rate?, proxy?, "
-    "revoked?}: "
+    "admin?, revoked?}: "
     "the SHA-256 of each key, never the key.",
     no_args_is_help=True,
 )
@@ -137,15 +137,24 @@ def keys_add(
             "(user field or server.end_user_header), who acts as USER/<end user>",
         ),
     ] = False,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="the console (/console) shows this key every user's threads and the overview; "
+            "in /v1 it is an ordinary key",
+        ),
+    ] = False,
 ) -> None:
     """Make a key: prints it once (it is stored nowhere) and writes its hash to the file."""
     from tmo_graph.server.keys import add_key
 
     try:
-        entry, secret = add_key(file, user, key_id, policy or None, daily_cap, rate, proxy)
+        entry, secret = add_key(file, user, key_id, policy or None, daily_cap, rate, proxy, admin)
     except TmoGraphError as error:
         fail(error)
     role = " (trusted proxy: end users act as USER/<end user>)" if entry.proxy else ""
+    role += " (admin: the console shows every user's threads)" if entry.admin else ""
     typer.echo(f"key {entry.id} for user {entry.user}{role} written to {file}", err=True)
     typer.echo("the key (shown only now; give it to its user):", err=True)
     typer.echo(secret)
@@ -178,5 +187,9 @@ def keys_list(file: KeyFileOption) -> None:
     for e in entries:
         policies = ",".join(e.policies) if e.policies else "all"
         cap = "-" if e.daily_cost_cap_usd is None else f"{e.daily_cost_cap_usd:g} USD/day"
-        state = ("revoked" if e.revoked else "active") + (" proxy" if e.proxy else "")
+        state = (
+            ("revoked" if e.revoked else "active")
+            + (" proxy" if e.proxy else "")
+            + (" admin" if e.admin else "")
+        )
         typer.echo(f"{e.id}\t{e.user}\t{policies}\t{cap}\t{e.rate or 'default rate'}\t{state}")

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.server.console import router as console_router
 from tmo_graph.server.errors import add_error_handlers
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
@@ -158,6 +159,7 @@ def create_app(
     app.include_router(router)
     app.include_router(media_router)
     app.include_router(metrics_router)
+    app.include_router(console_router)  # /console: pages on the same keys
     return app
 
 

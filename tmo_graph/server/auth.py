@@ -71,6 +71,12 @@ async def authenticate(
 ) -> Caller:
     """The caller's key (401 without a valid one) within its rate (429); without keys, the
     anonymous caller of a loopback peer. Runs before the body is read: strangers cost nothing."""
+    return check_key(_bearer(request), request, state)
+
+
+def check_key(token: str | None, request: Request, state: ServerState) -> Caller:
+    """:func:`authenticate` on a key found elsewhere (None: none sent), e.g. the console's
+    cookie."""
     if state.keys is None:
         if _is_remote_peer(request):
             raise ApiError(
@@ -80,7 +86,6 @@ async def authenticate(
                 code="loopback_only",
             )
         return Caller(DEFAULT_USER, None)
-    token = _bearer(request)
     if token is None:
         raise _unauthorized(
             "no API key: send it as 'Authorization: Bearer <key>' (the openai client's "

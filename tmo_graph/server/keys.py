@@ -15,6 +15,7 @@ request rate and whether it is revoked::
         daily_cost_cap_usd: 0.50            # default: spending.daily_cost_cap_usd only
         rate: 30/minute                     # default: server.rate
         proxy: false                        # true: a trusted proxy (below)
+        admin: false                        # true: the console shows every user's threads
         revoked: false
 
 Keys come from a YAML or JSON file of that shape (``server.keys_file``, ``--keys FILE``) and
@@ -27,6 +28,10 @@ refuses every key until it is fixed (a broken edit must not keep a revoked key a
 A trusted proxy's key (``proxy: true``, e.g. the one Open WebUI holds for all its users) may
 name the end user each request is for; that end user then acts as ``<user>/<end user>``
 (:func:`tmo_graph.server.auth.named_caller`). No other key's user may lie in that namespace.
+
+An admin key (``admin: true``, ``tmo-graph keys add --admin``) sees every user's threads and
+the overview in the console (``/console``, :mod:`tmo_graph.server.console`); in ``/v1`` it
+is an ordinary key of its user (its own threads only).
 """
 
 from __future__ import annotations
@@ -142,8 +147,10 @@ def add_key(
     daily_cost_cap_usd: float | None = None,
     rate: str | None = None,
     proxy: bool = False,
+    admin: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Make a key for ``user`` (``proxy``: a trusted proxy's), append its entry (hash only)
+    """Make a key for ``user`` (``proxy``: a trusted proxy's; ``admin``: the console shows it
+    every user's threads), append its entry (hash only)
     to the key file at ``path`` (created if missing, mode 0600); the entry and the key,
     which is shown nowhere else."""
     path = Path(path)
@@ -163,6 +170,8 @@ def add_key(
         values["rate"] = rate
     if proxy:
         values["proxy"] = True
+    if admin:
+        values["admin"] = True
     try:
         entry = ApiKey.model_validate(values)
     except ValidationError as exc:

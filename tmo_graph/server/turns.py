@@ -131,8 +131,10 @@ class TurnRunner:
         thread_id: str,
         context: Context,
         after: AfterTurn | None = None,
+        drafts: bool = False,
     ) -> asyncio.Queue[Event]:
-        """Start a turn; its events come on the queue returned (503 when too many run)."""
+        """Start a turn; its events come on the queue returned (503 when too many run).
+        ``drafts``: local drafts' tokens too, marked (the console greys them)."""
         if self.active >= self.max_concurrent_turns:
             raise ApiError(
                 503,
@@ -143,7 +145,7 @@ class TurnRunner:
             )
         self.active += 1  # counted before the task starts: no await between check and count
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        task = asyncio.create_task(self._run(inputs, thread_id, context, queue, after))
+        task = asyncio.create_task(self._run(inputs, thread_id, context, queue, after, drafts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return queue
@@ -155,10 +157,11 @@ class TurnRunner:
         context: Context,
         queue: asyncio.Queue[Event],
         after: AfterTurn | None,
+        drafts: bool = False,
     ) -> None:
         try:
             async for event in astream_turn(
-                self.graph, inputs, thread_id, context, self.thread_wait_s
+                self.graph, inputs, thread_id, context, self.thread_wait_s, drafts
             ):
                 if isinstance(event, Done):
                     # Still inside the thread's lock: no later turn has written yet.

@@ -14,10 +14,20 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _TABLE = "tmo_thread_owners"
+
+
+@dataclass(frozen=True)
+class OwnedThread:
+    """A thread, its owner and when it was claimed (seconds since the epoch)."""
+
+    thread_id: str
+    user_id: str
+    created: float
 
 
 class ThreadOwners(ABC):
@@ -32,6 +42,11 @@ class ThreadOwners(ABC):
         """Make ``user_id`` the owner of ``thread_id`` unless someone already is; the owner
         afterwards (``user_id`` when the claim won)."""
 
+    @abstractmethod
+    async def threads(self, user_id: str | None = None) -> list[OwnedThread]:
+        """The threads ``user_id`` owns (None: every user's), newest first (the console's
+        list)."""
+
     async def aclose(self) -> None:  # noqa: B027 (stores without resources need no close)
         """Release the store's connections."""
 
@@ -40,13 +55,21 @@ class MemoryOwners(ThreadOwners):
     """Owners in this process only: for a graph on an in-memory checkpointer (tests)."""
 
     def __init__(self) -> None:
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, OwnedThread] = {}
 
     async def owner(self, thread_id: str) -> str | None:
-        return self._owners.get(thread_id)
+        owned = self._owners.get(thread_id)
+        return None if owned is None else owned.user_id
 
     async def claim(self, thread_id: str, user_id: str) -> str:
-        return self._owners.setdefault(thread_id, user_id)  # no await: atomic in the loop
+        # No await: atomic in the loop.
+        return self._owners.setdefault(
+            thread_id, OwnedThread(thread_id, user_id, time.time())
+        ).user_id
+
+    async def threads(self, user_id: str | None = None) -> list[OwnedThread]:
+        owned = [t for t in self._owners.values() if user_id is None or t.user_id == user_id]
+        return sorted(owned, key=lambda t: t.created, reverse=True)
 
 
 class SqliteOwners(ThreadOwners):
@@ -82,8 +105,20 @@ class SqliteOwners(ThreadOwners):
             ).fetchone()
         return str(owner)
 
+    def _threads(self, user_id: str | None) -> list[OwnedThread]:
+        query = f"SELECT thread_id, user_id, created FROM {_TABLE}"
+        args: tuple[str, ...] = ()
+        if user_id is not None:
+            query, args = query + " WHERE user_id = ?", (user_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created DESC", args).fetchall()
+        return [OwnedThread(str(t), str(u), float(c)) for t, u, c in rows]
+
     async def owner(self, thread_id: str) -> str | None:
         return await asyncio.to_thread(self._owner, thread_id)
+
+    async def threads(self, user_id: str | None = None) -> list[OwnedThread]:
+        return await asyncio.to_thread(self._threads, user_id)
 
     async def claim(self, thread_id: str, user_id: str) -> str:
         return await asyncio.to_thread(self._claim, thread_id, user_id)
@@ -126,6 +161,14 @@ class PostgresOwners(ThreadOwners):
         owner = await self.owner(thread_id)
         assert owner is not None  # the row exists: inserted now or before
         return owner
+
+    async def threads(self, user_id: str | None = None) -> list[OwnedThread]:
+        query = f"SELECT thread_id, user_id, created FROM {_TABLE}"
+        args: tuple[str, ...] = ()
+        if user_id is not None:
+            query, args = query + " WHERE user_id = %s", (user_id,)
+        cursor = await self._conn.execute(query + " ORDER BY created DESC", args)
+        return [OwnedThread(str(t), str(u), float(c)) for t, u, c in await cursor.fetchall()]
 
     async def aclose(self) -> None:
         await self._conn.close()
