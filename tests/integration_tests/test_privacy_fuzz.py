@@ -13,7 +13,8 @@ Every captured request must hold no personal value as typed (nor a number withou
 separators) and nothing of a private view: not its name, description, path, SHA-256, file
 bytes (base64) nor the image the cloud node would make of it. The audit log must have
 exactly one line per request, naming the views that request carried, and hold none of the
-private values either.
+private values either; nor may the server's Prometheus metrics or the OpenTelemetry spans
+of every turn and node (the graph runs with the server's observer on it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from tmo_graph.guards.faults import reset_breakers
 from tmo_graph.guards.privacy import KINDS
 from tmo_graph.media.images import cloud_image
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
+from tmo_graph.observe.graph_events import GraphObserver
+from tmo_graph.observe.metrics import TurnMetrics
 from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 
@@ -449,7 +452,18 @@ def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer
         audit=AuditLog(audit_path),
     )
     conn = sqlite3.connect(tmp_path / "threads.sqlite", check_same_thread=False)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    metrics = TurnMetrics(CollectorRegistry())
+    observer = GraphObserver(metrics, provider.get_tracer("privacy-fuzz"))
     graph = build_graph(services, checkpointer=SqliteSaver(conn))
+    graph = graph.with_config(callbacks=[observer])  # as the server wires it
     totals = Totals()
     all_secret: set[str] = set()  # everything private of every dialogue, for the audit check
     shared_sha: list[dict[str, str]] = []  # per request: its dialogue's shared views' hashes
@@ -517,6 +531,7 @@ def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer
                 state_in["views"] = views
             out = graph.invoke(state_in, config, context=context)
             assert out["turns"][-1]["answer"]
+            metrics.turn(out["turns"][-1])  # what the server's per-turn hook does
             totals.turns += 1
         for k, raw in enumerate(server.bodies[first:], start=first + 1):
             body = raw.decode()
@@ -552,17 +567,26 @@ def test_no_private_item_reaches_the_cloud(tmp_path: Path, server: CaptureServer
     # and the file as a whole (a PIN's digits alone could match inside a hash or a time)
     audit_text = audit_path.read_text()
     audit_leaks += [i for i in all_secret | {API_KEY} if i in audit_text and not i.isdigit()]
+    # The metrics and every span (its name and attribute values), the same way.
+    finished = spans.get_finished_spans()
+    assert finished and metrics.exposition()[0]
+    observed = metrics.exposition()[0].decode() + "\n".join(
+        f"{span.name} {' '.join(map(str, (span.attributes or {}).values()))}" for span in finished
+    )
+    observed_leaks = [i for i in all_secret | {API_KEY} if i in observed and not i.isdigit()]
     seconds = time.perf_counter() - started
     print(
         f"\nprivacy fuzz: {totals.dialogues} dialogues fuzzed ({totals.turns} turns), "
         f"{totals.requests} requests captured ({totals.recalled} with recalled memory), "
         f"{totals.planted} personal values planted, {totals.private_views} private views, "
-        f"leaks {len(totals.leaks) + len(audit_leaks)}, {seconds:.1f} s"
+        f"{len(finished)} spans, leaks {len(totals.leaks) + len(audit_leaks)} "
+        f"(metrics and spans: {len(observed_leaks)}), {seconds:.1f} s"
     )
     assert totals.dialogues >= DIALOGUES
     kinds = Counter(leak.split(" ")[2] for leak in totals.leaks)
     assert totals.leaks == [], f"leaks by kind {dict(kinds)}:\n" + "\n".join(totals.leaks[:20])
     assert audit_leaks == [], f"in the audit log: {sorted(set(audit_leaks))[:20]}"
+    assert observed_leaks == [], f"in the metrics or spans: {sorted(set(observed_leaks))[:20]}"
 
 
 def _around(text: str, value: str, width: int = 80) -> str:

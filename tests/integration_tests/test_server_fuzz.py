@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -296,3 +297,38 @@ def test_after_the_fuzz_the_server_is_up_and_bobs_thread_is_untouched(target: Ta
     # The fuzz reached the turns, not only the front door.
     assert target.seen.get(200, 0) >= 10 and target.seen.get(404, 0) >= 5, target.seen
     print(f"fuzz statuses: {dict(sorted(target.seen.items()))}")
+
+
+console_paths = st.one_of(
+    st.sampled_from(["/console", "/console/overview", "/console/api/overview", "/metrics"]),
+    st.builds(
+        lambda prefix, thread: f"{prefix}{thread}",
+        st.sampled_from(["/console/threads/", "/console/api/threads/"]),
+        st.one_of(st.text(string.ascii_letters + string.digits + "-_.%", max_size=40), st.just("")),
+    ),
+)
+
+
+@given(path=console_paths, key=st.sampled_from(["alice", "carol", "wrong", None]))
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_no_console_page_or_metric_shows_bobs_dialogue_to_anyone_else(
+    target: Target, path: str, key: str | None
+) -> None:
+    """The console's pages and JSON and /metrics, opened with alice's key, a revoked key, a
+    wrong key or none, at fuzzed thread ids (and bob's own): never bob's words, never a 500."""
+    headers = {}
+    if key is not None:
+        secret = target.keys.secrets.get(key, "tmo-wrong-key-0000")
+        headers["authorization"] = f"Bearer {secret}"
+    for url in (
+        path,
+        path.replace("{bob}", target.bob_thread),
+        f"/console/threads/{target.bob_thread}",
+    ):
+        reply = target.http.get(url, headers=headers)
+        assert reply.status_code < 500, (url, reply.status_code)
+        assert not any(secret in reply.text for secret in BOB_SECRETS), url
+        if key != "alice":  # only alice's own pages (and the loopback /metrics) may answer
+            assert reply.status_code != 200 or url == "/metrics" or url == "/console", url

@@ -101,6 +101,7 @@ def test_one_thread_shows_each_turn_as_its_record_says(served: Any) -> None:
         assert shown["budget_left"] == record["budget_left"]
         assert shown["escalated"] == record["escalated"]
         assert shown["views_sent"] == record["views_sent"]
+        assert shown["budget_reached"] is False  # every turn here had budget left
     assert dialogue[3]["escalated"] and not any(
         d["escalated"] for i, d in enumerate(dialogue) if i != 3
     )
@@ -363,3 +364,15 @@ def test_on_the_sqlite_thread_store_turns_have_their_checkpoint_times(tmp_path: 
         times = [t["time"] for t in thread.json()["dialogue"]]
     assert len(times) == 6 and all(times) and times == sorted(times)
     assert listed[0]["updated"] == times[-1]
+
+
+def test_an_answer_the_budget_cut_is_badged_as_such() -> None:
+    from tmo_graph.observe.metrics import BUDGET_REACHED_WARNING
+    from tmo_graph.server.console.dialogue import TurnView
+
+    record = {"route": "local", "warnings": [BUDGET_REACHED_WARNING], "latency_s": 0.0}
+    cut = TurnView(
+        0, "Remind me?", [], False, "This conversation has used up ...", record, "device"
+    )
+    assert cut.budget_reached
+    assert not TurnView(1, "q", [], False, "a", {"route": "local"}, "device").budget_reached

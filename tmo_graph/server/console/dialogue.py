@@ -19,6 +19,7 @@ from langchain_core.messages import AnyMessage
 from tmo_graph.guards.audit import AuditEntry
 from tmo_graph.guards.privacy import Redactor
 from tmo_graph.media.store import parse_media_url
+from tmo_graph.observe.metrics import budget_reached
 from tmo_graph.policy.base import Action
 from tmo_graph.policy.budget import CostModel
 from tmo_graph.prompts import is_private, message_text
@@ -62,6 +63,11 @@ class TurnView:
     def cloud_usd(self) -> float | None:
         """What its cloud requests cost by the audit log (None: the lines were not matched)."""
         return None if self.audit is None else sum(e["cost_usd"] for e in self.audit)
+
+    @property
+    def budget_reached(self) -> bool:
+        """The answer is the budget's "cannot answer": no model call fitted what was left."""
+        return budget_reached(self.record)
 
     @property
     def redactions(self) -> dict[str, int]:

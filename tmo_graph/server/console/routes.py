@@ -161,6 +161,7 @@ def _thread_json(thread: ThreadData, turns: bool) -> dict[str, Any]:
                 "confidence": t.record.get("confidence"),
                 "escalated": bool(t.record.get("escalated")),
                 "fallback": t.record.get("fallback"),
+                "budget_reached": t.budget_reached,
                 "latency_s": t.record.get("latency_s"),
                 "cost_usd": t.record.get("cost_usd"),
                 "cloud_usd": t.cloud_usd,
