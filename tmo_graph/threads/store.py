@@ -26,6 +26,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import PostgresChains, SqliteChains, ThreadChains
+from tmo_graph.threads.labels import PostgresLabels, SqliteLabels, TurnLabels
 from tmo_graph.threads.owners import PostgresOwners, SqliteOwners, ThreadOwners
 
 # Seconds a worker waits for PostgreSQL before saying it is unreachable (libpq waits forever).
@@ -117,7 +118,7 @@ async def open_async_checkpointer(
 
 
 class _Table(Protocol):
-    """A table the server keeps beside the threads (owners, chains)."""
+    """A table the server keeps beside the threads (owners, chains, labels)."""
 
     async def aclose(self) -> None: ...
 
@@ -165,6 +166,14 @@ def open_async_chains(
     """The content chains of the threads' dialogues (:mod:`tmo_graph.threads.chains`),
     beside the threads."""
     return _open_table(settings, db_path, SqliteChains, PostgresChains.connect)
+
+
+def open_async_labels(
+    settings: Settings, db_path: Path | None = None
+) -> AbstractAsyncContextManager[TurnLabels]:
+    """The labels of past turns (:mod:`tmo_graph.threads.labels`: feedback and judges'
+    scores), beside the threads."""
+    return _open_table(settings, db_path, SqliteLabels, PostgresLabels.connect)
 
 
 @contextmanager
