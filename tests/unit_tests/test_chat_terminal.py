@@ -1,0 +1,186 @@
+"""`tmo-graph chat` as a person sees it: driven in a pseudo-terminal (pexpect) on fake models
+that write a word every quarter second (tests/unit_tests/chat_worker.py), the screen read
+through a terminal emulator (pyte); and off a terminal, plain text.
+
+The answer must show while it is being made, a draft dimmed and then replaced by the
+cloud's answer, a status line naming what the graph does, and a warning before the next
+turn when the dialogue's budget is nearly spent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pyte
+import pytest
+
+from tests.unit_tests import chat_worker
+from tmo_graph.cli.terminal import low_budget
+from tmo_graph.state import Budget
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS, COLUMNS = 40, 160
+WORKER = [sys.executable, "-m", "tests.unit_tests.chat_worker"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMO_")}
+    return {**env, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": str(COLUMNS)}
+
+
+class Terminal:
+    """The chat in a pseudo-terminal, its output fed to an emulated screen."""
+
+    def __init__(self, scenario: str, *args: str) -> None:
+        self.screen = pyte.Screen(COLUMNS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        self.child = pexpect.spawn(
+            WORKER[0],
+            [*WORKER[1:], scenario, "chat", *args],
+            cwd=str(ROOT),
+            env=_env(),
+            dimensions=(ROWS, COLUMNS),
+            timeout=60,
+        )
+
+    def read(self, seconds: float = 0.05) -> None:
+        """Whatever the chat has written within ``seconds``, onto the screen."""
+        try:
+            data = self.child.read_nonblocking(65536, timeout=seconds)
+        except pexpect.TIMEOUT:
+            return
+        except pexpect.EOF:
+            return
+        self.raw += data
+        self.stream.feed(data)
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def wait_for(self, what: str, timeout: float = 60.0) -> float:
+        """Read until ``what`` is on the screen; the time it appeared."""
+        deadline = time.monotonic() + timeout
+        while what not in self.text():
+            assert time.monotonic() < deadline, f"{what!r} never showed:\n{self.text()}"
+            assert self.child.isalive() or what in self.text(), self.text()
+            self.read()
+        return time.monotonic()
+
+    def style_of(self, word: str) -> pyte.screens.Char:
+        """The screen cell where ``word`` begins (its colour and weight)."""
+        for y, line in enumerate(self.screen.display):
+            x = line.find(word)
+            if x >= 0:
+                return self.screen.buffer[y][x]
+        raise AssertionError(f"{word!r} is not on the screen:\n{self.text()}")
+
+    def close(self) -> None:
+        self.child.sendline("/quit")
+        self.child.expect(pexpect.EOF, timeout=30)
+        self.child.close()
+
+
+@pytest.fixture
+def terminal() -> object:
+    made: list[Terminal] = []
+
+    def start(scenario: str, *args: str) -> Terminal:
+        made.append(Terminal(scenario, *args))
+        return made[-1]
+
+    yield start
+    for term in made:
+        if term.child.isalive():
+            term.child.terminate(force=True)
+
+
+def test_the_answer_streams_before_the_turn_ends(terminal: object) -> None:
+    term = terminal("sure", "--policy", "always-local")  # type: ignore[operator]
+    term.wait_for("you>")
+    term.child.sendline("Explain how induction hobs work.")
+    first = term.wait_for("alpha")
+    # The first word is on the screen while the model is still writing: not the last word,
+    # and no row of the turn yet.
+    assert "foxtrot" not in term.text() and "latency s" not in term.text()
+    assert "answering on the device" in term.text()  # the status line names the node
+    last = term.wait_for("foxtrot")
+    assert last - first > 2 * chat_worker.DELAY_S  # it came word by word, not at once
+    term.wait_for("latency s")  # then the turn's row
+    screen = term.text()
+    assert "alpha bravo charlie delta echo foxtrot" in screen
+    assert " local " in screen.split("latency s")[1]  # the route summary
+    assert "answering on the device" not in screen  # the status line is gone at the end
+    assert "budget:" not in screen  # plenty left
+    term.close()
+
+
+def test_a_draft_is_dimmed_then_replaced_by_the_clouds_answer(terminal: object) -> None:
+    term = terminal("unsure", "--policy", "cascade")  # type: ignore[operator]
+    term.wait_for("you>")
+    term.child.sendline("Explain how induction hobs work.")
+    term.wait_for("draftone")
+    assert term.style_of("draftone").fg == "default"
+    assert b"\x1b[2m" in term.raw  # the draft is written dim (SGR 2)
+    assert "cloudone" not in term.text()
+    term.wait_for("asking the cloud")  # the check escalated; the draft is still shown
+    term.wait_for("cloudone")
+    term.wait_for("latency s")
+    screen = term.text()
+    answer_area = screen.split("Explain how induction hobs work.")[1].split("turn ")[0]
+    assert "cloudone cloudtwo cloudthree cloudfour" in answer_area
+    assert "draftone" not in answer_area  # replaced, not appended
+    assert "cloud text" in screen and "escalated local draft: draftone" in screen
+    term.close()
+
+
+def test_a_nearly_spent_budget_is_announced_before_the_next_turn(terminal: object) -> None:
+    # 1.5 s for the whole dialogue: the first answer (six words, a quarter second apart)
+    # takes it all.
+    term = terminal("sure", "--policy", "always-local", "--latency-budget", "1.5")  # type: ignore[operator]
+    term.wait_for("you>")
+    term.child.sendline("Explain how induction hobs work.")
+    term.wait_for("latency s")
+    term.wait_for("--latency-budget SECONDS")
+    screen = term.text()
+    warning = screen[screen.index("budget: this dialogue") :]
+    assert "of its 1.5 s latency budget left" in " ".join(warning.split())
+    assert "cut short or made on the device" in " ".join(warning.split())
+    assert "routing.latency_budget_s" in warning
+    assert screen.rstrip().endswith("you>")  # said before the next question
+    term.close()
+
+
+def test_off_a_terminal_only_the_final_answer_is_written(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*WORKER, "unsure", "chat", "--policy", "cascade"],
+        input="Explain how induction hobs work.\n/quit\n",
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "\x1b" not in out and "\r" not in out  # no escape codes, no carriage control
+    lines = out.splitlines()
+    assert "cloudone cloudtwo cloudthree cloudfour" in lines  # the answer on a line of its own
+    assert not any(line.startswith("draftone") for line in lines)  # the draft was never shown
+    assert "asking the cloud" not in out  # no status lines either
+    assert any(line.split()[:1] == ["0"] and "cloud text" in line for line in lines)
+
+
+def test_the_budget_warning_names_what_is_low_and_how_to_raise_it() -> None:
+    plenty = Budget(latency_s=50.0, cost_usd=0.04)
+    assert low_budget(plenty, 60.0, 0.05, 0.2) == ""
+    both = low_budget(Budget(latency_s=5.0, cost_usd=0.001), 60.0, 0.05, 0.2)
+    assert "5.0 s of its 60 s latency and 0.00100 of its 0.05 USD money budget left" in both
+    assert "--latency-budget SECONDS --cost-budget USD" in both
+    money = low_budget(Budget(latency_s=50.0, cost_usd=0.001), 60.0, 0.05, 0.2)
+    assert "latency" not in money and "routing.cost_budget_usd" in money
