@@ -36,13 +36,13 @@ def _env() -> dict[str, str]:
 class Terminal:
     """The chat in a pseudo-terminal, its output fed to an emulated screen."""
 
-    def __init__(self, scenario: str, *args: str) -> None:
+    def __init__(self, scenario: str, *args: str, command: str = "chat") -> None:
         self.screen = pyte.Screen(COLUMNS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
         self.child = pexpect.spawn(
             WORKER[0],
-            [*WORKER[1:], scenario, "chat", *args],
+            [*WORKER[1:], scenario, command, *args],
             cwd=str(ROOT),
             env=_env(),
             dimensions=(ROWS, COLUMNS),
@@ -90,8 +90,8 @@ class Terminal:
 def terminal() -> object:
     made: list[Terminal] = []
 
-    def start(scenario: str, *args: str) -> Terminal:
-        made.append(Terminal(scenario, *args))
+    def start(scenario: str, *args: str, command: str = "chat") -> Terminal:
+        made.append(Terminal(scenario, *args, command=command))
         return made[-1]
 
     yield start
@@ -154,6 +154,18 @@ def test_a_nearly_spent_budget_is_announced_before_the_next_turn(terminal: objec
     assert "routing.latency_budget_s" in warning
     assert screen.rstrip().endswith("you>")  # said before the next question
     term.close()
+
+
+def test_run_shows_a_spinner_while_a_turn_runs(terminal: object, tmp_path: Path) -> None:
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text('{"id": "d1", "turns": ["Explain how induction hobs work."]}\n')
+    term = terminal("sure", str(dialogues), "--policy", "always-local", command="run")  # type: ignore[operator]
+    term.wait_for("dialogue d1, turn 0: answering ...")
+    assert "latency s" in term.text() and " local " not in term.text()  # no row yet
+    term.wait_for(" local ")
+    term.child.expect(pexpect.EOF, timeout=30)
+    term.read()
+    assert "answering ..." not in term.text()  # the spinner is gone with the turn
 
 
 def test_off_a_terminal_only_the_final_answer_is_written(tmp_path: Path) -> None:

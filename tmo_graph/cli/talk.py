@@ -2,6 +2,9 @@
 
 `run` replays scripted dialogues (JSONL, :mod:`tmo_graph.cli.dialogues`) and `chat` reads
 messages from the terminal; both print a row per turn (:mod:`tmo_graph.cli.turn_table`).
+`chat` streams each answer as it is made (:mod:`tmo_graph.cli.terminal`) and says before
+the next turn when little of the dialogue's budget is left; `run` shows a spinner while a
+turn runs, on a terminal.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,7 +76,10 @@ def run(
                     print_turn(record, screen)
                 for number, state_in in enumerate(dialogue.turn_inputs()):
                     try:
-                        out = graph.invoke(state_in, config_, context=context, durability="sync")
+                        with _progress(screen, f"dialogue {dialogue.id}, turn {number}"):
+                            out = graph.invoke(
+                                state_in, config_, context=context, durability="sync"
+                            )
                     except TmoGraphError as error:
                         where = f"dialogue {dialogue.id}, turn {number}"
                         raise TmoGraphError(f"{where}: {error.problem}", error.fix) from None
@@ -95,6 +101,13 @@ def run(
         raise
     if json_out:
         write_json(json_out, results)
+
+
+def _progress(screen: Any, what: str) -> AbstractContextManager[Any]:
+    """A spinner while a turn runs, on a terminal only (a turn can take many seconds)."""
+    if not screen.is_terminal:
+        return nullcontext()
+    return screen.status(f"{what}: answering ...")
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
