@@ -3,7 +3,8 @@
 python -m tests.unit_tests.chat_worker SCENARIO [chat options ...]
 
 SCENARIO ``sure``: the device model is sure of its answer (kept); ``unsure``: it is not, and
-the cloud replaces its draft. Each model writes one word every :data:`DELAY_S` seconds, so
+the cloud replaces its draft; ``long``: a sure answer of :data:`LONG` words, taller than a
+small terminal. Each model writes one word every :data:`DELAY_S` seconds, so
 a test can see the first words on the terminal long before the turn ends.
 """
 
@@ -33,6 +34,7 @@ DELAY_S = 0.25
 DRAFT = "draftone drafttwo draftthree draftfour draftfive draftsix"
 SURE = "alpha bravo charlie delta echo foxtrot"
 CLOUD = "cloudone cloudtwo cloudthree cloudfour"
+LONG = 320  # words w001 ... w320: eight lines of a 160-column terminal
 
 
 class SlowChat(BaseChatModel):
@@ -79,8 +81,8 @@ class SlowChat(BaseChatModel):
 class SlowLocal:
     """The device model: its answer streams through a chat model (as the real one's does)."""
 
-    def __init__(self, text: str, logprob: float) -> None:
-        self.text, self.logprob = text, logprob
+    def __init__(self, text: str, logprob: float, delay_s: float = DELAY_S) -> None:
+        self.text, self.logprob, self.delay_s = text, logprob, delay_s
 
     def answer(
         self,
@@ -89,7 +91,8 @@ class SlowLocal:
         tags: list[str] | None = None,
         max_time_s: float | None = None,
     ) -> tuple[str, Stats]:
-        reply = SlowChat(text=self.text).invoke("question", config={"tags": tags or []})
+        chat = SlowChat(text=self.text, delay_s=self.delay_s)
+        reply = chat.invoke("question", config={"tags": tags or []})
         n = len(self.text.split())
         stats = Stats([self.logprob] * n, [0.5 - 2.0 * self.logprob] * n)
         stats.message_id = reply.id  # type: ignore[attr-defined]
@@ -101,7 +104,11 @@ class SlowLocal:
 
 
 def main(scenario: str, args: list[str]) -> None:
-    local = SlowLocal(SURE, -0.05) if scenario == "sure" else SlowLocal(DRAFT, -3.0)
+    local = {
+        "sure": SlowLocal(SURE, -0.05),
+        "unsure": SlowLocal(DRAFT, -3.0),
+        "long": SlowLocal(" ".join(f"w{i:03d}" for i in range(1, LONG + 1)), -0.05, 0.01),
+    }[scenario]
     folder = Path(tempfile.mkdtemp(prefix="chat-worker-"))
 
     @contextmanager

@@ -36,8 +36,8 @@ def _env() -> dict[str, str]:
 class Terminal:
     """The chat in a pseudo-terminal, its output fed to an emulated screen."""
 
-    def __init__(self, scenario: str, *args: str, command: str = "chat") -> None:
-        self.screen = pyte.Screen(COLUMNS, ROWS)
+    def __init__(self, scenario: str, *args: str, command: str = "chat", rows: int = ROWS) -> None:
+        self.screen = pyte.HistoryScreen(COLUMNS, rows, history=1000)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
         self.child = pexpect.spawn(
@@ -45,7 +45,7 @@ class Terminal:
             [*WORKER[1:], scenario, command, *args],
             cwd=str(ROOT),
             env=_env(),
-            dimensions=(ROWS, COLUMNS),
+            dimensions=(rows, COLUMNS),
             timeout=60,
         )
 
@@ -62,6 +62,14 @@ class Terminal:
 
     def text(self) -> str:
         return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def scrollback(self) -> str:
+        """The lines scrolled off the top, then the screen."""
+        gone = [
+            "".join(line[x].data for x in range(COLUMNS)).rstrip()
+            for line in self.screen.history.top
+        ]
+        return "\n".join([*gone, self.text()])
 
     def wait_for(self, what: str, timeout: float = 60.0) -> float:
         """Read until ``what`` is on the screen; the time it appeared."""
@@ -90,8 +98,8 @@ class Terminal:
 def terminal() -> object:
     made: list[Terminal] = []
 
-    def start(scenario: str, *args: str, command: str = "chat") -> Terminal:
-        made.append(Terminal(scenario, *args, command=command))
+    def start(scenario: str, *args: str, command: str = "chat", rows: int = ROWS) -> Terminal:
+        made.append(Terminal(scenario, *args, command=command, rows=rows))
         return made[-1]
 
     yield start
@@ -136,6 +144,20 @@ def test_a_draft_is_dimmed_then_replaced_by_the_clouds_answer(terminal: object) 
     assert "cloudone cloudtwo cloudthree cloudfour" in answer_area
     assert "draftone" not in answer_area  # replaced, not appended
     assert "cloud text" in screen and "escalated local draft: draftone" in screen
+    term.close()
+
+
+def test_an_answer_taller_than_the_terminal_is_shown_whole_once(terminal: object) -> None:
+    term = terminal("long", "--policy", "always-local", rows=8)  # type: ignore[operator]
+    term.wait_for("you>")
+    term.child.sendline("Tell me everything.")
+    term.wait_for("w300")
+    # While it streams, the newest words and the status line fit on the screen.
+    assert "answering on the device" in term.text() and "w001" not in term.text()
+    term.wait_for("latency s")
+    term.read(0.5)
+    words = term.scrollback().split("Tell me everything.")[1].split("turn ")[0].split()
+    assert words == [f"w{i:03d}" for i in range(1, chat_worker.LONG + 1)]
     term.close()
 
 

@@ -18,6 +18,7 @@ from tmo_graph.state import Budget
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
+    from rich.text import Text
 
 # What each node of the graph is doing, for the status line (the graph's node names).
 STATUS = {
@@ -74,8 +75,7 @@ class LiveTurn:
             self._view(),
             console=self.out,
             refresh_per_second=12,
-            transient=False,  # the answer stays on the screen
-            vertical_overflow="visible",
+            transient=False,  # the answer stays on the screen, whole (rich's last refresh)
         )
         self.live.__enter__()
         return self
@@ -106,11 +106,24 @@ class LiveTurn:
 
         # The final answer's first token replaces the draft; until then the draft is dim.
         answer = Text(self.final.strip()) if self.final else Text(self.draft.strip(), style="dim")
+        if self.status:  # while it streams: the lines that fit above the status line
+            answer = _tail(answer, self.out, self.out.size.height - 2)
         parts: list[Any] = [answer] if answer.plain else []
         if self.status:
             draft_note = " (the dimmed text is a draft)" if self.draft and not self.final else ""
             parts.append(Spinner("dots", Text(self.status + draft_note, style="cyan")))
         return Group(*parts)
+
+
+def _tail(text: Text, out: Console, lines: int) -> Text:
+    """The last ``lines`` lines of ``text`` as ``out`` wraps it: a live view taller than the
+    terminal could not be redrawn in place (the whole answer is shown once it is over)."""
+    from rich.text import Text
+
+    wrapped = text.wrap(out, out.size.width)
+    if len(wrapped) <= lines:
+        return text
+    return Text("\n").join(wrapped[-max(lines, 1) :])
 
 
 def low_budget(left: Budget, latency_budget_s: float, cost_budget_usd: float, share: float) -> str:
