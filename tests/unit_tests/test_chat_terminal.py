@@ -9,6 +9,7 @@ turn when the dialogue's budget is nearly spent.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ import pyte
 import pytest
 
 from tests.unit_tests import chat_worker
-from tmo_graph.cli.terminal import low_budget
+from tmo_graph.cli.terminal import LiveTurn, PlainTurn, low_budget
+from tmo_graph.conversation import Done, Step, Token
 from tmo_graph.state import Budget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,3 +220,42 @@ def test_the_budget_warning_names_what_is_low_and_how_to_raise_it() -> None:
     assert "--latency-budget SECONDS --cost-budget USD" in both
     money = low_budget(Budget(latency_s=50.0, cost_usd=0.001), 60.0, 0.05, 0.2)
     assert "latency" not in money and "routing.cost_budget_usd" in money
+
+
+def _done(answer: str) -> Done:
+    return Done(record={"answer": answer}, state={})  # type: ignore[typeddict-item]
+
+
+def test_the_live_view_ends_on_the_answer_the_turn_kept() -> None:
+    # A cloud answer cut off mid-stream falls back to the draft: the screen must end on the
+    # record's answer, not on the cloud's first words followed by the draft.
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    out = Console(file=buffer, force_terminal=True, width=80, height=20)
+    with LiveTurn(out) as view:
+        for event in [
+            Step("answer_local"),
+            Token("kept ", draft=True),
+            Token("draft", draft=True),
+            Step("answer_cloud"),
+            Token("the cloud's first"),
+            Token("kept "),
+            Token("draft"),
+            _done("kept draft"),
+        ]:
+            view.show(event)
+        assert view.final == "kept draft" and view.status == "asking the cloud"
+    screen = pyte.Screen(80, 20)
+    pyte.ByteStream(screen).feed(buffer.getvalue().encode())
+    shown = [line.rstrip() for line in screen.display if line.strip()]
+    assert shown == ["kept draft"]
+
+
+def test_the_plain_view_writes_only_the_final_answer() -> None:
+    buffer = io.StringIO()
+    with PlainTurn(buffer) as view:
+        for event in [Step("route"), Token(" a draft", draft=True), Token(" final"), Token("!")]:
+            view.show(event)
+        view.show(_done("final!"))
+    assert buffer.getvalue() == "final!\n"

@@ -228,10 +228,9 @@ def _turn(
     done = None
     with view:
         for event in watch_turn(graph, state_in, thread_id, context):
+            view.show(event)
             if isinstance(event, Done):
                 done = event
-            else:
-                view.show(event)
     assert done is not None  # watch_turn always ends with Done
     return done.record
 

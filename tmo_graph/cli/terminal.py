@@ -96,6 +96,8 @@ class LiveTurn:
             self.draft += event.text
         elif isinstance(event, Token):
             self.final += event.text  # the first final token replaces the draft
+        else:  # the turn's record has the answer kept, whatever streamed before it
+            self.final = event.record["answer"] or self.final
         assert self.live is not None
         self.live.update(self._view())
 
