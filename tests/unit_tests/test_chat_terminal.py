@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
@@ -30,23 +31,29 @@ ROWS, COLUMNS = 40, 160
 WORKER = [sys.executable, "-m", "tests.unit_tests.chat_worker"]
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMO_")}
-    return {**env, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": str(COLUMNS)}
+    return {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "TERM": "xterm-256color",
+        "COLUMNS": str(COLUMNS),
+        **extra,
+    }
 
 
 class Terminal:
-    """The chat in a pseudo-terminal, its output fed to an emulated screen."""
+    """A command in a pseudo-terminal, its output fed to an emulated screen."""
 
-    def __init__(self, scenario: str, *args: str, command: str = "chat", rows: int = ROWS) -> None:
+    def __init__(self, argv: list[str], rows: int = ROWS, **env: str) -> None:
         self.screen = pyte.HistoryScreen(COLUMNS, rows, history=1000)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
         self.child = pexpect.spawn(
-            WORKER[0],
-            [*WORKER[1:], scenario, command, *args],
+            argv[0],
+            argv[1:],
             cwd=str(ROOT),
-            env=_env(),
+            env=_env(**env),
             dimensions=(rows, COLUMNS),
             timeout=60,
         )
@@ -72,6 +79,15 @@ class Terminal:
             for line in self.screen.history.top
         ]
         return "\n".join([*gone, self.text()])
+
+    def wait_until(self, seen: Callable[[str], bool], timeout: float = 60.0) -> str:
+        """Read until ``seen(screen text)`` holds; that screen."""
+        deadline = time.monotonic() + timeout
+        while not seen(self.text()):
+            assert time.monotonic() < deadline, f"never seen:\n{self.text()}"
+            assert self.child.isalive(), self.text()
+            self.read()
+        return self.text()
 
     def wait_for(self, what: str, timeout: float = 60.0) -> float:
         """Read until ``what`` is on the screen; the time it appeared."""
@@ -101,7 +117,7 @@ def terminal() -> object:
     made: list[Terminal] = []
 
     def start(scenario: str, *args: str, command: str = "chat", rows: int = ROWS) -> Terminal:
-        made.append(Terminal(scenario, *args, command=command, rows=rows))
+        made.append(Terminal([*WORKER, scenario, command, *args], rows=rows))
         return made[-1]
 
     yield start
