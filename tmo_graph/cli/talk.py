@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from tmo_graph.cli.common import ConfigOption, DbOption, PolicyOption, fail, wri
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the state types load LangGraph: `tmo-graph --help` need not
+    from tmo_graph.state import TurnRecord
 
 
 @contextmanager
@@ -219,7 +222,7 @@ def _chat(
 
 def _turn(
     graph: Any, state_in: dict[str, Any], thread_id: str, context: Context, screen: Any, clips: bool
-) -> Any:
+) -> TurnRecord:
     """One turn streamed to the screen; its record."""
     from tmo_graph.cli.terminal import LiveTurn, PlainTurn
     from tmo_graph.conversation import Done, watch_turn
