@@ -23,6 +23,12 @@ Two turns sent at once to one thread would race for the thread's state, so a tur
 the one before it (up to ``wait_s``) and is refused with :class:`ThreadBusy` after that: it
 is never silently lost. The lock is per process; workers sharing a database need their own.
 
+A surface that shows the turn as it happens (the terminal chat) asks for more: ``drafts=True``
+gives the draft's tokens as they come, marked :attr:`Token.draft` (the final answer's first
+token then replaces them: the cloud's, or the kept draft's released again), and
+:func:`watch_turn` also a :class:`Step` as each node starts (from LangGraph's ``tasks``
+stream), so it can say what is happening while the router decides.
+
 Which of a caller's messages a turn sends is one rule for every surface: :func:`new_messages`.
 """
 
@@ -65,6 +71,13 @@ class Token:
 
     text: str
     draft: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """A node of the graph has started (:func:`watch_turn`): ``node`` is its name."""
+
+    node: str
 
 
 @dataclass(frozen=True)
@@ -258,9 +271,12 @@ class _Turn:
         """What the restorer still holds (the cloud call is over)."""
         return self._show(self.restorer.flush()) if self.restorer is not None else None
 
-    def on(self, mode: str, payload: Any) -> Token | None:
-        """A streamed event (``messages``, ``values`` or ``custom``); the token to show now,
-        if any."""
+    def on(self, mode: str, payload: Any) -> Token | Step | None:
+        """A streamed event (``messages``, ``values``, ``custom`` or ``tasks``); the token to
+        show now or the node that started, if any."""
+        if mode == "tasks":  # a task's start carries its input, its end its result
+            is_start = isinstance(payload, dict) and "input" in payload
+            return Step(str(payload["name"])) if is_start else None
         if mode == "custom":
             if isinstance(payload, dict) and PLACEHOLDERS_EVENT in payload:
                 self.restorer = StreamRestorer(payload[PLACEHOLDERS_EVENT])
@@ -297,6 +313,11 @@ class _Turn:
 
 
 STREAM_MODES = ["messages", "values", "custom"]
+
+
+def _modes(steps: bool) -> list[str]:
+    """The stream modes a turn asks for; ``tasks`` (each node's start) only when shown."""
+    return [*STREAM_MODES, "tasks"] if steps else STREAM_MODES
 
 
 # Each step's checkpoint is written before the next step runs: a crash mid-turn leaves the
@@ -352,20 +373,39 @@ def stream_turn(
     thread_id: str,
     context: Context | None = None,
     wait_s: float = 30.0,
+    drafts: bool = False,
 ) -> Iterator[Token | Done]:
-    """Run one turn: :class:`Token`s of the final answer as they come, then :class:`Done`."""
+    """Run one turn: :class:`Token`s of the final answer as they come, then :class:`Done`
+    (with ``drafts``, also the draft's tokens as they come)."""
+    for event in watch_turn(graph, inputs, thread_id, context, wait_s, drafts=drafts, steps=False):
+        if not isinstance(event, Step):
+            yield event
+
+
+def watch_turn(
+    graph: Any,
+    inputs: dict[str, Any],
+    thread_id: str,
+    context: Context | None = None,
+    wait_s: float = 30.0,
+    *,
+    drafts: bool = True,
+    steps: bool = True,
+) -> Iterator[Token | Step | Done]:
+    """:func:`stream_turn` for a surface that shows the turn as it happens: the draft's
+    tokens as they come and a :class:`Step` as each node starts (each unless turned off)."""
     config = _config(thread_id, inputs)
     held = _thread_lock(thread_id)  # referenced until the turn ends, so the lock stays shared
     if not held.lock.acquire(timeout=wait_s):
         raise _busy(thread_id, wait_s)
     try:
         resumed = finish_interrupted(graph, config, context)
-        turn = _Turn()
+        turn = _Turn(drafts)
         for mode, payload in graph.stream(
-            inputs, config, context=context, stream_mode=STREAM_MODES, **_durable(graph)
+            inputs, config, context=context, stream_mode=_modes(steps), **_durable(graph)
         ):
-            if token := turn.on(mode, payload):
-                yield token
+            if event := turn.on(mode, payload):
+                yield event
         yield from turn.end(resumed)
     finally:
         held.lock.release()
@@ -393,7 +433,7 @@ async def astream_turn(
             inputs, config, context=context, stream_mode=STREAM_MODES, **_durable(graph)
         )
         async for mode, payload in events:
-            if token := turn.on(mode, payload):
+            if isinstance(token := turn.on(mode, payload), Token):
                 yield token
         for event in turn.end(resumed):
             yield event

@@ -63,6 +63,10 @@ class Ears:
     def __init__(self, phrases: dict[float, str]) -> None:
         self.phrases = phrases
         self.calls = 0
+        self.loads = 0
+
+    def load(self) -> None:
+        self.loads += 1
 
     def transcribe(self, samples: np.ndarray) -> str:
         self.calls += 1
@@ -309,6 +313,49 @@ def test_the_time_spent_hearing_clips_counts_in_the_turn_and_the_budget(tmp_path
     # The next turn hears the same clips from the cache: no time, and no field to report.
     again = _run(graph, ("user", "And now?"), context)
     assert "transcription_s" not in again or again["transcription_s"] == 0.0
+
+
+def test_loading_the_recogniser_is_not_charged_to_the_dialogue(tmp_path: Path) -> None:
+    # The bug: PocketSphinx built its decoder (about a second) inside the first clip's timed
+    # reading, so the dialogue's latency budget paid for loading a model.
+    now = [100.0]
+    graph, _, _, ears = _graph(tmp_path, clock=lambda: now[0])
+    hear = ears.transcribe
+
+    def load() -> None:
+        if not ears.loads:
+            now[0] += 5.0  # the model's one-off loading
+        ears.loads += 1
+
+    def slow_ears(samples: np.ndarray) -> str:
+        assert ears.loads, "the recogniser was not loaded before the clips were timed"
+        now[0] += 2.0
+        return hear(samples)
+
+    ears.load = load  # type: ignore[method-assign]
+    ears.transcribe = slow_ears  # type: ignore[method-assign]
+    context = Context(policy="always-local")
+    # A turn without clips never loads the recogniser.
+    _run(graph, ("user", "Hello?"), context)
+    assert ears.loads == 0
+    message = HumanMessage(content=[{"type": "text", "text": "What is wrong?"}, _voice_note(2.0)])
+    record = _run(graph, message, context, views=_views(tmp_path))
+    assert ears.loads >= 1
+    assert record["transcription_s"] == pytest.approx(6.0)  # three clips read, no loading
+    assert record["latency_s"] < 6.5
+
+
+def test_pocketsphinx_loads_its_decoder_once_before_it_hears() -> None:
+    pytest.importorskip("pocketsphinx")
+    from tmo_graph.models.speech import PocketSphinxRecogniser
+
+    ears = PocketSphinxRecogniser()
+    ears.load()
+    decoder = ears._decoder
+    assert decoder is not None
+    assert isinstance(ears.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.int16)), str)
+    ears.load()
+    assert ears._decoder is decoder  # loaded once
 
 
 def test_a_voice_note_alone_is_a_question(tmp_path: Path) -> None:

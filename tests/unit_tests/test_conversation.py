@@ -19,11 +19,13 @@ from tests.unit_tests.test_graph_core import StreamingLocal
 from tmo_graph.context import Context
 from tmo_graph.conversation import (
     Done,
+    Step,
     ThreadBusy,
     Token,
     astream_turn,
     new_messages,
     stream_turn,
+    watch_turn,
 )
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -55,6 +57,50 @@ def test_the_async_stream_matches(tmp_path: Path) -> None:
     events = asyncio.run(run())
     assert "".join(e.text for e in events if isinstance(e, Token)) == "sure thing"
     assert isinstance(events[-1], Done) and events[-1].record["route"] == "local"
+
+
+def test_watching_an_escalated_turn_shows_the_draft_the_nodes_then_the_clouds_answer(
+    tmp_path: Path,
+) -> None:
+    graph = _graph(tmp_path, StreamingLocal("meh dunno", -3.0))
+    events = list(watch_turn(graph, QUESTION, "w1", Context(policy="cascade")))
+    steps = [e.node for e in events if isinstance(e, Step)]
+    assert steps == [
+        "detect_modality",
+        "recall_memory",
+        "route",
+        "answer_local",
+        "check_confidence",
+        "answer_cloud",
+        "account",
+    ]
+    tokens = [e for e in events if isinstance(e, Token)]
+    drafts = [t.text for t in tokens if t.draft]
+    final = [t.text for t in tokens if not t.draft]
+    assert "".join(drafts) == "meh dunno" and len(drafts) > 1  # word by word, as made
+    assert "".join(final) == "the pan heats itself"
+    # The draft streams while the device answers, before the cloud is asked.
+    order = [("step", e.node) if isinstance(e, Step) else ("draft", e.draft) for e in events[:-1]]
+    assert order.index(("draft", True)) < order.index(("step", "check_confidence"))
+    assert order.index(("step", "answer_cloud")) < order.index(("draft", False))
+    assert isinstance(events[-1], Done) and events[-1].record["escalated"]
+
+
+def test_a_kept_draft_is_given_again_as_the_final_answer(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, StreamingLocal("sure thing", -0.05))
+    events = list(watch_turn(graph, QUESTION, "w2", Context(policy="cascade"), steps=False))
+    assert not any(isinstance(e, Step) for e in events)
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert "".join(t.text for t in tokens if t.draft) == "sure thing"
+    assert "".join(t.text for t in tokens if not t.draft) == "sure thing"
+    assert tokens[-1].draft is False  # the final tokens come after the draft's
+    assert isinstance(events[-1], Done) and events[-1].record["route"] == "local"
+
+
+def test_other_surfaces_never_get_drafts_or_steps(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, StreamingLocal("meh dunno", -3.0))
+    events = list(stream_turn(graph, QUESTION, "w3", Context(policy="cascade")))
+    assert all(isinstance(e, Done) or (isinstance(e, Token) and not e.draft) for e in events)
 
 
 class SlowLocal(FakeLocal):

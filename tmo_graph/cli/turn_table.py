@@ -76,10 +76,10 @@ def _table(records: list[TurnRecord], header: bool) -> Table:
     return table
 
 
-def _notes(record: TurnRecord, answer_width: int) -> list[str]:
-    """The lines under a row: what the voice notes said, the answer, a fallback reason, an
-    escalated local draft, the turn's warnings."""
-    answer = " ".join(record["answer"].split()) or "(empty)"
+def _notes(record: TurnRecord, answer_width: int, answer: bool = True) -> list[str]:
+    """The lines under a row: what the voice notes said, the answer (unless it was already
+    shown), a fallback reason, an escalated local draft, the turn's warnings."""
+    text = " ".join(record["answer"].split()) or "(empty)"
     # What the device heard in the message's voice notes (the named sources' words are in
     # the record; repeated every turn they would drown the answers).
     lines = [
@@ -87,7 +87,9 @@ def _notes(record: TurnRecord, answer_width: int) -> list[str]:
         for name, words in record.get("transcripts", {}).items()
         if name.startswith("voice_note_")
     ]
-    lines.append(f"{INDENT}> {textwrap.shorten(answer, width=answer_width, placeholder=' ...')}")
+    if answer:
+        short = textwrap.shorten(text, width=answer_width, placeholder=" ...")
+        lines.append(f"{INDENT}> {short}")
     if record["fallback"]:
         lines.append(f"{INDENT}fallback: {record['fallback']}")
     if record.get("local_answer") is not None:
@@ -124,12 +126,17 @@ def print_header(out: Console | None = None) -> None:
 
 
 def print_turn(
-    record: TurnRecord, out: Console | None = None, answer_width: int = 100, header: bool = False
+    record: TurnRecord,
+    out: Console | None = None,
+    answer_width: int = 100,
+    header: bool = False,
+    answer: bool = True,
 ) -> None:
-    """One turn's row (under a header when ``header``), then its answer lines."""
+    """One turn's row (under a header when ``header``), then its answer lines (without the
+    answer itself when not ``answer``: `chat` has streamed it)."""
     out = out or console()
     _emit(out, _table([record], header=header))
-    for line in _notes(record, answer_width):
+    for line in _notes(record, answer_width, answer):
         out.out(line, highlight=False)  # as is: an answer may contain [brackets]
 
 

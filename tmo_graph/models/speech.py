@@ -9,7 +9,9 @@
   folder (``audio.model_dir``). Imported only when configured; never downloaded.
 
 A recogniser takes mono 16 kHz int16 samples (:mod:`tmo_graph.media.audio` decodes) and returns
-text. Recognisers are built once per process and settings (:func:`recogniser_for`).
+text. Recognisers are built once per process and settings (:func:`recogniser_for`); their
+model is loaded by :meth:`Recogniser.load`, which the graph calls before it times a turn's
+clips, so the one-off loading is never charged to a dialogue's latency budget.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class Recogniser(Protocol):
 
     name: str
 
+    def load(self) -> None:
+        """Load the model now, if not yet (once per process): no timed reading pays for it."""
+        ...
+
     def transcribe(self, samples: np.ndarray) -> str:
         """The words in ``samples`` (mono 16 kHz int16), "" when none were recognised."""
         ...
@@ -45,18 +51,24 @@ class PocketSphinxRecogniser:
         self._decoder: Any = None
         self._lock = threading.Lock()  # one decoder: one utterance at a time
 
-    def transcribe(self, samples: np.ndarray) -> str:
+    def load(self) -> None:
+        """Build the decoder (its English model: about a second) unless it is built."""
         with self._lock:
-            if self._decoder is None:
-                try:
-                    from pocketsphinx import Decoder
-                except ImportError:
-                    raise TmoGraphError(
-                        "audio.recogniser is pocketsphinx, but it is not installed",
-                        'pip install "tmo-graph[local]" (or pocketsphinx), or set '
-                        "audio.recogniser: none",
-                    ) from None
-                self._decoder = Decoder(samprate=16000, loglevel="FATAL")
+            if self._decoder is not None:
+                return
+            try:
+                from pocketsphinx import Decoder
+            except ImportError:
+                raise TmoGraphError(
+                    "audio.recogniser is pocketsphinx, but it is not installed",
+                    'pip install "tmo-graph[local]" (or pocketsphinx), or set '
+                    "audio.recogniser: none",
+                ) from None
+            self._decoder = Decoder(samprate=16000, loglevel="FATAL")
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        self.load()
+        with self._lock:
             decoder = self._decoder
             decoder.start_utt()
             decoder.process_raw(samples.astype("<i2").tobytes(), full_utt=True)
@@ -92,6 +104,9 @@ class FasterWhisperRecogniser:
         )
         self.language = language
         self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Nothing to do: the model is loaded when the recogniser is built."""
 
     def transcribe(self, samples: np.ndarray) -> str:
         audio = samples.astype("float32") / 32768.0

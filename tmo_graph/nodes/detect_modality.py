@@ -48,6 +48,7 @@ def detect_modality(state: State, context: Context, services: Services) -> dict[
     if stored is not None:
         update["views"] = stored
     views = stored or state.views
+    ready_to_hear(message, views, services.recogniser)
     media = message_media(message, services)
     if media.rewritten is not None:
         update["messages"] = [media.rewritten]
@@ -75,6 +76,21 @@ def detect_modality(state: State, context: Context, services: Services) -> dict[
         "transcription_s": reading_s if transcripts else 0.0,
         "warnings": media.warnings,  # fresh each turn: none left from a turn that failed
     }
+
+
+def ready_to_hear(
+    message: HumanMessage, views: Mapping[str, ModalitySpec], recogniser: Recogniser | None
+) -> None:
+    """Load the recogniser before the turn's clips are timed, when it has any: the one-off
+    loading of its model is no part of the device's reading time, which the dialogue's
+    latency budget is charged (a turn without clips never loads it)."""
+    if recogniser is None:
+        return
+    notes = not isinstance(message.content, str) and any(
+        isinstance(block, dict) and block.get("type") in AUDIO_BLOCKS for block in message.content
+    )
+    if notes or any(view.get("audio") for view in views.values()):
+        recogniser.load()
 
 
 def _question(state: State) -> HumanMessage:
