@@ -21,9 +21,20 @@ from tmo_graph.cli.common import (
 )
 from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
-from tmo_graph.sim.methods import ALGORITHMS, METHOD_NAMES
+from tmo_graph.sim.methods import ALGORITHMS, DEFAULT_METHODS, METHOD_NAMES, OPT_IN
 
 ALL_METHODS = ",".join(METHOD_NAMES)
+DEFAULT_METHOD_LIST = ",".join(DEFAULT_METHODS)
+
+
+def network_profile(name: str) -> str:
+    """``4g`` -> ``4G``: a network profile's name, matched without regard to case."""
+    by_lower = {n.lower(): n for n in profiles.NETWORKS}
+    if name.lower() not in by_lower:
+        raise TmoGraphError(
+            f"unknown network profile {name!r}", f"use one of: {', '.join(profiles.NETWORKS)}"
+        )
+    return by_lower[name.lower()]
 
 
 def train(
@@ -48,7 +59,7 @@ def train(
         if algo not in ALGORITHMS:
             raise TmoGraphError(f"unknown --algo {algo!r}", f"use one of: {', '.join(ALGORITHMS)}")
         dataset = load_m4a1(m4a1_file(data))
-        settings = SimSettings(device=device, network=network)
+        settings = SimSettings(device=device, network=network_profile(network))
         spec = ObservationSpec(
             dataset.n_views,
             dataset.task_names,
@@ -72,8 +83,12 @@ def bench_m4a1(
     seeds: Annotated[str, typer.Option(help="a count (3: the reference seeds) or a list")] = "3",
     methods: Annotated[
         str,
-        typer.Option(help=f"comma-separated, any of: {ALL_METHODS}"),
-    ] = ALL_METHODS,
+        typer.Option(
+            help=f"comma-separated, any of: {ALL_METHODS} (default: all but "
+            f"{', '.join(OPT_IN)}; own-sim is the own planner given the simulator's response "
+            "model, as the RL policies are trained on it)"
+        ),
+    ] = DEFAULT_METHOD_LIST,
     steps: Annotated[int, typer.Option(help="training steps per RL policy")] = 30_000,
     protocol: Annotated[
         str,
@@ -128,7 +143,7 @@ def bench_m4a1(
             )
         settings = SimSettings(
             device=device,
-            network=network,
+            network=network_profile(network),
             latency_budget_s=latency_budget,
             usage_budget_usd=usage_budget,
             audio_clip_s=audio_seconds,

@@ -173,14 +173,16 @@ def run_benchmark(
             else:
                 from tmo_graph.sim.train import train_policy
 
-                constrained = method.startswith("rc-") or method == "own"
+                constrained = method.startswith("rc-") or method in ("own", "own-sim")
                 run_spec = budget_spec if constrained else spec
-                # The own planner is told nothing about the judge, under every protocol.
+                # The own planner is told nothing about the judge, under every protocol;
+                # own-sim plans with the simulator's response model, as the RL policies
+                # train on it (the training split's 5-NN: under the paper protocol, the judge).
                 trained = train_policy(
                     method.removeprefix("rc-"), train, run_spec, settings, steps, seed, response
                 )
                 train_s = time.perf_counter() - start
-                if method == "own":
+                if method in ("own", "own-sim"):
                     info = trained.model.info
                 world = World(run_spec, settings, response)
                 results = evaluate_judged(world, test, trained, episode_judges)

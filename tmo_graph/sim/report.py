@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tmo_graph.plain_text import plain_text
+from tmo_graph.sim.methods import METHOD_NOTES
 
 COLUMNS = (
     ("reward", "reward", 4),
@@ -25,6 +26,11 @@ def _modalities_line(settings: dict[str, Any]) -> str:
         return ""
     shown = ", ".join(f"{m['name']} ({m['kind']})" for m in settings["modalities"])
     return f"\nmodalities: {shown}; audio clips of {settings['audio_clip_s']} s"
+
+
+def _notes(names: Any) -> list[str]:
+    """The notes of the methods in a table (what a row such as own-sim is given)."""
+    return [METHOD_NOTES[n] for n in METHOD_NOTES if n in names]
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -61,7 +67,7 @@ def format_table(result: dict[str, Any]) -> str:
             actions += f"/{mix.get('audio', 0):.0f}"
         table.add_row(name, *cells, actions)
     # Wide enough never to wrap: the columns size to their content, whatever the terminal.
-    return "\n".join([title, plain_text(table, width=1000)])
+    return "\n".join([title, plain_text(table, width=1000), *_notes(result["methods"])])
 
 
 def format_judges_table(result: dict[str, Any]) -> str:
@@ -98,7 +104,8 @@ def format_judges_table(result: dict[str, Any]) -> str:
             )
     for i, (name, reward) in enumerate(result["battery_mean"].items()):
         table.add_row("battery mean" if i == 0 else "", name, f"{reward:.4f}", "", "", "")
-    return "\n".join([title, plain_text(table, width=1000)])
+    notes = _notes(result["battery_mean"])
+    return "\n".join([title, plain_text(table, width=1000), *notes])
 
 
 def plot_reward_usage(result: dict[str, Any], path: Path) -> None:

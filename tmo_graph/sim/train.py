@@ -8,7 +8,7 @@ it is re-exported here for the training code and its callers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.knn import ResponseModel
@@ -18,9 +18,13 @@ from tmo_graph.policy.world import SimSettings, World
 from tmo_graph.sim.data import Episode
 from tmo_graph.sim.methods import ALGORITHMS
 
+if TYPE_CHECKING:
+    from tmo_graph.policy.planner import LookaheadPlanner
+
 __all__ = [
     "DEFAULT_STEPS",
     "TrainedPolicy",
+    "fit_sim_planner",
     "load_policy",
     "spec_path",
     "train_policy",
@@ -33,6 +37,27 @@ def _algorithm(name: str) -> Any:
     if name not in ALGORITHMS or name == "own":
         raise TmoGraphError(f"unknown RL algorithm {name!r}", "use one of: ppo, a2c, dqn")
     return sb3_class(name)
+
+
+def fit_sim_planner(
+    episodes: Sequence[Episode], spec: ObservationSpec, settings: SimSettings
+) -> LookaheadPlanner:
+    """The own planner given the simulator's response model (bench method ``own-sim``).
+
+    The RL policies train against the response model of their training dialogues (the
+    inverse-distance 5-NN, :class:`ResponseModel`); this planner plans with that same model,
+    so the two are compared on equal terms. Under the paper protocol that model is also the
+    judge; the planner reads nothing of the test split. Otherwise it is the shipped
+    planner: the same lookahead, dialogue model, budget guard and association scores.
+    """
+    from tmo_graph.policy.planner import LookaheadPlanner
+
+    if not episodes:
+        raise TmoGraphError("no training dialogues to fit own-sim on", "pass the training split")
+    planner = LookaheadPlanner.fit(episodes, spec, settings)
+    planner.name = "own-sim"
+    planner.info = {"response": "simulator", "model": "training-split 5-NN (ResponseModel)"}
+    return planner
 
 
 def train_policy(
@@ -52,8 +77,11 @@ def train_policy(
     response models, its one knob chosen by cross-validation inside ``episodes``
     (:mod:`tmo_graph.sim.robust`; ``seed`` draws the ensemble's subsets and the folds).
     ``judge_dialogues`` instead fits the planner told how many dialogues its
-    judge is fit on (``LookaheadPlanner.fit``), kept for comparison.
+    judge is fit on (``LookaheadPlanner.fit``), kept for comparison. ``own-sim``: the
+    planner given the simulator's response model (:func:`fit_sim_planner`).
     """
+    if algorithm == "own-sim":  # the planner given the simulator's response model
+        return TrainedPolicy(fit_sim_planner(episodes, spec, settings), spec, "own", settings)
     if algorithm == "own":  # seconds: the models and the cross-validated risk
         from tmo_graph.policy.planner import LookaheadPlanner
         from tmo_graph.sim.robust import fit_own_planner
