@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -326,14 +327,15 @@ class ShadowJudge:
         )
         if not meter.affordable():
             return None
-        send = Sender(model, request, meter, billing, services.clock)
+        # Its own clock: the graph's (a simulation's) measures the user's turns only.
+        send = Sender(model, request, meter, billing, time.perf_counter)
         # A breaker of its own: failed shadow requests never skip a user's next cloud answer.
         breaker = breaker_for(
             (base_url, f"{name} ({purpose})"),
             cfg.breaker_failures,
             cfg.breaker_cooldown_s,
             model,
-            services.clock,
+            time.perf_counter,
         )
         try:
             attempts = run_attempts(
@@ -342,8 +344,8 @@ class ShadowJudge:
                 timeout_s=cfg.timeout_s,
                 time_left_s=cfg.timeout_s * cfg.max_attempts,
                 max_attempts=cfg.max_attempts,
-                clock=services.clock,
-                sleep=services.sleep,
+                clock=time.perf_counter,
+                sleep=time.sleep,
             )
         finally:
             spent = sum(meter.charged)
