@@ -32,7 +32,8 @@ repeated system message is kept once. The call's messages must end with the user
 score of a turn of the model's thread in ``labels`` (and a line in the audit log). With a
 ``judge`` (:class:`tmo_graph.learning.shadow.ShadowJudge`, on with ``learning.shadow_rate``
 > 0), each answered turn is handed to it after the answer is returned: it judges sampled
-device turns and escalated turns in a thread or task of its own, never delaying or changing
+device turns and escalated turns in a thread of its own (with its own event loop, so the
+judge's ``labels`` are a ``MemoryLabels`` or ``SqliteLabels``), never delaying or changing
 the answer.
 
 **Isolation.** The graph runs as its own run: the caller's run config (callbacks, an outer
@@ -393,7 +394,8 @@ class TMOChatModel(BaseChatModel):
                 judged = self._answered_turn(event, thread_id, context)
                 yield self._result(event, thread_id)
                 if judged is not None and self.judge is not None:
-                    self.judge.schedule(judged)  # a task: returns at once
+                    # A thread, not a task: the caller's loop may end with this call.
+                    self.judge.start_thread(judged)  # returns at once
 
     def _answered_turn(self, done: Done, thread_id: str, context: Any) -> AnsweredTurn | None:
         """Note the turn (for feedback) and, with a judge, the turn as it judges it."""

@@ -23,7 +23,7 @@ def is_grading(messages: list[BaseMessage]) -> bool:
 
 class JudgingCloud(BaseChatModel):
     """Keeps every request; answers a question with ``answer`` and a grading request with
-    ``grade``; reports 100 input / 20 output tokens."""
+    ``grade``; reports 100 input and 20 (a grade: 2) output tokens."""
 
     answer: str = "the cloud's answer"
     grade: str = "7"
@@ -42,7 +42,8 @@ class JudgingCloud(BaseChatModel):
     ) -> ChatResult:
         self.sent.append(list(messages))
         text = self.grade if is_grading(messages) else self.answer
-        usage = {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}
+        out = 2 if is_grading(messages) else 20
+        usage = {"input_tokens": 100, "output_tokens": out, "total_tokens": 100 + out}
         message = AIMessage(content=text, usage_metadata=usage)  # type: ignore[arg-type]
         return ChatResult(generations=[ChatGeneration(message=message)])
 
