@@ -242,7 +242,6 @@ class SpendingSettings(_Section):
     )
 
 
-
 class LearningSettings(_Section):
     """Learning from the graph's own traffic (docs/learning.md): shadow judging of sampled
     device turns and of escalated turns, on money kept apart from the answers' budgets."""

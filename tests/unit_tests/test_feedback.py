@@ -95,6 +95,15 @@ def test_feedback_through_the_server(tmp_path: Path) -> None:
         no_key = client.post("/v1/feedback", json=body)
         assert no_key.status_code == 401
 
+        # The console shows the label beside the turn's badges, and in its JSON.
+        shown = client.get(f"/console/api/threads/{thread}", headers=_auth(secrets["al"]))
+        assert shown.status_code == 200, shown.text
+        assert [
+            (x["source"], x["score"], x["comment"]) for x in shown.json()["dialogue"][0]["labels"]
+        ] == [("feedback", -1.0, COMMENT)]
+        page = client.get(f"/console/threads/{thread}", headers=_auth(secrets["al"]))
+        assert 'class="badge label feedback"' in page.text and "feedback -1" in page.text
+
     kept = asyncio.run(labels.of_thread(thread))
     assert [(x.turn, x.user_id, x.source, x.score, x.comment) for x in kept] == [
         (0, "al", "feedback", -1.0, COMMENT)

@@ -89,6 +89,16 @@ def test_shadow_and_escalation_labels_through_the_server(tmp_path: Path) -> None
         third = ask("name a planet", "tmo-cascade", thread)
         assert third.json()["tmo"]["escalated"]
         _wait_for(stored, 2)
+        # The console matches each turn with its own requests (shadow and judge lines aside)
+        # and shows the labels.
+        shown = client.get(f"/console/api/threads/{thread}").json()["dialogue"]
+        assert [t["cloud_usd"] is not None for t in shown] == [True, True, True]
+        assert shown[1]["cloud_usd"] == 0 and shown[2]["cloud_usd"] > 0
+        assert [[x["source"] for x in t["labels"]] for t in shown] == [
+            [],
+            ["shadow"],
+            ["escalation"],
+        ]
     got = asyncio.run(labels.of_thread(thread))
     assert [(x.turn, x.source, x.score, x.user_id) for x in got] == [
         (1, "shadow", 0.6, "anonymous"),

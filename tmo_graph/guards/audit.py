@@ -163,8 +163,7 @@ def _checked_time(path: Path, number: int, time: str) -> None:
         datetime.fromisoformat(time)
     except ValueError:
         raise TmoGraphError(
-            f"audit log {path}:{number}: field `time` is not an ISO 8601 time "
-            f"(got {time!r:.60})",
+            f"audit log {path}:{number}: field `time` is not an ISO 8601 time (got {time!r:.60})",
             _FIX_LINE,
         ) from None
 
