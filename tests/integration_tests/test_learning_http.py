@@ -26,7 +26,7 @@ from tmo_graph.learning.shadow import GRADER
 from tmo_graph.models.cloud import free_port, make_cloud_chat_model
 from tmo_graph.server.app import create_app
 from tmo_graph.settings import Settings
-from tmo_graph.threads.labels import SqliteLabels
+from tmo_graph.threads.labels import PostgresLabels, SqliteLabels, TurnLabel
 
 PLACEHOLDER = re.compile(r"\[[A-Z]+_\d+\]")
 EMAIL, CODE = "ann.lee@example.org", "door code 4711"
@@ -123,8 +123,28 @@ def cloud() -> Iterator[GradingCloud]:
     reset_breakers()
 
 
-def test_feedback_and_shadow_labels_over_http(tmp_path: Path, cloud: GradingCloud) -> None:
+def _labels_of(db: Path, url: str | None, thread: str) -> list[TurnLabel]:
+    """The thread's labels as the app stored them: in the SQLite file, or in PostgreSQL."""
+    if url is None:
+        return asyncio.run(SqliteLabels(db).of_thread(thread))
+
+    async def read() -> list[TurnLabel]:
+        labels = await PostgresLabels.connect(url)
+        try:
+            return await labels.of_thread(thread)
+        finally:
+            await labels.aclose()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_feedback_and_shadow_labels_over_http(
+    tmp_path: Path, cloud: GradingCloud, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pgvector").fresh().url if store == "postgres" else None
     settings = Settings(
+        threads={"url": url},
         cloud={"mode": "remote", "timeout_s": 10.0, "max_attempts": 1, "max_tokens": 32},
         learning={"shadow_rate": 1.0, "ledger": tmp_path / "shadow.sqlite"},
         audit={"path": tmp_path / "audit.jsonl"},
@@ -134,7 +154,9 @@ def test_feedback_and_shadow_labels_over_http(tmp_path: Path, cloud: GradingClou
     answers = ["Paris is lovely in spring.", "Noted, I will not repeat it.", "Sunny, mostly."]
     services = fake_services(tmp_path, FakeLocal(answers, logprob=-0.01), model, settings=settings)
     db = tmp_path / "threads.sqlite"
-    app = create_app(settings=settings, services=services, db=db, no_auth=True)
+    app = create_app(
+        settings=settings, services=services, db=db if url is None else None, no_auth=True
+    )
     served = Served(app)
     try:
         client = httpx.Client(base_url=served.url, timeout=30)
@@ -154,9 +176,8 @@ def test_feedback_and_shadow_labels_over_http(tmp_path: Path, cloud: GradingClou
 
         first = ask(f"Write to {EMAIL} about Paris", None)
         thread = first.headers["x-tmo-thread-id"]
-        labels = SqliteLabels(db)  # the app's table, in the thread file
-        deadline = time.monotonic() + 15
-        while not asyncio.run(labels.of_thread(thread)) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 15  # the app's table, beside the threads
+        while not _labels_of(db, url, thread) and time.monotonic() < deadline:
             time.sleep(0.05)
         ask(CODE, thread, private=True)  # kept on the device: never shadowed
         ask("and the weather there?", thread)  # the dialogue now holds a private message
@@ -170,7 +191,7 @@ def test_feedback_and_shadow_labels_over_http(tmp_path: Path, cloud: GradingClou
     finally:
         served.stop()
 
-    got = asyncio.run(labels.of_thread(thread))
+    got = _labels_of(db, url, thread)
     assert [(x.turn, x.source, x.score) for x in got] == [(0, "shadow", 0.8), (0, "feedback", 1.0)]
     sent = cloud.text()
     assert len(cloud.bodies) == 2  # turn 0's shadow question and its grading; nothing after
