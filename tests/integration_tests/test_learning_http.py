@@ -201,3 +201,36 @@ def test_feedback_and_shadow_labels_over_http(
     feedback = read_feedback(tmp_path / "audit.jsonl")
     assert [(f["turn"], f["comment_chars"]) for f in feedback] == [(0, len(f"thanks {EMAIL}"))]
     assert EMAIL not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_a_configured_judge_endpoint_grades(tmp_path: Path, cloud: GradingCloud) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from tests.unit_tests.learning_fakes import JudgingCloud, learning_services
+    from tmo_graph.context import Context
+    from tmo_graph.graph import build_graph
+    from tmo_graph.learning.shadow import AnsweredTurn, ShadowJudge
+    from tmo_graph.threads.labels import MemoryLabels
+
+    answering = JudgingCloud(grade="1")  # would grade 0.1: it must not be asked to grade
+    services = learning_services(
+        tmp_path,
+        FakeLocal(["Paris is lovely in spring."], logprob=-0.01),
+        answering,
+        judge_base_url=cloud.base_url,
+        judge_model="grader",
+    )
+    graph = build_graph(services)
+    state = graph.invoke({"messages": [HumanMessage(content=f"Mail {EMAIL} about Paris")]})
+    context = Context(user_id="ann", policy="cascade")
+    judge = ShadowJudge(services, MemoryLabels())
+    label = judge.label(AnsweredTurn.of(state["turns"][-1], state, "j1", context))
+    assert label is not None and (label.source, label.score) == ("shadow", 0.8)
+    assert len(answering.answers()) == 1 and answering.gradings() == []
+    assert len(cloud.bodies) == 1 and cloud.grading(cloud.bodies[0])
+    assert cloud.bodies[0]["model"] == "grader" and EMAIL not in cloud.text()
+    lines = read_audit(tmp_path / "audit.jsonl")
+    assert [(e.get("purpose"), e["endpoint"]) for e in lines][-1] == (
+        "judge",
+        cloud.base_url.removeprefix("http://").removesuffix("/v1"),
+    )

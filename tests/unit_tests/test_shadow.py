@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -196,24 +196,27 @@ def test_answers_and_records_are_the_same_with_and_without_shadowing(tmp_path: P
 # ---- the property: nothing private, nothing beyond the shadow money --------------------------
 
 SECRET = "PIN-4711"
-turn_st = st.tuples(st.booleans(), st.booleans())  # (private message, holds the secret)
+# (private message, holds the secret, the device is unsure: escalated)
+rarely = st.sampled_from([False, False, False, True])  # most dialogues may be shadowed
+turn_st = st.tuples(rarely, st.booleans(), st.booleans())
 
 
 @settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     turns=st.lists(turn_st, min_size=1, max_size=4),
-    private_view=st.booleans(),
-    budget=st.sampled_from([0.0, 4e-5, 1.0]),
-    daily_cap=st.sampled_from([0.0, 6e-5, 1.0]),
-    keep_local_secret=st.booleans(),
+    private_view=rarely,
+    # Mostly enough money (labels are made), sometimes none or about one request's worth.
+    budget=st.sampled_from([1.0, 1.0, 1.0, 4e-5, 0.0]),
+    daily_cap=st.sampled_from([1.0, 1.0, 1.0, 6e-5, 0.0]),
+    keep_local_secret=rarely,
 )
 def test_no_shadow_call_for_what_may_not_leave_or_beyond_the_shadow_money(
     tmp_path_factory: Any,
-    turns: list[tuple[bool, bool]],
+    turns: list[tuple[bool, bool, bool]],
     private_view: bool,
     budget: float,
     daily_cap: float,
@@ -221,9 +224,10 @@ def test_no_shadow_call_for_what_may_not_leave_or_beyond_the_shadow_money(
 ) -> None:
     tmp = tmp_path_factory.mktemp("prop")
     cloud = JudgingCloud()
+    local = FakeLocal([f"{a} mentions {SECRET}" for a in DEVICE], logprob=SURE)
     services = learning_services(
         tmp,
-        FakeLocal([f"{a} mentions {SECRET}" for a in DEVICE], logprob=SURE),
+        local,
         cloud,
         shadow_budget_usd=budget,
         shadow_daily_cap_usd=daily_cap,
@@ -234,29 +238,36 @@ def test_no_shadow_call_for_what_may_not_leave_or_beyond_the_shadow_money(
     graph = build_graph(services, checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "p"}}
     context = Context(user_id="pat", policy="always-local")
-    rules = Context(user_id="pat", policy="rules")
+    cascade = Context(user_id="pat", policy="cascade")
     views = {"desk": {"description": "the desk with a note", "private": True}}
     made: list[TurnLabel | None] = []
-    for i, (private, secret) in enumerate(turns):
+    for i, (private, secret, unsure) in enumerate(turns):
+        local.logprob = UNSURE if unsure else SURE
         text = f"my password is {SECRET}, question {i}" if secret else f"question {i}"
         message = HumanMessage(content=text, additional_kwargs={"private": True} if private else {})
         inputs: dict[str, Any] = {"messages": [message]}
         if private_view:
             inputs["views"] = views
-        graph.invoke(inputs, config, context=rules)
+        graph.invoke(inputs, config, context=cascade)
         state = graph.get_state(config).values
         record = state["turns"][-1]
         before = len(cloud.sent)
         label = judge.label(AnsweredTurn.of(record, state, "p", context))
         made.append(label)
+        event(f"label: {label.source if label else 'none'}")  # --hypothesis-show-statistics
         shadow_sent = cloud.sent[before:]
-        earlier_private = any(p for p, _ in turns[: i + 1])
-        if earlier_private or private_view or record["route"] != "local":
+        earlier_private = any(p for p, _, _ in turns[: i + 1])
+        if earlier_private or private_view or (record["route"] != "local" and not unsure):
             assert shadow_sent == [] and label is None
-        if keep_local_secret and any(s for _, s in turns[: i + 1]):
+        if keep_local_secret and any(s for _, s, _ in turns[: i + 1]):
             assert shadow_sent == [] and label is None
+        if label is not None:
+            assert label.source == ("escalation" if record["escalated"] else "shadow")
+            assert len(shadow_sent) == (1 if record["escalated"] else 2)  # no extra answer
+        revealed = any(s for _, s, _ in turns[: i + 1])  # the user typed it as a password
         for sent in shadow_sent:
-            assert SECRET not in sent_text(sent)  # redacted in the question and the answers
+            if revealed:  # a placeholder in the question and in both answers
+                assert SECRET not in sent_text(sent)
             assert "the desk" not in sent_text(sent)
     lines = [e for e in _audit(tmp) if e.get("purpose")]
     spent = sum(e["cost_usd"] for e in lines)
@@ -268,3 +279,14 @@ def test_no_shadow_call_for_what_may_not_leave_or_beyond_the_shadow_money(
 def _audit(tmp: Path) -> list[Any]:
     path = tmp / "audit.jsonl"
     return read_audit(path) if path.exists() else []
+
+
+def test_a_judge_endpoint_needs_its_model() -> None:
+    import pytest
+
+    from tmo_graph.errors import TmoGraphError
+    from tmo_graph.settings import Settings
+
+    with pytest.raises((TmoGraphError, ValueError), match="judge_base_url and judge_model"):
+        Settings(learning={"judge_base_url": "http://127.0.0.1:9/v1"})
+    assert Settings().learning.shadow_rate == 0.0  # off by default

@@ -244,7 +244,7 @@ class ShadowJudge:
                     return None
                 reference, redactor = asked
             else:
-                redactor = self._redactor(turn)
+                redactor = self._redactor(state)
                 reference = redactor.redact(str(record["answer"]))
             candidate = str(record["local_answer"] if kind == "escalation" else record["answer"])
             messages = grading_messages(
@@ -276,9 +276,13 @@ class ShadowJudge:
                 self._judge = self.services.cloud
         return self._judge
 
-    def _redactor(self, turn: AnsweredTurn) -> Redactor:
-        redact = tuple(self.services.settings.privacy.redact)
-        return Redactor(redact, known=dict(turn.personal))
+    def _redactor(self, state: State) -> Redactor:
+        """A redactor that knows the personal data of the thread and of the window's
+        messages, so a value the user typed there is a placeholder in the answers too."""
+        redactor = Redactor(tuple(self.services.settings.privacy.redact), known=state.personal)
+        for message in state.messages:
+            redactor.redact(message_text(message))
+        return redactor
 
     def _shadow_answer(self, state: State, turn: AnsweredTurn) -> tuple[str, Redactor] | None:
         """The cloud's answer to the turn's question (placeholders left in, as the judge
