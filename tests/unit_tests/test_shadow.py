@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -115,9 +116,10 @@ def test_shadow_and_escalation_labels_through_the_server(tmp_path: Path) -> None
     assert [e.get("purpose") for e in audit] == ["shadow", "judge", None, "judge"]
     # Shadow money is its own: the dialogue's budget only paid for the escalation.
     shadow_usd = sum(e["cost_usd"] for e in audit if e.get("purpose"))
-    record = third.json()["tmo"]
     assert shadow_usd > 0
-    assert record["budget_left"]["cost_usd"] > 0.05 - record["cost_usd"] - 1e-6 - 1e-3
+    paid = sum(r.json()["tmo"]["cost_usd"] for r in (first, second, third))
+    left = third.json()["tmo"]["budget_left"]["cost_usd"]
+    assert left == pytest.approx(0.05 - paid, abs=1e-7)  # the turns' own costs, nothing more
 
 
 def test_shadow_labels_through_the_chat_model(tmp_path: Path) -> None:
@@ -213,6 +215,15 @@ turn_st = st.tuples(rarely, st.booleans(), st.booleans())
     budget=st.sampled_from([1.0, 1.0, 1.0, 4e-5, 0.0]),
     daily_cap=st.sampled_from([1.0, 1.0, 1.0, 6e-5, 0.0]),
     keep_local_secret=rarely,
+)
+# Found by this test: the device's earlier answer held the value a later message revealed as a
+# password; one redaction pass in order missed it in the earlier answer.
+@example(
+    turns=[(False, False, False), (False, True, False)],
+    private_view=False,
+    budget=1.0,
+    daily_cap=1.0,
+    keep_local_secret=False,
 )
 def test_no_shadow_call_for_what_may_not_leave_or_beyond_the_shadow_money(
     tmp_path_factory: Any,

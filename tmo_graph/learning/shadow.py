@@ -217,6 +217,7 @@ class ShadowJudge:
             decision=Decision(route="cloud", views=[], policy=SHADOW, masked=[]),
         )
         state = windowed(state, turn.context.recent_turns)
+        state = replace(state, personal=self._personal(state, turn.context.system_prompt))
         keep_local = self.services.settings.privacy.keep_local
         if kept_on_device(state, turn.context.system_prompt, keep_local):
             return None
@@ -276,13 +277,21 @@ class ShadowJudge:
                 self._judge = self.services.cloud
         return self._judge
 
+    def _personal(self, state: State, persona: str) -> dict[str, str]:
+        """The thread's known personal values (value -> kind) and every one the window's
+        texts reveal: a request's redactor then replaces a value wherever it appears, also
+        in a message before the one that revealed it ("my password is ..." after an answer
+        that already held it), which one pass in order would miss."""
+        primer = Redactor(tuple(self.services.settings.privacy.redact), known=state.personal)
+        for text in (persona, *(message_text(m) for m in state.messages)):
+            primer.redact(text)
+        found = {v: p[1:].rsplit("_", 1)[0].lower() for v, p in primer.placeholders.items()}
+        return {**state.personal, **found}
+
     def _redactor(self, state: State) -> Redactor:
         """A redactor that knows the personal data of the thread and of the window's
-        messages, so a value the user typed there is a placeholder in the answers too."""
-        redactor = Redactor(tuple(self.services.settings.privacy.redact), known=state.personal)
-        for message in state.messages:
-            redactor.redact(message_text(message))
-        return redactor
+        messages (:meth:`_personal`, in ``state.personal``)."""
+        return Redactor(tuple(self.services.settings.privacy.redact), known=state.personal)
 
     def _shadow_answer(self, state: State, turn: AnsweredTurn) -> tuple[str, Redactor] | None:
         """The cloud's answer to the turn's question (placeholders left in, as the judge
