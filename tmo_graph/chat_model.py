@@ -28,6 +28,14 @@ caller may pass the whole history each call (LCEL chains) or only the new questi
 history whose AI answers are not the thread's is refused (use a new ``thread_id``); a
 repeated system message is kept once. The call's messages must end with the user's message.
 
+**Learning** (docs/learning.md). ``feedback(turn, score)`` / ``afeedback`` keep a user's
+score of a turn of the model's thread in ``labels`` (and a line in the audit log). With a
+``judge`` (:class:`tmo_graph.learning.shadow.ShadowJudge`, on with ``learning.shadow_rate``
+> 0), each answered turn is handed to it after the answer is returned: it judges sampled
+device turns and escalated turns in a thread of its own (with its own event loop, so the
+judge's ``labels`` are a ``MemoryLabels`` or ``SqliteLabels``), never delaying or changing
+the answer.
+
 **Isolation.** The graph runs as its own run: the caller's run config (callbacks, an outer
 LangGraph's checkpointer and namespace) does not leak into it, so an outer app streaming
 ``stream_mode="messages"`` sees this model's final tokens once and never a draft.
@@ -70,9 +78,13 @@ from tmo_graph.conversation import (
     turn_summary,
 )
 from tmo_graph.errors import TmoGraphError
+from tmo_graph.guards.audit import AuditLog
+from tmo_graph.learning.feedback import record_feedback, turns_of
+from tmo_graph.learning.shadow import AnsweredTurn, ShadowJudge, with_user
 from tmo_graph.media.modalities import check_views
 from tmo_graph.settings import Settings
 from tmo_graph.state import ModalitySpec, TurnRecord
+from tmo_graph.threads.labels import TurnLabel, TurnLabels
 
 # LangChain hands `_stream` neither the run config nor the run manager, so the public entry
 # points pass the config's thread and user down as these keyword arguments.
@@ -196,9 +208,41 @@ class TMOChatModel(BaseChatModel):
         default=None, description="Thread, unless the run config names one; else a new one."
     )
     wait_s: float = Field(default=30.0, description="How long a turn waits for its thread.")
+    labels: Any = Field(
+        default=None,
+        description="A TurnLabels table for feedback() (default: the judge's); "
+        "tmo_graph.threads.labels.MemoryLabels() or SqliteLabels(path).",
+    )
+    judge: Any = Field(
+        default=None,
+        description="A ShadowJudge(services, labels) that judges answered turns after the "
+        "answer (learning.shadow_rate); None: no judging.",
+    )
 
     _built: Any = PrivateAttr(default=None)
     _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Turns answered per thread by this model (feedback's check on a graph without threads).
+    _answered: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: Any) -> Any:
+        if labels is not None and not isinstance(labels, TurnLabels):
+            raise TmoGraphError(
+                f"labels must be a TurnLabels table, got {type(labels).__name__}",
+                "pass tmo_graph.threads.labels.MemoryLabels() or SqliteLabels(path)",
+            )
+        return labels
+
+    @field_validator("judge")
+    @classmethod
+    def _check_judge(cls, judge: Any) -> Any:
+        if judge is not None and not isinstance(judge, ShadowJudge):
+            raise TmoGraphError(
+                f"judge must be a ShadowJudge, got {type(judge).__name__}",
+                "pass tmo_graph.learning.shadow.ShadowJudge(services, labels), or leave it out",
+            )
+        return judge
 
     @field_validator("views", mode="before")
     @classmethod
@@ -324,7 +368,10 @@ class TMOChatModel(BaseChatModel):
                 # LangChain reports each yielded chunk to the callbacks itself.
                 yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
             else:
+                judged = self._answered_turn(event, thread_id, context)
                 yield self._result(event, thread_id)
+                if judged is not None and self.judge is not None:
+                    self.judge.start_thread(judged)  # returns at once
 
     async def _aturn(
         self,
@@ -344,7 +391,88 @@ class TMOChatModel(BaseChatModel):
             if isinstance(event, Token):
                 yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
             else:
+                judged = self._answered_turn(event, thread_id, context)
                 yield self._result(event, thread_id)
+                if judged is not None and self.judge is not None:
+                    # A thread, not a task: the caller's loop may end with this call.
+                    self.judge.start_thread(judged)  # returns at once
+
+    def _answered_turn(self, done: Done, thread_id: str, context: Any) -> AnsweredTurn | None:
+        """Note the turn (for feedback) and, with a judge, the turn as it judges it."""
+        turn = int(done.record["turn"])
+        self._answered[thread_id] = max(self._answered.get(thread_id, 0), turn + 1)
+        if self.judge is None:
+            return None
+        judge: ShadowJudge = self.judge
+        run_context = with_user(context, judge.services.default_context, self.user_id)
+        return AnsweredTurn.of(done.record, done.state, thread_id, run_context)
+
+    # --- learning ----------------------------------------------------------------------------
+
+    async def afeedback(
+        self,
+        turn: int,
+        score: float,
+        comment: str | None = None,
+        thread_id: str | None = None,
+    ) -> TurnLabel:
+        """Keep a user's ``score`` of ``turn`` (the ``turn`` of the answer's
+        ``response_metadata``; 1 / -1 for thumbs up / down) of ``thread_id`` (default: the
+        model's ``thread_id``) as a ``feedback`` label in ``labels``, and a line in the
+        audit log (the judge's services', else ``settings``'), never the comment's words."""
+        labels = self.labels if self.labels is not None else getattr(self.judge, "labels", None)
+        if labels is None:
+            raise TmoGraphError(
+                "this TMOChatModel has no labels table to keep feedback in",
+                "pass labels=MemoryLabels() (or SqliteLabels(path)) when making it",
+            )
+        thread = thread_id or self.thread_id
+        if not thread:
+            raise TmoGraphError(
+                "feedback needs the thread the turn was in",
+                "pass thread_id= (the response_metadata's thread_id), or set the model's",
+            )
+        graph = self.get_graph_instance()
+        if getattr(graph, "checkpointer", None) is not None:
+            done = await asyncio.to_thread(turns_of, graph, thread)
+        else:
+            done = self._answered.get(thread, 0)
+        user = self.user_id or (self.context.user_id if self.context else None)
+        return await record_feedback(
+            labels,
+            thread_id=thread,
+            turn=turn,
+            score=score,
+            user_id=str(user or "default"),
+            comment=comment,
+            turns_done=done,
+            audit=self._audit_log(),
+        )
+
+    def feedback(
+        self,
+        turn: int,
+        score: float,
+        comment: str | None = None,
+        thread_id: str | None = None,
+    ) -> TurnLabel:
+        """:meth:`afeedback` for a caller without an event loop (inside one, await
+        ``afeedback``)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.afeedback(turn, score, comment, thread_id))
+        raise TmoGraphError(
+            "feedback() was called inside a running event loop", "await model.afeedback(...)"
+        )
+
+    def _audit_log(self) -> AuditLog | None:
+        if self.judge is not None:
+            return cast(ShadowJudge, self.judge).services.audit
+        settings = self.settings
+        if settings is not None and settings.audit.enabled:
+            return AuditLog(settings.audit_path())
+        return None
 
     @staticmethod
     def _result(done: Done, thread_id: str) -> ChatResult:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PolicyName = Literal["always-local", "always-cloud", "random", "rules", "cascade", "learned"]
 POLICIES: tuple[str, ...] = get_args(PolicyName)
@@ -240,6 +240,64 @@ class SpendingSettings(_Section):
     ledger: Path | None = Field(
         None, description="SQLite file of each user's daily spend; default <cache>/spend.sqlite"
     )
+
+
+class LearningSettings(_Section):
+    """Learning from the graph's own traffic (docs/learning.md): shadow judging of sampled
+    device turns and of escalated turns, on money kept apart from the answers' budgets."""
+
+    shadow_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="share of device-answered turns also sent to the cloud and judged, after "
+        "the user has the answer (0: off; chosen by a hash of thread and turn)",
+    )
+    judge_escalations: bool = Field(
+        True,
+        description="with shadow_rate > 0, judge each escalated turn's draft against the "
+        "cloud's answer (a judge call only: the answer is already paid)",
+    )
+    shadow_budget_usd: float = Field(
+        0.02,
+        ge=0,
+        allow_inf_nan=False,
+        description="USD shadow and judge calls may spend per dialogue (never the dialogue's "
+        "own budget)",
+    )
+    shadow_daily_cap_usd: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="USD shadow and judge calls may spend per user and UTC day (never the "
+        "user's daily_cost_cap_usd)",
+    )
+    judge_base_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible endpoint that grades; None: the cloud model judges",
+    )
+    judge_model: str | None = Field(
+        None, description="the judge endpoint's model (with judge_base_url)"
+    )
+    judge_api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="the environment variable holding the judge endpoint's key",
+    )
+    ledger: Path | None = Field(
+        None,
+        description="SQLite file of shadow spend (per dialogue, per user and day); default "
+        "<cache>/shadow_spend.sqlite",
+    )
+
+    @model_validator(mode="after")
+    def _judge_named(self) -> LearningSettings:
+        if (self.judge_base_url is None) != (self.judge_model is None):
+            raise ValueError(
+                "judge_base_url and judge_model go together: set both for a judge endpoint, "
+                "or neither for the cloud model as judge"
+            )
+        return self
 
 
 # ---- the server, and its API keys (``server.keys``; the key file's rows) ----

@@ -43,6 +43,7 @@ from tmo_graph.sections import (
     CloudSettings,
     DeviceSettings,
     EmbeddingSettings,
+    LearningSettings,
     LocalModelSettings,
     MemorySettings,
     PriceEntry,
@@ -106,6 +107,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     prices: dict[str, PriceEntry] = Field(default_factory=dict, description="extra price rows")
     routing: RoutingDefaults = RoutingDefaults()
+    learning: LearningSettings = LearningSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -130,6 +132,9 @@ class Settings(BaseSettings):
 
     def ledger_path(self) -> Path:
         return self.spending.ledger or default_cache_dir() / "spend.sqlite"
+
+    def shadow_ledger_path(self) -> Path:
+        return self.learning.ledger or default_cache_dir() / "shadow_spend.sqlite"
 
     def device_state_path(self) -> Path:
         return self.device.state_path or default_cache_dir() / "device.json"

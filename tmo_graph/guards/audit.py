@@ -4,7 +4,13 @@ Each line says when, for which thread, user and API key id, to which model and e
 views went (name and SHA-256, never pixels), how much personal data was replaced (counts by
 kind, never the values), the tokens and cost reported, and the outcome ("ok" or the fault).
 It never holds the API key, a prompt, an answer or a URL's credentials: what a request
-carried can be checked without the log itself becoming a leak.
+carried can be checked without the log itself becoming a leak. A request the graph made to
+learn, not to answer (docs/learning.md) says so in ``purpose``: ``shadow`` (a device turn's
+question asked of the cloud after the user had the answer) or ``judge`` (a grading request).
+
+A user's feedback on a turn is a line of its own (:class:`FeedbackEntry`, ``"kind":
+"feedback"``): thread, user, key id, turn, score and the comment's length, never its words.
+:func:`read_audit` returns the cloud requests and :func:`read_feedback` the feedback lines.
 
 Writers in several processes may share one file: each line is written with one ``write``
 under an exclusive ``flock``, so lines never interleave.
@@ -22,7 +28,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, NotRequired
+from typing import Any, Literal, NotRequired
 
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -55,6 +61,21 @@ class AuditEntry(TypedDict):
     cost_usd: float
     seconds: float
     outcome: str  # "ok", or the fault ("timeout", "server error", "rate limited", ...)
+    # Why a request not made to answer was made: "shadow" or "judge" (absent: an answer).
+    purpose: NotRequired[str]
+
+
+class FeedbackEntry(TypedDict):
+    """A user's score of one turn (``POST /v1/feedback``): never the comment's words."""
+
+    kind: Literal["feedback"]
+    time: str  # ISO 8601, UTC
+    thread_id: str
+    user_id: str
+    key_id: str | None
+    turn: int
+    score: float
+    comment_chars: int  # the comment's length; its words stay in the labels table
 
 
 def now_iso() -> str:
@@ -71,7 +92,7 @@ class AuditLog:
                 f"audit log {self.path} is a folder", "set audit.path to a file, e.g. audit.jsonl"
             )
 
-    def append(self, entry: AuditEntry | Mapping[str, Any]) -> None:
+    def append(self, entry: AuditEntry | FeedbackEntry | Mapping[str, Any]) -> None:
         line = (json.dumps(dict(entry), allow_nan=False, ensure_ascii=False) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -92,6 +113,21 @@ def _entry_adapter() -> TypeAdapter[AuditEntry]:
     return TypeAdapter(AuditEntry)
 
 
+@cache
+def _feedback_adapter() -> TypeAdapter[FeedbackEntry]:
+    return TypeAdapter(FeedbackEntry)
+
+
+def _is_feedback(raw: bytes) -> bool:
+    """Whether a line is a feedback line (cheap test first: most lines are requests)."""
+    if b'"kind"' not in raw:
+        return False
+    try:
+        return bool(json.loads(raw).get("kind") == "feedback")
+    except (ValueError, AttributeError):
+        return False
+
+
 def _what_is_wrong(error: ValidationError) -> str:
     """One pydantic error as a short phrase: a missing field, a wrong type, bad JSON."""
     first = error.errors()[0]
@@ -105,13 +141,8 @@ def _what_is_wrong(error: ValidationError) -> str:
     return f"field `{field}`: {message}" if field else message
 
 
-def read_audit(path: str | Path) -> list[AuditEntry]:
-    """The entries of the audit log at ``path``, each line checked.
-
-    Raises :class:`TmoGraphError` naming the file and line for a line that is not a valid
-    :class:`AuditEntry`, and for a missing, unreadable or empty file. Blank lines are skipped.
-    """
-    path = Path(path)
+def _lines(path: Path) -> list[tuple[int, bytes]]:
+    """The log's non-blank lines with their numbers; a missing or unreadable file named."""
     if not path.exists():
         raise TmoGraphError(
             f"audit log {path} does not exist",
@@ -124,29 +155,61 @@ def read_audit(path: str | Path) -> list[AuditEntry]:
             f"audit log {path} cannot be read ({exc.strerror or exc})",
             "pass a readable file",
         ) from None
+    return [(n, raw) for n, raw in enumerate(raw_lines, start=1) if raw.strip()]
+
+
+def _checked_time(path: Path, number: int, time: str) -> None:
+    try:
+        datetime.fromisoformat(time)
+    except ValueError:
+        raise TmoGraphError(
+            f"audit log {path}:{number}: field `time` is not an ISO 8601 time (got {time!r:.60})",
+            _FIX_LINE,
+        ) from None
+
+
+def read_audit(path: str | Path) -> list[AuditEntry]:
+    """The cloud requests of the audit log at ``path``, each line checked (feedback lines,
+    :func:`read_feedback`'s, are skipped).
+
+    Raises :class:`TmoGraphError` naming the file and line for a line that is not a valid
+    :class:`AuditEntry`, and for a missing, unreadable or empty file. Blank lines are skipped.
+    """
+    path = Path(path)
     adapter = _entry_adapter()
     entries: list[AuditEntry] = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
+    for number, raw in _lines(path):
+        if _is_feedback(raw):
             continue
         try:
             entry: AuditEntry = adapter.validate_json(raw)
         except ValidationError as exc:
             problem = f"audit log {path}:{number}: {_what_is_wrong(exc)}"
             raise TmoGraphError(problem, _FIX_LINE) from None
-        try:
-            datetime.fromisoformat(entry["time"])
-        except ValueError:
-            raise TmoGraphError(
-                f"audit log {path}:{number}: field `time` is not an ISO 8601 time "
-                f"(got {entry['time']!r:.60})",
-                _FIX_LINE,
-            ) from None
+        _checked_time(path, number, entry["time"])
         entries.append(entry)
     if not entries:
         raise TmoGraphError(
             f"audit log {path} is empty", "it gets a line once the graph makes a cloud request"
         )
+    return entries
+
+
+def read_feedback(path: str | Path) -> list[FeedbackEntry]:
+    """The feedback lines of the audit log at ``path``, each checked ([] when it has none)."""
+    path = Path(path)
+    adapter = _feedback_adapter()
+    entries: list[FeedbackEntry] = []
+    for number, raw in _lines(path):
+        if not _is_feedback(raw):
+            continue
+        try:
+            entry = adapter.validate_json(raw)
+        except ValidationError as exc:
+            problem = f"audit log {path}:{number}: {_what_is_wrong(exc)}"
+            raise TmoGraphError(problem, _FIX_LINE) from None
+        _checked_time(path, number, entry["time"])
+        entries.append(entry)
     return entries
 
 

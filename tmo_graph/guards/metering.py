@@ -53,6 +53,7 @@ class CloudMeter:
     endpoint: str = ""
     views: list[SentView] = field(default_factory=list)
     redactions: Mapping[str, int] = field(default_factory=dict)
+    purpose: str | None = None  # a request made to learn: "shadow" or "judge" (audit line)
     charged: list[float] = field(default_factory=list)  # what each request cost
     warnings: list[str] = field(default_factory=list)
 
@@ -106,22 +107,23 @@ class CloudMeter:
     def _audit(self, ticket: Ticket, outcome: str, seconds: float, tokens: tuple[int, int]) -> None:
         if self.audit is None:
             return
-        self.audit.append(
-            AuditEntry(
-                time=now_iso(),
-                thread_id=self.thread_id,
-                user_id=self.user_id,
-                key_id=self.key_id,
-                model=self.model,
-                endpoint=self.endpoint,
-                attempt=len(self.charged),
-                views=self.views,
-                redactions=dict(self.redactions),
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                max_tokens=ticket.max_tokens,
-                cost_usd=self.charged[-1],
-                seconds=round(seconds, 4),
-                outcome=outcome,
-            )
+        entry = AuditEntry(
+            time=now_iso(),
+            thread_id=self.thread_id,
+            user_id=self.user_id,
+            key_id=self.key_id,
+            model=self.model,
+            endpoint=self.endpoint,
+            attempt=len(self.charged),
+            views=self.views,
+            redactions=dict(self.redactions),
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            max_tokens=ticket.max_tokens,
+            cost_usd=self.charged[-1],
+            seconds=round(seconds, 4),
+            outcome=outcome,
         )
+        if self.purpose is not None:
+            entry["purpose"] = self.purpose
+        self.audit.append(entry)

@@ -196,6 +196,13 @@ class TurnMetrics:
         self.cloud_calls = Counter(
             "tmo_cloud_calls", "Cloud calls, by outcome", ["outcome"], registry=r
         )
+        self.learning_requests = Counter(
+            "tmo_learning_requests",
+            "Requests made to learn, not to answer (shadow questions, judge grades), by "
+            "purpose and outcome",
+            ["purpose", "outcome"],
+            registry=r,
+        )
         self.node_seconds = Histogram(
             "tmo_node_seconds",
             "Seconds each graph node took, by node",
@@ -254,6 +261,11 @@ class TurnMetrics:
         tokens, seconds = int(call.get("output_tokens") or 0), float(call.get("latency_s") or 0)
         if tokens > 0 and seconds > 0:
             self.local_speed.observe(tokens / seconds)
+
+    def learning_request(self, purpose: str, outcome: str) -> None:
+        """One shadow or judge request (docs/learning.md)."""
+        if purpose in ("shadow", "judge") and outcome in ("ok", "error"):
+            self.learning_requests.labels(purpose=purpose, outcome=outcome).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type: every worker's values in multiprocess

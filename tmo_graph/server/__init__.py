@@ -5,6 +5,7 @@ routers), so any OpenAI client or chat UI talks to it unchanged. The app is
 
 Endpoints: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
 ``GET /v1/threads/{thread}/media/{sha256}`` (a thread's stored image or clip, for its owner),
+``POST /v1/feedback`` (a user's score of a turn: :mod:`tmo_graph.server.feedback`),
 ``GET /health``, ``GET /metrics`` (Prometheus, as ``telemetry.metrics`` allows:
 :mod:`tmo_graph.server.metrics`). The same app mounts on ``langgraph dev``
 (:func:`app.create_platform_app`), whose own auth checks the same keys

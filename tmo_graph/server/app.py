@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.server.console import router as console_router
 from tmo_graph.server.errors import add_error_handlers
+from tmo_graph.server.feedback import router as feedback_router
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.media import router as media_router
@@ -27,12 +29,15 @@ from tmo_graph.server.runtime import KeyCheck, ServerState
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, load_settings
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
+from tmo_graph.threads.labels import MemoryLabels, TurnLabels
 from tmo_graph.threads.owners import MemoryOwners, ThreadOwners
 
 if TYPE_CHECKING:
     from langgraph.store.base import BaseStore
     from opentelemetry.trace import Tracer
 
+    from tmo_graph.learning.shadow import ShadowJudge
+    from tmo_graph.observe.metrics import TurnMetrics
     from tmo_graph.services import ServiceProvider, Services
 
 # How the app gets the LangGraph server's own store when it starts (langgraph_api's get_store).
@@ -51,6 +56,7 @@ def create_app(
     no_auth: bool = False,
     owners: ThreadOwners | None = None,
     chains: ThreadChains | None = None,
+    labels: TurnLabels | None = None,
     provider: ServiceProvider | None = None,
     platform: bool = False,
     platform_store: StoreGetter | None = None,
@@ -74,7 +80,10 @@ def create_app(
     kept in ``owners`` and the content chains of their dialogues in ``chains``; default: the
     thread store's tables when the app opens the store, else this process's memory (a
     passed ``graph``). With a passed ``graph``, ``services`` (its services) lets a forked
-    dialogue carry the memory of the turns before the fork.
+    dialogue carry the memory of the turns before the fork. The turns' labels (``POST
+    /v1/feedback``, and the judges' scores when ``learning.shadow_rate`` > 0 and the services
+    are known: docs/learning.md) go to ``labels``, by default the thread store's table, like
+    the owners.
 
     ``provider``: the services of another graph in this process (LangGraph's, see
     :func:`create_platform_app`); the app's graph then runs on the very same services, loaded
@@ -102,19 +111,22 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             compiled, thread_owners, thread_chains = graph, owners, chains
-            ran = services
+            turn_labels, ran = labels, services
             if compiled is None:
-                compiled, opened, opened_chains, ran = await stack.enter_async_context(
+                compiled, opened, ran = await stack.enter_async_context(
                     _default_graph(cfg, services, db, provider, platform_store)
                 )
-                thread_owners = thread_owners or opened
-                thread_chains = thread_chains or opened_chains
+                thread_owners = thread_owners or opened.owners
+                thread_chains = thread_chains or opened.chains
+                turn_labels = turn_labels or opened.labels
             spans = tracer if tracer is not None else stack.enter_context(open_tracer(cfg))
             compiled, metrics = with_telemetry(compiled, cfg, ran, spans)
             if metrics is not None:
                 stack.callback(metrics.close)
             memory = ran.memory if ran is not None else None
-            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory)
+            turn_labels = turn_labels or MemoryLabels()
+            judge = _judge(ran, turn_labels, metrics)
+            runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory, judge)
             app.state.server = ServerState(
                 settings=cfg,
                 keys=key_check,
@@ -125,6 +137,8 @@ def create_app(
                 **({"media_dir": ran.media_dir} if ran is not None else {}),
                 platform_threads=platform,
                 metrics=metrics,
+                labels=turn_labels,
+                audit=ran.audit if ran is not None else None,
             )
             yield
             await runner.drain()
@@ -158,6 +172,7 @@ def create_app(
         app.exception_handlers.pop(Exception, None)
     app.include_router(router)
     app.include_router(media_router)
+    app.include_router(feedback_router)
     app.include_router(metrics_router)
     app.include_router(console_router)  # /console: pages on the same keys
     return app
@@ -204,6 +219,28 @@ def _key_check(settings: Settings, keys: KeyRing | None, no_auth: bool) -> KeyCh
     return KeyCheck(ring, RateLimiter())
 
 
+def _judge(
+    services: Services | None, labels: TurnLabels, metrics: TurnMetrics | None
+) -> ShadowJudge | None:
+    """The shadow judge when learning.shadow_rate > 0 and a cloud model can answer and grade
+    (docs/learning.md); None otherwise: no turn is judged."""
+    if services is None or services.settings.learning.shadow_rate <= 0 or services.cloud is None:
+        return None
+    from tmo_graph.learning.shadow import ShadowJudge
+
+    hook = metrics.learning_request if metrics is not None else None
+    return ShadowJudge(services, labels, on_request=hook)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The tables the app keeps beside the threads."""
+
+    owners: ThreadOwners
+    chains: ThreadChains
+    labels: TurnLabels
+
+
 @asynccontextmanager
 async def _default_graph(
     settings: Settings,
@@ -211,16 +248,17 @@ async def _default_graph(
     db: Path | None,
     provider: ServiceProvider | None = None,
     platform_store: StoreGetter | None = None,
-) -> AsyncIterator[tuple[Any, ThreadOwners, ThreadChains, Services]]:
+) -> AsyncIterator[tuple[Any, _Tables, Services]]:
     """The real graph on an async checkpointer (a sync one cannot serve astream), the thread
-    owners and dialogue chains kept in the same store, and the services it runs on (their
-    local model answers chores); on ``provider``'s services when given, with
+    owners, dialogue chains and turn labels kept in the same store, and the services it runs
+    on (their local model answers chores); on ``provider``'s services when given, with
     ``platform_store``'s store as their memory."""
     from tmo_graph.graph import build_graph, make_builder
     from tmo_graph.services import build_services
     from tmo_graph.threads.store import (
         open_async_chains,
         open_async_checkpointer,
+        open_async_labels,
         open_async_owners,
     )
 
@@ -229,7 +267,9 @@ async def _default_graph(
         open_async_checkpointer(settings, db) as saver,
         open_async_owners(settings, db) as owners,
         open_async_chains(settings, db) as chains,
+        open_async_labels(settings, db) as labels,
     ):
+        tables = _Tables(owners, chains, labels)
         if provider is not None:
             # The provider's graph and this one share its services, and its per-run models.
             services = await asyncio.to_thread(provider.get)
@@ -239,8 +279,8 @@ async def _default_graph(
             compiled = make_builder(provider).compile(
                 checkpointer=saver, store=store, name="tmo-graph"
             )
-            yield compiled, owners, chains, services
+            yield compiled, tables, services
             return
         if services is None:
             services = await asyncio.to_thread(build_services, settings)
-        yield build_graph(services, checkpointer=saver), owners, chains, services
+        yield build_graph(services, checkpointer=saver), tables, services

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from tmo_graph.guards.audit import AuditLog
 from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import ApiError
 from tmo_graph.server.keys import KeyRing
@@ -16,6 +17,7 @@ from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
+from tmo_graph.threads.labels import MemoryLabels, TurnLabels
 from tmo_graph.threads.owners import ThreadOwners
 
 if TYPE_CHECKING:
@@ -47,6 +49,10 @@ class ServerState:
     platform_threads: bool = False
     # The turns' Prometheus metrics (None: telemetry.metrics is off).
     metrics: TurnMetrics | None = None
+    # The turns' labels (feedback, judges' scores: docs/learning.md), beside the threads.
+    labels: TurnLabels = field(default_factory=MemoryLabels)
+    # The audit log of the graph's services, which also gets a line per feedback.
+    audit: AuditLog | None = None
 
 
 async def server_state(request: Request) -> ServerState:

@@ -15,6 +15,7 @@ from langgraph.checkpoint.base import Checkpoint
 
 from tmo_graph.context import Context
 from tmo_graph.conversation import Done, Token, astream_turn
+from tmo_graph.learning.shadow import AnsweredTurn, ShadowJudge
 from tmo_graph.memory.recall import copy_thread
 from tmo_graph.server.errors import ApiError
 
@@ -65,8 +66,11 @@ class TurnRunner:
         max_concurrent_turns: int,
         thread_wait_s: float,
         store: BaseStore | None = None,
+        judge: ShadowJudge | None = None,
     ) -> None:
         self.graph = graph
+        # Judges sampled and escalated turns once their answers are out (learning.shadow_rate).
+        self.judge = judge
         # The graph's memory store, for forks to carry (default: the one it was compiled with).
         self.store = store if store is not None else getattr(graph, "store", None)
         self.max_concurrent_turns = max_concurrent_turns
@@ -172,6 +176,7 @@ class TurnRunner:
                         except Exception:  # the answer stands; only its bookkeeping failed
                             log.exception("after the turn of thread %s", thread_id)
                     queue.put_nowait(finished)
+                    self._judge_later(event, thread_id, context)
                 else:
                     queue.put_nowait(event)
         except Exception as exc:
@@ -179,10 +184,22 @@ class TurnRunner:
         finally:
             self.active -= 1
 
+    def _judge_later(self, done: Done, thread_id: str, context: Context) -> None:
+        """Hand the answered turn to the judge, which works in a task of its own: the
+        answer is already on its way and nothing here can delay or change it."""
+        if self.judge is None:
+            return
+        try:
+            self.judge.schedule(AnsweredTurn.of(done.record, done.state, thread_id, context))
+        except Exception:  # judging is optional: the turn stands
+            log.exception("could not start judging a turn of thread %s", thread_id)
+
     async def drain(self) -> None:
-        """Let running turns finish (shutdown)."""
+        """Let running turns finish, then the judging under way (shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=60)
+        if self.judge is not None:
+            await self.judge.drain()
 
 
 def _standalone(checkpoint: Checkpoint, graph: Any, values: Mapping[str, Any]) -> Checkpoint:

@@ -58,6 +58,8 @@ class TurnView:
     audit: list[AuditEntry] | None = None  # its cloud requests' audit lines (None: unmatched)
     always_cloud_usd: float = 0.0
     time: str | None = None  # when the turn was checkpointed (ISO 8601), when known
+    # Its labels (docs/learning.md): {"source", "score", "comment", "created"}, oldest first.
+    labels: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def cloud_usd(self) -> float | None:

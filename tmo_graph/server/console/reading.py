@@ -97,7 +97,8 @@ async def read_thread(
     if getattr(graph, "checkpointer", None) is not None:
         snapshot = await graph.aget_state({"configurable": {"thread_id": owned.thread_id}})
         values = dict(snapshot.values)
-    lines = [e for e in audit if e["thread_id"] == owned.thread_id]
+    # The turns' own requests: shadow and judge requests (a purpose) answered no one.
+    lines = [e for e in audit if e["thread_id"] == owned.thread_id and not e.get("purpose")]
     turns = turn_views(
         values.get("messages") or [],
         values.get("turns") or [],
@@ -106,4 +107,16 @@ async def read_thread(
         owner_view=viewer.owns(owned.user_id) or viewer.caller.key is None,
         times=await _turn_times(graph, owned.thread_id),
     )
+    owner_view = viewer.owns(owned.user_id) or viewer.caller.key is None
+    for label in await state.labels.of_thread(owned.thread_id):
+        for turn in (t for t in turns if t.number == label.turn):
+            turn.labels.append(
+                {
+                    "source": label.source,
+                    "score": label.score,
+                    # A comment may hold personal data: its owner's to read.
+                    "comment": label.comment if owner_view else "",
+                    "created": _iso(label.created),
+                }
+            )
     return ThreadData(owned, turns, lines)

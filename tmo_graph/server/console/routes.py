@@ -168,6 +168,7 @@ def _thread_json(thread: ThreadData, turns: bool) -> dict[str, Any]:
                 "always_cloud_usd": t.always_cloud_usd,
                 "budget_left": t.record.get("budget_left"),
                 "time": t.time,
+                "labels": t.labels,
             }
             for t in thread.turns
         ]
