@@ -399,3 +399,27 @@ def _png(tmp_path: Path) -> Path:
     path = tmp_path / "cam.png"
     path.write_bytes(png_bytes())
     return path
+
+
+def test_a_value_is_redacted_where_it_stands_before_the_words_that_reveal_it(
+    tmp_path: Path,
+) -> None:
+    """An earlier message holds "PIN-4711" as plain words; a later one says it is a password:
+    the request replaces both copies (one pass in order sent the earlier one as typed)."""
+    graph, cloud = _graph(tmp_path)
+    context = Context(policy="always-cloud", recent_turns=4)
+    config = {"configurable": {"thread_id": "order"}}
+    for text in ["Note this down: PIN-4711.", "By the way, my password is PIN-4711."]:
+        out = graph.invoke({"messages": [("user", text)]}, config, context=context)  # type: ignore[attr-defined]
+    last = "\n".join(str(m.content) for m in cloud.sent[-1])
+    assert "PIN-4711" not in last and last.count("[SECRET_1]") == 2, last
+    assert out["turns"][-1]["redactions"] == {"secret": 1}
+    assert "PIN-4711" in str(cloud.sent[0][-1].content)  # turn 0 alone revealed nothing
+
+
+def test_revealed_lists_each_value_the_texts_reveal_with_its_kind() -> None:
+    from tmo_graph.guards.privacy import revealed
+
+    texts = ["mail me at ada@example.com", "my password is hunter2!", "nothing here"]
+    assert revealed(texts) == {"ada@example.com": "email", "hunter2": "secret"}
+    assert revealed(texts, ["email"]) == {"ada@example.com": "email"}

@@ -219,6 +219,15 @@ def find_personal(text: str, kinds: Iterable[str] = KINDS) -> list[Finding]:
     return sorted(found, key=lambda f: f.start)
 
 
+def revealed(texts: Iterable[str], kinds: Iterable[str] = KINDS) -> dict[str, str]:
+    """The personal values (value -> kind) the patterns find in ``texts``: given to a
+    :class:`Redactor` as ``known`` before a request's texts are redacted in order, so a value
+    is replaced also where it stands before the words that reveal it (an answer that held
+    "PIN-4711", then "my password is PIN-4711")."""
+    kinds = list(kinds)
+    return {f.value: f.kind for text in texts for f in find_personal(text, kinds)}
+
+
 @dataclass
 class Redactor:
     """Replaces personal data by placeholders across one request."""

@@ -50,7 +50,7 @@ from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.guards.faults import breaker_for, endpoint_of, run_attempts
 from tmo_graph.guards.metering import CloudMeter
-from tmo_graph.guards.privacy import Redactor, kept_on_device
+from tmo_graph.guards.privacy import Redactor, kept_on_device, revealed
 from tmo_graph.guards.spending import SpendLedger
 from tmo_graph.models.cloud_billing import CloudBilling
 from tmo_graph.nodes.answer_cloud import AudioPlan, CloudRequest, Sender, build_request
@@ -282,11 +282,8 @@ class ShadowJudge:
         texts reveal: a request's redactor then replaces a value wherever it appears, also
         in a message before the one that revealed it ("my password is ..." after an answer
         that already held it), which one pass in order would miss."""
-        primer = Redactor(tuple(self.services.settings.privacy.redact), known=state.personal)
-        for text in (persona, *(message_text(m) for m in state.messages)):
-            primer.redact(text)
-        found = {v: p[1:].rsplit("_", 1)[0].lower() for v, p in primer.placeholders.items()}
-        return {**state.personal, **found}
+        texts = (persona, *(message_text(m) for m in state.messages))
+        return {**state.personal, **revealed(texts, self.services.settings.privacy.redact)}
 
     def _redactor(self, state: State) -> Redactor:
         """A redactor that knows the personal data of the thread and of the window's

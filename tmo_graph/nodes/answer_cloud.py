@@ -67,7 +67,13 @@ from tmo_graph.guards.faults import (
     within_deadline,
 )
 from tmo_graph.guards.metering import CloudMeter
-from tmo_graph.guards.privacy import PLACEHOLDERS_EVENT, Redactor, StreamRestorer, find_personal
+from tmo_graph.guards.privacy import (
+    PLACEHOLDERS_EVENT,
+    Redactor,
+    StreamRestorer,
+    find_personal,
+    revealed,
+)
 from tmo_graph.media.audio import CloudAudio, cloud_audio, store_audio
 from tmo_graph.media.images import CloudImage, cloud_image, store_image
 from tmo_graph.models.cloud_billing import CloudBilling, usage_tokens
@@ -171,7 +177,12 @@ def build_request(
     images = [cloud_image(str(v["image"]), cfg.image_max_side) for v in views]
     most_s = services.settings.audio.cloud_max_seconds
     audio = [cloud_audio(str(c["audio"]), most_s) for c in plan.sent]
-    redactor = Redactor(tuple(services.settings.privacy.redact), known=state.personal)
+    kinds = tuple(services.settings.privacy.redact)
+    # Every value the request's texts reveal, known before any is redacted: one pass in order
+    # would send a value an earlier message holds before a later one says it is a password.
+    texts = [context.system_prompt, plan.prompt, *(message_text(m) for m in state.messages)]
+    texts += [r["text"] for r in state.recalled]
+    redactor = Redactor(kinds, known={**state.personal, **revealed(texts, kinds)})
     messages = cloud_messages(
         state.messages,
         state.recalled,
