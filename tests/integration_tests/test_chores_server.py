@@ -15,7 +15,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.integration_tests.test_server import Served
-from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services
+from tests.unit_tests.fakes import FakeCloud, FakeLocal, fake_services, owner_map
 from tests.unit_tests.test_chores import OPEN_WEBUI, task
 from tmo_graph.graph import build_graph
 from tmo_graph.server.app import create_app
@@ -72,7 +72,7 @@ def test_each_open_webui_chore_is_answered_on_the_device_without_a_thread(
     assert setup.local.calls == local_calls + 1
     assert setup.local.seen[-1][-1]["content"] == task(OPEN_WEBUI[chore])  # as sent, directly
     assert setup.cloud.sent == [] and _threads(setup) == checkpoints == 0
-    assert setup.owners._owners == {}
+    assert owner_map(setup.owners) == {}
 
 
 def test_a_streamed_chore_and_a_marked_one(setup: Setup) -> None:
@@ -95,7 +95,7 @@ def test_a_streamed_chore_and_a_marked_one(setup: Setup) -> None:
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == '{ "title": "🍳 Induction Hobs" }'
     assert chunks[-1]["usage"]["completion_tokens"] > 0 and chunks[-1]["tmo"]["chore"] == "marked"
-    assert setup.cloud.sent == [] and setup.owners._owners == {}
+    assert setup.cloud.sent == [] and owner_map(setup.owners) == {}
 
 
 def test_a_question_that_mentions_a_title_is_a_turn(setup: Setup) -> None:
@@ -107,7 +107,7 @@ def test_a_question_that_mentions_a_title_is_a_turn(setup: Setup) -> None:
     assert reply.choices[0].message.content == "from the cloud"
     assert "chore" not in reply.model_extra["tmo"]
     thread = raw.headers["x-tmo-thread-id"]
-    assert setup.owners._owners == {thread: "anonymous"} and len(setup.cloud.sent) == 1
+    assert owner_map(setup.owners) == {thread: "anonymous"} and len(setup.cloud.sent) == 1
 
 
 def test_without_a_local_model_a_chore_is_refused_not_routed(tmp_path: Path) -> None:

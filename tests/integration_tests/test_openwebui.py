@@ -26,6 +26,7 @@ from tests.integration_tests.openwebui_capture import (
     fixture_records,
     read_jsonl,
 )
+from tests.unit_tests.fakes import owner_map
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +203,7 @@ def test_openwebui_keeps_real_dialogues_on_the_server(tmp_path: Path) -> None:
     statuses = [record["status"] for record in read_jsonl(out / "captured.jsonl")]
     assert len(statuses) == 29 and set(statuses) == {200}
     turns: dict[str, list[list[int]]] = {}
-    for thread, user in owners._owners.items():
+    for thread, user in owner_map(owners).items():
         records = graph.get_state({"configurable": {"thread_id": thread}}).values["turns"]
         turns.setdefault(user, []).append([r["turn"] for r in records])
         left = [r["budget_left"]["cost_usd"] for r in records]

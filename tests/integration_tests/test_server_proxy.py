@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from tests.integration_tests.test_server import Served
 from tests.integration_tests.test_server_access import EchoLocal, access_settings, ask, error_of
-from tests.unit_tests.fakes import FakeCloud, fake_services
+from tests.unit_tests.fakes import FakeCloud, fake_services, owner_map
 from tmo_graph.graph import build_graph
 from tmo_graph.guards.audit import read_audit
 from tmo_graph.server.app import create_app
@@ -90,8 +90,8 @@ def test_two_end_users_of_one_proxy_never_see_each_others_threads_or_memory(
         ask(webui, "Hello?", alice_thread, **_as("bob"))
     with pytest.raises(openai.NotFoundError):  # the key's own user is not alice either
         ask(webui, "Hello?", alice_thread)
-    assert proxy.owners._owners[alice_thread] == "owui/alice"
-    assert set(proxy.owners._owners.values()) == {"owui/alice", "owui/bob"}
+    assert owner_map(proxy.owners)[alice_thread] == "owui/alice"
+    assert set(owner_map(proxy.owners).values()) == {"owui/alice", "owui/bob"}
 
 
 def test_each_end_user_has_their_own_daily_cap(proxy: Proxy) -> None:
@@ -134,4 +134,4 @@ def test_a_proxy_naming_two_users_at_once_or_a_bad_one_gets_400(proxy: Proxy) ->
     assert error_of(info)["param"] == "user"
     # Naming no one, the proxy acts as its key's own user.
     thread = ask(webui, "Hello").headers["x-tmo-thread-id"]
-    assert proxy.owners._owners[thread] == "owui"
+    assert owner_map(proxy.owners)[thread] == "owui"

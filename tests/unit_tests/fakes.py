@@ -199,3 +199,11 @@ class WordTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
         return [1] * (sum(len(m["content"].split()) + 1 for m in messages) + 1)
+
+
+def owner_map(owners: Any) -> dict[str, str]:
+    """Each thread's owner (thread id -> user) in a :class:`~tmo_graph.threads.owners.ThreadOwners`
+    of this process, read through its public ``threads()``."""
+    import asyncio
+
+    return {t.thread_id: t.user_id for t in asyncio.run(owners.threads())}
