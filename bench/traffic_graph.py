@@ -200,7 +200,9 @@ def run_traffic(
         for dialogue in dialogues:
             config = {"configurable": {"thread_id": dialogue.thread_id}}
             for truth in dialogue.turns:
-                state = graph.invoke({"messages": [("user", truth.prompt)]}, config, context=context)
+                state = graph.invoke(
+                    {"messages": [("user", truth.prompt)]}, config, context=context
+                )
                 record = state["turns"][-1]
                 left = record["budget_left"]
                 outcome = Outcome(

@@ -18,8 +18,9 @@ calibrated quality is worth less than the escalation's extra cost. The reward is
 (:mod:`tmo_graph.policy.world`): ``alpha * quality - beta_latency * norm_s - beta_usage *
 norm_usd``, the costs from the paper's tables for the deployment's device and network, each
 min-max normalised over the deployment's actions (local, cloud with 0..views views; without
-views local costs 0 and a cloud call 1); an escalation pays both calls. Feedback (1 / -1) stands in for a judge on a local answer no judge scored.
-Fitting is closed-form least squares: 10,000 turns fit in milliseconds.
+views local costs 0 and a cloud call 1); an escalation pays both calls. Feedback (1 / -1)
+stands in for a judge on a local answer no judge scored. Fitting is closed-form least
+squares: 10,000 turns fit in milliseconds.
 """
 
 from __future__ import annotations
@@ -338,12 +339,15 @@ def replay(
     its label, and the refit's escalation reads the draft's recorded confidence. Turns sent
     to the cloud up front that the refit would answer locally have no judged draft: their
     local quality is the gap predictor's (counted in ``info['estimated']`` by the caller)."""
-    logged, refit = [], []
+    logged: list[tuple[float, str, bool]] = []
+    refit: list[tuple[float, str, bool]] = []
     for e in examples:
         if e.route == "local" and e.quality is None:
             continue  # a draft nobody judged: its quality is unknown
-        if e.route == "local":
-            logged.append((e.quality if not e.escalated else 1.0, e.route, e.escalated))
+        if e.escalated:
+            logged.append((1.0, "cloud", True))
+        elif e.route == "local":
+            logged.append((e.quality if e.quality is not None else 0.0, "local", False))
         else:
             logged.append((1.0, "cloud", False))
         if model.route(e.task, e.turn) == "cloud":

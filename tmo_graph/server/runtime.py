@@ -13,6 +13,7 @@ from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import ApiError
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
+from tmo_graph.server.policy_watch import PolicyWatch
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
@@ -47,6 +48,8 @@ class ServerState:
     platform_threads: bool = False
     # The turns' Prometheus metrics (None: telemetry.metrics is off).
     metrics: TurnMetrics | None = None
+    # The routing.policy_file the turns load (reloaded when it changes), for /health.
+    policy: PolicyWatch | None = None
 
 
 async def server_state(request: Request) -> ServerState:

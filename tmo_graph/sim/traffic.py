@@ -31,7 +31,12 @@ from dataclasses import dataclass
 
 TASKS = ("Assistive System", "Message Editing", "Query", "Recommendation")
 MIX = {"Recommendation": 0.45, "Message Editing": 0.35, "Query": 0.12, "Assistive System": 0.08}
-BASE_GAP = {"Recommendation": 0.80, "Message Editing": 0.08, "Query": 0.45, "Assistive System": 0.15}
+BASE_GAP = {
+    "Recommendation": 0.80,
+    "Message Editing": 0.08,
+    "Query": 0.45,
+    "Assistive System": 0.15,
+}
 GAP_SLOPE = 0.02
 GAP_NOISE = 0.08
 CONFIDENCE_BIAS = {
@@ -45,10 +50,43 @@ DEVICE = "iPhone 15 Pro"
 NETWORK = "4G"
 
 _WORDS = {
-    "Recommendation": "recommend suggest which best dinner wine snack recipe dessert pan".split(),
-    "Message Editing": "write edit message reply note draft email text polite shorter".split(),
-    "Query": "how many where what when boiling fresh long who which".split(),
-    "Assistive System": "turn set timer lights oven remind play temperature on off".split(),
+    "Recommendation": [
+        "recommend",
+        "suggest",
+        "which",
+        "best",
+        "dinner",
+        "wine",
+        "snack",
+        "recipe",
+        "dessert",
+        "pan",
+    ],
+    "Message Editing": [
+        "write",
+        "edit",
+        "message",
+        "reply",
+        "note",
+        "draft",
+        "email",
+        "text",
+        "polite",
+        "shorter",
+    ],
+    "Query": ["how", "many", "where", "what", "when", "boiling", "fresh", "long", "who", "which"],
+    "Assistive System": [
+        "turn",
+        "set",
+        "timer",
+        "lights",
+        "oven",
+        "remind",
+        "play",
+        "temperature",
+        "on",
+        "off",
+    ],
 }
 
 
