@@ -14,6 +14,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
 from bench.traffic_graph import Outcome, entropy_for, run_traffic
+from tests.unit_tests.fakes import fake_services
 from tmo_graph.cli.app import app
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.graph import build_graph
@@ -29,7 +30,6 @@ from tmo_graph.policy.refit import (
 )
 from tmo_graph.settings import Settings
 from tmo_graph.sim import traffic
-from tests.unit_tests.fakes import fake_services
 
 TERMS = RewardTerms(traffic.DEVICE, traffic.NETWORK)
 
