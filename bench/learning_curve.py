@@ -13,7 +13,7 @@
    same model), for N from 100 to 7,000.
 
 Writes bench/results/learning-curve.json and docs/img/learning-curve.png.
-Run: ``PYTHONPATH=. .venv/bin/python bench/learning_curve.py [--turns 10000]``.
+Run: ``.venv/bin/python bench/learning_curve.py [--turns 10000]`` (``make bench`` runs it).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from traffic_graph import Outcome, deployment_settings, run_traffic  # bench/traffic_graph.py
 
-from bench.traffic_graph import Outcome, deployment_settings, run_traffic
 from tmo_graph.cli.fit_records import read_examples
 from tmo_graph.policy.refit import RefitModel, RewardTerms, time_split
 from tmo_graph.sim import traffic

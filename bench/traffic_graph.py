@@ -27,6 +27,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 
 from tmo_graph.context import Context
 from tmo_graph.graph import build_graph
@@ -36,7 +37,7 @@ from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 from tmo_graph.sim import traffic
 from tmo_graph.sim.traffic import TruthDialogue, TruthTurn
-from tmo_graph.threads.labels import SqliteLabels, TurnLabel
+from tmo_graph.threads.labels import LabelSource, SqliteLabels, TurnLabel
 from tmo_graph.threads.store import open_checkpointer
 
 _DIM = 8
@@ -109,6 +110,11 @@ class TruthLocal:
         entropy = entropy_for(turn.confidence if turn else 0.5)
         return text, _Stats([-0.2] * len(words), [entropy] * len(words))
 
+    def score_answer(self, messages: list[dict[str, str]], answer: str) -> _Stats:
+        """Any other answer scores as an unsure one (the graph does not ask here)."""
+        n = max(len(answer.split()), 1)
+        return _Stats([-0.2] * n, [entropy_for(0.5)] * n)
+
 
 class TruthCloud(BaseChatModel):
     """The cloud model: a unique answer, a fixed token usage."""
@@ -129,7 +135,7 @@ class TruthCloud(BaseChatModel):
         self.calls += 1
         usage = {"input_tokens": 40, "output_tokens": 40, "total_tokens": 80}
         text = " ".join(f"c{self.calls}y{k}" for k in range(12))
-        message = AIMessage(content=text, usage_metadata=usage)  # type: ignore[arg-type]
+        message = AIMessage(content=text, usage_metadata=usage)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
@@ -198,7 +204,7 @@ def run_traffic(
     with open_checkpointer(settings, db) as saver:
         graph = build_graph(services, checkpointer=saver)
         for dialogue in dialogues:
-            config = {"configurable": {"thread_id": dialogue.thread_id}}
+            config: RunnableConfig = {"configurable": {"thread_id": dialogue.thread_id}}
             for truth in dialogue.turns:
                 state = graph.invoke(
                     {"messages": [("user", truth.prompt)]}, config, context=context
@@ -218,7 +224,7 @@ def run_traffic(
                 run.outcomes.append(outcome)
                 drafted = record["route"] == "local" or record["escalated"]
                 if judge and drafted:
-                    source = "escalation" if record["escalated"] else "shadow"
+                    source: LabelSource = "escalation" if record["escalated"] else "shadow"
                     labels.append(
                         TurnLabel(
                             dialogue.thread_id, record["turn"], "default", source, truth.judged
