@@ -140,21 +140,34 @@ def test_the_truth_model_is_as_stated() -> None:
         assert got == pytest.approx(target, abs=2e-3)
 
 
-def test_a_rewritten_policy_file_is_loaded_again(deployment, tmp_path: Path) -> None:
-    tmp = deployment[0]
+def _small_model() -> RefitModel:
+    """A refit of 60 labelled turns: recommendations judged bad, queries fair."""
+    rows = [
+        Example("t", i % 6, task, "local", False, 0.3 + 0.01 * (i % 40), q, when=i)
+        for i, (task, q) in enumerate([("Query", 0.6), ("Recommendation", 0.1)] * 30)
+    ]
+    return RefitModel.fit(rows, TERMS)
+
+
+def _touch(path: Path) -> None:
+    """A later modification time, whatever the file system's clock resolution."""
+    os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000_000))
+
+
+def test_a_rewritten_policy_file_is_loaded_again(tmp_path: Path) -> None:
     policy = tmp_path / "p.json"
-    source = RefitModel.load(tmp / "policy.json") if (tmp / "policy.json").exists() else None
-    if source is None:
-        pytest.skip("needs the fit of the first test")
-    source.save(policy)
+    model = _small_model()
+    model.save(policy)
     first = load_learned(str(policy))
     assert isinstance(first, RefitPolicy)
+    assert first.model.route("Recommendation", 0) == "cloud"
     assert load_learned(str(policy)) is first  # cached while the file is unchanged
-    source.calibration = {"*": [0.0, 0.0]}
-    source.save(policy)
-    os.utime(policy, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    model.gap = {task: [0.95, 0.0, 2.0] for task in model.gap}  # local answers now judged good
+    model.calibration = {task: [0.95, 0.0] for task in model.calibration}
+    model.save(policy)
+    _touch(policy)
     second = load_learned(str(policy))
-    assert second is not first and second.model.calibration == {"*": [0.0, 0.0]}
+    assert second is not first and second.model.route("Recommendation", 0) == "local"
 
 
 def test_serve_reports_and_logs_a_reloaded_policy(
@@ -164,12 +177,8 @@ def test_serve_reports_and_logs_a_reloaded_policy(
 
     from tmo_graph.server.app import create_app
 
-    rows = [
-        Example("t", i % 6, task, "local", False, 0.3 + 0.01 * (i % 40), 0.5, when=i)
-        for i, task in enumerate(["Query", "Recommendation"] * 30)
-    ]
     policy = tmp_path / "policy.json"
-    model = RefitModel.fit(rows, TERMS)
+    model = _small_model()
     model.info["fit_at"] = "2026-12-01T00:00:00+00:00"
     model.save(policy)
     settings = Settings.model_validate(
@@ -186,7 +195,7 @@ def test_serve_reports_and_logs_a_reloaded_policy(
         }
         model.info["fit_at"] = "2026-12-02T00:00:00+00:00"
         model.save(policy)
-        os.utime(policy, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+        _touch(policy)
         with caplog.at_level(logging.INFO, logger="tmo_graph.server"):
             health = client.get("/health").json()
         assert health["policy"]["fit_at"] == "2026-12-02T00:00:00+00:00"
