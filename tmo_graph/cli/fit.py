@@ -8,6 +8,7 @@ writes the policy file (`routing.policy: learned`, `routing.policy_file: FILE`; 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -53,7 +54,9 @@ def fit(
 
     try:
         settings = load_settings(config)
+        started = time.perf_counter()
         examples, over = read_examples(settings, threads, _since(since))
+        reading = time.perf_counter() - started
         if not examples:
             raise TmoGraphError(
                 f"no finished turns in {threads}" + (f" since {since}" if since else ""),
@@ -71,14 +74,16 @@ def fit(
         threads=str(threads),
         since=since,
         fit_seconds=round(seconds, 4),
+        read_seconds=round(reading, 2),
         holdout={"turns": len(test), "before": vars(before), "after": vars(after)},
     )
     model.save(out)
     console = Console()
     labelled = sum(e.quality is not None for e in examples)
     console.print(
-        f"{len(examples)} turns ({labelled} labelled, {over} over budget); fit on the first "
-        f"{len(train)} in {seconds:.3f} s; {before.turns} of the last {len(test)} are replayable"
+        f"{len(examples)} turns ({labelled} labelled, {over} over budget) read in "
+        f"{reading:.1f} s; fit on the first {len(train)} in {seconds:.3f} s; {before.turns} "
+        f"of the last {len(test)} are replayable"
     )
     table = Table(title=f"hold-out: the latest {holdout:.0%} ({terms.device}, {terms.network})")
     for column in ("policy", "reward / turn", "s / turn", "USD / turn", "cloud share"):
