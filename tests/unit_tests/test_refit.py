@@ -107,6 +107,10 @@ def test_fit_errors_are_one_line(tmp_path: Path, deployment) -> None:
     runner = CliRunner()
     missing = runner.invoke(app, ["fit", "--threads", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    garbage = tmp_path / "notes.sqlite"
+    garbage.write_text("not a database, just notes " * 100)
+    broken = runner.invoke(app, ["fit", "--threads", str(garbage)])
+    assert broken.exit_code == 2 and "is not a thread database" in broken.output
     empty = tmp_path / "empty.sqlite"
     run_traffic([], empty, judge=False)
     none = runner.invoke(app, ["fit", "--threads", str(empty)])

@@ -9,6 +9,7 @@ time is its latest checkpoint's, so the time order puts later dialogues later.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -54,13 +55,23 @@ def read_examples(
 ) -> tuple[list[Example], int]:
     """Every finished turn (of dialogues active at or after ``since``) with its label, and
     the number of turns that went over their dialogue's budget."""
-    from tmo_graph.graph import build_graph
-
     if db is not None and settings.threads.url is None and not Path(db).is_file():
         raise TmoGraphError(
             f"thread database {db} does not exist",
             "pass the SQLite file `tmo-graph serve --db` or the graph wrote",
         )
+    try:
+        return _read(settings, db, since)
+    except sqlite3.DatabaseError as exc:
+        raise TmoGraphError(
+            f"{db} is not a thread database ({exc})",
+            "pass the SQLite file `tmo-graph serve --db` or the graph wrote",
+        ) from None
+
+
+def _read(settings: Settings, db: Path | None, since: datetime | None) -> tuple[list[Example], int]:
+    from tmo_graph.graph import build_graph
+
     labels_by_turn: dict[tuple[str, int], list[TurnLabel]] = defaultdict(list)
     for label in asyncio.run(_labels(settings, db)):
         labels_by_turn[(label.thread_id, label.turn)].append(label)
