@@ -33,7 +33,15 @@ def _since(value: str | None) -> datetime | None:
 
 
 def fit(
-    threads: Annotated[Path, typer.Option("--threads", help="SQLite thread file (serve --db)")],
+    threads: Annotated[
+        Path | None,
+        typer.Option(
+            "--threads",
+            help="SQLite thread file (serve --db); default: threads.url of the config, else "
+            "<cache>/threads.sqlite",
+            show_default=False,
+        ),
+    ] = None,
     since: Annotated[
         str | None, typer.Option(help="only dialogues active at or after this date (ISO)")
     ] = None,
@@ -59,7 +67,8 @@ def fit(
         reading = time.perf_counter() - started
         if not examples:
             raise TmoGraphError(
-                f"no finished turns in {threads}" + (f" since {since}" if since else ""),
+                f"no finished turns in {threads or 'the thread store'}"
+                + (f" since {since}" if since else ""),
                 "serve some dialogues first (tmo-graph serve --db FILE), or an earlier --since",
             )
         train, test = time_split(examples, holdout)
@@ -71,7 +80,7 @@ def fit(
     before, after = score(logged, terms), score(refit, terms)
     model.info.update(
         fit_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        threads=str(threads),
+        threads=str(threads) if threads else "threads.url / <cache>/threads.sqlite",
         since=since,
         fit_seconds=round(seconds, 4),
         read_seconds=round(reading, 2),
