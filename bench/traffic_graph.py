@@ -37,8 +37,8 @@ from tmo_graph.services import Services
 from tmo_graph.settings import Settings
 from tmo_graph.sim import traffic
 from tmo_graph.sim.traffic import TruthDialogue, TruthTurn
-from tmo_graph.threads.labels import LabelSource, SqliteLabels, TurnLabel
-from tmo_graph.threads.store import open_checkpointer
+from tmo_graph.threads.labels import LabelSource, TurnLabel
+from tmo_graph.threads.store import open_async_labels, open_checkpointer
 
 _DIM = 8
 
@@ -176,17 +176,19 @@ class Run:
 
 def run_traffic(
     dialogues: Sequence[TruthDialogue],
-    db: Path,
+    db: Path | None,
     policy: str = "rules",
     policy_file: Path | None = None,
     judge: bool = True,
     tmp: Path | None = None,
+    settings: Settings | None = None,
 ) -> Run:
-    """Every dialogue through the live graph into the SQLite file ``db``; with ``judge``,
-    each local draft's truth label is written beside the threads."""
+    """Every dialogue through the live graph into the SQLite file ``db`` (or the PostgreSQL
+    at ``settings.threads.url``, with ``db`` None); with ``judge``, each local draft's truth
+    label is written beside the threads."""
     turns = {t.prompt: t for d in dialogues for t in d.turns}
-    settings = deployment_settings()
-    media = (tmp or db.parent) / "media"
+    settings = settings or deployment_settings()
+    media = (tmp or (db.parent if db is not None else Path.cwd())) / "media"
     services = Services(
         settings=settings,
         local=TruthLocal(turns),
@@ -232,14 +234,11 @@ def run_traffic(
                     )
     run.seconds = time.perf_counter() - start
     if labels:
-        asyncio.run(_write(db, labels))
+        asyncio.run(_write(settings, db, labels))
     return run
 
 
-async def _write(db: Path, labels: list[TurnLabel]) -> None:
-    table = SqliteLabels(db)
-    try:
+async def _write(settings: Settings, db: Path | None, labels: list[TurnLabel]) -> None:
+    async with open_async_labels(settings, db) as table:
         for label in labels:
             await table.add(label)
-    finally:
-        await table.aclose()

@@ -212,3 +212,28 @@ def test_serve_reports_and_logs_a_reloaded_policy(
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["tmo"]["policy"] == "refit"
+
+
+def test_fit_reads_threads_and_labels_in_postgresql(pgvector, tmp_path: Path) -> None:
+    """The same records and labels in PostgreSQL (threads.url) as in a SQLite file."""
+    from tmo_graph.cli.fit_records import read_examples
+
+    url = pgvector.fresh().socket_url
+    settings = Settings.model_validate(
+        {
+            "device": {"profile": traffic.DEVICE, "live": False},
+            "cloud": {"network": traffic.NETWORK, "mode": "off"},
+            "threads": {"url": url},
+        }
+    )
+    dialogues = traffic.generate(60, seed=11)
+    run = run_traffic(dialogues, None, "rules", tmp=tmp_path, settings=settings)
+    examples, over = read_examples(settings, None)
+    assert over == 0
+    assert sorted((e.thread_id, e.turn) for e in examples) == sorted(
+        (o.thread_id, o.turn) for o in run.outcomes
+    )
+    drafted = sum(o.route == "local" or o.escalated for o in run.outcomes)
+    assert sum(e.quality is not None for e in examples) == drafted
+    truth = {(d.thread_id, t): x.judged for d in dialogues for t, x in enumerate(d.turns)}
+    assert all(e.quality == truth[(e.thread_id, e.turn)] for e in examples if e.quality is not None)

@@ -25,9 +25,9 @@ from tmo_graph.threads.store import open_async_labels, open_checkpointer
 def _thread_ids(saver: Any) -> list[str]:
     conn = getattr(saver, "conn", None)
     if conn is not None and hasattr(conn, "execute"):
-        try:  # SQLite: one query instead of reading every checkpoint
+        try:  # SQLite, PostgreSQL: one query instead of reading every checkpoint
             rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints").fetchall()
-            return sorted(str(r[0]) for r in rows)
+            return sorted(str(r["thread_id"] if isinstance(r, dict) else r[0]) for r in rows)
         except Exception:  # noqa: BLE001 (another saver: fall back to listing)
             pass
     return sorted({c.config["configurable"]["thread_id"] for c in saver.list(None)})
