@@ -68,3 +68,5 @@ bench: $(STAMP)
 	$(PY) bench/chat_model_overhead.py
 	$(PY) bench/server_overhead.py
 	$(PY) bench/judge_frontier.py
+	# 10,000 generated turns through the live graph, fit, and the refit on the last 3,000: ~15 min.
+	$(PY) bench/learning_curve.py

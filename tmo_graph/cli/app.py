@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tmo_graph.cli import audit, measure, serve, simulate, talk
+from tmo_graph.cli import audit, fit, measure, serve, simulate, talk
 
 app = typer.Typer(
     help="Route each dialogue turn to the on-device model or the cloud, within budgets.",
@@ -21,6 +21,7 @@ app.command()(talk.chat)
 app.command()(serve.serve)
 app.command()(simulate.train)
 app.command()(measure.calibrate)
+app.command()(fit.fit)
 app.command()(audit.audit)
 app.add_typer(serve.keys_app, name="keys")
 app.add_typer(simulate.bench_app, name="bench")

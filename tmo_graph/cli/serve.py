@@ -6,6 +6,7 @@ so the rest of the CLI works without them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,8 +87,20 @@ def serve(
         fail(error)
     access = f"{len(ring.keys())} API key(s)" if ring is not None else "NO API keys (--no-auth)"
     typer.echo(f"serving on http://{host}:{port}/v1 with {access} (GET /v1/models)", err=True)
+    _server_log()
     # One worker: a thread's turns are kept in order by a per-process lock.
     uvicorn.run(server_app, host=host, port=port, workers=1, log_level="info")
+
+
+def _server_log() -> None:
+    """The server's own INFO lines (a policy file or key file read again, a refused key)
+    on stderr beside uvicorn's: without a handler Python shows only warnings."""
+    logger = logging.getLogger("tmo_graph.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _key_ring(settings: Settings, ring_type: Any) -> Any:

@@ -27,8 +27,9 @@ def check_confidence(state: State, context: Context, services: Services) -> dict
         state.local_tokens["logprobs"], state.local_tokens["entropies"], local["text"], earlier
     )
     update: dict[str, Any] = {"confidence": score, "confidence_parts": parts}
+    policy = make_policy(context)
     may_escalate = (
-        make_policy(context).escalates
+        policy.escalates
         and not state.escalated
         and state.decision is not None
         and not any(c["where"] == "cloud" for c in state.calls)  # a fallback stays local
@@ -37,6 +38,9 @@ def check_confidence(state: State, context: Context, services: Services) -> dict
     # A looping or echoing answer is escalated whatever its score (the guards scale the
     # score down, but not always below a low threshold); a threshold of 0 keeps every answer.
     threshold = context.confidence_threshold
+    per_task = getattr(policy, "escalation_threshold", None)  # a refit policy's calibration
+    if per_task is not None:
+        threshold = per_task(state.task, state.turn_count)
     if may_escalate and (score < threshold or (threshold > 0 and degenerate(parts))):
         assert state.decision is not None
         # Only what fits in the budget left after the local call (no quality gap: the

@@ -224,8 +224,22 @@ class LearnedPolicy:
         return Action("cloud", tuple(views[i] for i in action_views(action, self.spec.n_views)))
 
 
+def load_learned(path: str) -> Any:
+    """A saved policy file as a graph policy: a `tmo-graph train` file, or a `tmo-graph fit`
+    file (:class:`tmo_graph.policy.refit.RefitPolicy`). Loaded once per process and file
+    version: a file rewritten in place (a new fit) is loaded again on its next use."""
+    try:
+        stamp = Path(path).stat().st_mtime_ns
+    except OSError:
+        stamp = 0  # load_policy says what is missing
+    return _load_learned(path, stamp)
+
+
 @lru_cache(maxsize=8)
-def load_learned(path: str) -> LearnedPolicy:
-    """A saved policy file as a graph policy (loaded once per process)."""
+def _load_learned(path: str, stamp: int) -> Any:
+    from tmo_graph.policy.refit import RefitModel, RefitPolicy, is_refit_file
+
+    if is_refit_file(Path(path)):
+        return RefitPolicy(RefitModel.load(Path(path)))
     trained = load_policy(Path(path))
     return LearnedPolicy(policy=trained, spec=trained.spec)

@@ -24,6 +24,7 @@ from tmo_graph.server.limits import RateLimiter
 from tmo_graph.server.media import router as media_router
 from tmo_graph.server.metrics import check_metrics_access, open_tracer, with_telemetry
 from tmo_graph.server.metrics import router as metrics_router
+from tmo_graph.server.policy_watch import PolicyWatch
 from tmo_graph.server.routes import router
 from tmo_graph.server.runtime import KeyCheck, ServerState
 from tmo_graph.server.turns import TurnRunner
@@ -124,6 +125,11 @@ def create_app(
             if metrics is not None:
                 stack.callback(metrics.close)
             memory = ran.memory if ran is not None else None
+            policy_file = cfg.routing.policy_file
+            watch = PolicyWatch(Path(policy_file) if policy_file else None)
+            if watch.path is not None:
+                task = asyncio.get_running_loop().create_task(watch.run())
+                stack.callback(task.cancel)
             turn_labels = turn_labels or MemoryLabels()
             judge = _judge(ran, turn_labels, metrics)
             runner = TurnRunner(compiled, max_concurrent_turns, thread_wait_s, memory, judge)
@@ -139,6 +145,7 @@ def create_app(
                 metrics=metrics,
                 labels=turn_labels,
                 audit=ran.audit if ran is not None else None,
+                policy=watch,
             )
             yield
             await runner.drain()

@@ -50,6 +50,7 @@ async def health(state: AppState) -> dict[str, Any]:
         "status": "ok",
         "active_turns": state.runner.active,
         "max_concurrent_turns": state.runner.max_concurrent_turns,
+        "policy": state.policy.status() if state.policy is not None else None,
     }
 
 

@@ -14,6 +14,7 @@ from tmo_graph.models.base import LocalBackend
 from tmo_graph.server.errors import ApiError
 from tmo_graph.server.keys import KeyRing
 from tmo_graph.server.limits import RateLimiter
+from tmo_graph.server.policy_watch import PolicyWatch
 from tmo_graph.server.turns import TurnRunner
 from tmo_graph.settings import Settings, default_cache_dir
 from tmo_graph.threads.chains import MemoryChains, ThreadChains
@@ -53,6 +54,8 @@ class ServerState:
     labels: TurnLabels = field(default_factory=MemoryLabels)
     # The audit log of the graph's services, which also gets a line per feedback.
     audit: AuditLog | None = None
+    # The routing.policy_file the turns load (reloaded when it changes), for /health.
+    policy: PolicyWatch | None = None
 
 
 async def server_state(request: Request) -> ServerState:
