@@ -157,6 +157,7 @@ def test_a_draft_is_dimmed_then_replaced_by_the_clouds_answer(terminal: object) 
     term.wait_for("asking the cloud")  # the check escalated; the draft is still shown
     term.wait_for("cloudone")
     term.wait_for("latency s")
+    term.wait_for("escalated local draft: draftone")  # the last line the turn prints
     screen = term.text()
     answer_area = screen.split("Explain how induction hobs work.")[1].split("turn ")[0]
     assert "cloudone cloudtwo cloudthree cloudfour" in answer_area
