@@ -46,8 +46,9 @@ def serve(
         float, typer.Option(help="seconds a turn waits for its thread's previous one (then 409)")
     ] = 30.0,
 ) -> None:
-    """An OpenAI-compatible chat API: POST /v1/chat/completions with model tmo-<policy>,
-    each request with an API key (Authorization: Bearer <key>)."""
+    """An OpenAI-compatible chat API (/v1/chat/completions, model tmo-<policy>) and /console.
+
+    Each request needs an API key (Authorization: Bearer <key>)."""
     try:
         import uvicorn
 

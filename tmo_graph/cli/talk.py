@@ -152,8 +152,7 @@ def chat(
     ] = None,
     db: DbOption = None,
 ) -> None:
-    """Talk to the graph: each answer streams as it is made, then where it was made and what
-    it cost."""
+    """Talk to the graph: each answer streams, then where it was made and what it cost."""
     from tmo_graph.cli.dialogues import cli_views
 
     try:
