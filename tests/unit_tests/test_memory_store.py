@@ -302,3 +302,26 @@ def test_turns_that_read_alike_are_stored_in_one_call(make_store: StoreFactory) 
     same = "User: what is the gate code\\nAssistant: 1948"
     remember(store, user_id="ada", thread_id="t1", turns=[(0, same), (1, same), (2, "other")])
     assert sorted(stored_turns(store, user_id="ada", thread_id="t1")) == [0, 1, 2]
+
+
+def test_a_long_listing_is_paged_by_chroma_not_fetched_whole(tmp_path: Path) -> None:
+    """Listing a namespace page by page asks Chroma for one page at its offset: fetching
+    offset + limit rows to slice here failed past about 32,000 stored turns (SQLite's
+    variable limit, found by bench/routing_overhead.py at 100,000)."""
+    store = ChromaStore(chroma_client(tmp_path / "c"), WordEmbeddings(), fields=FIELDS)
+    turns = [(n, f"turn number {n}") for n in range(250)]
+    remember(store, user_id="ann", thread_id="t", turns=turns)
+    asked: list[dict[str, Any]] = []
+    collection = store._collection(("tmo_memory", "ann"), create=False)
+    assert collection is not None
+    get = type(collection).get
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs)
+        return get(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(collection), "get", spy)
+        page = store.search(("tmo_memory", "ann", "t"), limit=100, offset=200)
+    assert len(page) == 50 and {(a["limit"], a["offset"]) for a in asked} == {(100, 200)}
+    assert sorted(stored_turns(store, user_id="ann", thread_id="t")) == list(range(250))

@@ -330,7 +330,24 @@ class ChromaStore(BaseStore):
         wanted = op.offset + op.limit
         found: list[SearchItem] = []
         vector = self.embeddings.embed_query(op.query) if op.query else None
-        for head in self._heads(tuple(prefix)):
+        heads = self._heads(tuple(prefix))
+        if vector is None and len(prefix) >= 2:
+            # One collection, filtered by its own query: Chroma pages it. Fetching offset +
+            # limit rows to slice here fails past about 32,000 (SQLite's variable limit).
+            collection = self._collection(heads[0], create=False)
+            if collection is None:
+                return []
+            page = self._call(
+                partial(
+                    collection.get,
+                    where=where,
+                    limit=op.limit,
+                    offset=op.offset,
+                    include=["metadatas"],
+                )
+            )
+            return [self._item(m) for m in page["metadatas"]]
+        for head in heads:
             collection = self._collection(head, create=False)
             if collection is None:
                 continue
