@@ -325,3 +325,32 @@ def test_a_long_listing_is_paged_by_chroma_not_fetched_whole(tmp_path: Path) -> 
         page = store.search(("tmo_memory", "ann", "t"), limit=100, offset=200)
     assert len(page) == 50 and {(a["limit"], a["offset"]) for a in asked} == {(100, 200)}
     assert sorted(stored_turns(store, user_id="ann", thread_id="t")) == list(range(250))
+
+
+def test_a_search_skips_chromas_prefilter_unless_an_unindexed_item_took_a_place(
+    tmp_path: Path,
+) -> None:
+    """Chroma lists every item a metadata filter passes before its HNSW search, so the
+    "indexed" filter is only used when an item stored without an index ranked among the
+    best: then the search is made again with it, and such items are never returned."""
+    store = ChromaStore(chroma_client(tmp_path / "c"), WordEmbeddings(), fields=FIELDS)
+    store.put(("docs", "ann"), "tea", {"text": "green tea leaves"})
+    collection = store._collection(("docs", "ann"), create=False)
+    assert collection is not None
+    asked: list[Any] = []
+    query = type(collection).query
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("where"))
+        return query(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(collection), "query", spy)
+        assert [i.key for i in store.search(("docs", "ann"), query="green tea", limit=1)] == ["tea"]
+        assert asked == [None]  # one search, no filter
+        for n in range(5):
+            store.put(("docs", "ann"), f"plain{n}", {"text": f"plain {n}"}, index=False)
+        asked.clear()
+        hits = store.search(("docs", "ann"), query="green tea", limit=3)
+    assert [i.key for i in hits] == ["tea"]  # the unindexed items are never results
+    assert asked == [None, {"indexed": True}]  # they took places: searched again, filtered

@@ -357,25 +357,36 @@ class ChromaStore(BaseStore):
                 )
                 found.extend(self._item(m) for m in page["metadatas"])
                 continue
-            result = self._call(
-                partial(
-                    collection.query,
-                    query_embeddings=[vector],
-                    n_results=wanted,
-                    where=where,
-                    include=["metadatas", "distances"],
-                )
-            )
-            metadatas = (result.get("metadatas") or [[]])[0]
-            distances = (result.get("distances") or [[]])[0]
-            found.extend(
-                self._item(m, 1.0 - float(d)) for m, d in zip(metadatas, distances, strict=True)
-            )
+            # Without the "indexed" filter first: a filter that every stored turn passes
+            # makes Chroma list them all before the HNSW search (48 ms against 5.6 ms at
+            # 10,000 turns, 346 ms at 100,000). Only when an item stored without an index
+            # took a place among the best is the search made again with it.
+            hits = self._query(collection, vector, wanted, self._where(op, with_query=False))
+            if len(hits) == wanted and not all(m.get("indexed") for m, _ in hits):
+                hits = self._query(collection, vector, wanted, where)
+            found.extend(self._item(m, 1.0 - d) for m, d in hits if m.get("indexed"))
         if vector is not None:
             found.sort(key=lambda item: item.score or 0.0, reverse=True)
         # A prefix shorter than two labels may end inside a collection's head.
         found = [i for i in found if i.namespace[: len(prefix)] == tuple(prefix)]
         return found[op.offset : wanted]
+
+    def _query(
+        self, collection: Any, vector: list[float], n: int, where: dict[str, Any] | None
+    ) -> list[tuple[Mapping[str, Any], float]]:
+        """The ``n`` nearest items' metadata and cosine distances."""
+        result = self._call(
+            partial(
+                collection.query,
+                query_embeddings=[vector],
+                n_results=n,
+                where=where,
+                include=["metadatas", "distances"],
+            )
+        )
+        metadatas = (result.get("metadatas") or [[]])[0]
+        distances = (result.get("distances") or [[]])[0]
+        return [(m, float(d)) for m, d in zip(metadatas, distances, strict=True)]
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         namespaces: set[tuple[str, ...]] = set()
