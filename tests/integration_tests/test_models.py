@@ -64,8 +64,10 @@ def local32(converted: Path) -> LocalModel:
 
 
 # Per-token log-prob / entropy agreement between two ways of scoring the same tokens: exact in
-# float32; int4's matrix products round to bfloat16, which moves a token by up to about 0.06.
-TOLERANCE = {"float32": 1e-3, "int4": 0.1}
+# float32; int4's matrix products round to bfloat16 (decoding through the int4 kernel, scoring
+# through the dense bfloat16 copy: each rounds its own way), which moves a token by up to
+# about 0.06 against float32 and 0.102 between the two int4 paths (measured).
+TOLERANCE = {"float32": 1e-3, "int4": 0.15}
 
 
 @pytest.fixture(scope="module", params=list(TOLERANCE))
@@ -161,16 +163,21 @@ def test_second_resolve_is_fast_and_loads_nothing(
 def test_get_local_model_loads_weights_once(local: LocalModel, converted: Path) -> None:
     assert get_local_model(converted, 32) is local
     longer = get_local_model(str(converted), 48)
-    assert longer.model is local.model and longer.max_new_tokens == 48
+    assert longer.decoder is local.decoder and longer.max_new_tokens == 48
     assert local.load_seconds > 0
 
 
-def test_score_answer_matches_transition_scores(each_precision: LocalModel) -> None:
+def test_score_answer_matches_transformers_llama(
+    each_precision: LocalModel, converted: Path
+) -> None:
+    """The decoder against transformers' own Llama on the real weights (float32)."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     local = each_precision
     tol = TOLERANCE[local.precision]
-    tok, model = local.tokenizer, local.model
+    tok = local.tokenizer
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
     prompt = torch.tensor([local._prompt_ids(MESSAGES)])
     with torch.inference_mode():
         out = model.generate(
@@ -189,6 +196,8 @@ def test_score_answer_matches_transition_scores(each_precision: LocalModel) -> N
     scores = local.score_answer(MESSAGES, text)
 
     assert tok.encode(text, add_special_tokens=False) == answer_ids
+    if local.precision == "float32":  # the same greedy answer as transformers' generate
+        assert local.generate_raw(MESSAGES, 20)[0] == text
     assert scores.n_tokens == len(answer_ids) == len(scores.logprobs) == len(scores.entropies)
     expected = transition[0, : scores.n_tokens].tolist()
     assert scores.logprobs == pytest.approx(expected, abs=tol)
@@ -240,10 +249,11 @@ def test_default_local_model_is_int4_on_the_ggufs_own_grid(
     from tmo_graph.models.local.quantize import Int4Linear, Int8Head
 
     assert local.precision == "int4" and local32.precision == "float32"
-    layers = [m for m in local.model.modules() if isinstance(m, Int4Linear)]
-    assert len(layers) == 7 * local.model.config.num_hidden_layers
+    blocks = local.decoder.blocks
+    layers = [getattr(b, name) for b in blocks for name in ("qkv", "out", "gate_up", "down")]
+    assert len(layers) == 4 * 30 and all(isinstance(layer, Int4Linear) for layer in layers)
     assert max(layer.max_error for layer in layers) == 0.0  # the Q4_1 weights, not rounded
-    assert isinstance(local.model.lm_head, Int8Head)
+    assert isinstance(local.decoder.head, Int8Head)
     # A decoding step reads under a fifth of float32's bytes (95 against 538 MB).
     assert local.weight_bytes_per_token() < 0.2 * local32.weight_bytes_per_token()
     assert 500e6 < local32.weight_bytes_per_token() < 560e6
@@ -252,11 +262,12 @@ def test_default_local_model_is_int4_on_the_ggufs_own_grid(
 def test_precisions_load_apart_and_share_weights_across_answer_lengths(
     converted: Path, local: LocalModel, local32: LocalModel
 ) -> None:
-    assert local32.model is not local.model
+    assert local32.decoder is not local.decoder
     assert get_local_model(converted, 32, precision="float32") is local32
-    assert get_local_model(converted, 48, precision="float32").model is local32.model
-    assert get_local_model(converted, 48).model is local.model
-    assert get_local_model(str(converted), 32, precision="bfloat16").model is not local.model
+    assert get_local_model(converted, 48, precision="float32").decoder is local32.decoder
+    assert get_local_model(converted, 48).decoder is local.decoder
+    bf16 = get_local_model(str(converted), 32, precision="bfloat16")
+    assert bf16.decoder is not local.decoder
 
 
 def test_int4_answer_records_a_log_prob_and_entropy_per_answer_token(local: LocalModel) -> None:
@@ -296,18 +307,6 @@ def test_int4_scores_agree_with_float32(local: LocalModel, local32: LocalModel) 
         # through the bfloat16 copy of the weights; through the int4 kernel: 0.027).
         assert _mean(fast.logprobs) == pytest.approx(_mean(exact.logprobs), abs=0.03)
         assert _mean(fast.entropies) == pytest.approx(_mean(exact.entropies), abs=0.03)
-
-
-@pytest.mark.skipif(
-    os.environ.get("TMO_TEST_COMPILE") != "1",
-    reason="torch.compile takes 20-50 s on 2 cores; set TMO_TEST_COMPILE=1 to run it",
-)
-def test_compiled_decoding_gives_the_same_answer(converted: Path, local: LocalModel) -> None:
-    compiled = get_local_model(converted, 32, compile=True)
-    assert compiled.compiled and compiled.model is not local.model
-    text, scores = compiled.answer(MESSAGES, max_new_tokens=16)
-    assert text == local.answer(MESSAGES, max_new_tokens=16)[0]
-    assert scores.n_tokens == len(scores.logprobs) == len(scores.entropies) > 0
 
 
 def test_chat_model_answers(local: LocalModel) -> None:

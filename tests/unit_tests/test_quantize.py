@@ -59,61 +59,6 @@ def test_output_layer_refines_the_largest_logits_in_float32() -> None:
     assert head.exact.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
 
 
-def _tiny_llama() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(4)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def test_quantize_int4_replaces_every_decoder_layer_and_the_head() -> None:
-    model = _tiny_llama()
-    reference = _tiny_llama()  # the same seed: the same float weights
-    embedding = model.get_input_embeddings().weight
-    report = quantize.quantize_int4(model)
-    assert (report.int4_layers, report.kept_layers) == (14, 0)  # 7 per decoder layer
-    assert report.max_error > 0  # random weights sit on no 4-bit grid
-    assert isinstance(model.lm_head, quantize.Int8Head)
-    assert model.get_input_embeddings().weight is embedding  # untouched, still float32
-    ids = torch.tensor([[1, 5, 9, 42, 7]])
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits
-        expected = reference(input_ids=ids).logits
-    assert logits.dtype == torch.float32
-    assert torch.corrcoef(torch.stack([logits.flatten(), expected.flatten()]))[0, 1] > 0.9
-
-
-def test_int4_greedy_decoding_is_deterministic() -> None:
-    model = _tiny_llama()
-    quantize.quantize_int4(model)
-    ids = torch.tensor([[3, 1, 4, 1, 5]])
-    with torch.inference_mode():
-        runs = [
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=12,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=0,
-            )
-            for _ in range(2)
-        ]
-    assert runs[0].sequences.tolist() == runs[1].sequences.tolist()
-    for first, second in zip(runs[0].scores, runs[1].scores, strict=True):
-        assert torch.equal(first, second)
-
-
 def test_a_bad_precision_is_refused_before_anything_loads(tmp_path: Path) -> None:
     with pytest.raises(TmoGraphError) as info:
         LocalModel.load(tmp_path, precision="fp8")  # type: ignore[arg-type]

@@ -181,7 +181,7 @@ def test_a_bad_local_precision_from_the_environment_names_the_variable(
     assert "\n" not in str(info.value)
 
 
-def test_the_local_precision_and_compile_settings_reach_the_model_loader(
+def test_the_local_precision_and_decoding_settings_reach_the_model_loader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``build_services`` loads the device model as configured (not the loader's default)."""
@@ -205,7 +205,7 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
         {
             "local": {
                 "precision": "bfloat16",
-                "compile": True,
+                "compile": True,  # no longer used: an older config still loads
                 "max_new_tokens": 40,
                 "repetition_penalty": 1.2,
                 "no_repeat_ngram_size": 4,
@@ -216,7 +216,6 @@ def test_the_local_precision_and_compile_settings_reach_the_model_loader(
         build_services(settings)
     assert asked == {
         "precision": "bfloat16",
-        "compile": True,
         "max_new_tokens": 40,
         "decoding": Decoding(1.2, 4),
     }

@@ -3,7 +3,7 @@
 The default local model comes from a Q4_1 GGUF: every weight of its linear layers is
 ``scale * q + min`` with ``q`` in 0..15 and one ``scale, min`` per group of 32 inputs. Taking
 each group's min and max back out of the dequantised float32 weights finds the same codes, so
-:func:`quantize_int4` stores the GGUF's own 4-bit weights again (a Q4_0 GGUF's grid is found
+:class:`Int4Linear` stores the GGUF's own 4-bit weights again (a Q4_0 GGUF's grid is found
 the same way; weights on no 4-bit grid are rounded to one, and ``max_error`` says by how much).
 The matrix products then run in PyTorch's int4 weight-only CPU kernel, which reads 0.625
 bytes per weight instead of 4 (decoding one token reads every weight once, so reading is what
@@ -18,12 +18,11 @@ attention, KV cache, softmax) stays float32. The output layer, tied to the input
 embedding and stored as Q8_0 in the GGUF, becomes int8 with one scale per output row, its
 largest logits recomputed in float32 so the confidence check's log-probs stay float32's.
 
-Imported only when the local model loads with ``precision: int4`` (it needs torch).
+The decoder (:mod:`tmo_graph.models.local.engine`) builds its layers from these when it
+loads with ``precision: int4``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,11 +33,20 @@ DENSE_ROWS = 8  # above this many tokens at once, the dense bfloat16 product is 
 
 
 class Int4Linear(nn.Module):
-    """A bias-free linear layer with 4-bit weights in groups of ``GROUP`` inputs."""
+    """A bias-free linear layer with 4-bit weights in groups of ``GROUP`` inputs.
+
+    ``native=False``: the weights packed for PyTorch's int4 kernel. ``native=True``: packed
+    for the decoder's compiled step (:mod:`tmo_graph.models.local.native`): per group 16
+    bytes (weight j in the low nibble of byte j, weight j + 16 in the high one), and the
+    group's step and minimum in float32; this layer then computes through the dense copy.
+    """
 
     dense: torch.Tensor
+    nibbles: torch.Tensor
+    step: torch.Tensor
+    low: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, native: bool = False) -> None:
         super().__init__()
         w = weight.detach().float()
         n, k = w.shape
@@ -51,14 +59,21 @@ class Int4Linear(nn.Module):
         # How far a weight moves: 0.0 when the weights already sat on this 4-bit grid.
         self.max_error = float((scaled.sub_(codes).abs_().amax(-1) * step).max())
         self.out_features = n
-        codes_2d = codes.reshape(n, k).to(torch.int32)
-        self.register_buffer(
-            "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_2d, 1)
-        )
-        # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
-        scales_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1)
-        scales_zeros = scales_zeros.contiguous().to(torch.bfloat16)
-        self.register_buffer("scales_zeros", scales_zeros)
+        self.native = native
+        if native:
+            q = codes.to(torch.uint8)
+            self.register_buffer("nibbles", (q[..., :16] | (q[..., 16:] << 4)).reshape(n, k // 2))
+            self.register_buffer("step", step.contiguous())
+            self.register_buffer("low", low.contiguous())
+        else:
+            codes_2d = codes.reshape(n, k).to(torch.int32)
+            self.register_buffer(
+                "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_2d, 1)
+            )
+            # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
+            scales_zeros = torch.stack([step.t(), (low + 8 * step).t()], dim=-1)
+            scales_zeros = scales_zeros.contiguous().to(torch.bfloat16)
+            self.register_buffer("scales_zeros", scales_zeros)
         # For long inputs: the weights in bfloat16 (on a 4-bit grid, the kernel's own values up
         # to bfloat16's rounding). Not a buffer: a decoding step never reads it, and
         # weight_bytes_per_token counts buffers.
@@ -66,7 +81,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if flat.shape[0] > DENSE_ROWS:
+        if self.native or flat.shape[0] > DENSE_ROWS:
             y = torch.nn.functional.linear(flat, self.dense)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -84,6 +99,9 @@ class Int8Head(nn.Module):
     weights (for a tied model, the input embedding: no extra memory), which carry almost all
     of the probability mass. ``refine=0`` leaves the bfloat16 logits as they are.
     """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, refine: int = 64) -> None:
         super().__init__()
@@ -104,6 +122,11 @@ class Int8Head(nn.Module):
         logits = torch.ops.aten._weight_int8pack_mm(
             flat.to(torch.bfloat16), self.codes, self.scales
         ).float()
+        return self.refined(logits, flat).reshape(*x.shape[:-1], self.out_features)
+
+    def refined(self, logits: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """``logits`` (rows, vocabulary) of the inputs ``flat`` (rows, hidden) with each row's
+        ``refine`` largest recomputed in float32, in place."""
         if self.refine:
             for rows in range(0, flat.shape[0], REFINE_CHUNK):
                 part = logits[rows : rows + REFINE_CHUNK]
@@ -111,43 +134,4 @@ class Int8Head(nn.Module):
                 weights = self.exact[top].to(torch.float32)  # (rows, refine, hidden)
                 inputs = flat[rows : rows + REFINE_CHUNK].to(torch.float32)
                 part.scatter_(-1, top, torch.bmm(weights, inputs[:, :, None])[:, :, 0])
-        return logits.reshape(*x.shape[:-1], self.out_features)
-
-
-@dataclass
-class QuantizeReport:
-    int4_layers: int
-    kept_layers: int  # linear layers left as they were (inputs not a multiple of GROUP)
-    max_error: float  # largest change of any weight (0.0: the 4-bit grid was found exactly)
-    head_max_error: float
-
-
-def quantize_int4(model: nn.Module) -> QuantizeReport:
-    """Replace, in place, the decoder's linear layers by :class:`Int4Linear` and the output
-    layer by :class:`Int8Head`; the input embedding keeps its float weights."""
-    int4 = kept = 0
-    errors = [0.0]
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if not isinstance(child, nn.Linear) or child.bias is not None:
-                continue
-            if f"{name}.{child_name}".lstrip(".") == "lm_head":
-                continue
-            if child.in_features % GROUP:
-                kept += 1
-                continue
-            layer = Int4Linear(child.weight)
-            errors.append(layer.max_error)
-            setattr(module, child_name, layer)
-            int4 += 1
-    head_error = 0.0
-    head = getattr(model, "lm_head", None)
-    if isinstance(head, nn.Linear) and head.bias is None:
-        new_head = Int8Head(head.weight)
-        head_error = new_head.max_error
-        model.lm_head = new_head
-        # A tied model would otherwise tie the new head back to the embedding on reload.
-        config = getattr(model, "config", None)
-        if config is not None and getattr(config, "tie_word_embeddings", False):
-            config.tie_word_embeddings = False
-    return QuantizeReport(int4, kept, max(errors), head_error)
+        return logits

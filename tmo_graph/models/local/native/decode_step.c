@@ -1,0 +1,201 @@
+/* One decoding step of a Llama-architecture model with 4-bit weights, in one call.
+ *
+ * Built on first use by tmo_graph/models/local/native.py (cc -O3 -march=native -fopenmp)
+ * and called through ctypes with pointers into the decoder's own tensors. It does what
+ * Decoder.forward does for one token, with the same weights and the same key/value cache,
+ * but without a Python call and a PyTorch dispatch per operation: those cost more than the
+ * arithmetic for a model this small (about 4 ms a token against 6 for the products).
+ *
+ * Weights: each row in groups of 32 inputs, a group being 16 bytes (weight j in the low
+ * nibble of byte j, weight j + 16 in the high nibble), its step and its minimum: w = step *
+ * q + min (the GGUF's Q4_1 grid). Activations stay float32 (no int8 rounding of the
+ * inputs, unlike llama.cpp). Output layer: int8 codes with one scale per row.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define GROUP 32
+
+typedef struct {
+    int64_t rows, cols;
+    const uint8_t *nibbles; /* rows * cols / 2 */
+    const float *step;      /* rows * cols / GROUP */
+    const float *low;       /* rows * cols / GROUP */
+} Q4;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm;
+    Q4 qkv, out, gate_up, down;
+} Layer;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, vocab;
+    float eps;
+    const float *embed;      /* vocab * hidden */
+    const float *final_norm; /* hidden */
+    const int8_t *head_codes;/* vocab * hidden */
+    const float *head_scale; /* vocab */
+    const Layer *layer;
+} Model;
+
+/* sum over one group of step * q * x, as a vector to add up at the end of the row */
+static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *xsum) {
+    const int64_t groups = m->cols / GROUP;
+    const uint8_t *b = m->nibbles + r * (m->cols / 2);
+    const float *step = m->step + r * groups, *low = m->low + r * groups;
+    float lows = 0.0f;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    for (int64_t g = 0; g < groups; g++) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(b + g * 16));
+        __m128i lo = _mm_and_si128(bytes, mask);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
+                                 _mm512_loadu_ps(x + g * GROUP));
+        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+                            _mm512_loadu_ps(x + g * GROUP + 16), t);
+        acc = _mm512_fmadd_ps(t, _mm512_set1_ps(step[g]), acc);
+        lows += low[g] * xsum[g];
+    }
+    return _mm512_reduce_add_ps(acc) + lows;
+#else
+    float total = 0.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *q = b + g * 16;
+        const float *xg = x + g * GROUP;
+        float s = 0.0f;
+        for (int j = 0; j < 16; j++) s += (q[j] & 15) * xg[j] + (q[j] >> 4) * xg[j + 16];
+        total += step[g] * s + low[g] * xsum[g];
+    }
+    return total;
+#endif
+}
+
+/* y = W x for a 4-bit matrix; the rows are shared among the team's threads */
+static void matvec_q4(const Q4 *m, const float *x, float *xsum, float *y) {
+    const int64_t groups = m->cols / GROUP;
+#pragma omp single
+    for (int64_t g = 0; g < groups; g++) {
+        float s = 0.0f;
+        for (int j = 0; j < GROUP; j++) s += x[g * GROUP + j];
+        xsum[g] = s;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->rows; r++) y[r] = row_q4(m, r, x, xsum);
+}
+
+static void rms_norm(const float *x, const float *w, float *out, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float k = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * k * w[i];
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Reads `token` at position `pos` (the cache holds positions 0..pos-1 and gets this one),
+ * writes the logits (int8 output layer, before any refinement) and the final normed hidden
+ * state. rotation: cos, sin pairs for this position (head_dim / 2 of them). scratch: at
+ * least 4 * (hidden + (heads + 2 * kv_heads) * head_dim + 2 * intermediate + pos + 1)
+ * floats. Returns 0. */
+int tmo_decode_step(const Model *m, int64_t token, int64_t pos, const float *rotation,
+                    float *keys, float *values, int64_t capacity, float *logits,
+                    float *final_hidden, float *scratch) {
+    const int64_t H = m->hidden, nh = m->heads, nkv = m->kv_heads, d = m->head_dim;
+    const int64_t q_size = nh * d, k_size = nkv * d, inter = m->intermediate;
+    float *x = scratch;                     /* residual stream */
+    float *h = x + H;                       /* normed input of a product */
+    float *qkv = h + (inter > H ? inter : H);
+    float *att = qkv + q_size + 2 * k_size; /* attention output */
+    float *gu = att + q_size;               /* gate and up */
+    float *xsum = gu + 2 * inter;           /* per-group input sums */
+    float *scores = xsum + (inter > H ? inter : H) / GROUP + 1; /* nh * (pos + 1) */
+    memcpy(x, m->embed + token * H, H * sizeof(float));
+#pragma omp parallel
+    {
+        for (int64_t l = 0; l < m->layers; l++) {
+            const Layer *L = m->layer + l;
+            float *K = keys + l * nkv * capacity * d, *V = values + l * nkv * capacity * d;
+#pragma omp single
+            rms_norm(x, L->attn_norm, h, H, m->eps);
+            matvec_q4(&L->qkv, h, xsum, qkv);
+#pragma omp single
+            {
+                for (int64_t i = 0; i < (q_size + k_size) / 2; i++) { /* rotary, pairs */
+                    const float c = rotation[2 * (i % (d / 2))], s = rotation[2 * (i % (d / 2)) + 1];
+                    const float a = qkv[2 * i], b = qkv[2 * i + 1];
+                    qkv[2 * i] = a * c - b * s;
+                    qkv[2 * i + 1] = a * s + b * c;
+                }
+                for (int64_t g = 0; g < nkv; g++) {
+                    memcpy(K + (g * capacity + pos) * d, qkv + q_size + g * d, d * sizeof(float));
+                    memcpy(V + (g * capacity + pos) * d, qkv + q_size + k_size + g * d,
+                           d * sizeof(float));
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t head = 0; head < nh; head++) {
+                const int64_t g = head / (nh / nkv);
+                const float *q = qkv + head * d, *Kg = K + g * capacity * d, *Vg = V + g * capacity * d;
+                float *p = scores + head * (pos + 1), top = -INFINITY, total = 0.0f;
+                const float scale = 1.0f / sqrtf((float)d);
+                for (int64_t t = 0; t <= pos; t++) {
+                    p[t] = dot(q, Kg + t * d, d) * scale;
+                    if (p[t] > top) top = p[t];
+                }
+                for (int64_t t = 0; t <= pos; t++) total += (p[t] = expf(p[t] - top));
+                float *o = att + head * d;
+                for (int64_t i = 0; i < d; i++) o[i] = 0.0f;
+                for (int64_t t = 0; t <= pos; t++) {
+                    const float w = p[t] / total, *v = Vg + t * d;
+                    for (int64_t i = 0; i < d; i++) o[i] += w * v[i];
+                }
+            }
+            matvec_q4(&L->out, att, xsum, h);
+#pragma omp single
+            {
+                for (int64_t i = 0; i < H; i++) x[i] += h[i];
+                rms_norm(x, L->mlp_norm, h, H, m->eps);
+            }
+            matvec_q4(&L->gate_up, h, xsum, gu);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < inter; i++) {
+                const float a = gu[i];
+                gu[i] = a / (1.0f + expf(-a)) * gu[inter + i];
+            }
+            matvec_q4(&L->down, gu, xsum, h);
+#pragma omp single
+            for (int64_t i = 0; i < H; i++) x[i] += h[i];
+        }
+#pragma omp single
+        rms_norm(x, m->final_norm, final_hidden, H, m->eps);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m->vocab; r++) {
+            const int8_t *c = m->head_codes + r * H;
+#ifdef __AVX512F__
+            __m512 acc = _mm512_setzero_ps();
+            int64_t i = 0;
+            for (; i + 16 <= H; i += 16) {
+                __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + i))));
+                acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(final_hidden + i), acc);
+            }
+            float s = _mm512_reduce_add_ps(acc);
+            for (; i < H; i++) s += c[i] * final_hidden[i];
+#else
+            float s = 0.0f;
+            for (int64_t i = 0; i < H; i++) s += c[i] * final_hidden[i];
+#endif
+            logits[r] = s * m->head_scale[r];
+        }
+    }
+    return 0;
+}
