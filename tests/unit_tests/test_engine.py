@@ -227,3 +227,22 @@ def test_without_a_compiler_the_pytorch_step_decodes(
     assert decoder.native is None
     reference = engine.load_decoder(folder, "int4")
     assert list(decoder.generate(PROMPT, 8)) == list(reference.generate(PROMPT, 8))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_packed_layers_are_saved_once_and_read_back(
+    tiny: tuple[Path, torch.nn.Module], tmp_path: Path, compiled: bool
+) -> None:
+    folder, _ = tiny
+    native_dir = tmp_path / "native" if compiled else None
+    first = engine.load_decoder(folder, "int4", native_dir, tmp_path / "decoders")
+    files = list((tmp_path / "decoders").glob("*.safetensors"))
+    assert len(files) == 1 and ("-native-" in files[0].name) == compiled
+    again = engine.load_decoder(folder, "int4", native_dir, tmp_path / "decoders")
+    assert list((tmp_path / "decoders").glob("*")) == files  # read, not written again
+    assert list(again.generate(PROMPT, 8)) == list(first.generate(PROMPT, 8))
+    assert again.score(PROMPT[:4], PROMPT[4:]).equal(first.score(PROMPT[:4], PROMPT[4:]))
+    assert again.weight_bytes_per_token() == first.weight_bytes_per_token()
+    layer = again.blocks[1].gate_up
+    assert layer.max_error == first.blocks[1].gate_up.max_error
+    assert again.head.max_error == first.head.max_error

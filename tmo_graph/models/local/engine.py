@@ -137,6 +137,11 @@ class CachePool:
         del best.tokens[held:]
         return best, held
 
+    def clear(self) -> None:
+        """Drop every kept cache (the next prompts are read whole)."""
+        with self._lock:
+            self._free.clear()
+
     def give_back(self, cache: KVCache) -> None:
         with self._lock:
             self._free.append(cache)
@@ -319,18 +324,18 @@ def _interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def load_decoder(folder: Path, precision: str, native_dir: Path | None = None) -> Decoder:
+def load_decoder(
+    folder: Path, precision: str, native_dir: Path | None = None, cache_dir: Path | None = None
+) -> Decoder:
     """A :class:`Decoder` for the converted model in ``folder`` (config.json and
     model.safetensors) in ``precision``: int4 (the GGUF's grid), bfloat16 or float32.
 
     int4 decodes through the compiled step (:mod:`.native`, built into ``native_dir``) when
     ``native_dir`` is given and a C compiler is there, else through PyTorch's int4 kernel.
+    Packing the 4-bit weights takes seconds: with ``cache_dir`` the packed layers are saved
+    there once and read back from then on (a file per model, precision and step).
     """
-    from safetensors.torch import load_file
-
     from tmo_graph.models.local import native
-
-    library = native.load_step(native_dir) if precision == "int4" and native_dir else None
 
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != "llama":
@@ -338,12 +343,46 @@ def load_decoder(folder: Path, precision: str, native_dir: Path | None = None) -
             f"the local model in {folder} is a {config.get('model_type')!r} model",
             "use a Llama-architecture model (SmolLM2 is one)",
         )
+    library = native.load_step(native_dir) if precision == "int4" and native_dir else None
+    packed = None
+    if precision == "int4" and cache_dir is not None:
+        packed = _packed_file(folder, cache_dir, library is not None)
+    if packed is not None and packed.is_file():
+        decoder = _restore(folder, config, packed)
+    else:
+        decoder = _build(folder, config, precision, native=library is not None)
+        if packed is not None:
+            _save_packed(decoder, packed)
+    if library is not None:
+        decoder.native = native.NativeStep(library, decoder)
+    return decoder
+
+
+LINEARS = ("qkv", "out", "gate_up", "down")
+PACKED_FORMAT = 1  # bump when the saved layout changes: older files are then rebuilt
+
+
+def _packed_file(folder: Path, cache_dir: Path, native: bool) -> Path:
+    """Where the packed int4 layers of ``folder``'s weights are kept (keyed by the weights
+    file's path, size and time, so a replaced model is packed again)."""
+    import hashlib
+
+    weights = (folder / "model.safetensors").resolve()
+    stat = weights.stat()
+    key = f"{weights}|{stat.st_size}|{stat.st_mtime_ns}|{native}|{PACKED_FORMAT}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{folder.name}-int4{'-native' if native else ''}-{digest}.safetensors"
+
+
+def _build(folder: Path, config: dict[str, Any], precision: str, native: bool) -> Decoder:
+    from safetensors.torch import load_file
+
     weights = load_file(folder / "model.safetensors")
     heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
 
     def linear(weight: torch.Tensor) -> torch.nn.Module:
         if precision == "int4" and weight.shape[1] % GROUP == 0:
-            return Int4Linear(weight, native=library is not None)
+            return Int4Linear(weight, native=native)
         return DenseLinear(weight, torch.bfloat16 if precision == "bfloat16" else torch.float32)
 
     blocks = []
@@ -371,7 +410,71 @@ def load_decoder(folder: Path, precision: str, native_dir: Path | None = None) -
     embed = weights["model.embed_tokens.weight"]
     head_weight = weights.get("lm_head.weight", embed)
     head: torch.nn.Module = Int8Head(head_weight) if precision == "int4" else linear(head_weight)
-    decoder = Decoder(config, embed, blocks, weights["model.norm.weight"].float(), head)
-    if library is not None:
-        decoder.native = native.NativeStep(library, decoder)
-    return decoder
+    return Decoder(config, embed, blocks, weights["model.norm.weight"].float(), head)
+
+
+def _save_packed(decoder: Decoder, path: Path) -> None:
+    """Save an int4 decoder's packed layers and output layer (written whole, then renamed)."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    errors: list[float] = []
+    for i, block in enumerate(decoder.blocks):
+        for name in LINEARS:
+            layer = getattr(block, name)
+            if not isinstance(layer, Int4Linear):  # inputs not in groups of 32: not packed
+                return
+            errors.append(layer.max_error)
+            tensors.update({f"{i}.{name}.{k}": v for k, v in layer.tensors().items()})
+    head = decoder.head
+    if not isinstance(head, Int8Head):
+        return
+    tensors.update({"head.codes": head.codes, "head.scales": head.scales})
+    tensors["max_error"] = torch.tensor([*errors, head.max_error])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        pass
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp.name)
+        os.replace(tmp.name, path)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+
+
+def _restore(folder: Path, config: dict[str, Any], packed: Path) -> Decoder:
+    """An int4 decoder from its packed file and the folder's embedding and norms."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    saved = load_file(packed)
+    # A safetensors file gives tensors at any offset, and PyTorch's int8 and int4 kernels
+    # crash on an unaligned one: those are copied into PyTorch's own (aligned) memory.
+    for name, tensor in saved.items():
+        if name.endswith((".codes", ".packed")):
+            saved[name] = tensor.clone()
+    errors = saved["max_error"].tolist()
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        embed = weights.get_tensor("model.embed_tokens.weight")
+        names = set(weights.keys())
+        head_weight = weights.get_tensor("lm_head.weight") if "lm_head.weight" in names else embed
+        final_norm = weights.get_tensor("model.norm.weight").float()
+        blocks = []
+        for i in range(int(config["num_hidden_layers"])):
+            p = f"model.layers.{i}."
+            layers = {}
+            for j, name in enumerate(LINEARS):
+                prefix = f"{i}.{name}."
+                tensors = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+                layers[name] = Int4Linear.restore(tensors, errors[i * len(LINEARS) + j])
+            blocks.append(
+                Block(
+                    attn_norm=weights.get_tensor(p + "input_layernorm.weight").float(),
+                    mlp_norm=weights.get_tensor(p + "post_attention_layernorm.weight").float(),
+                    **layers,
+                )
+            )
+    head = Int8Head.restore(saved["head.codes"], saved["head.scales"], head_weight, errors[-1])
+    return Decoder(config, embed, blocks, final_norm, head)

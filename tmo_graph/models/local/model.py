@@ -100,7 +100,8 @@ class LocalModel:
         except ImportError as exc:
             raise missing_dependency(exc) from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        decoder = load_decoder(folder, precision, default_cache_dir() / "native")
+        cache = default_cache_dir()
+        decoder = load_decoder(folder, precision, cache / "native", cache / "decoders")
         self = cls(tokenizer, decoder, folder, 0.0, max_new_tokens, precision, decoding)
         # The first answer of a cold process is several times slower: pay it here, not
         # inside the first turn's deadline. In a context of its own: the warm-up is no part

@@ -179,15 +179,8 @@ class NativeStep:
         """The logits (1, vocabulary) after reading ``token`` at ``pos``; its key and value
         are written into the cache (layers, kv_heads, capacity, head_dim) at ``pos``."""
         d = self.decoder
-        width = max(d.intermediate, d.hidden)
-        scratch = torch.empty(  # per call: two dialogues may decode at once
-            d.hidden
-            + width
-            + (2 * d.heads + 2 * d.kv_heads) * d.head_dim
-            + 2 * d.intermediate
-            + width // 32
-            + 1
-            + d.heads * (pos + 1)
+        shared = torch.empty(  # per call: two dialogues may decode at once
+            (2 * d.heads + 2 * d.kv_heads) * d.head_dim + d.hidden + d.intermediate
         )
         logits = torch.empty(1, self.head.out_features)
         hidden = torch.empty(1, d.hidden)
@@ -201,6 +194,6 @@ class NativeStep:
             ctypes.c_int64(keys.shape[2]),
             _Ptr(_ptr(logits)),
             _Ptr(_ptr(hidden)),
-            _Ptr(_ptr(scratch)),
+            _Ptr(_ptr(shared)),
         )
         return self.head.refined(logits, hidden)

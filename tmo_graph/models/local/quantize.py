@@ -30,6 +30,7 @@ from torch import nn
 GROUP = 32  # inputs sharing one scale and minimum, as in GGUF's Q4_0 / Q4_1 blocks
 REFINE_CHUNK = 128  # output-layer rows refined at a time (bounds the gathered weights)
 DENSE_ROWS = 8  # above this many tokens at once, the dense bfloat16 product is the faster
+REFINE = 64  # output-layer logits recomputed in float32 per row (the largest ones)
 
 
 class Int4Linear(nn.Module):
@@ -79,6 +80,24 @@ class Int4Linear(nn.Module):
         # weight_bytes_per_token counts buffers.
         self.dense = w.to(torch.bfloat16)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything this layer holds, to be saved and given to :meth:`restore`."""
+        return {**dict(self.named_buffers()), "dense": self.dense}
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], max_error: float) -> Int4Linear:
+        """The layer whose :meth:`tensors` these are, without packing the weights again."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.native = "nibbles" in tensors
+        layer.max_error = max_error
+        layer.dense = tensors["dense"]
+        layer.out_features = int(layer.dense.shape[0])
+        for name, tensor in tensors.items():
+            if name != "dense":
+                layer.register_buffer(name, tensor)
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         if self.native or flat.shape[0] > DENSE_ROWS:
@@ -103,7 +122,7 @@ class Int8Head(nn.Module):
     codes: torch.Tensor
     scales: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor, refine: int = 64) -> None:
+    def __init__(self, weight: torch.Tensor, refine: int = REFINE) -> None:
         super().__init__()
         w = weight.detach()
         low, high = torch.aminmax(w.float(), dim=-1)
@@ -116,6 +135,21 @@ class Int8Head(nn.Module):
         self.register_buffer("codes", codes.to(torch.int8))
         self.register_buffer("scales", scale.to(torch.bfloat16))
         self.exact = w  # not a buffer: shared with the embedding, read a few rows at a time
+
+    @classmethod
+    def restore(
+        cls, codes: torch.Tensor, scales: torch.Tensor, exact: torch.Tensor, max_error: float
+    ) -> Int8Head:
+        """The head saved as ``codes`` and ``scales`` (its buffers), without quantizing."""
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.max_error = max_error
+        head.out_features = int(codes.shape[0])
+        head.refine = min(REFINE, head.out_features)
+        head.register_buffer("codes", codes)
+        head.register_buffer("scales", scales)
+        head.exact = exact
+        return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

@@ -8,7 +8,7 @@
  *
  * Weights: each row in groups of 32 inputs, a group being 16 bytes (weight j in the low
  * nibble of byte j, weight j + 16 in the high nibble), its step and its minimum: w = step *
- * q + min (the GGUF's Q4_1 grid). Activations stay float32 (no int8 rounding of the
+ * q + min (the GGUF's Q4_1 grid). The gate and up projections are one matrix, gate first. Activations stay float32 (no int8 rounding of the
  * inputs, unlike llama.cpp). Output layer: int8 codes with one scale per row.
  */
 #include <math.h>
@@ -76,23 +76,19 @@ static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *
 #endif
 }
 
-/* y = W x for a 4-bit matrix; the rows are shared among the team's threads */
-static void matvec_q4(const Q4 *m, const float *x, float *xsum, float *y) {
-    const int64_t groups = m->cols / GROUP;
-#pragma omp single
-    for (int64_t g = 0; g < groups; g++) {
+/* per group of 32 inputs, their sum (the minimum's share of each row's product) */
+static void group_sums(const float *x, int64_t n, float *sums) {
+    for (int64_t g = 0; g < n / GROUP; g++) {
         float s = 0.0f;
         for (int j = 0; j < GROUP; j++) s += x[g * GROUP + j];
-        xsum[g] = s;
+        sums[g] = s;
     }
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < m->rows; r++) y[r] = row_q4(m, r, x, xsum);
 }
 
 static void rms_norm(const float *x, const float *w, float *out, int64_t n, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    const float k = 1.0f / sqrtf((float)(ss / n) + eps);
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float k = 1.0f / sqrtf(ss / n + eps);
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * k * w[i];
 }
 
@@ -102,82 +98,84 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Reads `token` at position `pos` (the cache holds positions 0..pos-1 and gets this one),
- * writes the logits (int8 output layer, before any refinement) and the final normed hidden
- * state. rotation: cos, sin pairs for this position (head_dim / 2 of them). scratch: at
- * least 4 * (hidden + (heads + 2 * kv_heads) * head_dim + 2 * intermediate + pos + 1)
- * floats. Returns 0. */
+/* Reads `token` at position `pos` (the cache holds positions 0..pos-1; this one is written)
+ * and writes the logits of the int8 output layer (before refinement) and the final normed
+ * hidden state. rotation: (cos, sin) pairs for this position, head_dim / 2 of them.
+ * shared: (heads + 2 * kv_heads) * head_dim + heads * head_dim + hidden + intermediate
+ * floats. Every thread keeps its own copy of the residual stream and of the normed inputs,
+ * so threads meet only after each product (five times a layer). Returns 0. */
 int tmo_decode_step(const Model *m, int64_t token, int64_t pos, const float *rotation,
                     float *keys, float *values, int64_t capacity, float *logits,
-                    float *final_hidden, float *scratch) {
+                    float *final_hidden, float *shared) {
     const int64_t H = m->hidden, nh = m->heads, nkv = m->kv_heads, d = m->head_dim;
     const int64_t q_size = nh * d, k_size = nkv * d, inter = m->intermediate;
-    float *x = scratch;                     /* residual stream */
-    float *h = x + H;                       /* normed input of a product */
-    float *qkv = h + (inter > H ? inter : H);
-    float *att = qkv + q_size + 2 * k_size; /* attention output */
-    float *gu = att + q_size;               /* gate and up */
-    float *xsum = gu + 2 * inter;           /* per-group input sums */
-    float *scores = xsum + (inter > H ? inter : H) / GROUP + 1; /* nh * (pos + 1) */
-    memcpy(x, m->embed + token * H, H * sizeof(float));
+    const int64_t width = inter > H ? inter : H, per_group = nh / nkv;
+    float *qkv = shared;          /* the qkv product */
+    float *att = qkv + q_size + 2 * k_size;
+    float *y = att + q_size;      /* the out and down products */
+    float *act = y + H;           /* silu(gate) * up */
 #pragma omp parallel
     {
+        float x[H], h[width], qk[q_size + k_size], sums[width / GROUP + 1], p[pos + 1];
+        memcpy(x, m->embed + token * H, H * sizeof(float));
         for (int64_t l = 0; l < m->layers; l++) {
             const Layer *L = m->layer + l;
             float *K = keys + l * nkv * capacity * d, *V = values + l * nkv * capacity * d;
-#pragma omp single
             rms_norm(x, L->attn_norm, h, H, m->eps);
-            matvec_q4(&L->qkv, h, xsum, qkv);
-#pragma omp single
-            {
-                for (int64_t i = 0; i < (q_size + k_size) / 2; i++) { /* rotary, pairs */
-                    const float c = rotation[2 * (i % (d / 2))], s = rotation[2 * (i % (d / 2)) + 1];
-                    const float a = qkv[2 * i], b = qkv[2 * i + 1];
-                    qkv[2 * i] = a * c - b * s;
-                    qkv[2 * i + 1] = a * s + b * c;
-                }
-                for (int64_t g = 0; g < nkv; g++) {
-                    memcpy(K + (g * capacity + pos) * d, qkv + q_size + g * d, d * sizeof(float));
-                    memcpy(V + (g * capacity + pos) * d, qkv + q_size + k_size + g * d,
-                           d * sizeof(float));
-                }
+            group_sums(h, H, sums);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < L->qkv.rows; r++) qkv[r] = row_q4(&L->qkv, r, h, sums);
+            for (int64_t i = 0; i < (q_size + k_size) / 2; i++) { /* rotary, in pairs */
+                const float c = rotation[2 * (i % (d / 2))], s = rotation[2 * (i % (d / 2)) + 1];
+                const float a = qkv[2 * i], b = qkv[2 * i + 1];
+                qk[2 * i] = a * c - b * s;
+                qk[2 * i + 1] = a * s + b * c;
+            }
+            const float *v_new = qkv + q_size + k_size;
+#pragma omp single nowait
+            for (int64_t g = 0; g < nkv; g++) { /* read by the next steps, not this one */
+                memcpy(K + (g * capacity + pos) * d, qk + q_size + g * d, d * sizeof(float));
+                memcpy(V + (g * capacity + pos) * d, v_new + g * d, d * sizeof(float));
             }
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < nh; head++) {
-                const int64_t g = head / (nh / nkv);
-                const float *q = qkv + head * d, *Kg = K + g * capacity * d, *Vg = V + g * capacity * d;
-                float *p = scores + head * (pos + 1), top = -INFINITY, total = 0.0f;
+                const int64_t g = head / per_group;
+                const float *q = qk + head * d, *Kg = K + g * capacity * d, *Vg = V + g * capacity * d;
                 const float scale = 1.0f / sqrtf((float)d);
-                for (int64_t t = 0; t <= pos; t++) {
+                float top = -INFINITY, total = 0.0f;
+                for (int64_t t = 0; t < pos; t++) {
                     p[t] = dot(q, Kg + t * d, d) * scale;
                     if (p[t] > top) top = p[t];
                 }
+                p[pos] = dot(q, qk + q_size + g * d, d) * scale; /* this token's own key */
+                if (p[pos] > top) top = p[pos];
                 for (int64_t t = 0; t <= pos; t++) total += (p[t] = expf(p[t] - top));
                 float *o = att + head * d;
                 for (int64_t i = 0; i < d; i++) o[i] = 0.0f;
                 for (int64_t t = 0; t <= pos; t++) {
-                    const float w = p[t] / total, *v = Vg + t * d;
+                    const float w = p[t] / total, *v = t < pos ? Vg + t * d : v_new + g * d;
                     for (int64_t i = 0; i < d; i++) o[i] += w * v[i];
                 }
             }
-            matvec_q4(&L->out, att, xsum, h);
-#pragma omp single
-            {
-                for (int64_t i = 0; i < H; i++) x[i] += h[i];
-                rms_norm(x, L->mlp_norm, h, H, m->eps);
-            }
-            matvec_q4(&L->gate_up, h, xsum, gu);
+            group_sums(att, q_size, sums);
 #pragma omp for schedule(static)
-            for (int64_t i = 0; i < inter; i++) {
-                const float a = gu[i];
-                gu[i] = a / (1.0f + expf(-a)) * gu[inter + i];
+            for (int64_t r = 0; r < H; r++) y[r] = row_q4(&L->out, r, att, sums);
+            for (int64_t i = 0; i < H; i++) x[i] += y[i];
+            rms_norm(x, L->mlp_norm, h, H, m->eps);
+            group_sums(h, H, sums);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < inter; i++) { /* gate row i and up row inter + i */
+                const float g = row_q4(&L->gate_up, i, h, sums);
+                act[i] = g / (1.0f + expf(-g)) * row_q4(&L->gate_up, inter + i, h, sums);
             }
-            matvec_q4(&L->down, gu, xsum, h);
-#pragma omp single
-            for (int64_t i = 0; i < H; i++) x[i] += h[i];
+            group_sums(act, inter, sums);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < H; r++) y[r] = row_q4(&L->down, r, act, sums);
+            for (int64_t i = 0; i < H; i++) x[i] += y[i];
         }
-#pragma omp single
-        rms_norm(x, m->final_norm, final_hidden, H, m->eps);
+        rms_norm(x, m->final_norm, h, H, m->eps);
+#pragma omp single nowait
+        memcpy(final_hidden, h, H * sizeof(float));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m->vocab; r++) {
             const int8_t *c = m->head_codes + r * H;
@@ -185,14 +183,15 @@ int tmo_decode_step(const Model *m, int64_t token, int64_t pos, const float *rot
             __m512 acc = _mm512_setzero_ps();
             int64_t i = 0;
             for (; i + 16 <= H; i += 16) {
-                __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + i))));
-                acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(final_hidden + i), acc);
+                __m512 w = _mm512_cvtepi32_ps(
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + i))));
+                acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(h + i), acc);
             }
             float s = _mm512_reduce_add_ps(acc);
-            for (; i < H; i++) s += c[i] * final_hidden[i];
+            for (; i < H; i++) s += c[i] * h[i];
 #else
             float s = 0.0f;
-            for (int64_t i = 0; i < H; i++) s += c[i] * final_hidden[i];
+            for (int64_t i = 0; i < H; i++) s += c[i] * h[i];
 #endif
             logits[r] = s * m->head_scale[r];
         }
