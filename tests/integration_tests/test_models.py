@@ -433,3 +433,27 @@ def test_stop_leaves_no_process(server: LoopbackServer) -> None:
     with pytest.raises(TmoGraphError, match="unreachable"):
         check_endpoint(server.base_url, timeout_s=2.0)
     server.stop()  # idempotent
+
+
+def test_the_tokenizer_reads_as_transformers_does(local: LocalModel, converted: Path) -> None:
+    """The model's own tokenizer and chat template (no transformers) give transformers' ids."""
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(converted)
+    ours = local.tokenizer
+    for messages in [*PROMPTS, [{"role": "user", "content": "Hi"}]]:
+        expected = reference.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        assert local._prompt_ids(messages) == list(expected)
+    for text in ["Grüße, 東京! 🍅 café\n\n  - item", "<|im_end|> as text", ""]:
+        ids = ours.encode(text, add_special_tokens=False)
+        assert ids == reference.encode(text, add_special_tokens=False)
+        assert ours.decode(ids, skip_special_tokens=True) == reference.decode(
+            ids, skip_special_tokens=True
+        )
+    assert (ours.eos_token_id, ours.pad_token_id, len(ours)) == (
+        reference.eos_token_id,
+        reference.pad_token_id,
+        len(reference),
+    )

@@ -359,7 +359,7 @@ def load_decoder(
 
 
 LINEARS = ("qkv", "out", "gate_up", "down")
-PACKED_FORMAT = 1  # bump when the saved layout changes: older files are then rebuilt
+PACKED_FORMAT = 2  # bump when the saved layout changes: older files are then rebuilt
 
 
 def _packed_file(folder: Path, cache_dir: Path, native: bool) -> Path:

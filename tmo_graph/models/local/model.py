@@ -94,12 +94,11 @@ class LocalModel:
             )
         start = time.perf_counter()
         try:
-            from transformers import AutoTokenizer
-
             from tmo_graph.models.local.engine import load_decoder
+            from tmo_graph.models.local.tokenizer import ChatTokenizer
         except ImportError as exc:
             raise missing_dependency(exc) from None
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = ChatTokenizer(folder)
         cache = default_cache_dir()
         decoder = load_decoder(folder, precision, cache / "native", cache / "decoders")
         self = cls(tokenizer, decoder, folder, 0.0, max_new_tokens, precision, decoding)

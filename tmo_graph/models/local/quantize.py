@@ -39,7 +39,8 @@ class Int4Linear(nn.Module):
     ``native=False``: the weights packed for PyTorch's int4 kernel. ``native=True``: packed
     for the decoder's compiled step (:mod:`tmo_graph.models.local.native`): per group 16
     bytes (weight j in the low nibble of byte j, weight j + 16 in the high one), and the
-    group's step and minimum in float32; this layer then computes through the dense copy.
+    group's step and minimum in float16 (exact for a GGUF's Q4_1 weights: it stores them so);
+    this layer then computes through the dense copy.
     """
 
     dense: torch.Tensor
@@ -64,8 +65,12 @@ class Int4Linear(nn.Module):
         if native:
             q = codes.to(torch.uint8)
             self.register_buffer("nibbles", (q[..., :16] | (q[..., 16:] << 4)).reshape(n, k // 2))
-            self.register_buffer("step", step.contiguous())
-            self.register_buffer("low", low.contiguous())
+            # float16, as the GGUF stores them: its steps and minimums are float16 values.
+            step16, low16 = step.to(torch.float16), low.to(torch.float16)
+            grid = codes * step16.float()[..., None] + low16.float()[..., None]
+            self.max_error = max(self.max_error, float((grid - groups).abs().max()))
+            self.register_buffer("step", step16.contiguous())
+            self.register_buffer("low", low16.contiguous())
         else:
             codes_2d = codes.reshape(n, k).to(torch.int32)
             self.register_buffer(

@@ -7,14 +7,14 @@
  * arithmetic for a model this small (about 4 ms a token against 6 for the products).
  *
  * Weights: each row in groups of 32 inputs, a group being 16 bytes (weight j in the low
- * nibble of byte j, weight j + 16 in the high nibble), its step and its minimum: w = step *
- * q + min (the GGUF's Q4_1 grid). The gate and up projections are one matrix, gate first. Activations stay float32 (no int8 rounding of the
+ * nibble of byte j, weight j + 16 in the high nibble), its step and its minimum in float16:
+ * w = step * q + min (the GGUF's Q4_1 blocks, the same bytes a weight). The gate and up projections are one matrix, gate first. Activations stay float32 (no int8 rounding of the
  * inputs, unlike llama.cpp). Output layer: int8 codes with one scale per row.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -23,8 +23,8 @@
 typedef struct {
     int64_t rows, cols;
     const uint8_t *nibbles; /* rows * cols / 2 */
-    const float *step;      /* rows * cols / GROUP */
-    const float *low;       /* rows * cols / GROUP */
+    const uint16_t *step;   /* rows * cols / GROUP, float16 (the GGUF's own) */
+    const uint16_t *low;    /* rows * cols / GROUP, float16 */
 } Q4;
 
 typedef struct {
@@ -42,11 +42,24 @@ typedef struct {
     const Layer *layer;
 } Model;
 
-/* sum over one group of step * q * x, as a vector to add up at the end of the row */
+static inline float half(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    float f;
+    if (exp == 0) f = ldexpf((float)man, -24);                        /* zero, subnormal */
+    else if (exp == 31) f = man ? NAN : INFINITY;
+    else f = ldexpf((float)(man | 0x400), (int)exp - 25);
+    return sign ? -f : f;
+#endif
+}
+
+/* one row of a 4-bit matrix times x: per group step * (q . x) + min * sum(x) */
 static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *xsum) {
     const int64_t groups = m->cols / GROUP;
     const uint8_t *b = m->nibbles + r * (m->cols / 2);
-    const float *step = m->step + r * groups, *low = m->low + r * groups;
+    const uint16_t *step = m->step + r * groups, *low = m->low + r * groups;
     float lows = 0.0f;
 #ifdef __AVX512F__
     __m512 acc = _mm512_setzero_ps();
@@ -59,8 +72,8 @@ static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *
                                  _mm512_loadu_ps(x + g * GROUP));
         t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
                             _mm512_loadu_ps(x + g * GROUP + 16), t);
-        acc = _mm512_fmadd_ps(t, _mm512_set1_ps(step[g]), acc);
-        lows += low[g] * xsum[g];
+        acc = _mm512_fmadd_ps(t, _mm512_set1_ps(half(step[g])), acc);
+        lows += half(low[g]) * xsum[g];
     }
     return _mm512_reduce_add_ps(acc) + lows;
 #else
@@ -70,7 +83,7 @@ static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *
         const float *xg = x + g * GROUP;
         float s = 0.0f;
         for (int j = 0; j < 16; j++) s += (q[j] & 15) * xg[j] + (q[j] >> 4) * xg[j + 16];
-        total += step[g] * s + low[g] * xsum[g];
+        total += half(step[g]) * s + half(low[g]) * xsum[g];
     }
     return total;
 #endif
