@@ -18,10 +18,14 @@ Each round runs, in a rotating order so a busy machine slows every path alike:
 - prompt reading: a multi-turn chat of N tokens (N counted by the model's tokenizer; the same
   N is llama-bench's ``-p``) answered with one token: N over the call's ``prefill_s``.
 
-The first round warms up. Printed: a table of medians (min-max over the rounds) with the
-median of the per-round ratios, tmo-graph over llama.cpp, the memory bound (bandwidth over
-the bytes of weights read per token) and the targets. Only public LocalModel methods are
-called, so whatever engine LocalModel decodes with is what is measured.
+The first round warms up. Compare on an idle machine (each round prints the load):
+llama.cpp's threads spin while they wait for each other, so on a busy machine its speed
+falls far more than torch's, by up to 10x here.
+
+Printed: a table of medians (min-max over the rounds) with the median of the per-round
+ratios, tmo-graph over llama.cpp; the memory bound (bandwidth over the bytes of weights read
+a token) and each one's share of it; the targets, met or not. Only public LocalModel methods
+are called, so whatever engine LocalModel decodes with is what is measured.
 
 python bench/peer_llamacpp.py [--runs 5] [--llama-bench PATH | --cache DIR] [--json PATH]
 """
@@ -391,7 +395,7 @@ def compare(
             rows.append(
                 Comparison(
                     "share",
-                    f"share of the bound (tg{n_gen}; {decoding})",
+                    f"share of the bound (ours: {decoding.split(',')[0]})",
                     [s / ours_bound for s in series(decoding) or []],
                     [s / their_bound for s in tg],
                     percent=True,
@@ -567,6 +571,7 @@ def measure(
     }
     names = list(paths)
     rounds: list[dict[str, float]] = []
+    loads: list[str] = []
     for run in range(args.runs + 1):  # round 0 warms every path up
         shift = run % len(names)
         figures: dict[str, float] = {}
@@ -574,10 +579,11 @@ def measure(
             figures.update(paths[name]())
         if run:
             rounds.append(figures)
+            loads.append(load_average())
         shown = "  ".join(f"{k} {figures[k]:.1f}" for k in SHOWN if k in figures)
         print(
             f"round {run}/{args.runs}{' (warm-up)' if not run else ''}: {shown}  "
-            f"({load_average()})",
+            f"({loads[-1] if run else load_average()})",
             flush=True,
         )
 
@@ -606,7 +612,7 @@ def measure(
         "weight_bytes_per_token": our_bytes,
         "bandwidth_bytes_per_s": bandwidth,
         "llama_cpp_python": LLAMA_CPP_PYTHON,
-        "load_after": load_average(),
+        "loads": loads,
     }
     return comparisons, record
 

@@ -144,4 +144,5 @@ def test_the_bound_and_each_ones_share_of_it(peer: ModuleType) -> None:
     text = console.export_text()
     assert "write 64: answer() with scores, decoding" in text
     assert "155.0 (150.0-160.0)" in text and "35.0 (30.0-40.0)" in text
+    assert "share of the bound (ours: answer() with scores)" in text
     assert "1.07x" in text and "52% (50%-53%)" in text
