@@ -571,7 +571,7 @@ def measure(
     }
     names = list(paths)
     rounds: list[dict[str, float]] = []
-    loads: list[str] = []
+    loads: list[float] = []  # the 1-minute load average after each measured round
     for run in range(args.runs + 1):  # round 0 warms every path up
         shift = run % len(names)
         figures: dict[str, float] = {}
@@ -579,11 +579,11 @@ def measure(
             figures.update(paths[name]())
         if run:
             rounds.append(figures)
-            loads.append(load_average())
+            loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
         shown = "  ".join(f"{k} {figures[k]:.1f}" for k in SHOWN if k in figures)
         print(
             f"round {run}/{args.runs}{' (warm-up)' if not run else ''}: {shown}  "
-            f"({loads[-1] if run else load_average()})",
+            f"({load_average()})",
             flush=True,
         )
 
@@ -661,6 +661,12 @@ def main() -> None:
     )
     lines = target_lines(comparisons, TARGETS)
     console.print("targets:\n  " + "\n  ".join(lines), highlight=False)
+    cores = os.cpu_count() or 1
+    if max(record["loads"]) > cores + 1:  # this run itself keeps about `threads` cores busy
+        print(
+            f"note: the load reached {max(record['loads']):.1f} on {cores} cores: other work "
+            "shared the CPU and slowed llama.cpp most; run again on an idle machine"
+        )
     if args.json:
         record["figures"] = [
             {
