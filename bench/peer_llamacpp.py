@@ -216,10 +216,18 @@ def llama_cpp_source(cache: Path) -> Path:
                 "check that PyPI is reachable, or pass --llama-bench PATH to a llama-bench "
                 "built already",
             )
-    with tempfile.TemporaryDirectory(dir=cache) as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise TmoGraphError(
+                f"could not unpack {archive} ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                f"delete {archive} (it is downloaded again), or pass --llama-bench PATH",
+            ) from None
         shutil.rmtree(unpacked, ignore_errors=True)
-        (Path(tmp) / unpacked.name).rename(unpacked)  # whole or absent, never half
+        if (Path(tmp) / unpacked.name).is_dir():
+            (Path(tmp) / unpacked.name).rename(unpacked)  # whole or absent, never half
     if not (source / "CMakeLists.txt").is_file():
         raise TmoGraphError(
             f"{archive} has no vendor/llama.cpp/CMakeLists.txt",
