@@ -18,9 +18,9 @@ Each round runs, in a rotating order so a busy machine slows every path alike:
 - prompt reading: a multi-turn chat of N tokens (N counted by the model's tokenizer; the same
   N is llama-bench's ``-p``) answered with one token: N over the call's ``prefill_s``.
 
-The first round warms up. Compare on an idle machine (each round prints the load):
-llama.cpp's threads spin while they wait for each other, so on a busy machine its speed
-falls far more than torch's, by up to 10x here.
+The first round warms up. Compare on an idle machine (each round prints the load): with
+other work on the 2 cores here, both slowed down about 10x, unevenly from path to path and
+round to round, and the ratios lost their meaning.
 
 Printed: a table of medians (min-max over the rounds) with the median of the per-round
 ratios, tmo-graph over llama.cpp; the memory bound (bandwidth over the bytes of weights read
@@ -673,7 +673,7 @@ def main() -> None:
     if max(record["loads"]) > cores + 1:  # this run itself keeps about `threads` cores busy
         print(
             f"note: the load reached {max(record['loads']):.1f} on {cores} cores: other work "
-            "shared the CPU and slowed llama.cpp most; run again on an idle machine"
+            "shared the CPU and the figures are unreliable; run again on an idle machine"
         )
     if args.json:
         record["figures"] = [
