@@ -20,7 +20,7 @@ Each round runs, in a rotating order so a busy machine slows every path alike:
 
 The first round warms up. Compare on an idle machine (each round prints the load): with
 other work on the 2 cores here, both slowed down about 10x, unevenly from path to path and
-round to round, and the ratios lost their meaning.
+round to round, and the ratios grew noisy.
 
 Printed: a table of medians (min-max over the rounds) with the median of the per-round
 ratios, tmo-graph over llama.cpp; the memory bound (bandwidth over the bytes of weights read
