@@ -57,6 +57,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/routing_overhead.py
 	$(PY) bench/local_throughput.py
+	# llama.cpp's llama-bench beside the local model on the same GGUF; the first run builds
+	# llama-bench from llama-cpp-python's sdist into the cache (about 5 minutes on 2 cores).
+	$(PY) bench/peer_llamacpp.py
 	$(PY) bench/local_model.py
 	$(PY) bench/first_token.py
 	# The first run embeds 100,000 turns (about 8 minutes); reruns use the cached collection.
