@@ -53,7 +53,13 @@ def listen(host: str, port: int) -> socket.socket:
 class BackgroundLoad(Generic[T]):
     """``load()`` run on a daemon thread from construction on; :meth:`result` waits for it and
     gives its value, or raises its exception in the caller's thread (so a failed load reads as
-    if it had been called there)."""
+    if it had been called there).
+
+    The thread stays alive (parked) after the load, until the process ends: once the thread
+    that loaded the local model and ran its first answer had exited, torch answered on every
+    other thread 5 to 10 times slower (16 tokens: 3-7 s against 0.5-0.8 s, measured here with
+    its OpenMP threads), so the server's first requests would have paid for the overlap.
+    """
 
     def __init__(self, load: Callable[[], T], name: str = "tmo-load") -> None:
         self._load = load
@@ -70,6 +76,7 @@ class BackgroundLoad(Generic[T]):
             self._error = error
         finally:
             self._done.set()
+        threading.Event().wait()  # parked for good: see the class docstring
 
     def done(self) -> bool:
         """Whether the load has finished (well or not)."""
