@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from tests.integration_tests.slow_serve_worker import ANSWER, FAILURE
+from tmo_graph.errors import TmoGraphError
 from tmo_graph.models.cloud import free_port
+from tmo_graph.server.startup import listen
 
 pytestmark = pytest.mark.integration
 WORKER = Path(__file__).with_name("slow_serve_worker.py")
@@ -104,3 +106,23 @@ def test_a_load_that_fails_stops_the_server_with_its_error(tmp_path: Path) -> No
     assert "Traceback" not in text
     with pytest.raises(OSError):  # the port is given back
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_a_port_in_use_fails_before_any_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TmoGraphError, match=f"cannot listen on 127.0.0.1:{port}.*free port"):
+            listen("127.0.0.1", port)
+        result = subprocess.run(
+            [sys.executable, str(WORKER), "ok", "0", str(tmp_path), "--", "serve", "--no-auth"]
+            + ["--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "loading").exists()  # refused before the load began

@@ -1,0 +1,56 @@
+"""The pieces of serve's cold start that need no network: the background load
+(:class:`tmo_graph.server.startup.BackgroundLoad`). The socket and the whole start-up over HTTP
+are tested in ``tests/integration_tests/test_serve_startup.py``."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tmo_graph.errors import TmoGraphError
+from tmo_graph.server.startup import BackgroundLoad
+
+
+def test_the_load_runs_beside_the_caller_and_gives_its_value() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def load() -> list[str]:
+        started.set()
+        release.wait(10)
+        return ["loaded", threading.current_thread().name]
+
+    loading = BackgroundLoad(load, name="test-load")
+    assert started.wait(10)
+    assert not loading.done()  # the caller goes on while it loads
+    release.set()
+    assert loading.result(10) == ["loaded", "test-load"]
+    assert loading.done()
+
+
+def test_a_failed_load_raises_its_own_error_in_the_waiting_thread() -> None:
+    error = TmoGraphError("the model folder has no weights", "convert it again")
+
+    def load() -> None:
+        raise error
+
+    with pytest.raises(TmoGraphError) as raised:
+        BackgroundLoad(load).result(10)
+    assert raised.value is error
+
+
+def test_the_loading_thread_stays_alive_after_the_load() -> None:
+    # torch answers far slower on other threads once the thread that loaded the model exits
+    BackgroundLoad(lambda: 1, name="test-parked").result(10)
+    time.sleep(0.05)
+    assert any(t.name == "test-parked" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_load_that_takes_too_long_says_so() -> None:
+    release = threading.Event()
+    loading = BackgroundLoad(lambda: release.wait(10))
+    with pytest.raises(TmoGraphError, match="did not finish within 0.05 s"):
+        loading.result(0.05)
+    release.set()
+    assert loading.result(10) is True
