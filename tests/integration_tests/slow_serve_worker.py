@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import tmo_graph.cli.serve as serve_module  # noqa: E402
 import tmo_graph.services  # noqa: E402
 from tests.unit_tests.fakes import FakeLocal, fake_services  # noqa: E402
 from tmo_graph.cli.app import app  # noqa: E402
@@ -42,7 +41,6 @@ def main(mode: str, delay_s: str, markers: str, *serve_args: str) -> None:
         return services
 
     tmo_graph.services.build_services = slow_build  # serve imports it when it loads
-    serve_module._side_loads = lambda settings: None  # no real embeddings: fakes only
     sys.argv = ["tmo-graph", *serve_args]
     app()
 

@@ -83,7 +83,6 @@ def serve(
         fail(error)
     typer.echo("loading models ...", err=True)
     loading = BackgroundLoad(lambda: _services(settings), name="tmo-load-services")
-    BackgroundLoad(lambda: _side_loads(settings), name="tmo-load-side")  # see _side_loads
     try:
         from tmo_graph.server.app import create_app
     except ImportError as error:
@@ -116,20 +115,6 @@ def _services(settings: Settings) -> Services:
     from tmo_graph.services import build_services
 
     return build_services(settings)
-
-
-def _side_loads(settings: Settings) -> None:
-    """The embeddings and the Chroma client, loaded beside the local model (both are kept per
-    process, so build_services finds them ready instead of loading them after the model). A
-    failure here is left for build_services, which meets it again and reports it in order."""
-    from tmo_graph.memory.clients import chroma_client
-    from tmo_graph.models.embeddings import local_embeddings
-
-    emb = settings.embeddings
-    local_embeddings(emb.source, backend=emb.backend, dtype=emb.dtype, threads=emb.threads)
-    memory = settings.memory
-    if memory.backend != "postgres" and memory.server_url is None:
-        chroma_client(settings.memory_dir())
 
 
 def _server_log() -> None:
