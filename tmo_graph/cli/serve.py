@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tmo_graph.cli.common import ConfigOption, DbOption, fail
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tmo_graph.server.keys import KeyRing
+    from tmo_graph.services import Services
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -49,12 +53,13 @@ def serve(
     """An OpenAI-compatible chat API (/v1/chat/completions, model tmo-<policy>) and /console.
 
     Each request needs an API key (Authorization: Bearer <key>)."""
+    # Cold start: the models load on a thread of their own from the moment the settings are
+    # read, while this thread imports and builds the app; the socket listens from then on,
+    # so an early request waits in its queue instead of being refused.
     try:
         import uvicorn
 
-        from tmo_graph.server.app import create_app
-        from tmo_graph.server.keys import KeyRing
-        from tmo_graph.services import build_services
+        from tmo_graph.server.startup import BackgroundLoad, listen
     except ImportError as error:
         fail(TmoGraphError(f"{error.name} is not installed", "pip install 'tmo-graph[serve]'"))
     try:
@@ -72,9 +77,18 @@ def serve(
             settings = settings.model_copy(
                 update={"server": settings.server.model_copy(update={"keys_file": keys})}
             )
-        ring = None if no_auth else _key_ring(settings, KeyRing)  # before the models load
-        typer.echo("loading models ...", err=True)
-        services = build_services(settings)  # a bad config fails here, in one line
+        ring = None if no_auth else _key_ring(settings)  # before the models load
+        sock = listen(host, port)
+    except TmoGraphError as error:
+        fail(error)
+    typer.echo("loading models ...", err=True)
+    loading = BackgroundLoad(lambda: _services(settings), name="tmo-load-services")
+    try:
+        from tmo_graph.server.app import create_app
+    except ImportError as error:
+        fail(TmoGraphError(f"{error.name} is not installed", "pip install 'tmo-graph[serve]'"))
+    try:
+        services = loading.result()  # a bad config or a failed load fails here, in one line
         server_app = create_app(
             settings=settings,
             services=services,
@@ -85,12 +99,22 @@ def serve(
             no_auth=no_auth,
         )
     except TmoGraphError as error:
+        sock.close()
         fail(error)
     access = f"{len(ring.keys())} API key(s)" if ring is not None else "NO API keys (--no-auth)"
     typer.echo(f"serving on http://{host}:{port}/v1 with {access} (GET /v1/models)", err=True)
     _server_log()
     # One worker: a thread's turns are kept in order by a per-process lock.
-    uvicorn.run(server_app, host=host, port=port, workers=1, log_level="info")
+    config_ = uvicorn.Config(server_app, host=host, port=port, workers=1, log_level="info")
+    uvicorn.Server(config_).run(sockets=[sock])
+
+
+def _services(settings: Settings) -> Services:
+    """The graph's services (imported on the loading thread, so that its imports overlap the
+    app's)."""
+    from tmo_graph.services import build_services
+
+    return build_services(settings)
 
 
 def _server_log() -> None:
@@ -104,8 +128,10 @@ def _server_log() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _key_ring(settings: Settings, ring_type: Any) -> Any:
-    """The server's keys (``ring_type``: KeyRing, imported with the server's extras)."""
+def _key_ring(settings: Settings) -> KeyRing:
+    """The server's keys, read before anything loads (a bad key file fails at once)."""
+    from tmo_graph.server.keys import KeyRing
+
     server = settings.server
     if not server.keys and server.keys_file is None:
         raise TmoGraphError(
@@ -114,7 +140,7 @@ def _key_ring(settings: Settings, ring_type: Any) -> Any:
             "--keys keys.yaml (or set server.keys_file / TMO_SERVER__KEYS), or serve on "
             "127.0.0.1 with --no-auth",
         )
-    return ring_type(server.keys, server.keys_file)
+    return KeyRing(server.keys, server.keys_file)
 
 
 keys_app = typer.Typer(

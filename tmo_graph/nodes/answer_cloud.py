@@ -34,6 +34,7 @@ put back, are the turn's answer (``CallRecord.tool_calls``).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,6 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
-from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.config import get_config, get_stream_writer
 from langgraph.constants import TAG_NOSTREAM
 
@@ -406,6 +406,14 @@ def _attempts(send: Sender, services: Services, time_left_s: float) -> Attempts:
     )
 
 
+def _openai_chat(cloud: BaseChatModel) -> bool:
+    """Whether ``cloud`` is LangChain's OpenAI chat model, without importing langchain_openai
+    (about 0.5 s of a server's start-up when the cloud is off): such a model exists only once
+    that module is imported."""
+    module = sys.modules.get("langchain_openai.chat_models.base")
+    return module is not None and isinstance(cloud, module.BaseChatOpenAI)
+
+
 def _invoke(
     cloud: Any,
     messages: Sequence[BaseMessage],
@@ -429,7 +437,7 @@ def _invoke(
         kwargs["tools"] = request.tools
         if request.tool_choice is not None:
             kwargs["tool_choice"] = request.tool_choice
-    if isinstance(cloud, BaseChatOpenAI):  # other chat models keep their own timeouts
+    if _openai_chat(cloud):  # other chat models keep their own timeouts
         kwargs["timeout"] = timeout
     restores = request is not None and TAG_NOSTREAM in tags and not request.tools
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tmo_graph.media.store import MEDIA_TYPES, stored_file
 from tmo_graph.server.auth import allowed_policies, check_key, thread_header
@@ -27,6 +26,9 @@ from tmo_graph.server.media import names_media
 from tmo_graph.server.runtime import ServerState, server_state
 from tmo_graph.server.schemas import model_id
 from tmo_graph.threads.owners import OwnedThread
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 HERE = Path(__file__).parent
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -48,6 +50,9 @@ PAGE_HEADERS = {
 
 @cache
 def _templates() -> Environment:
+    # Imported on the first page, not at start-up: a chat request never renders one.
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )
