@@ -8,12 +8,12 @@ A turn is a new dialogue sent through ``tmo_graph.conversation.stream_turn`` (La
 cut at 8 new tokens (the first token does not depend on the answer's length).
 
 Baseline, interleaved in the same process: the raw model on the same messages (the default
-persona and the question, through the chat template), ``model.generate`` with a
-``TextIteratorStreamer`` (the streamer LangChain's pipeline uses, so both sides see the
-first word at the same point), from the call to its first piece of text. Short prompts (a
-kitchen question, about 35 tokens with the persona) and long ones (a note of about 250 words
-to summarise, about 310 tokens). Medians of each run's p50, and of the per-run ratios.
-The "before" side, also interleaved: the same raw streamer on the float32 weights (the
+persona and the question, through the chat template): the decoder alone
+(``LocalModel.decoder.generate``), from the call to its first token that shows as text.
+Short prompts (a kitchen question, about 35 tokens with the persona) and long ones (a note
+of about 250 words to summarise, about 310 tokens). Medians of each run's p50, and of the
+per-run ratios.
+The "before" side, also interleaved: the same raw decoding on the float32 weights (the
 default until ``local.precision: int4``).
 
 python bench/first_token.py [--runs 5] [--turns 4]
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -81,29 +80,21 @@ def first_token_of_turn(graph: Any, text: str, thread_id: str, context: Context)
 
 
 def raw_first_token(local: Any, system: str, text: str) -> float:
-    """Seconds from ``model.generate`` being called to the first text its streamer gives."""
-    from transformers import TextIteratorStreamer
-
-    tokenizer, model = local.tokenizer, local.model
+    """Seconds from the decoder being called (chat template included) to its first token
+    that shows as text: the model alone, with no graph, scores or LangChain around it."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    tokenizer = local.tokenizer
     start = time.perf_counter()
-    ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    tokens = local.decoder.generate(
+        local._prompt_ids(messages), MAX_NEW_TOKENS, end_token=tokenizer.eos_token_id
     )
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    worker = threading.Thread(
-        target=model.generate,
-        kwargs={**ids, "streamer": streamer, "max_new_tokens": MAX_NEW_TOKENS, "do_sample": False},
-    )
-    worker.start()
-    first = None
-    for piece in streamer:
-        if first is None and piece.strip():
-            first = time.perf_counter() - start
-    worker.join()
-    if first is None:
-        raise RuntimeError(f"the raw model streamed no text for {text[:40]!r}")
-    return first
+    answer: list[int] = []
+    for token in tokens:
+        answer.append(token)
+        if tokenizer.decode(answer, skip_special_tokens=True).strip():
+            tokens.close()
+            return time.perf_counter() - start
+    raise RuntimeError(f"the raw model streamed no text for {text[:40]!r}")
 
 
 def prompt_tokens(local: Any, system: str, text: str) -> int:
@@ -178,7 +169,7 @@ def main() -> None:
         raw32_p50 = [ms(run) for run in times["raw float32"][kind]]
         print(f" {kind} prompts (~{sizes[kind]} prompt tokens with the persona):")
         print(runs_line(f"graph turn through stream_turn ({precision}): p50", graph_p50))
-        print(runs_line(f"raw model.generate + streamer ({precision}): p50", raw_p50))
+        print(runs_line(f"raw decoder ({precision}): p50", raw_p50))
         print(runs_line("before: raw, float32 weights: p50", raw32_p50))
         extra = [g - r for g, r in zip(graph_p50, raw_p50, strict=True)]
         print(runs_line("graph - raw (p50 per run)", extra))
