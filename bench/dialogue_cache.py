@@ -1,9 +1,10 @@
 """First token of turn 10 of a dialogue: the key/value cache kept between turns, against none.
 
 The device model (SmolLM2 int4, the default) answers a ten-turn dialogue turn by turn,
-through ``LocalModel.answer`` (16 new tokens a turn; the later prompts hold the earlier
-turns and the answers the model gave). Turn 10's prompt repeats turn 9's prompt and answer:
-only the new question (and the tail of the answer the chat template re-tokenizes) is read.
+through ``LocalModel.answer`` (9 new tokens a turn, so that turn 10's prompt is about 300
+tokens; the later prompts hold the earlier turns and the answers the model gave). Turn 10's
+prompt repeats turn 9's prompt and answer: only the new question (and the tail of the answer
+the chat template re-tokenizes) is read.
 Timed: from the call to its first token (``TokenScores.prefill_s``), on the kept cache
 ("kept") and, right after, on the same prompt with every cache dropped ("cold"), which reads
 the whole prompt. Several dialogues (different topics) a run, medians per run, then the
@@ -23,6 +24,7 @@ from instant import load_average  # bench/instant.py
 from tmo_graph.models.local.model import LocalModel, get_local_model
 
 TARGET_MS = 150.0
+EARLIER_ANSWER_TOKENS = 9  # turns 1-9: short answers keep turn 10's prompt near 300 tokens
 SYSTEM = (
     "You are a helpful assistant on a phone. Answer briefly and clearly, in plain words, "
     "and say so when you are not sure."
@@ -54,7 +56,7 @@ def dialogue_turn10(local: LocalModel, topic: tuple[str, str, str, str]) -> tupl
     messages = [{"role": "system", "content": SYSTEM}]
     for question in QUESTIONS[:-1]:
         messages.append({"role": "user", "content": question.format(*topic)})
-        text, _ = local.answer(messages, max_new_tokens=16)
+        text, _ = local.answer(messages, max_new_tokens=EARLIER_ANSWER_TOKENS)
         messages.append({"role": "assistant", "content": text})
     messages.append({"role": "user", "content": QUESTIONS[-1].format(*topic)})
     figures = {}

@@ -62,20 +62,38 @@ static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *
     const uint16_t *step = m->step + r * groups, *low = m->low + r * groups;
     float lows = 0.0f;
 #ifdef __AVX512F__
-    __m512 acc = _mm512_setzero_ps();
+    /* two groups a round, each into its own sums: no round waits on the one before */
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     const __m128i mask = _mm_set1_epi8(0x0F);
-    for (int64_t g = 0; g < groups; g++) {
-        __m128i bytes = _mm_loadu_si128((const __m128i *)(b + g * 16));
-        __m128i lo = _mm_and_si128(bytes, mask);
-        __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-        __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-                                 _mm512_loadu_ps(x + g * GROUP));
-        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-                            _mm512_loadu_ps(x + g * GROUP + 16), t);
-        acc = _mm512_fmadd_ps(t, _mm512_set1_ps(half(step[g])), acc);
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        __m128i b0 = _mm_loadu_si128((const __m128i *)(b + g * 16));
+        __m128i b1 = _mm_loadu_si128((const __m128i *)(b + g * 16 + 16));
+        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b0, mask))),
+                                  _mm512_loadu_ps(x + g * GROUP));
+        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b1, mask))),
+                                  _mm512_loadu_ps(x + g * GROUP + GROUP));
+        t0 = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b0, 4), mask))),
+            _mm512_loadu_ps(x + g * GROUP + 16), t0);
+        t1 = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b1, 4), mask))),
+            _mm512_loadu_ps(x + g * GROUP + GROUP + 16), t1);
+        acc0 = _mm512_fmadd_ps(t0, _mm512_set1_ps(half(step[g])), acc0);
+        acc1 = _mm512_fmadd_ps(t1, _mm512_set1_ps(half(step[g + 1])), acc1);
+        lows += half(low[g]) * xsum[g] + half(low[g + 1]) * xsum[g + 1];
+    }
+    for (; g < groups; g++) {
+        __m128i b0 = _mm_loadu_si128((const __m128i *)(b + g * 16));
+        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b0, mask))),
+                                  _mm512_loadu_ps(x + g * GROUP));
+        t0 = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b0, 4), mask))),
+            _mm512_loadu_ps(x + g * GROUP + 16), t0);
+        acc0 = _mm512_fmadd_ps(t0, _mm512_set1_ps(half(step[g])), acc0);
         lows += half(low[g]) * xsum[g];
     }
-    return _mm512_reduce_add_ps(acc) + lows;
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + lows;
 #else
     float total = 0.0f;
     for (int64_t g = 0; g < groups; g++) {
