@@ -365,9 +365,12 @@ class Target:
         return found[0], ratio, ratio >= self.at_least
 
 
-# The targets: the graph turn writes at least as fast as llama.cpp's tg64, and reads
-# a prompt at least 3x as fast as its pp300.
-TARGETS = (Target(GRAPH_TURN, 1.0), Target(PREFILL, 3.0))
+# The targets: the graph turn decodes at least as fast as llama.cpp's tg64, and reads
+# a prompt at least 3x as fast as its pp300. tg64 times decoding alone (no prompt, no
+# sampling), so it is held against the decoding of the graph turn's model call (its tokens
+# after the first over their time); the whole turn (routing, memory search, the prompt, the
+# accounting) is its own row beside it.
+TARGETS = (Target(GRAPH_DECODE, 1.0), Target(PREFILL, 3.0))
 
 
 def compare(

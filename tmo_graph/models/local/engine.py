@@ -94,7 +94,7 @@ class KVCache:
         n = len(self.tokens)
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = old.new_zeros((*old.shape[:2], size, old.shape[3]))
+            new = old.new_empty((*old.shape[:2], size, old.shape[3]))  # only 0..n are read
             new[:, :, :n] = old[:, :, :n]
             setattr(self, name, new)
 
@@ -222,7 +222,7 @@ class Decoder:
         turn = self.rotations[start : start + n, None]  # (n, 1, head_dim / 2)
         end = start + n
         mask = None
-        if n > 1:  # new token i sees the cached tokens and new tokens 0..i
+        if n > 1 and start:  # new token i sees the cached tokens and new tokens 0..i
             mask = torch.ones(n, end, dtype=torch.bool).tril(start)
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(self._norm(x, block.attn_norm))
@@ -242,6 +242,7 @@ class Decoder:
                         keys[None, :, :end],
                         values[None, :, :end],
                         attn_mask=mask,
+                        is_causal=mask is None,  # a whole prompt: the kernel skips the future
                         enable_gqa=True,
                     )[0]
                     .transpose(0, 1)
