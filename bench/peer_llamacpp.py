@@ -16,7 +16,8 @@ Each round runs, in a rotating order so a busy machine slows every path alike:
   tokens over the whole call;
 - ``LocalModel.generate_raw``: new tokens over the whole call;
 - prompt reading: a multi-turn chat of N tokens (N counted by the model's tokenizer; the same
-  N is llama-bench's ``-p``) answered with one token: N over the call's ``prefill_s``.
+  N is llama-bench's ``-p``) answered with one token from an empty key/value cache: the
+  tokens read over the call's ``prefill_s``, the median of 3 such reads a round.
 
 The first round warms up. Compare on an idle machine (each round prints the load): with
 other work on the 2 cores here, both slowed down about 10x, unevenly from path to path and
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the PyPI sdist whose vendored llama.cpp is built
 BUILD_MINUTES = "about 5 minutes on 2 cores"
+PROMPT_READS = 3  # prompt reads a round; their median is the round's figure
 CMAKE_FLAGS = [
     "-G",
     "Ninja",
@@ -563,15 +565,22 @@ def measure(
         return {RAW_CALL: counts[RAW_CALL] / elapsed}
 
     def prompt_reading() -> dict[str, float]:
+        """The median of PROMPT_READS reads (each from an empty key/value cache, as
+        llama-bench reads its pp prompt: a dialogue's next turn would find most of it kept,
+        bench/dialogue_cache.py); llama-bench too times its own repetition after a warm-up."""
         nonlocal variant
-        variant += 1
-        _, scores = local.answer(long_chat(variant), max_new_tokens=1)
-        if not scores.prefill_s or not scores.prompt_tokens:
-            raise TmoGraphError(
-                "LocalModel.answer returned no prompt timing (prefill_s, prompt_tokens)",
-                "measure prompt reading with a LocalModel that times its calls",
-            )
-        return {PREFILL: scores.prompt_tokens / scores.prefill_s}
+        rates = []
+        for _ in range(PROMPT_READS):
+            variant += 1
+            local.decoder.caches.clear()
+            _, scores = local.answer(long_chat(variant), max_new_tokens=1)
+            if not scores.prefill_s or not scores.prompt_tokens:
+                raise TmoGraphError(
+                    "LocalModel.answer returned no prompt timing (prefill_s, prompt_tokens)",
+                    "measure prompt reading with a LocalModel that times its calls",
+                )
+            rates.append(scores.prompt_tokens / scores.prefill_s)
+        return {PREFILL: statistics.median(rates)}
 
     paths: dict[str, Measure] = {
         "llama.cpp": llama,
