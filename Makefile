@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) bench/peer_llamacpp.py
 	$(PY) bench/local_model.py
 	$(PY) bench/first_token.py
+	$(PY) bench/dialogue_cache.py
 	# The first run embeds 100,000 turns (about 8 minutes); reruns use the cached collection.
 	$(PY) bench/recall_scale.py
 	# Chroma, pgvector (the bench extra) and the in-process index at 10,000 and 100,000 turns:

@@ -147,6 +147,11 @@ def main() -> None:
                     text = make(run * args.turns + i)
                     shift = (run + i) % len(sides)  # which side goes first rotates
                     for side in sides[shift:] + sides[:shift]:
+                        # Every side reads its whole prompt: the same text was just read by
+                        # another side, whose kept cache would answer it (a dialogue's next
+                        # turn does gain that: bench/dialogue_cache.py).
+                        local.decoder.caches.clear()
+                        local32.decoder.caches.clear()
                         if side == "graph":
                             thread = f"{kind}-{run}-{i}"
                             seconds = first_token_of_turn(graph, text, thread, context)
