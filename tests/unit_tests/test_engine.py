@@ -94,9 +94,13 @@ def test_the_next_turn_reads_only_its_new_tokens(tiny: tuple[Path, torch.nn.Modu
     assert read[-1] == 1
 
 
-def test_concurrent_dialogues_never_share_a_cache(tiny: tuple[Path, torch.nn.Module]) -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_concurrent_dialogues_never_share_a_cache(
+    tiny: tuple[Path, torch.nn.Module], tmp_path: Path, compiled: bool
+) -> None:
     folder, _ = tiny
-    decoder = engine.load_decoder(folder, "int4")
+    decoder = engine.load_decoder(folder, "int4", tmp_path / "native" if compiled else None)
+    assert (decoder.native is not None) == compiled
     alone = {seed: list(decoder.generate([seed, *PROMPT], 16)) for seed in (11, 12, 13)}
     together: dict[int, list[int]] = {}
 
