@@ -40,8 +40,10 @@ CLOUD_ANSWER = "Descale it with a cup of vinegar, boil, rinse twice."
 PROMPT = "Explain step by step how to descale an electric kettle and why limescale forms."
 MAX_NEW_TOKENS = 48
 # Helper processes spinning per core: several per core, so the model gets a clearly smaller
-# share of the CPU even on a box that others keep busy already.
-HOGS_PER_CORE = 3
+# share of the CPU even on a box that others keep busy already. Six: with three, the compiled
+# decoding step kept about 0.4x of its unloaded speed, close enough to the tight budget's
+# threshold (about half) that a busy box sometimes still fitted shortened local answers.
+HOGS_PER_CORE = 6
 # The tight budget: this many times what a whole local answer takes on the unloaded device.
 BUDGET_OVER_UNLOADED = 2.0
 # What a turn may take beyond its budget: timer granularity and the work around the model.

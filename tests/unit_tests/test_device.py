@@ -76,6 +76,13 @@ def test_too_few_decode_steps_leave_the_decode_speed_alone() -> None:
     assert live.local_prefill_tokens_per_s != 150.0  # the prompt was still read
 
 
+def test_a_prompt_found_in_the_cache_leaves_the_prompt_speed_alone() -> None:
+    live = LiveResources(_priors(), weight=0.5)
+    live.observe_local(1, 0.02, 30, 1.0)  # one token read: the call's fixed cost, not reading
+    assert live.local_prefill_tokens_per_s == 150.0
+    assert live.local_tokens_per_s != 16.0  # the answer's speed still counts
+
+
 def test_bad_measurements_and_weights_are_refused_with_a_fix() -> None:
     live = LiveResources(_priors())
     with pytest.raises(TmoGraphError, match="finite numbers >= 0"):

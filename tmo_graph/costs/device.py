@@ -58,6 +58,9 @@ log = logging.getLogger("tmo_graph.costs.device")
 FILE_VERSION = 1
 # A decode measurement over fewer steps than this is mostly noise (a timer tick, a GC pause).
 MIN_DECODE_STEPS = 3
+# A prompt read of fewer tokens than this (the rest were in the dialogue's key/value cache)
+# times the call's fixed cost, not reading: it would make every prompt look slow.
+MIN_PREFILL_TOKENS = 8
 # A measured ratio or speed beyond these bounds is a broken clock, not the device.
 _MIN_FACTOR, _MAX_FACTOR = 0.01, 100.0
 # Cloud outcomes that say nothing about the endpoint (the request's or the budget's fault).
@@ -251,7 +254,7 @@ class LiveResources:
             )
         with self._lock:
             local = self._state.local.model_copy()
-            if prompt_tokens > 0 and prefill_s > 0:
+            if prompt_tokens >= MIN_PREFILL_TOKENS and prefill_s > 0:
                 speed = self._bounded(prompt_tokens / prefill_s, local.prefill_tokens_per_s)
                 local.prefill_tokens_per_s = _ewma(local.prefill_tokens_per_s, speed, self.weight)
             if decode_tokens >= MIN_DECODE_STEPS and decode_s > 0:
