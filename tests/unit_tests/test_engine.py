@@ -18,13 +18,13 @@ torch = pytest.importorskip("torch")
 engine = pytest.importorskip("tmo_graph.models.local.engine")
 
 
-def _tiny_llama(folder: Path, seed: int = 4) -> torch.nn.Module:
+def _tiny_llama(folder: Path, seed: int = 4, hidden: int = 64) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=256,
-        hidden_size=64,
+        hidden_size=hidden,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -220,6 +220,41 @@ def test_the_compiled_step_gives_the_pytorch_steps_logits(
     built = list((tmp_path / "native").glob("*.so"))
     engine.load_decoder(folder, "int4", tmp_path / "native")
     assert list((tmp_path / "native").glob("*.so")) == built and len(built) == 1
+
+
+@pytest.mark.parametrize("hidden", [64, 256])  # heads of 16 and of 64 (SmolLM2's) numbers
+def test_the_compiled_prompt_attention_is_pytorchs(tmp_path: Path, hidden: int) -> None:
+    folder = tmp_path / "model"
+    _tiny_llama(folder, hidden=hidden)
+    compiled = engine.load_decoder(folder, "int4", tmp_path / "native")
+    attend = compiled.prompt_attention
+    assert attend is not None, "a C compiler is needed for this test"
+    h, kv, d = compiled.heads, compiled.kv_heads, compiled.head_dim
+    gen = torch.Generator().manual_seed(2)
+    # A whole prompt, prompts after a kept cache, and sizes that fill no block evenly.
+    for start, n in [(0, 2), (0, 9), (0, 100), (5, 3), (37, 45), (90, 17)]:
+        keys, values = (torch.randn(kv, 256, d, generator=gen) for _ in range(2))
+        qk = torch.randn(n, h + kv, d, generator=gen)
+        keys[:, start : start + n] = qk[:, h:].transpose(0, 1)
+        seen = torch.ones(n, start + n, dtype=torch.bool).tril(start)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            qk[:, :h].transpose(0, 1)[None].double(),
+            keys[None, :, : start + n].double(),
+            values[None, :, : start + n].double(),
+            attn_mask=seen,
+            enable_gqa=True,
+        )[0].transpose(0, 1)
+        got = attend(qk, keys, values, start).view(n, h, d)
+        assert float((got - expected).abs().max()) < 1e-5, (start, n)
+    # In the decoder: the same logits as PyTorch's attention, cold and after a kept cache.
+    plain = engine.load_decoder(folder, "int4", tmp_path / "native")
+    plain.prompt_attention = None
+    logits = []
+    for decoder in (compiled, plain):
+        cache = decoder._new_cache()
+        first = decoder.forward(PROMPT, cache, logits_for=len(PROMPT))
+        logits.append(torch.cat([first, decoder.forward([8, 1, 200, 7, 7], cache, logits_for=5)]))
+    assert torch.allclose(*logits, atol=1e-3)
 
 
 def test_without_a_compiler_the_pytorch_step_decodes(

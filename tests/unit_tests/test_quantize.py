@@ -78,4 +78,6 @@ def test_long_inputs_take_the_dense_product_with_the_same_weights() -> None:
     assert float((dense - packed).abs().max()) <= 0.01 * float(packed.abs().max())
     expected = x @ weight.t()
     assert float((dense - expected).abs().max()) <= 0.01 * float(expected.abs().max())
-    assert layer.dense.dtype == torch.bfloat16 and layer.dense.shape == (96, 128)
+    kept = quantize.plain(layer.prompt_weight)
+    assert kept.dtype == torch.bfloat16 and kept.shape == (96, 128)
+    assert torch.equal(kept, layer.tensors()["dense"])

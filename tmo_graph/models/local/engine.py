@@ -18,7 +18,9 @@ a step needs:
 With a C compiler on the machine, an int4 decoding step is one call into the compiled step
 (:mod:`tmo_graph.models.local.native`: the PyTorch step above costs 12 ms a token, 4 of them
 Python and dispatch; the compiled one 6). Prompts (several tokens at once) go through the
-PyTorch code with each layer's dense bfloat16 weights and PyTorch's fused causal attention.
+PyTorch code with each layer's dense bfloat16 weights, and their causal attention through the
+compiled library too (:meth:`~tmo_graph.models.local.native.NativeStep.attend`: PyTorch's
+fused kernel took a fifth of a 300-token prompt's time), else through PyTorch's.
 The weights come straight from the converted folder's safetensors: no transformers model is
 built to decode.
 """
@@ -47,7 +49,8 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DenseLinear(torch.nn.Module):
-    """A bias-free linear layer in the weights' dtype (float32 or bfloat16); output float32."""
+    """A bias-free linear layer in the weights' dtype (float32 or bfloat16), which is also
+    its inputs' and outputs' (``compute_dtype``)."""
 
     weight: torch.Tensor
 
@@ -55,9 +58,10 @@ class DenseLinear(torch.nn.Module):
         super().__init__()
         self.register_buffer("weight", weight.detach().to(dtype).contiguous())
         self.out_features = int(weight.shape[0])
+        self.compute_dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight).float()
+        return F.linear(x.to(self.compute_dtype), self.weight)
 
 
 @dataclass
@@ -195,14 +199,22 @@ class Decoder:
         self.final_norm = final_norm
         self.head = head
         self.caches = CachePool(self._new_cache)
+        # What the layers' products read (each layer casts its input; casting the norms'
+        # output once saves them a copy).
+        self.products = _input_dtype(blocks[0].qkv) if blocks else torch.float32
         self.native: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        # The compiled causal attention of a prompt (qk, keys, values, start) -> attended.
+        self.prompt_attention: (
+            Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None
+        ) = None
 
     def _new_cache(self) -> KVCache:
         shape = (len(self.blocks), self.kv_heads, 0, self.head_dim)
         return KVCache(torch.zeros(shape), torch.zeros(shape))
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """RMS norm of ``x`` (float32) times ``weight``, in ``dtype`` (a product's input)."""
+        return F.rms_norm(x, (self.hidden,), weight, self.eps).to(dtype)
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int], cache: KVCache, logits_for: int = 1) -> torch.Tensor:
@@ -228,7 +240,7 @@ class Decoder:
         if n > 1 and start:  # new token i sees the cached tokens and new tokens 0..i
             mask = torch.ones(n, end, dtype=torch.bool).tril(start)
         for i, block in enumerate(self.blocks):
-            qkv = block.qkv(self._norm(x, block.attn_norm))
+            qkv = block.qkv(self._norm(x, block.attn_norm, self.products)).float()
             qk = qkv[:, : q_size + k_size].reshape(n, h + kv, d // 2, 2)
             qk = torch.view_as_real(torch.view_as_complex(qk) * turn).reshape(n, h + kv, d)
             keys, values = cache.keys[i], cache.values[i]  # (kv, capacity, d)
@@ -237,7 +249,9 @@ class Decoder:
             if n == 1:  # one query per head: two small products, no mask
                 q = qk[0, :h].reshape(kv, h // kv, d)
                 weights = torch.softmax(q @ keys[:, :end].transpose(1, 2) * d**-0.5, dim=-1)
-                attended = (weights @ values[:, :end]).reshape(1, q_size)
+                attended = (weights @ values[:, :end]).reshape(1, q_size).to(self.products)
+            elif self.prompt_attention is not None:
+                attended = self.prompt_attention(qk, keys, values, start).to(self.products)
             else:
                 attended = (
                     F.scaled_dot_product_attention(
@@ -249,15 +263,17 @@ class Decoder:
                         enable_gqa=True,
                     )[0]
                     .transpose(0, 1)
-                    .reshape(n, q_size)
+                    .to(self.products, memory_format=torch.contiguous_format)  # one copy, not two
+                    .view(n, q_size)
                 )
-            x = x + block.out(attended)
-            gate_up = block.gate_up(self._norm(x, block.mlp_norm))
-            x = x + block.down(
-                F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-            )
+            x += block.out(attended)  # float32 += the product's dtype: no float32 copy
+            gate_up = block.gate_up(self._norm(x, block.mlp_norm, self.products))
+            # silu(gate) * up in float32, in place; the down projection rounds it once.
+            gate = F.silu(gate_up[:, : self.intermediate].float(), inplace=True)
+            x += block.down(gate.mul_(gate_up[:, self.intermediate :]))
         cache.tokens.extend(tokens)
-        return self.head(self._norm(x[n - logits_for :], self.final_norm)).float()
+        last = self._norm(x[n - logits_for :], self.final_norm, torch.float32)
+        return self.head(last).float()
 
     def generate(
         self,
@@ -318,6 +334,12 @@ class Decoder:
         return torch.log_softmax(logits[:-1], dim=-1)
 
 
+def _input_dtype(layer: torch.nn.Module) -> torch.dtype:
+    """The dtype ``layer`` computes its product in (Int4Linear, DenseLinear: compute_dtype)."""
+    dtype = getattr(layer, "compute_dtype", torch.float32)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def _modules(block: Block) -> list[torch.nn.Module]:
     return [block.qkv, block.out, block.gate_up, block.down]
 
@@ -358,7 +380,8 @@ def load_decoder(
         if packed is not None:
             _save_packed(decoder, packed)
     if library is not None:
-        decoder.native = native.NativeStep(library, decoder)
+        step = native.NativeStep(library, decoder)
+        decoder.native, decoder.prompt_attention = step, step.attend
     return decoder
 
 
@@ -460,6 +483,10 @@ def _restore(folder: Path, config: dict[str, Any], packed: Path) -> Decoder:
         if name.endswith((".codes", ".packed")):
             saved[name] = tensor.clone()
     errors = saved["max_error"].tolist()
+    parts: dict[str, dict[str, torch.Tensor]] = {}  # "3.qkv" -> that layer's tensors
+    for key, tensor in saved.items():
+        layer, _, name = key.rpartition(".")
+        parts.setdefault(layer, {})[name] = tensor
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         embed = weights.get_tensor("model.embed_tokens.weight")
         names = set(weights.keys())
@@ -470,9 +497,9 @@ def _restore(folder: Path, config: dict[str, Any], packed: Path) -> Decoder:
             p = f"model.layers.{i}."
             layers = {}
             for j, name in enumerate(LINEARS):
-                prefix = f"{i}.{name}."
-                tensors = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
-                layers[name] = Int4Linear.restore(tensors, errors[i * len(LINEARS) + j])
+                layers[name] = Int4Linear.restore(
+                    parts[f"{i}.{name}"], errors[i * len(LINEARS) + j]
+                )
             blocks.append(
                 Block(
                     attn_norm=weights.get_tensor(p + "input_layernorm.weight").float(),

@@ -113,6 +113,7 @@ def load_step(cache_dir: Path) -> ctypes.CDLL | None:
             os.replace(built, library)  # atomic: a concurrent loader sees all or nothing
     lib = ctypes.CDLL(str(library))
     lib.tmo_decode_step.restype = ctypes.c_int
+    lib.tmo_prompt_attention.restype = ctypes.c_int
     return lib
 
 
@@ -197,3 +198,30 @@ class NativeStep:
             _Ptr(_ptr(shared)),
         )
         return self.head.refined(logits, hidden)
+
+    def attend(
+        self, qk: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Causal attention of a prompt's ``n`` queries, ``qk[:, :heads]`` of the rotated
+        queries and keys (n, heads + kv_heads, head_dim), over one layer's cache ``keys``,
+        ``values`` (kv_heads, capacity, head_dim) that already holds positions up to
+        ``start + n``: (n, heads * head_dim)."""
+        d = self.decoder
+        n = int(qk.shape[0])
+        out = torch.empty(n, d.heads * d.head_dim)
+        failed = self.lib.tmo_prompt_attention(
+            _Ptr(_ptr(qk)),
+            ctypes.c_int64(int(qk.shape[1]) * d.head_dim),
+            _Ptr(_ptr(keys)),
+            _Ptr(_ptr(values)),
+            ctypes.c_int64(keys.shape[1]),
+            ctypes.c_int64(n),
+            ctypes.c_int64(start),
+            ctypes.c_int64(d.heads),
+            ctypes.c_int64(d.kv_heads),
+            ctypes.c_int64(d.head_dim),
+            _Ptr(_ptr(out)),
+        )
+        if failed:
+            raise MemoryError(f"no memory for the attention of a {n}-token prompt")
+        return out
