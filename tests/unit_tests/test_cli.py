@@ -357,3 +357,23 @@ def test_a_bad_chat_command_says_what_was_wrong(tmp_path: Path, line: str, probl
     (tmp_path / "my.txt").write_text("not a clip")
     with pytest.raises(TmoGraphError, match=re.escape(problem)):
         chat_message(line, tmp_path)
+
+
+def test_model_preparation_is_shown_on_the_stderr_of_the_moment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from tmo_graph.cli.common import show_model_preparation
+
+    logger = logging.getLogger("tmo_graph.models")
+    before = list(logger.handlers), logger.level
+    try:
+        show_model_preparation()
+        show_model_preparation()  # twice: still one line per message
+        logging.getLogger("tmo_graph.models.local.weights").info("converting x.gguf ...")
+        logging.getLogger("tmo_graph.models.local.engine").debug("not shown")
+        assert capsys.readouterr().err.splitlines() == ["converting x.gguf ..."]
+    finally:
+        logger.handlers[:] = before[0]
+        logger.setLevel(before[1])

@@ -7,6 +7,8 @@ every command module.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -60,6 +62,27 @@ def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     typer.echo(f"wrote {path}")
+
+
+class _Stderr(logging.Handler):
+    """Log lines on whatever ``sys.stderr`` is when they come (a test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 (logging's own convention: never raise from a handler)
+            self.handleError(record)
+
+
+def show_model_preparation() -> None:
+    """The models' INFO lines on stderr: a GGUF converted, the decoding step compiled, the
+    4-bit layers packed. Each happens once and takes seconds to half a minute; without a
+    handler Python shows only warnings, and the command would sit silent."""
+    logger = logging.getLogger("tmo_graph.models")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 def fail(error: Exception) -> NoReturn:

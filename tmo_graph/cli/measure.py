@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from tmo_graph.cli.common import ConfigOption, DataOption, fail, m4a1_file, write_json
+from tmo_graph.cli.common import (
+    ConfigOption,
+    DataOption,
+    fail,
+    m4a1_file,
+    show_model_preparation,
+    write_json,
+)
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import load_settings
 
@@ -86,6 +93,7 @@ def eval_confidence(
     """AUROC / Spearman of each confidence estimator against M4A1's answer scores."""
     from tmo_graph.eval.estimators import format_report, run_confidence_eval
 
+    show_model_preparation()
     try:
         result = run_confidence_eval(
             m4a1_file(data),
@@ -118,6 +126,7 @@ def eval_answers(
     """Loops, length and confidence of the device model's own answers to M4A1's prompts."""
     from tmo_graph.eval.answers import format_report, run_answers_eval
 
+    show_model_preparation()
     try:
         result = run_answers_eval(
             m4a1_file(data),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tmo_graph.cli.common import ConfigOption, DbOption, fail
+from tmo_graph.cli.common import ConfigOption, DbOption, fail, show_model_preparation
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
 
@@ -104,6 +104,7 @@ def serve(
     access = f"{len(ring.keys())} API key(s)" if ring is not None else "NO API keys (--no-auth)"
     typer.echo(f"serving on http://{host}:{port}/v1 with {access} (GET /v1/models)", err=True)
     _server_log()
+    show_model_preparation()
     # One worker: a thread's turns are kept in order by a per-process lock.
     config_ = uvicorn.Config(server_app, host=host, port=port, workers=1, log_level="info")
     uvicorn.Server(config_).run(sockets=[sock])

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tmo_graph.cli.common import ConfigOption, DbOption, PolicyOption, fail, write_json
+from tmo_graph.cli.common import (
+    ConfigOption,
+    DbOption,
+    PolicyOption,
+    fail,
+    show_model_preparation,
+    write_json,
+)
 from tmo_graph.context import Context
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import Settings, load_settings
@@ -37,6 +44,7 @@ def _graph(settings: Settings, db: Path | None) -> Iterator[tuple[Any, Any]]:
     # The thread store first: an unreachable PostgreSQL fails in a second, not after the models.
     with open_checkpointer(settings, db) as saver:
         typer.echo("loading models ...", err=True)
+        show_model_preparation()
         services = build_services(settings)  # fail before the dialogue, not in the middle of it
         yield build_graph(services, checkpointer=saver), services
 

@@ -28,6 +28,7 @@ built to decode.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -41,6 +42,7 @@ from torch.nn import functional as F  # noqa: N812 (PyTorch's own convention)
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.models.local.quantize import GROUP, Int4Linear, Int8Head
 
+log = logging.getLogger(__name__)
 CACHE_CHUNK = 256  # cache capacity grows by this many positions (a copy per growth)
 CACHE_SLOTS = 4  # dialogues whose caches are kept; the least recently used one is reused
 
@@ -298,17 +300,19 @@ class Decoder:
             logits = self.forward(prompt[held:], cache)
             if on_prompt_read is not None:
                 on_prompt_read(len(prompt) - held)
-            ids = list(prompt)
+            # The tokens so far, for the processors: one buffer filled as tokens come.
+            seen = torch.empty((1, len(prompt) + max_new_tokens), dtype=torch.long)
+            seen[0, : len(prompt)] = torch.tensor(prompt)
+            n = len(prompt)
             for step in range(max_new_tokens):
                 with torch.inference_mode():  # the processors change the scores in place
                     scores = logits
-                    if processors:
-                        seen = torch.tensor([ids])
-                        for process in processors:
-                            scores = process(seen, scores)
+                    for process in processors:
+                        scores = process(seen[:, :n], scores)
                     token = int(torch.argmax(scores[0])) if choose is None else choose(scores[0])
                 yield token  # outside the block: the caller's code runs in its own mode
-                ids.append(token)
+                seen[0, n] = token
+                n += 1
                 if token == end_token or step == max_new_tokens - 1:
                     break  # (the last token is never read back: nothing would use it)
                 if max_time_s is not None and time.perf_counter() - start > max_time_s:
@@ -376,6 +380,8 @@ def load_decoder(
     if packed is not None and packed.is_file():
         decoder = _restore(folder, config, packed)
     else:
+        if packed is not None:
+            log.info("packing %s's 4-bit layers into %s (once per model) ...", folder.name, packed)
         decoder = _build(folder, config, precision, native=library is not None)
         if packed is not None:
             _save_packed(decoder, packed)

@@ -71,6 +71,9 @@ class LocalModel:
         self.decoding = decoding
         self._chat_models: dict[int, BaseChatModel] = {}
         self._lock = threading.Lock()
+        # The last prompt rendered, (messages, ids): answer() renders it to fit the context,
+        # then its chat model renders the same messages again.
+        self._last_prompt: tuple[tuple[tuple[str, str], ...], tuple[int, ...]] | None = None
 
     @classmethod
     def load(
@@ -271,12 +274,18 @@ class LocalModel:
         return LocalChatModel(local=self, max_new_tokens=max_new_tokens)
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        key = tuple((m["role"], m["content"]) for m in messages)
+        last = self._last_prompt  # read once: another thread may replace it
+        if last is not None and last[0] == key:
+            return list(last[1])
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        rendered = tuple(int(i) for i in ids)
+        self._last_prompt = (key, rendered)
+        return list(rendered)
 
     def score_answer(self, messages: list[dict[str, str]], answer: str) -> TokenScores:
         """Teacher-forced scores of ``answer`` as the assistant's reply to ``messages``.

