@@ -9,10 +9,11 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from tmo_graph.context import Context
 from tmo_graph.sections import POLICIES, USER, ApiKey
 from tmo_graph.server.errors import ApiError, bad
 from tmo_graph.server.keys import KeyFileBroken
@@ -207,6 +208,23 @@ def check_policy(caller: Caller, policy: str, model: str, settings: Settings) ->
             param="model",
             code="model_not_allowed",
         )
+
+
+def caller_context(
+    settings: Settings, caller: Caller, policy: str, threshold: float | None, **more: Any
+) -> Context:
+    """The graph's context for a turn of ``caller``'s: its user, the policy (and confidence
+    threshold) its model id named, its key's daily cost cap and id; ``more``: other fields."""
+    key = caller.key
+    return Context.from_settings(
+        settings,
+        user_id=caller.user,
+        policy=policy,
+        confidence_threshold=threshold,
+        daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
+        api_key_id=key.id if key else None,
+        **more,
+    )
 
 
 def thread_header(header: str | None) -> str | None:

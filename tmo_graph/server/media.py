@@ -19,6 +19,7 @@ be probed):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -75,6 +76,20 @@ async def _platform_thread(thread_id: str, caller: Caller, sha256: str) -> bool:
     return names_media(messages or [], sha256)
 
 
+def media_response(path: Path) -> FileResponse:
+    """A stored image or clip as the answer to its URL (the API's route and the console's)."""
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[path.suffix[1:]],
+        headers={
+            # Content-addressed: the bytes behind a URL never change; private to the caller.
+            "cache-control": "private, max-age=86400, immutable",
+            "x-content-type-options": "nosniff",
+            "content-security-policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
 def _not_found(thread_id: str, sha256: str) -> ApiError:
     return ApiError(
         404,
@@ -109,13 +124,4 @@ async def thread_media(
         held = await _platform_thread(thread_id, caller, sha256)
     if not held:
         raise _not_found(thread_id, sha256)
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPES[path.suffix[1:]],
-        headers={
-            # Content-addressed: the bytes behind a URL never change; private to the caller.
-            "cache-control": "private, max-age=86400, immutable",
-            "x-content-type-options": "nosniff",
-            "content-security-policy": "default-src 'none'; sandbox",
-        },
-    )
+    return media_response(path)

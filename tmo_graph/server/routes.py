@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tmo_graph.context import Context
 from tmo_graph.server.auth import (
     Caller,
     allowed_policies,
     authenticate,
+    caller_context,
     check_policy,
     named_caller,
     thread_header,
@@ -171,15 +171,8 @@ async def chat_completions(
     stored = [] if place.thread_id is None else await state.runner.stored(thread_id)
     messages = await asyncio.to_thread(chat.new_messages, stored)
     after = _recorder(state, scope, history, thread_id, complete(place, done))
-    key = caller.key
-    context = Context.from_settings(
-        state.settings,
-        user_id=caller.user,
-        policy=policy,
-        confidence_threshold=threshold,
-        daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
-        max_answer_tokens=body.answer_tokens(),
-        api_key_id=key.id if key else None,
+    context = caller_context(
+        state.settings, caller, policy, threshold, max_answer_tokens=body.answer_tokens()
     )
     inputs: dict[str, Any] = {"messages": messages}
     if tools:

@@ -15,9 +15,8 @@ from fastapi.responses import StreamingResponse
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tmo_graph.context import Context
 from tmo_graph.conversation import Token, turn_summary
-from tmo_graph.server.auth import check_policy, thread_header, thread_of
+from tmo_graph.server.auth import caller_context, check_policy, thread_header, thread_of
 from tmo_graph.server.console.access import require_csrf, viewer_of
 from tmo_graph.server.errors import ApiError, api_error, invalid
 from tmo_graph.server.limits import LimitExceeded, read_body
@@ -89,15 +88,7 @@ async def chat(
     check_policy(caller, policy, body.model, state.settings)
     named = thread_header(body.thread_id) if body.thread_id else None
     thread_id = await thread_of(named, caller, state.owners)
-    key = caller.key
-    context = Context.from_settings(
-        state.settings,
-        user_id=caller.user,
-        policy=policy,
-        confidence_threshold=threshold,
-        daily_cost_cap_usd=key.daily_cost_cap_usd if key else None,
-        api_key_id=key.id if key else None,
-    )
+    context = caller_context(state.settings, caller, policy, threshold)
     flag = {"private": True} if body.private else {}
     message = HumanMessage(body.message, additional_kwargs=flag)
     queue = state.runner.start({"messages": [message]}, thread_id, context, drafts=True)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from tmo_graph.media.store import MEDIA_TYPES, stored_file
+from tmo_graph.media.store import stored_file
 from tmo_graph.server.auth import allowed_policies, check_key, thread_header
 from tmo_graph.server.console import charts
 from tmo_graph.server.console.access import COOKIE, Viewer, require_admin, viewer_of
@@ -22,7 +22,7 @@ from tmo_graph.server.console.overview import Overview, build_overview
 from tmo_graph.server.console.reading import ThreadData, audit_lines, read_thread, visible_threads
 from tmo_graph.server.errors import ApiError
 from tmo_graph.server.limits import LimitExceeded, read_body
-from tmo_graph.server.media import names_media
+from tmo_graph.server.media import media_response, names_media
 from tmo_graph.server.runtime import ServerState, server_state
 from tmo_graph.server.schemas import model_id
 from tmo_graph.threads.owners import OwnedThread
@@ -292,15 +292,7 @@ async def thread_media(
         raise ApiError(
             404, "no such media in this thread", "not_found_error", code="media_not_found"
         )
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPES[path.suffix[1:]],
-        headers={
-            "cache-control": "private, max-age=86400, immutable",
-            "x-content-type-options": "nosniff",
-            "content-security-policy": "default-src 'none'; sandbox",
-        },
-    )
+    return media_response(path)
 
 
 @router.get("/static/{name}", response_model=None)
