@@ -39,6 +39,7 @@ import numpy as np
 from tmo_graph.costs import profiles
 from tmo_graph.errors import TmoGraphError
 from tmo_graph.policy.base import LOCAL, Action, RouteInput
+from tmo_graph.policy.world import SimSettings
 
 FORMAT = "tmo-refit/1"
 # Labelled turns the fit needs at least (in the training part), and per task for a task's
@@ -50,13 +51,14 @@ _SHRINK = 20.0  # labels at which a task's own fit and the pooled one weigh alik
 
 @dataclass(frozen=True)
 class RewardTerms:
-    """The paper's per-turn reward for one device and network (M4A1's weights by default)."""
+    """The paper's per-turn reward for one device and network; the defaults are the
+    simulator's (:class:`~tmo_graph.policy.world.SimSettings`: M4A1's weights)."""
 
-    device: str = "Jetson TX2"
-    network: str = "Wired"
-    alpha: float = 1.0
-    beta_latency: float = 1 / 3
-    beta_usage: float = 1 / 3
+    device: str = SimSettings.device
+    network: str = SimSettings.network
+    alpha: float = SimSettings.alpha
+    beta_latency: float = SimSettings.beta_latency
+    beta_usage: float = SimSettings.beta_usage
     # Camera views of the deployment: the costs are normalised over its actions (local,
     # cloud with 0..views views), as the paper's world does over a data set's.
     views: int = 0
