@@ -5,7 +5,9 @@ output layer) in C with OpenMP; :func:`load_step` compiles it once per machine a
 (about a second with the system's C compiler, cached next to the converted models) and
 :class:`NativeStep` calls it through ctypes with pointers into the decoder's own tensors, the
 key/value cache included. Without a C compiler the decoder keeps its PyTorch step (about
-half the speed) and says so once in the log.
+half the speed) and says so once in the log. The same library holds the causal attention of
+a prompt's tokens (:meth:`NativeStep.attend`), which the decoder's prompt path calls between
+PyTorch's matrix products.
 
 Why: for a 135M-parameter model on 2 cores, a step through PyTorch spends about 4 ms in
 Python and dispatch around 6 ms of products (profiled: 1,500 operations a token); llama.cpp's

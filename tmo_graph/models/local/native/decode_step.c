@@ -11,6 +11,9 @@
  * w = step * q + min (the GGUF's Q4_1 blocks, the same bytes a weight). The gate and up
  * projections are one matrix, gate first. Activations stay float32 (no int8 rounding of the
  * inputs, unlike llama.cpp). Output layer: int8 codes with one scale per row.
+ *
+ * Also here, at the end: tmo_prompt_attention, the causal attention of a prompt's tokens,
+ * called by Decoder.forward between PyTorch's matrix products.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -62,8 +65,8 @@ static inline float row_q4(const Q4 *m, int64_t r, const float *x, const float *
     const int64_t groups = m->cols / GROUP;
     const uint8_t *b = m->nibbles + r * (m->cols / 2);
     const uint16_t *step = m->step + r * groups, *low = m->low + r * groups;
-    float lows = 0.0f;
 #ifdef __AVX512F__
+    float lows = 0.0f;
     /* two groups a round, each into its own sums: no round waits on the one before */
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     const __m128i mask = _mm_set1_epi8(0x0F);
@@ -173,7 +176,8 @@ int tmo_decode_step(const Model *m, int64_t token, int64_t pos, const float *rot
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < nh; head++) {
                 const int64_t g = head / per_group;
-                const float *q = qk + head * d, *Kg = K + g * capacity * d, *Vg = V + g * capacity * d;
+                const float *q = qk + head * d;
+                const float *Kg = K + g * capacity * d, *Vg = V + g * capacity * d;
                 const float scale = 1.0f / sqrtf((float)d);
                 float top = -INFINITY, total = 0.0f;
                 for (int64_t t = 0; t < pos; t++) {
@@ -375,7 +379,8 @@ int tmo_prompt_attention(const float *q, int64_t q_stride, const float *keys,
                         }
                     }
                     for (int64_t r = 0; r < 4; r++)
-                        for (int64_t m = 0; m < 4; m++) _mm512_storeu_ps(o[r] + c0 + 16 * m, a[r][m]);
+                        for (int64_t m = 0; m < 4; m++)
+                            _mm512_storeu_ps(o[r] + c0 + 16 * m, a[r][m]);
                 }
 #endif
                 for (; c0 < d; c0++) { /* the rest (every column without AVX-512) */
