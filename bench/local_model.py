@@ -138,9 +138,9 @@ def measure_generation(
     rows: list[Row] = []
     for name, f in figures.items():
         rows += [
-            (f"model.generate, greedy, {name}", f["raw"], "tok/s"),
+            (f"LocalModel.generate_raw, greedy, {name}", f["raw"], "tok/s"),
             ("  new tokens per run", f["n"], "tok"),
-            ("  ChatHuggingFace pipeline, greedy", f["pipe"], "tok/s"),
+            ("  LocalModel.chat_model().invoke, greedy", f["pipe"], "tok/s"),
             ("  score_answer (prompt + answer, one pass)", f["score"], "ms"),
         ]
     return rows
