@@ -1,14 +1,15 @@
-"""Local decoding speed against raw float32 ``model.generate``, and the machine's limit.
+"""Local decoding speed against raw float32 decoding, and the machine's limit.
 
 One process, one prompt, greedy, ``--max-new-tokens`` tokens. Each round runs, in a rotating
 order so a busy machine slows every path alike:
 
-- raw float32 ``model.generate``: the baseline (how the model was loaded before int4);
-- raw ``model.generate`` of ``--precision`` (default: ``local.precision``, int4);
-- ``LocalModel.answer`` in that precision: the ChatHuggingFace pipeline with the answer's
+- raw float32 ``LocalModel.generate_raw``: the baseline (how the model was loaded before
+  int4);
+- raw ``LocalModel.generate_raw`` of ``--precision`` (default: ``local.precision``, int4);
+- ``LocalModel.answer`` in that precision: its LangChain chat model with the answer's
   per-token log-probs and entropies recorded for the confidence check;
 - the whole graph turn on that model (routing, generation with the scores, accounting);
-- raw ``model.generate`` of each ``--also`` precision (default: bfloat16).
+- raw ``LocalModel.generate_raw`` of each ``--also`` precision (default: bfloat16).
 
 The first round warms up. Printed: each path's median tokens/s and the median of its
 per-round ratios to the float32 baseline of the same round. Tokens are counted alike on every
