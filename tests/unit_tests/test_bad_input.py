@@ -403,3 +403,22 @@ def test_a_cut_prompt_is_a_warning_in_the_turn_record(tmp_path: Path) -> None:
     services = fake_services(tmp_path, _CuttingLocal(["short answer"], cut=[cut]), scores={})
     out = _run(services, "word " * 1000, Context(policy="always-local"))
     assert out["turns"][-1]["warnings"] == [cut]
+
+
+def test_a_prompt_is_rendered_once_for_the_same_messages() -> None:
+    model = _model()
+    calls: list[int] = []
+    render = model.tokenizer.apply_chat_template
+
+    def counted(messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+        calls.append(len(messages))
+        return render(messages, **kwargs)
+
+    model.tokenizer.apply_chat_template = counted
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    first = model._prompt_ids(messages)
+    assert model._prompt_ids([dict(m) for m in messages]) == first and len(calls) == 1
+    model._prompt_ids(messages).append(99)  # a caller's list is its own
+    assert model._prompt_ids(messages) == first
+    changed = [messages[0], {"role": "user", "content": "hi there"}]  # one word more
+    assert len(model._prompt_ids(changed)) == len(first) + 1 and len(calls) == 2

@@ -17,8 +17,8 @@ tokens, for 2 bytes a weight more memory. That copy is kept in oneDNN's own bloc
 every call (measured: a 300-token prompt read 9 % faster, the same values). Inputs to the
 products are bfloat16; everything between them (residual stream, norms, attention, KV cache,
 softmax) stays float32. The output layer, tied to the input embedding and stored as Q8_0 in
-the GGUF, becomes int8 with one scale per output row, its
-largest logits recomputed in float32 so the confidence check's log-probs stay float32's.
+the GGUF, becomes int8 with one scale per output row, its largest logits recomputed in
+float32 so the confidence check's log-probs stay float32's.
 
 The decoder (:mod:`tmo_graph.models.local.engine`) builds its layers from these when it
 loads with ``precision: int4``.
