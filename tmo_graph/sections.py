@@ -101,6 +101,13 @@ class CloudSettings(_Section):
         30.0, gt=0, description="seconds an open circuit skips the endpoint before a trial call"
     )
     max_tokens: int = Field(96, gt=0, le=16384)
+    escalation_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="the most of the dialogue's time left that an escalation (the cloud "
+        "replacing the device's draft) may take: a hung endpoint leaves the later turns time",
+    )
     tokens_per_s: float = Field(
         8.0, gt=0, description="expected answer speed, for budget estimates (loopback: slow CPU)"
     )

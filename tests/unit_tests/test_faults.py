@@ -303,3 +303,29 @@ def test_graph_records_attempts_and_skips_an_open_circuit(tmp_path: Path) -> Non
     assert turns[0]["cloud_attempts"][0]["outcome"] == "connection"
     assert turns[2]["fallback"] == CIRCUIT_OPEN
     assert len(cloud.sent) == 3  # the open circuit sent nothing
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_an_escalation_takes_at_most_its_share_of_the_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    from tmo_graph.nodes import answer_cloud
+
+    given: list[float] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs["time_left_s"])
+        return run_attempts(*args, **kwargs)
+
+    monkeypatch.setattr(answer_cloud, "run_attempts", recorded)
+    settings = Settings(cloud={"escalation_share": share})
+    unsure = FakeLocal(["a draft"], logprob=-3.0)  # the cascade escalates it
+    services = fake_services(tmp_path, unsure, FakeCloud(answer="cloud says"), settings=settings)
+    graph = build_graph(services=services, checkpointer=InMemorySaver())
+    ctx = Context(policy="cascade", latency_budget_s=40.0)
+    config = {"configurable": {"thread_id": "t"}}
+    turn = graph.invoke({"messages": [("user", "q")]}, config, context=ctx)["turns"][-1]
+    assert turn["escalated"] and turn["answer"] == "cloud says"
+    # The draft took next to nothing of the 40 s: the call had about share * 40 s.
+    assert len(given) == 1
+    assert share * 40.0 - 1.0 < given[0] <= share * 40.0

@@ -117,6 +117,10 @@ def answer_cloud(state: State, context: Context, services: Services) -> dict[str
     # what this node has taken so far.
     latency_left = budget_now(state, context)["latency_s"]
     time_left = cloud_time_left_s(latency_left, reserve["latency_s"]) - CALL_MARGIN_S
+    if any(c["where"] == "local" and c["ok"] for c in state.calls):
+        # An escalation: the device's draft stands if the cloud is late, so the call may not
+        # take the time the dialogue's later turns need (a hung endpoint would take it all).
+        time_left = min(time_left, services.settings.cloud.escalation_share * latency_left)
     attempts = _attempts(send, services, time_left - (services.clock() - start))
     seconds = services.clock() - start
     if attempts.ok:

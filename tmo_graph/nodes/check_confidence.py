@@ -43,11 +43,12 @@ def check_confidence(state: State, context: Context, services: Services) -> dict
         threshold = per_task(state.task, state.turn_count)
     if may_escalate and (score < threshold or (threshold > 0 and degenerate(parts))):
         assert state.decision is not None
-        # Only what fits in the budget left after the local call (no quality gap: the
-        # escalation rule reads the views' association and costs).
-        target = escalation(
-            route_input(state, services, budget_now(state, context)), context.min_view_score
-        )
+        # Only what fits in the budget left after the local call, of whose time an
+        # escalation takes at most its share (no quality gap: the escalation rule reads the
+        # views' association and costs).
+        left = budget_now(state, context)
+        left["latency_s"] *= services.settings.cloud.escalation_share
+        target = escalation(route_input(state, services, left), context.min_view_score)
         if target is not None:
             update["escalated"] = True
             update["decision"] = {**state.decision, "route": "cloud", "views": list(target.views)}
