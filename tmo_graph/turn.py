@@ -146,10 +146,15 @@ def local_prompt_tokens(services: Services, dialogue: list[dict[str, str]]) -> i
     return sum(len(m["content"].encode("utf-8")) + TOKENS_PER_MESSAGE for m in dialogue)
 
 
+def has_local_answer(state: State) -> bool:
+    """Whether the turn has a device answer already (a draft an escalation may replace)."""
+    return any(c["where"] == "local" and c["ok"] for c in state.calls)
+
+
 def local_reserve(state: State, context: Context, services: Services) -> Budget:
     """What a local answer to this turn may need: kept back from a cloud call while the turn
     has none yet, so that a failed call can still fall back to the device."""
-    if any(c["where"] == "local" and c["ok"] for c in state.calls):
+    if has_local_answer(state):
         return Budget(latency_s=0.0, cost_usd=0.0)
     tokens = local_prompt_tokens(services, local_dialogue(state, context))
     costs = services.costs

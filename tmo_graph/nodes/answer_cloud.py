@@ -88,7 +88,7 @@ from tmo_graph.prompts import (
 )
 from tmo_graph.services import Services
 from tmo_graph.state import Budget, CallRecord, Candidate, State
-from tmo_graph.turn import budget_now, local_reserve
+from tmo_graph.turn import budget_now, has_local_answer, local_reserve
 
 
 def answer_cloud(state: State, context: Context, services: Services) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def answer_cloud(state: State, context: Context, services: Services) -> dict[str
     # what this node has taken so far.
     latency_left = budget_now(state, context)["latency_s"]
     time_left = cloud_time_left_s(latency_left, reserve["latency_s"]) - CALL_MARGIN_S
-    if any(c["where"] == "local" and c["ok"] for c in state.calls):
+    if has_local_answer(state):
         # An escalation: the device's draft stands if the cloud is late, so the call may not
         # take the time the dialogue's later turns need (a hung endpoint would take it all).
         time_left = min(time_left, services.settings.cloud.escalation_share * latency_left)
@@ -135,8 +135,7 @@ def after_cloud(state: State) -> Literal["answered", "fall back"]:
     already has one; otherwise the turn is answered (account)."""
     if state.calls and state.calls[-1]["ok"]:
         return "answered"
-    has_local = any(c["where"] == "local" and c["ok"] for c in state.calls)
-    return "answered" if has_local else "fall back"
+    return "answered" if has_local_answer(state) else "fall back"
 
 
 # ---- the request ---------------------------------------------------------------------------

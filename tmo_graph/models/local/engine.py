@@ -238,8 +238,8 @@ class Decoder:
         x = self.embed[torch.tensor(tokens)].float()  # (n, hidden)
         turn = self.rotations[start : start + n, None]  # (n, 1, head_dim / 2)
         end = start + n
-        mask = None
-        if n > 1 and start:  # new token i sees the cached tokens and new tokens 0..i
+        mask = None  # PyTorch's attention: new token i sees the cached tokens and 0..i
+        if n > 1 and start and self.prompt_attention is None:
             mask = torch.ones(n, end, dtype=torch.bool).tril(start)
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(self._norm(x, block.attn_norm, self.products)).float()
